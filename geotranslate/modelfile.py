@@ -1,0 +1,204 @@
+"""Save and load a trained translator: ``model.safetensors`` (weights) + ``model.json`` (the rest).
+
+No pickle: the weights are safetensors, everything else is JSON, and ``model.json`` records the
+SHA-256 of the weights so a tampered or truncated file is refused rather than half-loaded.
+
+``model.json`` holds: format name and version, dataset type, for each direction (``a2b``,
+``b2a``) the generator spec to rebuild it, for each domain (``a``, ``b``) band count, dtype,
+band descriptions, nodata and the normalizer, the chip size, and a training summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import atomic_path
+from geotranslate.stats import Normalizer
+
+FORMAT = "geotranslate-model"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "model.json"
+DIRECTIONS = {"a2b": ("a", "b"), "b2a": ("b", "a")}
+GENERATOR_PREFIX = {"a2b": "g_ab", "b2a": "g_ba"}
+
+
+@dataclass
+class DomainSpec:
+    """One imaging domain as the model sees it: bands, dtype, nodata and normalization."""
+
+    band_count: int
+    dtype: str
+    band_descriptions: list[str | None]
+    nodata: float | None
+    normalizer: Normalizer
+
+    def to_dict(self) -> dict:
+        return {
+            "band_count": self.band_count,
+            "dtype": self.dtype,
+            "band_descriptions": list(self.band_descriptions),
+            "nodata": self.nodata,
+            "normalizer": self.normalizer.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DomainSpec:
+        return cls(
+            band_count=int(d["band_count"]),
+            dtype=str(d["dtype"]),
+            band_descriptions=list(d.get("band_descriptions") or [None] * int(d["band_count"])),
+            nodata=d.get("nodata"),
+            normalizer=Normalizer.from_dict(d["normalizer"]),
+        )
+
+
+@dataclass
+class TranslationModel:
+    """Generators by direction plus what is needed to feed them rasters and decode their output."""
+
+    dataset_type: str  # "Pix2Pix" or "CycleGAN"
+    generators: dict[str, torch.nn.Module]  # "a2b" -> g_ab, "b2a" -> g_ba
+    generator_specs: dict[str, dict]  # direction -> {"arch", "in_channels", "out_channels", "kwargs"}
+    domains: dict[str, DomainSpec]  # "a", "b"
+    chip_size: int
+    training: dict = field(default_factory=dict)
+
+    def generator(self, direction: str) -> torch.nn.Module:
+        if direction not in DIRECTIONS:
+            raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
+        if direction not in self.generators:
+            raise GeotranslateError(
+                f"this {self.dataset_type} model has no {direction} generator "
+                f"(it has: {', '.join(sorted(self.generators))})"
+            )
+        return self.generators[direction]
+
+    def source_domain(self, direction: str) -> DomainSpec:
+        return self.domains[DIRECTIONS[direction][0]]
+
+    def target_domain(self, direction: str) -> DomainSpec:
+        return self.domains[DIRECTIONS[direction][1]]
+
+    def to_json_dict(self, weights_sha256: str) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dataset_type": self.dataset_type,
+            "generators": self.generator_specs,
+            "domains": {k: v.to_dict() for k, v in self.domains.items()},
+            "chip_size": self.chip_size,
+            "training": self.training,
+            "weights": {"file": WEIGHTS_NAME, "sha256": weights_sha256},
+        }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(model: TranslationModel, out_dir: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``out_dir`` (each atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for direction, net in model.generators.items():
+        prefix = GENERATOR_PREFIX[direction]
+        for name, value in net.state_dict().items():
+            tensors[f"{prefix}.{name}"] = value.detach().to("cpu", torch.float32).contiguous() \
+                if value.is_floating_point() else value.detach().cpu().contiguous()
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        digest = _sha256(tmp)
+    with atomic_path(out / META_NAME) as tmp:
+        tmp.write_text(json.dumps(model.to_json_dict(digest), indent=2))
+    return out / META_NAME
+
+
+def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.is_dir():
+        meta, weights = p / META_NAME, p / WEIGHTS_NAME
+    elif p.suffix == ".json":
+        meta, weights = p, p.with_name(WEIGHTS_NAME)
+    elif p.suffix == ".safetensors":
+        meta, weights = p.with_name(META_NAME), p
+    elif not p.exists():
+        raise GeotranslateError(f"{p}: no such model (give a run directory or its model.json)")
+    else:
+        raise GeotranslateError(f"{p}: not a model (expected a run directory or model.json)")
+    if not meta.exists():
+        raise GeotranslateError(f"{meta}: no such model file (has this run finished training?)")
+    return meta, weights
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TranslationModel:
+    """Load and validate a model from a run directory, its model.json or its safetensors file.
+
+    A missing, corrupt, tampered or incompatible file raises a one-line GeotranslateError.
+    """
+    from geotranslate.models import build_generator  # deferred: keeps `import` of this light
+
+    meta_path, weights_path = _resolve(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GeotranslateError(f"{meta_path}: corrupt model file ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GeotranslateError(f"{meta_path}: not a geotranslate model file")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GeotranslateError(
+            f"{meta_path}: model format version {version} is not supported by this "
+            f"geotranslate (it reads version {FORMAT_VERSION})"
+        )
+    if not weights_path.exists():
+        raise GeotranslateError(f"{weights_path}: weights file missing")
+    expected = (meta.get("weights") or {}).get("sha256")
+    if expected != _sha256(weights_path):
+        raise GeotranslateError(
+            f"{weights_path}: weights do not match model.json (truncated or modified file)"
+        )
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GeotranslateError(f"{weights_path}: corrupt weights ({e})") from None
+    try:
+        domains = {k: DomainSpec.from_dict(v) for k, v in meta["domains"].items()}
+        generators: dict[str, torch.nn.Module] = {}
+        for direction, spec in meta["generators"].items():
+            net = build_generator(
+                spec["arch"], spec["in_channels"], spec["out_channels"], **spec.get("kwargs", {})
+            )
+            prefix = GENERATOR_PREFIX[direction] + "."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            net.load_state_dict(state, strict=True)
+            generators[direction] = net.to(device).eval()
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise GeotranslateError(f"{meta_path}: incompatible model ({_short(e)})") from None
+    return TranslationModel(
+        dataset_type=meta["dataset_type"],
+        generators=generators,
+        generator_specs=meta["generators"],
+        domains=domains,
+        chip_size=int(meta["chip_size"]),
+        training=meta.get("training", {}),
+    )
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]

@@ -1,0 +1,27 @@
+"""Raster I/O: opening and validating rasters, validity masks, windows and padding, warping."""
+
+from geotranslate.raster.io import (
+    RasterInfo,
+    atomic_path,
+    open_raster,
+    parse_bands,
+    raster_info,
+    read_window,
+    spectral_bands,
+    valid_from_data,
+)
+from geotranslate.raster.windows import pad_window_data, tile_offsets, tile_windows
+
+__all__ = [
+    "RasterInfo",
+    "atomic_path",
+    "open_raster",
+    "pad_window_data",
+    "parse_bands",
+    "raster_info",
+    "read_window",
+    "spectral_bands",
+    "tile_offsets",
+    "tile_windows",
+    "valid_from_data",
+]

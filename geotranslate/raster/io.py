@@ -1,0 +1,237 @@
+"""Open and validate rasters, read windows with their validity mask, write outputs atomically.
+
+Every reader in geotranslate (export, training data, prediction, evaluation, preview) goes
+through :func:`open_raster` and :func:`read_window`, so a bad file gets the same one-line
+error everywhere and "valid pixel" means the same thing everywhere: not nodata, not NaN,
+not masked by an alpha band or an internal mask, in every selected band.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from geotranslate.errors import GeotranslateError
+
+#: dtypes a network can be trained on; others are refused with a hint to convert.
+REFUSED_DTYPES = {
+    "complex64": "complex data: convert to amplitude or intensity (dB) first",
+    "complex128": "complex data: convert to amplitude or intensity (dB) first",
+    "complex_int16": "complex data: convert to amplitude or intensity (dB) first",
+    "cint16": "complex data: convert to amplitude or intensity (dB) first",
+    "cint32": "complex data: convert to amplitude or intensity (dB) first",
+    "int64": "64-bit integers: convert to int32 or float32 (gdal_translate -ot Int32)",
+    "uint64": "64-bit integers: convert to uint32 or float32 (gdal_translate -ot UInt32)",
+}
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the rest of the toolkit needs to know about a raster, as plain values."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str | None
+    transform: tuple[float, ...]
+    nodata: float | None
+    band_descriptions: tuple[str | None, ...]
+    spectral_bands: tuple[int, ...]
+    pixel_size: tuple[float, float]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def open_raster(path: str | os.PathLike, *, allow_no_crs: bool = False) -> rasterio.DatasetReader:
+    """Open a raster for reading, refusing what the toolkit cannot use, with a one-line error.
+
+    Refused: a missing or unreadable file, complex and 64-bit integer dtypes, and (unless
+    ``allow_no_crs``) a raster without a CRS or georeferenced only by GCPs or RPCs.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise GeotranslateError(f"{p}: no such file")
+    if p.is_dir():
+        raise GeotranslateError(f"{p}: is a directory, not a raster")
+    try:
+        ds = rasterio.open(p)
+    except RasterioError as e:
+        raise GeotranslateError(f"{p}: cannot open as a raster ({_first_line(e)})") from None
+    try:
+        _validate(ds, p, allow_no_crs)
+    except GeotranslateError:
+        ds.close()
+        raise
+    return ds
+
+
+def _validate(ds: rasterio.DatasetReader, p: Path, allow_no_crs: bool) -> None:
+    dtype = ds.dtypes[0]
+    if dtype in REFUSED_DTYPES:
+        raise GeotranslateError(f"{p}: dtype {dtype} is not supported ({REFUSED_DTYPES[dtype]})")
+    if len(set(ds.dtypes)) > 1:
+        raise GeotranslateError(f"{p}: bands have different dtypes {sorted(set(ds.dtypes))}")
+    if ds.crs is None and not allow_no_crs:
+        gcps, _ = ds.gcps
+        if gcps:
+            raise GeotranslateError(
+                f"{p}: georeferenced only by {len(gcps)} GCPs; warp it to a CRS first "
+                "(gdalwarp) or pass --allow-no-crs to work in pixel space"
+            )
+        if ds.rpcs is not None:
+            raise GeotranslateError(
+                f"{p}: georeferenced only by RPCs; orthorectify it first (gdalwarp -rpc) "
+                "or pass --allow-no-crs to work in pixel space"
+            )
+        raise GeotranslateError(f"{p}: has no CRS; pass --allow-no-crs to work in pixel space")
+
+
+def spectral_bands(ds: rasterio.DatasetReader) -> list[int]:
+    """1-based indexes of the bands that carry data: an alpha band is a mask, not a band."""
+    return [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+
+
+def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) -> list[int]:
+    """Resolve a ``"1,2,3"`` band list (1-based) against a raster; default: its spectral bands."""
+    available = spectral_bands(ds)
+    if spec is None or spec == "" or (not isinstance(spec, str) and len(spec) == 0):
+        return available
+    if isinstance(spec, str):
+        try:
+            bands = [int(s) for s in spec.replace(" ", "").split(",") if s]
+        except ValueError:
+            raise GeotranslateError(f"bands {spec!r}: expected a list like 1,2,3") from None
+    else:
+        bands = [int(b) for b in spec]
+    for b in bands:
+        if b < 1 or b > ds.count:
+            raise GeotranslateError(
+                f"{ds.name}: band {b} out of range (the raster has bands 1..{ds.count})"
+            )
+        if b not in available:
+            raise GeotranslateError(f"{ds.name}: band {b} is an alpha (mask) band, not data")
+    return bands
+
+
+def raster_info(ds: rasterio.DatasetReader, bands: Sequence[int] | None = None) -> RasterInfo:
+    """Summarise a dataset (restricted to ``bands``) as plain values, e.g. for meta.json."""
+    bands = list(bands) if bands else spectral_bands(ds)
+    t = ds.transform
+    return RasterInfo(
+        path=str(ds.name),
+        width=ds.width,
+        height=ds.height,
+        count=len(bands),
+        dtype=ds.dtypes[bands[0] - 1],
+        crs=ds.crs.to_string() if ds.crs else None,
+        transform=tuple(t)[:6],
+        nodata=None if ds.nodata is None else float(ds.nodata),
+        band_descriptions=tuple(ds.descriptions[b - 1] for b in bands),
+        spectral_bands=tuple(bands),
+        pixel_size=(float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))),
+    )
+
+
+def valid_from_data(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Validity of each pixel of a (bands, rows, cols) array: not nodata and finite in every band."""
+    valid = np.ones(data.shape[1:], dtype=bool)
+    if nodata is not None:
+        if np.isnan(nodata):
+            pass  # NaN is caught by the finiteness test below
+        else:
+            valid &= ~(data == np.asarray(nodata, dtype=data.dtype)).any(axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    return valid
+
+
+def _needs_gdal_mask(ds: rasterio.DatasetReader, bands: Sequence[int]) -> bool:
+    """True when validity comes from an alpha band or an internal mask, not from values alone."""
+    for b in bands:
+        flags = ds.mask_flag_enums[b - 1]
+        if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:
+            return True
+        if MaskFlags.all_valid not in flags and MaskFlags.nodata not in flags:
+            return True
+    return False
+
+
+def read_window(
+    ds: rasterio.DatasetReader,
+    window: Window,
+    bands: Sequence[int],
+    *,
+    boundless: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` in ``window`` and the pixels' validity, as ((C, H, W) data, (H, W) bool).
+
+    With ``boundless``, pixels outside the raster read as invalid. Read failures (a damaged
+    file, a broken network read) become a one-line :class:`GeotranslateError`.
+    """
+    bands = list(bands)
+    try:
+        data = ds.read(bands, window=window, boundless=boundless, masked=False)
+        valid = valid_from_data(data, ds.nodata)
+        if _needs_gdal_mask(ds, bands):
+            masks = ds.read_masks(bands, window=window, boundless=boundless)
+            valid &= (masks > 0).all(axis=0)
+        elif boundless:
+            valid &= _inside_mask(ds, window)
+    except RasterioError as e:
+        raise GeotranslateError(
+            f"{ds.name}: read failed at rows {int(window.row_off)}..."
+            f"{int(window.row_off + window.height)}, cols {int(window.col_off)}..."
+            f"{int(window.col_off + window.width)} ({_first_line(e)})"
+        ) from None
+    return data, valid
+
+
+def _inside_mask(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
+    """Which pixels of a possibly out-of-bounds window lie inside the raster."""
+    rows = np.arange(int(window.height)) + int(window.row_off)
+    cols = np.arange(int(window.width)) + int(window.col_off)
+    return ((rows >= 0) & (rows < ds.height))[:, None] & ((cols >= 0) & (cols < ds.width))[None, :]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A run that dies (error, Ctrl-C, full disk) leaves no half-written file posing as a result.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise GeotranslateError(f"{final}: already exists (pass --overwrite to replace it)")
+    parent = final.parent if str(final.parent) else Path(".")
+    if not parent.exists():
+        raise GeotranslateError(f"{parent}: output directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GeotranslateError(f"{parent}: output directory is not writable")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results get the user's usual mode
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
