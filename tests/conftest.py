@@ -1,0 +1,82 @@
+"""Shared test fixtures: small rasters written on the fly, and the optional real-data folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import Affine, from_origin
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "real"
+
+torch.set_num_threads(2)
+
+
+def write_raster(
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    descriptions: Sequence[str] | None = None,
+    tiled: bool = True,
+    blocksize: int = 64,
+    alpha: np.ndarray | None = None,
+) -> Path:
+    """Write a (bands, rows, cols) array as a GeoTIFF; returns its path.
+
+    ``alpha`` (rows, cols; 0 = transparent) is appended as an alpha band.
+    """
+    path = Path(path)
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    if transform is None:
+        transform = from_origin(500000.0, 5300000.0, 10.0, 10.0)
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count + (alpha is not None),
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+    }
+    if tiled and height >= blocksize and width >= blocksize:
+        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, indexes=list(range(1, count + 1)))
+        if alpha is not None:
+            dst.write(alpha.astype(data.dtype), count + 1)
+            dst.colorinterp = [rasterio.enums.ColorInterp.undefined] * count + [
+                rasterio.enums.ColorInterp.alpha
+            ]
+        for i, d in enumerate(descriptions or []):
+            dst.set_band_description(i + 1, d)
+    return path
+
+
+@pytest.fixture
+def make_raster(tmp_path):
+    """Factory: make_raster(name, data, **write_raster kwargs) -> path inside tmp_path."""
+
+    def _make(name: str, data: np.ndarray, **kwargs) -> Path:
+        return write_raster(tmp_path / name, data, **kwargs)
+
+    return _make
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The shared real rasters beside the checkout; tests using them skip when it is absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data folder {REAL_DATA} not present")
+    return REAL_DATA
