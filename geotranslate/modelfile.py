@@ -68,7 +68,7 @@ class TranslationModel:
 
     dataset_type: str  # "Pix2Pix" or "CycleGAN"
     generators: dict[str, torch.nn.Module]  # "a2b" -> g_ab, "b2a" -> g_ba
-    generator_specs: dict[str, dict]  # direction -> {"arch", "in_channels", "out_channels", "kwargs"}
+    generator_specs: dict[str, dict]  # direction -> GeneratorSpec.to_dict()
     domains: dict[str, DomainSpec]  # "a", "b"
     chip_size: int
     training: dict = field(default_factory=dict)
@@ -118,8 +118,10 @@ def save_model(model: TranslationModel, out_dir: str | os.PathLike) -> Path:
     for direction, net in model.generators.items():
         prefix = GENERATOR_PREFIX[direction]
         for name, value in net.state_dict().items():
-            tensors[f"{prefix}.{name}"] = value.detach().to("cpu", torch.float32).contiguous() \
-                if value.is_floating_point() else value.detach().cpu().contiguous()
+            value = value.detach().to("cpu")
+            if value.is_floating_point():
+                value = value.float()  # bf16/fp16 training still saves fp32 weights
+            tensors[f"{prefix}.{name}"] = value.contiguous()
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
         digest = _sha256(tmp)
@@ -150,7 +152,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
 
     A missing, corrupt, tampered or incompatible file raises a one-line GeotranslateError.
     """
-    from geotranslate.models import build_generator  # deferred: keeps `import` of this light
+    from geotranslate.models import GeneratorSpec  # deferred: keeps `import` of this light
 
     meta_path, weights_path = _resolve(path)
     try:
@@ -180,9 +182,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         domains = {k: DomainSpec.from_dict(v) for k, v in meta["domains"].items()}
         generators: dict[str, torch.nn.Module] = {}
         for direction, spec in meta["generators"].items():
-            net = build_generator(
-                spec["arch"], spec["in_channels"], spec["out_channels"], **spec.get("kwargs", {})
-            )
+            # the weights come from the file: no download of pretrained encoders, no init
+            net = GeneratorSpec.from_dict(spec).build(init=False)
             prefix = GENERATOR_PREFIX[direction] + "."
             state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             net.load_state_dict(state, strict=True)

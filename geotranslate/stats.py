@@ -196,7 +196,8 @@ class Normalizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalizer:
-        return cls(d["method"], tuple(float(v) for v in d["low"]), tuple(float(v) for v in d["high"]))
+        low = tuple(float(v) for v in d["low"])
+        return cls(d["method"], low, tuple(float(v) for v in d["high"]))
 
 
 def cast_to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:

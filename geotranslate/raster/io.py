@@ -148,7 +148,7 @@ def raster_info(ds: rasterio.DatasetReader, bands: Sequence[int] | None = None) 
 
 
 def valid_from_data(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Validity of each pixel of a (bands, rows, cols) array: not nodata and finite in every band."""
+    """Validity of each pixel of (bands, rows, cols) data: not nodata, finite, in every band."""
     valid = np.ones(data.shape[1:], dtype=bool)
     if nodata is not None:
         if np.isnan(nodata):
@@ -177,18 +177,24 @@ def read_window(
     bands: Sequence[int],
     *,
     boundless: bool = False,
+    out_shape: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``bands`` in ``window`` and the pixels' validity, as ((C, H, W) data, (H, W) bool).
 
-    With ``boundless``, pixels outside the raster read as invalid. Read failures (a damaged
-    file, a broken network read) become a one-line :class:`GeotranslateError`.
+    With ``boundless``, pixels outside the raster read as invalid. ``out_shape`` (rows, cols)
+    reads the window decimated (nearest; GDAL uses overviews when present), for previews.
+    Read failures (a damaged file, a broken network read) become a one-line
+    :class:`GeotranslateError`.
     """
     bands = list(bands)
+    shaped = {} if out_shape is None else {"out_shape": (len(bands), *out_shape)}
+    if out_shape is not None and boundless:
+        raise ValueError("out_shape and boundless cannot be combined")
     try:
-        data = ds.read(bands, window=window, boundless=boundless, masked=False)
+        data = ds.read(bands, window=window, boundless=boundless, masked=False, **shaped)
         valid = valid_from_data(data, ds.nodata)
         if _needs_gdal_mask(ds, bands):
-            masks = ds.read_masks(bands, window=window, boundless=boundless)
+            masks = ds.read_masks(bands, window=window, boundless=boundless, **shaped)
             valid &= (masks > 0).all(axis=0)
         elif boundless:
             valid &= _inside_mask(ds, window)
