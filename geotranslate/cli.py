@@ -53,11 +53,357 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- export-tiles (geotranslate/export.py) --------------------------------------------------
 
+
+@cli.command("export-tiles")
+@click.argument("a_rasters", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--b", "b_rasters", multiple=True, type=click.Path(path_type=str),
+              help="Domain-B raster (repeat for several scenes: --b B1.tif --b B2.tif).")
+@click.option("--out", "out_dir", default="chips", type=click.Path(path_type=str),
+              help="Output directory; a run into an existing one adds to it.")
+@click.option("--tile-size", default=256, type=int, help="Chip width and height in pixels.")
+@click.option("--stride", default=None, type=int,
+              help="Step between chips in pixels [default: the tile size].")
+@click.option("--mode", type=click.Choice(["paired", "unpaired"]), default=None,
+              help="paired: B resampled onto A's grid, same names; unpaired: tiled "
+                   "independently (CycleGAN) [default: paired when --b is given].")
+@click.option("--domain", type=click.Choice(["a", "b"]), default=None,
+              help="Export a single raster list as this domain (no --b) [default: a].")
+@click.option("--bands", "bands_a", default=None,
+              help="Bands of A (1-based, e.g. 1,2,3) [default: all except alpha].")
+@click.option("--bands-b", "bands_b", default=None, help="Bands of B [default: all except alpha].")
+@click.option("--resampling", default="bilinear",
+              type=click.Choice(["nearest", "bilinear", "cubic", "cubic_spline", "lanczos",
+                                 "average", "mode"]),
+              help="Resampling of B onto A's grid (use nearest for classes).")
+@click.option("--max-nodata", default=0.1, type=float,
+              help="Skip chips with a larger fraction of invalid pixels (nodata, NaN, alpha = 0, "
+                   "padding) in either domain.")
+@click.option("--aoi", default=None, type=click.Path(path_type=str),
+              help="Vector file: keep only chips intersecting its polygons (any CRS).")
+@click.option("--exclude", default=None, type=click.Path(path_type=str),
+              help="Vector file: drop chips intersecting its polygons (any CRS).")
+@click.option("--val-fraction", default=0.0, type=float,
+              help="About this fraction of chips goes to val_a/val_b, in spatial blocks; "
+                   "train chips sharing pixels with them are dropped.")
+@click.option("--allow-no-crs", is_flag=True,
+              help="Accept rasters without a CRS (or with only GCPs/RPCs): pixel-space chips.")
+@click.option("--seed", default=0, type=int, help="Seed of the validation block draw.")
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode, domain, bands_a,
+                         bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
+                         allow_no_crs, seed, no_progress) -> None:
+    """Cut rasters into georeferenced GeoTIFF chips: DIR/train_a, train_b, meta.json, index.gpkg.
+
+    \b
+    Examples:
+      geotranslate export-tiles sar.tif --b optical.tif --out chips
+      geotranslate export-tiles s1_*.tif --b s2_*.tif --val-fraction 0.1
+      geotranslate export-tiles dsm.tif --domain a --out chips   (then --domain b)
+
+    A raster smaller than the tile gives one chip padded with nodata (its padding counts as
+    invalid pixels for --max-nodata). Complex and 64-bit integer rasters are refused (convert
+    them first). An interrupted run keeps its complete chips: re-run it to finish.
+    """
+    from geotranslate.export import export_tiles
+
+    summary = export_tiles(
+        list(a_rasters), list(b_rasters) or None, out_dir, tile_size=tile_size, stride=stride,
+        mode=mode, domain=domain, bands_a=bands_a, bands_b=bands_b, resampling=resampling,
+        max_nodata=max_nodata, aoi=aoi, exclude=exclude, val_fraction=val_fraction,
+        allow_no_crs=allow_no_crs, seed=seed, progress=not no_progress,
+    )
+    click.echo(str(summary))
+
 # ---- train (geotranslate/train/) --------------------------------------------------------------
+
+_TRAIN_OPTION_FIELDS = {  # CLI parameter name -> TrainConfig field
+    "data_dir": "data_dir", "dataset_type": "dataset_type", "out": "out",
+    "generator": "generator", "ngf": "ngf", "n_blocks": "n_blocks", "unet_depth": "unet_depth",
+    "ndf": "ndf", "n_layers_d": "n_layers_d", "net_norm": "net_norm",
+    "pretrained": "pretrained", "gan_mode": "gan_mode", "lambda_l1": "lambda_l1",
+    "lambda_a": "lambda_a", "lambda_b": "lambda_b", "lambda_identity": "lambda_identity",
+    "lambda_tv": "lambda_tv", "pool_size": "pool_size", "batch_size": "batch_size", "lr": "lr",
+    "epochs": "epochs", "epochs_decay": "epochs_decay", "max_steps": "max_steps",
+    "crop_size": "crop_size", "augment": "augment", "norm_method": "norm_method",
+    "cache": "cache", "workers": "workers", "device": "device", "precision": "precision",
+    "channels_last": "channels_last", "compile": "compile", "seed": "seed",
+    "deterministic": "deterministic", "save_every": "save_every", "rgb_bands": "rgb_bands",
+    "preview": "preview", "progress": "progress",
+}
+
+
+@cli.command("train", context_settings=CONTEXT)
+@click.argument("data_dir", default="chips", type=click.Path(file_okay=False))
+@click.option("--dataset-type", type=click.Choice(["Pix2Pix", "CycleGAN"]),
+              help="Pix2Pix (paired chips, same names in train_a/ and train_b/) or CycleGAN "
+              "(unpaired). Required unless --resume.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Run directory  [default: runs/<dataset-type>-<YYYYmmdd-HHMMSS>, and "
+              "runs/latest points at it]")
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Continue the run in this directory from checkpoints/last.pt (its settings "
+              "are reused; options given here override them).")
+@click.option("--generator", help="resnet | unet | smp-unet:<encoder> (e.g. smp-unet:resnet34)  "
+              "[default: unet for Pix2Pix, resnet for CycleGAN]")
+@click.option("--ngf", type=int, default=64, help="Generator filters in the first layer.")
+@click.option("--n-blocks", type=int, help="ResNet generator blocks  [default: 9 at >= 256 px "
+              "chips, else 6 (the papers' choices)]")
+@click.option("--unet-depth", type=int, help="U-Net down-samplings  [default: as many as the "
+              "chip size allows, at most 8]")
+@click.option("--ndf", type=int, default=64, help="Discriminator filters in the first layer.")
+@click.option("--n-layers-d", type=int, default=3, help="PatchGAN layers (3 = 70x70 patches).")
+@click.option("--net-norm", type=click.Choice(["instance", "batch", "none"]), default="instance",
+              help="Normalization layers in the generators and discriminators.")
+@click.option("--pretrained/--no-pretrained", default=False,
+              help="ImageNet weights for the smp-unet encoder (downloaded once).")
+@click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla", "hinge"]),
+              help="Adversarial loss  [default: vanilla for Pix2Pix, lsgan for CycleGAN]")
+@click.option("--lambda-l1", type=float, default=100.0, help="Pix2Pix L1 weight.")
+@click.option("--lambda-a", type=float, default=10.0, help="CycleGAN cycle weight A->B->A.")
+@click.option("--lambda-b", type=float, default=10.0, help="CycleGAN cycle weight B->A->B.")
+@click.option("--lambda-identity", type=float, default=0.5,
+              help="CycleGAN identity weight (x lambda-a/b); off automatically when the "
+              "domains' band counts differ.")
+@click.option("--lambda-tv", type=float, default=0.0, help="Total-variation weight on fakes.")
+@click.option("--pool-size", type=int, default=50, help="CycleGAN image pool of past fakes.")
+@click.option("--batch-size", type=int, default=1, help="Chips per iteration (per process).")
+@click.option("--lr", type=float, default=2e-4, help="Adam learning rate (betas 0.5, 0.999).")
+@click.option("--epochs", type=int, default=100,
+              help="Epochs at constant learning rate (100 as in the papers; sized for "
+              "real data — use a few for a trial).")
+@click.option("--epochs-decay", type=int, default=100,
+              help="Further epochs with the learning rate decaying linearly to 0.")
+@click.option("--max-steps", type=int, help="Stop after this many iterations in total.")
+@click.option("--crop-size", type=int, help="Random crops of this size  [default: whole chips]")
+@click.option("--augment/--no-augment", default=True, help="Random flips and 90° rotations.")
+@click.option("--norm-method", type=click.Choice(["percentile", "minmax", "meanstd"]),
+              default="percentile", help="Band scaling to [-1, 1] from meta.json statistics "
+              "(percentile: 2nd-98th percentile range, clipped).")
+@click.option("--cache/--no-cache", default=None,
+              help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
+@click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 when "
+              "cached, else min(4, CPUs)]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+              help="Where to train.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              default="auto", help="Autocast precision (auto: bf16 on CUDA when supported, "
+              "else fp32; bf16 also works on CPU; fp16 CUDA only, with a grad scaler).")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last memory format  [default: on for CUDA]")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
+@click.option("--seed", type=int, default=0, help="Seed for weights, data order, augmentation.")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic algorithms (slower; bitwise-reproducible resume on CPU).")
+@click.option("--save-every", type=int, default=0,
+              help="Also checkpoint every N iterations (0: at the end of each epoch only).")
+@click.option("--rgb-bands", help="Preview bands (1-based), e.g. 3,2,1 or 'a:1,2,3;b:3,2,1' "
+              "[default: from band descriptions]")
+@click.option("--preview/--no-preview", default=True, help="Write previews/epoch_XXX.png.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.pass_context
+def train_command(ctx: click.Context, compile_: bool, resume: str | None, **options) -> None:
+    """Train a Pix2Pix or CycleGAN translator on chips from export-tiles.
+
+    Writes RUN_DIR/config.json, metrics.csv, previews/, checkpoints/last.pt and the final
+    model.safetensors + model.json. Several GPUs or nodes:
+    torchrun --nproc_per_node N -m geotranslate train ...
+    """
+    import json
+    from pathlib import Path
+
+    from geotranslate.train import TrainConfig, train
+
+    options["compile"] = compile_
+    if resume:
+        saved = Path(resume) / "config.json"
+        if not saved.exists():
+            raise GeotranslateError(f"{saved}: missing; is {resume} a training run?")
+        try:
+            values = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise GeotranslateError(f"{saved}: corrupt ({e})") from None
+        param_name = {"compile": "compile_"}
+        for name, value in options.items():
+            source = ctx.get_parameter_source(param_name.get(name, name))
+            if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+                values[_TRAIN_OPTION_FIELDS[name]] = value
+        values["resume"] = resume
+        config = TrainConfig.from_dict(values)
+    else:
+        if not options.get("dataset_type"):
+            raise GeotranslateError("--dataset-type is required (Pix2Pix or CycleGAN)")
+        config = TrainConfig(**{_TRAIN_OPTION_FIELDS[k]: v for k, v in options.items()})
+    run_dir = train(config)
+    click.echo(str(run_dir))
+
 
 # ---- predict-raster (geotranslate/predict.py) -------------------------------------------------
 
+
+@cli.command("predict-raster")
+@click.argument("in_path", metavar="IN", type=click.Path(dir_okay=False))
+@click.option("--model", "model_path", default="runs/latest", type=click.Path(),
+              help="Run directory (or its model.json) of a trained model.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Output GeoTIFF. Default: <IN stem>_translated.tif beside IN.")
+@click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
+              help="Translation direction (CycleGAN models have both; Pix2Pix only a2b).")
+@click.option("--tile-size", type=int, default=None,
+              help="Tile size in pixels. Default: the model's chip size.")
+@click.option("--overlap", type=int, default=None,
+              help="Overlap between tiles in pixels. Default: a quarter of the tile size.")
+@click.option("--blend", type=click.Choice(["hann", "linear", "none"]), default="hann",
+              help="Window that merges overlapping tiles (none: hard seams, for comparison).")
+@click.option("--batch-size", type=int, default=4, help="Tiles per forward pass.")
+@click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              help="Compute precision (autocast); fp16 only on GPUs.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last memory format. Default: on for CUDA, off otherwise.")
+@click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF with overviews.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--window", default=None, metavar="ROW_OFF,COL_OFF,HEIGHT,WIDTH",
+              help="Translate only this part of IN (tiles at its edge read context from "
+                   "outside it, so parts join seamlessly).")
+@click.option("--rank", type=int, default=None,
+              help="Translate the RANK-th (0-based) of --world-size bands of rows; run one "
+                   "process per rank and join the parts with gdalbuildvrt.")
+@click.option("--world-size", type=int, default=1, help="Number of parts for --rank.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def predict_raster_cmd(in_path, model_path, out_path, direction, tile_size, overlap, blend,
+                       batch_size, device, precision, channels_last, cog, overwrite, window,
+                       rank, world_size, progress) -> None:
+    """Translate the raster IN with a trained model into a seamless GeoTIFF.
+
+    The raster is streamed in overlapping tiles that are blended, so memory stays bounded
+    whatever its size. To split a huge raster over several GPUs or machines, run the same
+    command with --rank 0..N-1 --world-size N (or different --window values) and join the
+    parts: gdalbuildvrt out.vrt IN_translated.part*.tif
+    """
+    from geotranslate.predict import predict_raster
+
+    summary = predict_raster(
+        in_path, model_path, out_path, direction=direction, tile_size=tile_size,
+        overlap=overlap, blend=blend, batch_size=batch_size, device=device,
+        precision=precision, channels_last=channels_last, cog=cog, overwrite=overwrite,
+        window=window, rank=rank, world_size=world_size, progress=progress,
+    )
+    click.echo(str(summary))
+
+
 # ---- evaluate and preview (geotranslate/evaluate.py, geotranslate/render.py) -------------------
+
+
+def _parse_data_range_option(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise GeotranslateError(
+            f"--data-range {text!r}: expected a number or a comma-separated list"
+        ) from None
+
+
+@cli.command("evaluate")
+@click.argument("rasters", nargs=-1, type=click.Path())
+@click.option("--model", "model_path", type=click.Path(),
+              help="Chip mode: run directory (or model.json) of a trained model.")
+@click.option("--data", "data_dir", default="chips", type=click.Path(),
+              help="Chip mode: chip directory made by export-tiles.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val",
+              help="Chip mode: which chips to evaluate on.")
+@click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
+              help="Chip mode: translation direction (b2a needs a CycleGAN model).")
+@click.option("--device", default="auto", help="Chip mode: torch device (auto, cpu, cuda, cuda:1).")
+@click.option("--batch-size", type=int, default=8, help="Chip mode: chips per forward pass.")
+@click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
+              default="bilinear", help="Raster mode: how REF is warped onto PRED's grid.")
+@click.option("--data-range", "data_range",
+              help="Data range for PSNR/SSIM (one value or one per band); default: the model's "
+                   "target normalization range (chips) or REF's p98-p2 (rasters).")
+@click.option("--allow-no-crs", is_flag=True,
+              help="Raster mode: accept rasters without CRS (they must share size and transform).")
+@click.option("--json", "json_path", type=click.Path(),
+              help="Also write every figure and the settings to this JSON file.")
+def evaluate_command(
+    rasters: tuple[str, ...],
+    model_path: str | None,
+    data_dir: str,
+    split: str,
+    direction: str,
+    device: str,
+    batch_size: int,
+    resampling: str,
+    data_range: str | None,
+    allow_no_crs: bool,
+    json_path: str | None,
+) -> None:
+    """Measure translation quality: MAE, RMSE, PSNR, SSIM (+ SAM, ERGAS for 3+ bands).
+
+    \b
+    Chip mode:   geotranslate evaluate --model runs/latest [--data chips] [--split val]
+    Raster mode: geotranslate evaluate PRED.tif REF.tif
+    Raster mode compares the common area on PRED's grid (REF is warped when grids differ);
+    nodata in either raster is left out.
+    """
+    from geotranslate.evaluate import evaluate_chips, evaluate_rasters
+
+    ranges = _parse_data_range_option(data_range)
+    if model_path is not None:
+        if rasters:
+            raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
+        report = evaluate_chips(
+            model_path, data_dir, split, direction, device=device, batch_size=batch_size,
+            data_range=ranges, progress=True,
+        )
+    else:
+        if len(rasters) != 2:
+            raise GeotranslateError(
+                "evaluate needs PRED.tif REF.tif (raster mode) or --model RUN_DIR (chip mode)"
+            )
+        report = evaluate_rasters(
+            rasters[0], rasters[1], resampling=resampling, data_range=ranges,
+            allow_no_crs=allow_no_crs,
+        )
+    click.echo(report.format_table())
+    if json_path:
+        report.write_json(json_path)
+        click.echo(f"wrote {json_path}")
+
+
+@cli.command("preview")
+@click.argument("rasters", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_png", default="preview.png", type=click.Path(),
+              help="PNG to write (panels side by side).")
+@click.option("--rgb-bands", help="Bands shown as R,G,B (e.g. 3,2,1) or one gray band; "
+                                  "default: from band descriptions/colours, else band 1 in gray.")
+@click.option("--window", help="Zoom: COL,ROW,WIDTH,HEIGHT in pixels, or "
+                               "map:LEFT,BOTTOM,RIGHT,TOP in the first raster's CRS.")
+@click.option("--max-size", type=int, default=1024,
+              help="Longest side of each panel in pixels (larger rasters are decimated).")
+@click.option("--columns", type=int, help="Panels per row (default: all in one row).")
+@click.option("--title", "titles", multiple=True,
+              help="Panel title, once per raster (default: file names).")
+@click.option("--db", is_flag=True, help="Show 10*log10 of the values (linear SAR power).")
+def preview_command(
+    rasters: tuple[str, ...],
+    out_png: str,
+    rgb_bands: str | None,
+    window: str | None,
+    max_size: int,
+    columns: int | None,
+    titles: tuple[str, ...],
+    db: bool,
+) -> None:
+    """Side-by-side PNG of rasters or chips, each stretched per band (2-98 %)."""
+    from geotranslate.render import render_rasters
+
+    image = render_rasters(
+        list(rasters), out_png, titles=list(titles) or None, rgb_bands=rgb_bands,
+        window=window, max_size=max_size, columns=columns, db=db,
+    )
+    click.echo(f"wrote {out_png} ({image.width} x {image.height} px)")
 
 
 if __name__ == "__main__":

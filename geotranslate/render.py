@@ -4,18 +4,31 @@ A raster of any band count and dtype becomes an 8-bit image by a per-band percen
 stretch; three bands are chosen for RGB from the band descriptions when they name colours
 (``--rgb-bands`` overrides), otherwise the first band is shown in gray. Invalid pixels are
 transparent. Panels are laid side by side with a title above each.
+
+Rasters are read for display with bounded size (:func:`read_for_display`): the longest side
+is decimated to ``max_size`` pixels by GDAL (from overviews when the file has them), so a
+30 000 x 30 000 raster previews in seconds and a few MB; ``--window`` zooms on a region given
+in pixels or map coordinates.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import rasterio
 from PIL import Image, ImageDraw, ImageFont
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
 
-from geotranslate.raster.io import atomic_path
+from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import atomic_path, open_raster, parse_bands, read_window
 
 _COLOUR_NAMES = {
     "red": ("red", "r", "b4", "b04", "sr_b4"),
@@ -23,6 +36,7 @@ _COLOUR_NAMES = {
     "blue": ("blue", "b", "b2", "b02", "sr_b2"),
 }
 TITLE_HEIGHT = 18
+TITLE_CHARS = 60  # longer titles are cut
 GAP = 4
 
 
@@ -66,7 +80,7 @@ def choose_display_bands(
 def stretch(
     data: np.ndarray, valid: np.ndarray | None = None, percentiles: tuple[float, float] = (2, 98)
 ) -> np.ndarray:
-    """(bands, rows, cols) -> uint8 with each band's percentile range over valid pixels to 0..255."""
+    """(bands, rows, cols) -> uint8: each band's percentile range over valid pixels to 0..255."""
     out = np.zeros(data.shape, dtype=np.uint8)
     if valid is None:
         valid = np.ones(data.shape[1:], dtype=bool)
@@ -118,7 +132,7 @@ def compose(panels: Sequence[Panel], columns: int | None = None, scale: int = 1)
     for k, (panel, im) in enumerate(zip(panels, images, strict=True)):
         x = (k % columns) * (cell_w + GAP)
         y = (k // columns) * (cell_h + GAP)
-        draw.text((x + 2, y + 3), panel.title[:60], fill=(0, 0, 0, 255), font=font)
+        draw.text((x + 2, y + 3), panel.title[:TITLE_CHARS], fill=(0, 0, 0, 255), font=font)
         canvas.paste(checker.crop((0, 0, im.width, im.height)), (x, y + TITLE_HEIGHT))
         canvas.alpha_composite(im, (x, y + TITLE_HEIGHT))
     return canvas.convert("RGB")
@@ -144,3 +158,230 @@ def render_panels(
     image = compose(panels, columns=columns, scale=scale)
     save_png(image, path)
     return image
+
+
+# ---- rasters for display: bounded, decimated reads ------------------------------------------
+
+#: longest side of a panel read from a raster, unless the caller asks otherwise.
+DEFAULT_MAX_SIZE = 1024
+#: panels smaller than this are enlarged by an integer factor (nearest) to stay legible.
+DEFAULT_MIN_SIZE = 256
+
+
+@dataclass(frozen=True)
+class DisplayWindow:
+    """A region to show: pixel offsets (col, row, width, height) or map bounds.
+
+    Map bounds are (left, bottom, right, top) in ``crs``; None means the CRS of the first
+    raster shown, so one window zooms every panel on the same ground.
+    """
+
+    kind: str  # "pixel" or "map"
+    values: tuple[float, float, float, float]
+    crs: str | None = None
+
+
+def parse_window(spec: str | None) -> DisplayWindow | None:
+    """``"COL,ROW,WIDTH,HEIGHT"`` (pixels) or ``"map:LEFT,BOTTOM,RIGHT,TOP"`` (map units)."""
+    if spec is None or not spec.strip():
+        return None
+    text = spec.strip()
+    kind = "pixel"
+    if text.lower().startswith("map:"):
+        kind, text = "map", text[4:]
+    elif text.lower().startswith("px:"):
+        text = text[3:]
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise GeotranslateError(
+            f"window {spec!r}: expected COL,ROW,WIDTH,HEIGHT (pixels) or "
+            "map:LEFT,BOTTOM,RIGHT,TOP (map coordinates)"
+        )
+    if kind == "pixel" and (values[2] <= 0 or values[3] <= 0):
+        raise GeotranslateError(f"window {spec!r}: width and height must be positive")
+    if kind == "map" and (values[2] <= values[0] or values[3] <= values[1]):
+        raise GeotranslateError(f"window {spec!r}: need LEFT < RIGHT and BOTTOM < TOP")
+    return DisplayWindow(kind, values)  # type: ignore[arg-type]
+
+
+def _pixel_window(ds: rasterio.DatasetReader, window: DisplayWindow | None) -> Window:
+    """The display window on ``ds``'s grid, clipped to the raster; error if it misses it."""
+    full = Window(0, 0, ds.width, ds.height)
+    if window is None:
+        return full
+    if window.kind == "pixel":
+        col, row, width, height = window.values
+        wanted = Window(col, row, width, height)
+    else:
+        left, bottom, right, top = window.values
+        if window.crs and ds.crs and rasterio.crs.CRS.from_user_input(window.crs) != ds.crs:
+            left, bottom, right, top = transform_bounds(window.crs, ds.crs, *window.values)
+        wanted = from_bounds(left, bottom, right, top, transform=ds.transform)
+        # normalise for any axis orientation (south-up rasters give negative heights)
+        r0, r1 = sorted((wanted.row_off, wanted.row_off + wanted.height))
+        c0, c1 = sorted((wanted.col_off, wanted.col_off + wanted.width))
+        wanted = Window(c0, r0, c1 - c0, r1 - r0)
+    c0 = max(0, math.floor(wanted.col_off))
+    r0 = max(0, math.floor(wanted.row_off))
+    c1 = min(ds.width, math.ceil(wanted.col_off + wanted.width))
+    r1 = min(ds.height, math.ceil(wanted.row_off + wanted.height))
+    if c1 <= c0 or r1 <= r0:
+        raise GeotranslateError(
+            f"{ds.name}: window {list(window.values)} lies outside the raster "
+            f"({ds.width} x {ds.height} px)"
+        )
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def display_descriptions(ds: rasterio.DatasetReader, bands: Sequence[int]) -> list[str | None]:
+    """Band descriptions, falling back to the colour interpretation (red/green/blue) when unset."""
+    colours = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
+    out: list[str | None] = []
+    for b in bands:
+        desc = ds.descriptions[b - 1]
+        out.append(desc if desc else colours.get(ds.colorinterp[b - 1]))
+    return out
+
+
+def read_for_display(
+    path: str | os.PathLike,
+    *,
+    rgb_bands: str | Sequence[int] | None = None,
+    window: DisplayWindow | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    db: bool = False,
+    title: str | None = None,
+) -> Panel:
+    """Read the bands to show from a raster as a :class:`Panel`, longest side <= ``max_size``.
+
+    Only the displayed bands are read (RGB from descriptions or colour interpretation,
+    ``rgb_bands`` to override, else the first band in gray), decimated by GDAL (nearest,
+    from overviews when present), so memory and time stay bounded for any raster size.
+    ``db`` shows 10*log10 of the values (linear SAR power); values <= 0 become invalid.
+    """
+    if max_size < 1:
+        raise GeotranslateError(f"max size must be at least 1 px, got {max_size}")
+    path = Path(path)
+    ds = open_raster(path, allow_no_crs=True)  # display needs no georeference
+    try:
+        spectral = parse_bands(None, ds)
+        if rgb_bands:
+            shown = parse_bands(rgb_bands, ds)
+            if len(shown) not in (1, 3):
+                raise GeotranslateError(
+                    f"{path}: --rgb-bands needs 1 or 3 bands, got {len(shown)}"
+                )
+        else:
+            descriptions = display_descriptions(ds, spectral)
+            shown = [spectral[i] for i in choose_display_bands(len(spectral), descriptions)]
+        win = _pixel_window(ds, window)
+        scale = max(win.width, win.height) / max_size
+        out_shape = None
+        if scale > 1:
+            out_shape = (
+                max(1, round(win.height / scale)),
+                max(1, round(win.width / scale)),
+            )
+        data, valid = read_window(ds, win, shown, out_shape=out_shape)
+        descriptions = display_descriptions(ds, shown)
+    except RasterioError as e:  # e.g. a damaged overview
+        raise GeotranslateError(f"{path}: cannot read for display ({e})") from None
+    finally:
+        ds.close()
+    if db:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            positive = (data > 0).all(axis=0)
+            data = np.where(data > 0, 10.0 * np.log10(data.astype(np.float64)), np.nan)
+        valid = valid & positive
+    name = title if title is not None else path.name
+    note = f" (1:{scale:.3g})" if out_shape is not None else ""
+    room = TITLE_CHARS - len(note)
+    if len(name) > room:  # keep both ends of long file names: dates and extensions matter
+        name = name[: room // 2 - 2] + "..." + name[-(room - room // 2 - 1) :]
+    name += note
+    return Panel(
+        title=name,
+        data=data,
+        valid=valid,
+        band_descriptions=descriptions,
+        rgb_bands=list(range(1, len(shown) + 1)),
+    )
+
+
+def _enlarge(panel: Panel, min_size: int) -> Panel:
+    """Integer nearest-neighbour enlargement of a small panel, so a 20 px chip is visible."""
+    data = np.asarray(panel.data)
+    if data.ndim == 2:
+        data = data[None]
+    longest = max(data.shape[1:])
+    factor = min_size // longest if longest else 1
+    if factor <= 1:
+        return panel
+    data = data.repeat(factor, axis=1).repeat(factor, axis=2)
+    valid = None
+    if panel.valid is not None:
+        valid = panel.valid.repeat(factor, axis=0).repeat(factor, axis=1)
+    return Panel(panel.title, data, valid, panel.band_descriptions, panel.rgb_bands)
+
+
+def render_rasters(
+    sources: Sequence[str | os.PathLike | np.ndarray | Panel],
+    out_png: str | os.PathLike,
+    *,
+    titles: Sequence[str] | None = None,
+    rgb_bands: str | Sequence[int] | None = None,
+    window: DisplayWindow | str | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    min_size: int = DEFAULT_MIN_SIZE,
+    columns: int | None = None,
+    db: bool = False,
+) -> Image.Image:
+    """Side-by-side PNG of rasters (paths), arrays ((bands, rows, cols), NaN = no data) or Panels.
+
+    Each panel is stretched per band (2-98 %), titled with its file name (or ``titles``),
+    no-data shown over a checkerboard. Paths are read with :func:`read_for_display`; a map
+    ``window`` is in the CRS of the first raster path unless it names its own. Returns the image.
+    """
+    if not sources:
+        raise GeotranslateError("preview: give at least one raster")
+    if titles is not None and len(titles) != len(sources):
+        raise GeotranslateError(f"preview: {len(titles)} titles for {len(sources)} rasters")
+    if isinstance(window, str):
+        window = parse_window(window)
+    if window is not None and window.kind == "map" and window.crs is None:
+        window = DisplayWindow("map", window.values, _first_crs(sources))
+    panels: list[Panel] = []
+    for i, source in enumerate(sources):
+        title = titles[i] if titles is not None else None
+        if isinstance(source, Panel):
+            panel = source if title is None else Panel(
+                title, source.data, source.valid, source.band_descriptions, source.rgb_bands
+            )
+        elif isinstance(source, np.ndarray):
+            data = source[None] if source.ndim == 2 else source
+            valid = np.isfinite(data).all(axis=0) if data.dtype.kind == "f" else None
+            panel = Panel(title or f"array {i + 1}", data, valid)
+        else:
+            panel = read_for_display(
+                source, rgb_bands=rgb_bands, window=window, max_size=max_size, db=db, title=title
+            )
+        panels.append(_enlarge(panel, min(min_size, max_size)))
+    try:
+        return render_panels(panels, out_png, columns=columns)
+    except ValueError as e:  # e.g. rgb bands that do not fit an array panel
+        raise GeotranslateError(f"preview: {e}") from None
+
+
+def _first_crs(sources: Sequence[object]) -> str | None:
+    """CRS of the first raster path among ``sources`` (for map windows), or None."""
+    for source in sources:
+        if isinstance(source, (str, os.PathLike)):
+            ds = open_raster(source, allow_no_crs=True)
+            try:
+                return ds.crs.to_wkt() if ds.crs else None
+            finally:
+                ds.close()
+    return None

@@ -196,8 +196,16 @@ def read_window(
         if _needs_gdal_mask(ds, bands):
             masks = ds.read_masks(bands, window=window, boundless=boundless, **shaped)
             valid &= (masks > 0).all(axis=0)
-        elif boundless:
-            valid &= _inside_mask(ds, window)
+        else:
+            # GDAL exposes an alpha band as a mask only for gray+alpha and RGBA layouts
+            alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+            if alpha:
+                alpha_shape = {} if out_shape is None else {"out_shape": (1, *out_shape)}
+                a = ds.read([alpha[0]], window=window, boundless=boundless, masked=False,
+                            **alpha_shape)
+                valid &= a[0] > 0
+            if boundless:
+                valid &= _inside_mask(ds, window)
     except RasterioError as e:
         raise GeotranslateError(
             f"{ds.name}: read failed at rows {int(window.row_off)}..."

@@ -1,0 +1,455 @@
+"""Compare translations with references: a model on paired chips, or two rasters.
+
+Chip mode (:func:`evaluate_chips`) runs a model's generator on the source chips of a split and
+compares its output, decoded to data units with the model's target-domain normalizer (and
+cast to the target dtype, as ``predict-raster`` writes it), with the real target chips of the
+same name. PSNR and SSIM use the target domain's normalization range (high - low of the
+model's normalizer, e.g. p98 - p2 of the training statistics) as data range.
+
+Raster mode (:func:`evaluate_rasters`) compares PRED with REF over their common area on
+PRED's grid; REF is warped onto that grid (bilinear by default) when CRS, transform or size
+differ. The rasters are processed in tiles with a margin, so memory stays bounded and SSIM
+windows see across tile borders. The data range is p98 - p2 of REF's valid pixels in the
+common area (from a bounded uniform sample when there are many), unless given.
+
+Both return an :class:`EvaluationReport`: a terminal table and a JSON document holding every
+figure and the settings. JSON has no infinity, so an infinite PSNR (identical images) is
+written as the string ``"inf"`` (``float("inf")`` parses it back) and a missing figure as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator
+from geotranslate.raster.io import atomic_path, open_raster, read_window, spectral_bands
+from geotranslate.raster.windows import tile_offsets
+from geotranslate.stats import StatsAccumulator, cast_to_dtype
+
+#: tile side for raster mode (plus SSIM_MARGIN of context on each side).
+RASTER_TILE = 1024
+RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "average")
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics (see :mod:`geotranslate.metrics`) with the settings that produced them."""
+
+    mode: str  # "chips" or "rasters"
+    metrics: dict
+    settings: dict
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: +inf -> "inf", NaN -> null."""
+        return _json_safe(
+            {"mode": self.mode, "settings": self.settings, "metrics": self.metrics,
+             "notes": self.notes}
+        )
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write the report atomically (a killed run leaves no truncated JSON)."""
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def format_table(self) -> str:
+        """A readable terminal table: one row per band, an overall row, then the settings."""
+        m = self.metrics
+        header = f"{'band':<16}{'MAE':>12}{'RMSE':>12}{'PSNR dB':>10}{'SSIM':>8}{'range':>12}"
+        lines = [header, "-" * len(header)]
+        for b in m["bands"]:
+            label = f"{b['band']} {b['name']}" if b["name"] else str(b["band"])
+            lines.append(
+                f"{label[:15]:<16}{_fmt(b['mae']):>12}{_fmt(b['rmse']):>12}"
+                f"{_fmt(b['psnr'], 2):>10}{_fmt(b['ssim'], 4):>8}{_fmt(b['data_range']):>12}"
+            )
+        o = m["overall"]
+        lines.append("-" * len(header))
+        lines.append(
+            f"{'overall':<16}{_fmt(o['mae']):>12}{_fmt(o['rmse']):>12}"
+            f"{_fmt(o['psnr'], 2):>10}{_fmt(o['ssim'], 4):>8}"
+        )
+        if len(m["bands"]) >= 3:
+            lines.append(
+                f"SAM {_fmt(o['sam_deg'], 3)} deg   ERGAS {_fmt(o['ergas'], 3)} "
+                f"(resolution ratio {m['resolution_ratio']:g})"
+            )
+        lines.append(f"valid pixels: {m['valid_pixels']}")
+        lines.append(f"data range (PSNR, SSIM): {self.settings['data_range_source']}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if digits is not None:
+        return f"{value:.{digits}f}"
+    return f"{value:.5g}"
+
+
+def _json_safe(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _parse_data_range(data_range: float | Sequence[float] | None, band_count: int):
+    if data_range is None:
+        return None
+    values = np.broadcast_to(np.atleast_1d(np.asarray(data_range, dtype=np.float64)), (band_count,))
+    if values.size != band_count or np.any(~np.isfinite(values)) or np.any(values <= 0):
+        raise GeotranslateError(
+            f"data range {data_range!r}: give one positive value or one per band ({band_count})"
+        )
+    return values.tolist()
+
+
+# ---- chip mode ---------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GeotranslateError(f"device {device!r}: CUDA is not available on this machine")
+    return device
+
+
+def _read_chip(path: Path, band_count: int, domain: str) -> tuple[np.ndarray, np.ndarray]:
+    ds = open_raster(path, allow_no_crs=True)
+    try:
+        bands = spectral_bands(ds)
+        if len(bands) != band_count:
+            raise GeotranslateError(
+                f"{path}: {len(bands)} bands, but the model's domain {domain} has {band_count}"
+            )
+        return read_window(ds, Window(0, 0, ds.width, ds.height), bands)
+    finally:
+        ds.close()
+
+
+def evaluate_chips(
+    model,
+    data_dir: str | os.PathLike = "chips",
+    split: str = "val",
+    direction: str = "a2b",
+    *,
+    device: str = "cpu",
+    batch_size: int = 8,
+    data_range: float | Sequence[float] | None = None,
+    progress: bool = False,
+) -> EvaluationReport:
+    """Run ``model``'s ``direction`` generator on the ``split`` chips and compare with the targets.
+
+    ``model`` is a :class:`~geotranslate.modelfile.TranslationModel` or a path for
+    :func:`~geotranslate.modelfile.load_model`. Pixels count where both the source and the
+    target chip are valid.
+    """
+    import torch
+
+    from geotranslate.modelfile import DIRECTIONS, TranslationModel, load_model
+
+    if direction not in DIRECTIONS:
+        raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
+    if batch_size < 1:
+        raise GeotranslateError(f"batch size must be at least 1, got {batch_size}")
+    device = _resolve_device(device)
+    model_path = None
+    if not isinstance(model, TranslationModel):
+        model_path = str(model)
+        model = load_model(model, device=device)
+    generator = model.generator(direction).to(device).eval()
+    src_name, tgt_name = DIRECTIONS[direction]
+    source, target = model.source_domain(direction), model.target_domain(direction)
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise GeotranslateError(f"{data_dir}: no such chip directory (make it with export-tiles)")
+    src_dir, tgt_dir = data_dir / f"{split}_{src_name}", data_dir / f"{split}_{tgt_name}"
+    for d in (src_dir, tgt_dir):
+        if not d.is_dir() or not any(d.glob("*.tif")):
+            hint = (
+                "export validation chips with `geotranslate export-tiles ... --val-fraction 0.1` "
+                "or evaluate on --split train"
+                if split == "val"
+                else "export chips with `geotranslate export-tiles` (paired, with --b)"
+            )
+            raise GeotranslateError(f"{d}: no {split} chips ({hint})")
+    src_names = {p.name for p in src_dir.glob("*.tif")}
+    names = sorted(src_names & {p.name for p in tgt_dir.glob("*.tif")})
+    if not names:
+        raise GeotranslateError(
+            f"{src_dir} and {tgt_dir}: no chip names in common (chip mode needs paired chips)"
+        )
+
+    normalizer = target.normalizer
+    if data_range is None:
+        ranges = [h - lo for lo, h in zip(normalizer.low, normalizer.high, strict=True)]
+        range_source = (
+            f"target domain {tgt_name} normalizer of the model "
+            f"({normalizer.method}: high - low)"
+        )
+    else:
+        ranges = _parse_data_range(data_range, target.band_count)
+        range_source = "given"
+    acc = MetricsAccumulator(target.band_count, ranges)
+
+    batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="evaluate", unit="batch")
+    with torch.no_grad():
+        for batch in batches:
+            # chips of one batch must share a shape for torch.stack: group by shape
+            groups: dict[tuple[int, ...], list] = {}
+            for name in batch:
+                src, src_valid = _read_chip(src_dir / name, source.band_count, src_name)
+                tgt, tgt_valid = _read_chip(tgt_dir / name, target.band_count, tgt_name)
+                if src.shape[1:] != tgt.shape[1:]:
+                    raise GeotranslateError(
+                        f"{tgt_dir / name}: {tgt.shape[2]} x {tgt.shape[1]} px, but its source "
+                        f"chip is {src.shape[2]} x {src.shape[1]} px"
+                    )
+                x = source.normalizer.to_model(src, src_valid)
+                groups.setdefault(x.shape, []).append((x, tgt, src_valid & tgt_valid))
+            for items in groups.values():
+                x = torch.from_numpy(np.stack([it[0] for it in items])).to(device)
+                y = generator(x).float().cpu().numpy()
+                for out, (_, tgt, valid) in zip(y, items, strict=True):
+                    pred = cast_to_dtype(normalizer.from_model(out), target.dtype)
+                    acc.add(pred.astype(np.float64), tgt.astype(np.float64), valid)
+    if acc.count == 0:
+        raise GeotranslateError(
+            f"{src_dir}, {tgt_dir}: no pixel is valid in both source and target chips"
+        )
+    metrics = acc.result(target.band_descriptions)
+    settings = {
+        "model": model_path,
+        "dataset_type": model.dataset_type,
+        "data_dir": str(data_dir),
+        "split": split,
+        "direction": direction,
+        "chips": len(names),
+        "device": device,
+        "batch_size": batch_size,
+        "target_dtype": target.dtype,
+        "data_range": [float(r) for r in ranges],
+        "data_range_source": range_source,
+        "resolution_ratio": 1.0,
+    }
+    return EvaluationReport("chips", metrics, settings)
+
+
+# ---- raster mode -------------------------------------------------------------------------------
+
+
+def _same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> bool:
+    return (
+        a.crs == b.crs
+        and (a.width, a.height) == (b.width, b.height)
+        and a.transform.almost_equals(b.transform, precision=1e-9 * max(1.0, abs(a.transform.a)))
+    )
+
+
+def _aligned_reference(pred, ref, resampling: str):
+    """REF as read on PRED's grid: itself when the grids match, else a WarpedVRT."""
+    if _same_grid(pred, ref):
+        return ref, None
+    if pred.crs is None or ref.crs is None:
+        raise GeotranslateError(
+            f"{ref.name}: cannot align with {pred.name} without a CRS on both "
+            "(rasters without CRS must have the same size and transform)"
+        )
+    options = {
+        "crs": pred.crs,
+        "transform": pred.transform,
+        "width": pred.width,
+        "height": pred.height,
+        "resampling": Resampling[resampling],
+    }
+    # with a nodata value GDAL carries it through the warp; without one an added alpha band
+    # marks the pixels REF does not cover. The alpha band is read explicitly: GDAL does not
+    # always report it in the VRT's mask flags (seen with float32 sources).
+    alpha_band = None
+    if ref.nodata is None:
+        options["add_alpha"] = True
+        alpha_band = ref.count + 1
+    return WarpedVRT(ref, **options), alpha_band
+
+
+def _read_reference(aligned, window: Window, bands: list[int], alpha_band: int | None):
+    data, valid = read_window(aligned, window, bands)
+    if alpha_band is not None:
+        alpha, _ = read_window(aligned, window, [alpha_band])
+        valid &= alpha[0] > 0
+    return data, valid
+
+
+def _common_window(pred, ref) -> Window:
+    """Part of PRED's grid that REF covers; error when they do not overlap."""
+    left, bottom, right, top = pred.bounds
+    if pred.crs is not None and ref.crs is not None and ref.crs != pred.crs:
+        r_left, r_bottom, r_right, r_top = transform_bounds(ref.crs, pred.crs, *ref.bounds)
+    else:
+        r_left, r_bottom, r_right, r_top = ref.bounds
+    box = (max(left, r_left), max(bottom, r_bottom), min(right, r_right), min(top, r_top))
+    if box[0] >= box[2] or box[1] >= box[3]:
+        raise GeotranslateError(f"{pred.name} and {ref.name}: the rasters do not overlap")
+    win = from_bounds(*box, transform=pred.transform)
+    r0, r1 = sorted((win.row_off, win.row_off + win.height))
+    c0, c1 = sorted((win.col_off, win.col_off + win.width))
+    c0, r0 = max(0, math.floor(c0 + 1e-6)), max(0, math.floor(r0 + 1e-6))
+    c1, r1 = min(pred.width, math.ceil(c1 - 1e-6)), min(pred.height, math.ceil(r1 - 1e-6))
+    if c1 <= c0 or r1 <= r0:
+        raise GeotranslateError(f"{pred.name} and {ref.name}: the rasters do not overlap")
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _tiles(window: Window, tile: int, margin: int):
+    """(read window, core slices within it) covering ``window``; reads add ``margin`` context."""
+    c0, r0 = int(window.col_off), int(window.row_off)
+    w, h = int(window.width), int(window.height)
+    for row in tile_offsets(h, min(tile, h), min(tile, h)):
+        for col in tile_offsets(w, min(tile, w), min(tile, w)):
+            th, tw = min(tile, h - row), min(tile, w - col)
+            top, left = max(0, row - margin), max(0, col - margin)
+            bottom, right = min(h, row + th + margin), min(w, col + tw + margin)
+            read = Window(c0 + left, r0 + top, right - left, bottom - top)
+            core = (slice(row - top, row - top + th), slice(col - left, col - left + tw))
+            yield read, core
+
+
+def evaluate_rasters(
+    pred_path: str | os.PathLike,
+    ref_path: str | os.PathLike,
+    *,
+    resampling: str = "bilinear",
+    data_range: float | Sequence[float] | None = None,
+    tile_size: int = RASTER_TILE,
+    allow_no_crs: bool = False,
+    progress: bool = False,
+) -> EvaluationReport:
+    """Compare PRED with REF over their common area, on PRED's grid, valid pixels only."""
+    if resampling not in RESAMPLING_CHOICES:
+        raise GeotranslateError(f"resampling {resampling!r}: choose from {RESAMPLING_CHOICES}")
+    if tile_size < 16:
+        raise GeotranslateError(f"tile size must be at least 16 px, got {tile_size}")
+    pred = open_raster(pred_path, allow_no_crs=allow_no_crs)
+    try:
+        ref = open_raster(ref_path, allow_no_crs=allow_no_crs)
+    except GeotranslateError:
+        pred.close()
+        raise
+    aligned = None
+    try:
+        pred_bands, ref_bands = spectral_bands(pred), spectral_bands(ref)
+        if len(pred_bands) != len(ref_bands):
+            raise GeotranslateError(
+                f"{pred_path} has {len(pred_bands)} bands but {ref_path} has {len(ref_bands)}: "
+                "band counts must match"
+            )
+        if (pred.crs is None) != (ref.crs is None):
+            raise GeotranslateError(
+                f"{pred_path if pred.crs is None else ref_path}: has no CRS while the other "
+                "raster has one, so they cannot be aligned"
+            )
+        window = _common_window(pred, ref)
+        aligned, alpha_band = _aligned_reference(pred, ref, resampling)
+        warped = aligned is not ref
+        band_count = len(pred_bands)
+
+        def pairs(margin: int):
+            tiles = list(_tiles(window, tile_size, margin))
+            if progress:
+                from tqdm import tqdm
+
+                tiles = tqdm(tiles, desc="evaluate", unit="tile")
+            for read, core in tiles:
+                p, p_valid = read_window(pred, read, pred_bands)
+                r, r_valid = _read_reference(aligned, read, ref_bands, alpha_band)
+                yield p, r, p_valid & r_valid, core
+
+        ranges = _parse_data_range(data_range, band_count)
+        range_source = "given"
+        ref_stats = StatsAccumulator(band_count, max_samples=200_000)
+        if ranges is None:
+            for _, r, valid, _core in pairs(0):
+                ref_stats.add(r, valid)
+            if ref_stats.count == 0:
+                raise GeotranslateError(
+                    f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
+                    "(all nodata)"
+                )
+            stats = ref_stats.result()
+            ranges = [s.p98 - s.p2 if s.p98 > s.p2 else s.max - s.min for s in stats]
+            ranges = [r if r > 0 else 1.0 for r in ranges]
+            range_source = (
+                f"p98 - p2 of the reference's valid pixels in the common area "
+                f"({'exact' if ref_stats.exact else 'from a uniform sample'}; "
+                "max - min, or 1, where that is 0)"
+            )
+        acc = MetricsAccumulator(band_count, ranges)
+        for p, r, valid, core in pairs(SSIM_MARGIN):
+            acc.add(p.astype(np.float64), r.astype(np.float64), valid, core)
+        if acc.count == 0:
+            raise GeotranslateError(
+                f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
+                "(all nodata)"
+            )
+        descriptions = [pred.descriptions[b - 1] or ref.descriptions[b - 1] for b in pred_bands]
+        metrics = acc.result(descriptions)
+        settings = {
+            "prediction": str(pred_path),
+            "reference": str(ref_path),
+            "grid": "prediction",
+            "reference_warped": warped,
+            "resampling": resampling if warped else None,
+            "common_window": {
+                "col_off": int(window.col_off), "row_off": int(window.row_off),
+                "width": int(window.width), "height": int(window.height),
+            },
+            "crs": pred.crs.to_string() if pred.crs else None,
+            "tile_size": tile_size,
+            "data_range": [float(r) for r in ranges],
+            "data_range_source": range_source,
+            "resolution_ratio": 1.0,
+        }
+        notes = []
+        if warped:
+            notes.append(f"reference warped onto the prediction's grid ({resampling})")
+        return EvaluationReport("rasters", metrics, settings, notes)
+    finally:
+        if aligned is not None and aligned is not ref:
+            aligned.close()
+        pred.close()
+        ref.close()

@@ -1,0 +1,269 @@
+"""evaluate: raster mode (alignment, nodata, errors), chip mode (a real tiny model), CLI, JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+from skimage.metrics import structural_similarity
+
+from geotranslate.cli import main
+from geotranslate.errors import GeotranslateError
+from geotranslate.evaluate import evaluate_chips, evaluate_rasters
+from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
+from geotranslate.models import build_generator, generator_spec
+from geotranslate.stats import Normalizer
+from tests.conftest import write_raster
+
+# ---- raster mode -------------------------------------------------------------------------------
+
+
+def test_same_grid_known_shift_nodata_excluded(make_raster):
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 100, size=(2, 64, 80)).astype(np.float32)
+    pred = ref + 5.0
+    ref[:, 10:20, 10:30] = -9999.0  # nodata in REF
+    pred[:, 40:50, 50:70] = -9999.0  # nodata in PRED
+    pred[:, 10:20, 10:30] = 1e6  # garbage where REF has no data: must not count
+    ref_path = make_raster("ref.tif", ref, nodata=-9999.0, descriptions=["VV", "VH"])
+    pred_path = make_raster("pred.tif", pred, nodata=-9999.0)
+    report = evaluate_rasters(pred_path, ref_path)
+    m = report.metrics
+    valid = np.ones((64, 80), dtype=bool)
+    valid[10:20, 10:30] = False
+    valid[40:50, 50:70] = False
+    assert m["valid_pixels"] == valid.sum()
+    assert not report.settings["reference_warped"]
+    for b, band in enumerate(m["bands"]):
+        assert band["mae"] == pytest.approx(5.0, rel=1e-5)
+        assert band["rmse"] == pytest.approx(5.0, rel=1e-5)
+        p2, p98 = np.percentile(ref[b][valid].astype(np.float64), [2, 98])
+        assert band["data_range"] == pytest.approx(p98 - p2)
+        assert band["psnr"] == pytest.approx(20 * math.log10((p98 - p2) / 5.0), rel=1e-5)
+    assert [b["name"] for b in m["bands"]] == ["VV", "VH"]
+    assert "p98 - p2" in report.settings["data_range_source"]
+
+
+def _ramp(easting: np.ndarray, northing: np.ndarray) -> np.ndarray:
+    """A linear field of EPSG:32633 coordinates: bilinear warping reproduces it exactly."""
+    return 0.01 * (easting - 500000.0) + 0.02 * (northing - 5290000.0)
+
+
+@pytest.mark.parametrize("ref_nodata", [None, -9999.0])
+def test_aligns_reference_across_crs(make_raster, ref_nodata):
+    # REF: 200 x 200 px at 10 m in UTM 33N; PRED: 15 m in UTM 32N, partly outside REF
+    ref_transform = from_origin(500000.0, 5292000.0, 10.0, 10.0)
+    rows, cols = np.mgrid[0:200, 0:200]
+    east, north = ref_transform * (cols + 0.5, rows + 0.5)
+    ref = _ramp(east, north)[None].astype(np.float32)
+    if ref_nodata is not None:
+        ref[:, 90:110, 90:110] = ref_nodata
+    ref_path = make_raster("ref.tif", ref, transform=ref_transform, nodata=ref_nodata)
+
+    # PRED grid in EPSG:32632 placed over REF's west part and beyond it
+    x32, y32 = warp_transform("EPSG:32633", "EPSG:32632", [500000.0], [5292000.0])
+    pred_transform = from_origin(x32[0] - 600.0, y32[0] - 300.0, 15.0, 15.0)
+    prow, pcol = np.mgrid[0:100, 0:100]
+    px, py = pred_transform * (pcol + 0.5, prow + 0.5)
+    e33, n33 = warp_transform("EPSG:32632", "EPSG:32633", px.ravel(), py.ravel())
+    e33, n33 = np.asarray(e33).reshape(px.shape), np.asarray(n33).reshape(px.shape)
+    pred = _ramp(e33, n33) + 1.0
+    dx, dy = e33 - 500000.0, 5292000.0 - n33  # metres from REF's top-left corner
+
+    def within(lo: float, hi: float) -> np.ndarray:
+        return (dx > lo) & (dx < hi) & (dy > lo) & (dy < hi)
+
+    covered_surely, covered_maybe = within(15, 1985), within(0, 2000)
+    if ref_nodata is not None:  # REF's hole spans 900..1100 m
+        covered_surely &= ~within(880, 1120)
+        covered_maybe &= ~within(920, 1080)
+        pred[within(920, 1080)] = 1e6  # garbage where REF has no data: must not count
+    pred[dx <= 0] = 1e6  # garbage outside REF: must not count either
+    pred_path = make_raster(
+        "pred.tif", pred[None].astype(np.float32), crs="EPSG:32632", transform=pred_transform
+    )
+    report = evaluate_rasters(pred_path, ref_path)
+    m = report.metrics
+    assert report.settings["reference_warped"]
+    assert report.settings["crs"] == "EPSG:32632"
+    # a misaligned comparison of this ramp would be off by tens of units
+    assert m["bands"][0]["mae"] == pytest.approx(1.0, abs=0.05)
+    assert m["bands"][0]["rmse"] == pytest.approx(1.0, abs=0.1)
+    assert covered_surely.sum() <= m["valid_pixels"] <= covered_maybe.sum()
+
+
+def test_raster_errors(make_raster, tmp_path):
+    data = np.ones((2, 32, 32), dtype=np.float32)
+    a = make_raster("a.tif", data)
+    far = make_raster("far.tif", data, transform=from_origin(900000.0, 5300000.0, 10.0, 10.0))
+    three = make_raster("three.tif", np.ones((3, 32, 32), dtype=np.float32))
+    empty = make_raster("empty.tif", np.full((2, 32, 32), -1.0, dtype=np.float32), nodata=-1.0)
+    no_crs = make_raster("nocrs.tif", data, crs=None)
+    with pytest.raises(GeotranslateError, match="do not overlap"):
+        evaluate_rasters(a, far)
+    with pytest.raises(GeotranslateError, match="band counts must match"):
+        evaluate_rasters(a, three)
+    with pytest.raises(GeotranslateError, match="all nodata"):
+        evaluate_rasters(a, empty)
+    with pytest.raises(GeotranslateError, match="all nodata"):
+        evaluate_rasters(empty, a, data_range=1.0)
+    with pytest.raises(GeotranslateError, match="missing.tif: no such file"):
+        evaluate_rasters(a, tmp_path / "missing.tif")
+    with pytest.raises(GeotranslateError, match="no CRS"):
+        evaluate_rasters(a, no_crs, allow_no_crs=True)
+
+
+def test_cli_raster_mode_table_and_json(make_raster, tmp_path, capsys):
+    ref = np.random.default_rng(3).uniform(0, 50, size=(3, 48, 48)).astype(np.float32)
+    a = make_raster("a.tif", ref)
+    b = make_raster("b.tif", ref.copy())
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(a), str(b), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "overall" in table and "inf" in table and "SAM" in table
+    doc = json.loads(out.read_text())
+    overall = doc["metrics"]["overall"]
+    assert overall["psnr"] == "inf" and float(overall["psnr"]) == math.inf
+    assert overall["mae"] == 0.0 and overall["sam_deg"] == 0.0
+    assert overall["ssim"] == pytest.approx(1.0)
+    assert doc["settings"]["reference"] == str(b) and len(doc["settings"]["data_range"]) == 3
+    assert not list(tmp_path.glob("*.part"))
+
+    assert main(["evaluate", str(a), str(tmp_path / "nope.tif")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geotranslate: error:") and "nope.tif" in err and "\n" not in err
+    assert main(["evaluate", str(a)]) == 1
+    assert "PRED.tif REF.tif" in capsys.readouterr().err
+
+
+# ---- chip mode ---------------------------------------------------------------------------------
+
+CHIP = 32
+
+
+def _write_chips(root, split: str, count: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    (root / f"{split}_a").mkdir(parents=True)
+    (root / f"{split}_b").mkdir(parents=True)
+    for k in range(count):
+        a = rng.normal(-12, 3, size=(2, CHIP, CHIP)).astype(np.float32)
+        b = rng.integers(200, 4000, size=(3, CHIP, CHIP)).astype(np.uint16)
+        if k == 0:
+            a[:, :5, :] = -9999.0  # source nodata
+            b[:, -4:, -6:] = 0  # target nodata
+        transform = from_origin(500000.0 + k * 320, 5300000.0, 10.0, 10.0)
+        name = f"scene_{k * CHIP}_0.tif"
+        write_raster(root / f"{split}_a" / name, a, transform=transform, nodata=-9999.0,
+                     descriptions=["VV", "VH"])
+        write_raster(root / f"{split}_b" / name, b, transform=transform, nodata=0,
+                     descriptions=["red", "green", "blue"])
+
+
+@pytest.fixture
+def chip_model(tmp_path):
+    """Chips in the export layout plus a tiny real Pix2Pix-style model saved to a run dir."""
+    chips = tmp_path / "chips"
+    _write_chips(chips, "train", 2, seed=1)
+    _write_chips(chips, "val", 3, seed=2)
+    (chips / "meta.json").write_text(json.dumps({"format": "geotranslate-chips",
+                                                 "format_version": 1, "tile_size": CHIP}))
+    torch.manual_seed(0)
+    g_ab = build_generator("resnet", 2, 3, ngf=4, n_blocks=1, norm="instance").eval()
+    model = TranslationModel(
+        dataset_type="Pix2Pix",
+        generators={"a2b": g_ab},
+        generator_specs={"a2b": generator_spec(g_ab).to_dict()},
+        domains={
+            "a": DomainSpec(2, "float32", ["VV", "VH"], -9999.0,
+                            Normalizer("percentile", (-18.0, -17.0), (-6.0, -7.0))),
+            "b": DomainSpec(3, "uint16", ["red", "green", "blue"], 0.0,
+                            Normalizer("percentile", (300.0, 250.0, 200.0),
+                                       (3800.0, 3900.0, 3000.0))),
+        },
+        chip_size=CHIP,
+    )
+    save_model(model, tmp_path / "run")
+    return chips, tmp_path / "run", g_ab, model
+
+
+def _by_hand(chips, g_ab, model):
+    """Metrics of the val chips computed independently of geotranslate.metrics."""
+    import rasterio
+
+    src_norm = model.domains["a"].normalizer
+    tgt_norm = model.domains["b"].normalizer
+    low, high = np.array(tgt_norm.low)[:, None, None], np.array(tgt_norm.high)[:, None, None]
+    errors, ssim_sums, count = [], np.zeros(3), 0
+    for path in sorted((chips / "val_a").glob("*.tif")):
+        with rasterio.open(path) as ds:
+            a = ds.read()
+        with rasterio.open(chips / "val_b" / path.name) as ds:
+            b = ds.read().astype(np.float64)
+        valid = (a != -9999.0).all(axis=0) & (b != 0).all(axis=0)
+        x = src_norm.to_model(a, (a != -9999.0).all(axis=0))
+        with torch.no_grad():
+            y = g_ab(torch.from_numpy(x[None]))[0].numpy().astype(np.float64)
+        pred = np.clip(np.rint((y + 1) / 2 * (high - low) + low), 0, 65535)
+        errors.append((pred - b)[:, valid])
+        for k in range(3):
+            fill_p = np.where(valid, pred[k], pred[k][valid].mean())
+            fill_b = np.where(valid, b[k], b[k][valid].mean())
+            _, ssim_map = structural_similarity(
+                fill_p, fill_b, data_range=float(high[k, 0, 0] - low[k, 0, 0]), full=True
+            )
+            ssim_sums[k] += ssim_map[valid].sum()
+        count += int(valid.sum())
+    err = np.concatenate(errors, axis=1)
+    return err, ssim_sums / count, count
+
+
+def test_chip_mode_matches_hand_computation(chip_model):
+    chips, run_dir, g_ab, model = chip_model
+    report = evaluate_chips(run_dir, chips, split="val", direction="a2b", batch_size=2)
+    err, ssim, count = _by_hand(chips, g_ab, model)
+    m = report.metrics
+    assert m["valid_pixels"] == count == 3 * CHIP * CHIP - CHIP * 5 - 4 * 6
+    # batched vs single-chip forward passes differ in float rounding, which can flip the
+    # integer rounding of a pixel or two: hence rtol 1e-5, not machine precision
+    np.testing.assert_allclose([b["mae"] for b in m["bands"]], np.abs(err).mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(
+        [b["rmse"] for b in m["bands"]], np.sqrt((err**2).mean(axis=1)), rtol=1e-5
+    )
+    np.testing.assert_allclose([b["ssim"] for b in m["bands"]], ssim, rtol=1e-4)
+    assert report.settings["data_range"] == [3500.0, 3650.0, 2800.0]
+    assert "normalizer" in report.settings["data_range_source"]
+    assert report.settings["chips"] == 3 and report.settings["split"] == "val"
+    assert m["overall"]["sam_deg"] > 0 and m["overall"]["ergas"] > 0
+    # the train split works too and gives other figures
+    train = evaluate_chips(run_dir, chips, split="train", batch_size=4)
+    assert train.metrics["valid_pixels"] == 2 * CHIP * CHIP - CHIP * 5 - 4 * 6
+    assert train.metrics["overall"]["mae"] != m["overall"]["mae"]
+
+
+def test_chip_mode_errors(chip_model, tmp_path):
+    chips, run_dir, _, _ = chip_model
+    with pytest.raises(GeotranslateError, match="has no b2a generator"):
+        evaluate_chips(run_dir, chips, direction="b2a")
+    no_val = tmp_path / "no_val"
+    _write_chips(no_val, "train", 1, seed=5)
+    with pytest.raises(GeotranslateError, match="--val-fraction"):
+        evaluate_chips(run_dir, no_val, split="val")
+    with pytest.raises(GeotranslateError, match="no such chip directory"):
+        evaluate_chips(run_dir, tmp_path / "nowhere")
+
+
+def test_cli_chip_mode(chip_model, tmp_path, capsys):
+    chips, run_dir, _, _ = chip_model
+    out = tmp_path / "chips.json"
+    code = main(["evaluate", "--model", str(run_dir), "--data", str(chips), "--device", "cpu",
+                 "--json", str(out)])
+    assert code == 0
+    assert "overall" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "chips" and doc["settings"]["direction"] == "a2b"
+    assert len(doc["metrics"]["bands"]) == 3
