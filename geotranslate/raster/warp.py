@@ -1,0 +1,187 @@
+"""Pairing a B raster with an A raster: footprint overlap, and reading B on A's pixel grid.
+
+Paired chips must cover exactly the same ground with the same grid, so B is resampled onto
+A's grid on the fly with a rasterio ``WarpedVRT`` (never materialised: windows are warped as
+they are read). Validity of warped pixels comes from an alpha band the VRT carries (the
+source's own alpha, or one added by the warper), because the area outside B's footprint has
+no nodata value to mark it when B declares none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import read_window, valid_from_data
+
+RESAMPLING_NAMES = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid: where chips are cut (A's grid, padded up to the tile size if smaller)."""
+
+    crs: rasterio.crs.CRS | None
+    transform: Affine
+    width: int
+    height: int
+
+
+def _bounds_area(bounds: Sequence[float]) -> float:
+    left, bottom, right, top = bounds
+    return max(0.0, right - left) * max(0.0, top - bottom)
+
+
+def overlap_fraction(a_ds: rasterio.DatasetReader, b_ds: rasterio.DatasetReader) -> float:
+    """Fraction of A's bounding box covered by B's bounding box, compared in A's CRS."""
+    a_left, a_bottom, a_right, a_top = a_ds.bounds
+    a_box = (min(a_left, a_right), min(a_bottom, a_top), max(a_left, a_right), max(a_bottom, a_top))
+    try:
+        b_box = transform_bounds(b_ds.crs, a_ds.crs, *b_ds.bounds, densify_pts=21)
+    except Exception as e:  # pyproj/rasterio errors of several types
+        raise GeotranslateError(
+            f"{b_ds.name}: cannot transform its bounds to the CRS of {a_ds.name} ({e})"
+        ) from None
+    b_box = (
+        min(b_box[0], b_box[2]),
+        min(b_box[1], b_box[3]),
+        max(b_box[0], b_box[2]),
+        max(b_box[1], b_box[3]),
+    )
+    inter = (
+        max(a_box[0], b_box[0]),
+        max(a_box[1], b_box[1]),
+        min(a_box[2], b_box[2]),
+        min(a_box[3], b_box[3]),
+    )
+    area = _bounds_area(a_box)
+    return _bounds_area(inter) / area if area > 0 else 0.0
+
+
+def pair_sources(
+    a_datasets: Sequence[rasterio.DatasetReader], b_datasets: Sequence[rasterio.DatasetReader]
+) -> list[list[int]]:
+    """For each A raster, the indexes of the B rasters overlapping it, most coverage first.
+
+    Rasters without a CRS (``--allow-no-crs``) cannot be compared on the ground: they are
+    paired by position in the lists, pixel (0, 0) on pixel (0, 0).
+    """
+    no_crs_a = [ds.crs is None for ds in a_datasets]
+    no_crs_b = [ds.crs is None for ds in b_datasets]
+    if any(no_crs_a) or any(no_crs_b):
+        if not (all(no_crs_a) and all(no_crs_b)):
+            raise GeotranslateError(
+                "cannot pair rasters with a CRS and rasters without one; give all or none a CRS"
+            )
+        if len(a_datasets) != len(b_datasets):
+            raise GeotranslateError(
+                f"rasters without a CRS are paired by position: got {len(a_datasets)} A and "
+                f"{len(b_datasets)} B rasters"
+            )
+        return [[i] for i in range(len(a_datasets))]
+    pairs = []
+    for a_ds in a_datasets:
+        cover = [(overlap_fraction(a_ds, b_ds), j) for j, b_ds in enumerate(b_datasets)]
+        overlapping = [j for frac, j in sorted(cover, key=lambda t: -t[0]) if frac > 0]
+        if not overlapping:
+            names = ", ".join(str(ds.name) for ds in b_datasets)
+            raise GeotranslateError(f"{a_ds.name}: does not overlap any B raster ({names})")
+        pairs.append(overlapping)
+    return pairs
+
+
+def alpha_index(ds) -> int | None:
+    """1-based index of the alpha band, if the dataset has one."""
+    for i, ci in enumerate(ds.colorinterp):
+        if ci == ColorInterp.alpha:
+            return i + 1
+    return None
+
+
+class GridReader:
+    """Reads B's bands on A's grid, mosaicking several B rasters (first valid pixel wins).
+
+    The B rasters are ordered by how much of A they cover; a pixel invalid (or outside) in
+    the first is taken from the next that has it.
+    """
+
+    def __init__(
+        self,
+        b_datasets: Sequence[rasterio.DatasetReader],
+        bands: Sequence[int],
+        grid: Grid,
+        resampling: str = "bilinear",
+    ):
+        if resampling not in RESAMPLING_NAMES:
+            raise GeotranslateError(
+                f"resampling {resampling!r} unknown; choose from {', '.join(RESAMPLING_NAMES)}"
+            )
+        self.bands = list(bands)
+        self.grid = grid
+        self.sources = list(b_datasets)
+        self._vrts: list[WarpedVRT] = []
+        self._pixel_space = grid.crs is None
+        if self._pixel_space:
+            return
+        for b_ds in self.sources:
+            kwargs = dict(
+                crs=grid.crs,
+                transform=grid.transform,
+                width=grid.width,
+                height=grid.height,
+                resampling=Resampling[resampling],
+            )
+            if b_ds.nodata is not None:
+                kwargs.update(src_nodata=b_ds.nodata, nodata=b_ds.nodata)
+            if alpha_index(b_ds) is None:
+                kwargs["add_alpha"] = True
+            try:
+                self._vrts.append(WarpedVRT(b_ds, **kwargs))
+            except RasterioError as e:
+                raise GeotranslateError(f"{b_ds.name}: cannot warp onto A's grid ({e})") from None
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """B's selected bands and validity in ``window`` of the grid."""
+        data = valid = None
+        for i, source in enumerate(self._vrts or self.sources):
+            part, part_valid = self._read_one(source, window, self.sources[i].name)
+            if data is None:
+                data, valid = part, part_valid
+            else:
+                fill = part_valid & ~valid
+                data[:, fill] = part[:, fill]
+                valid |= fill
+            if valid.all():
+                break
+        return data, valid
+
+    def _read_one(self, source, window: Window, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._pixel_space:
+            return read_window(source, window, self.bands, boundless=True)
+        alpha = alpha_index(source)
+        try:
+            data = source.read(self.bands, window=window)
+            valid = valid_from_data(data, source.nodata)
+            valid &= source.read(alpha, window=window) > 0
+        except RasterioError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GeotranslateError(
+                f"{name}: read failed while warping rows {int(window.row_off)}..."
+                f"{int(window.row_off + window.height)} ({first})"
+            ) from None
+        return data, valid
+
+    def close(self) -> None:
+        for vrt in self._vrts:
+            vrt.close()
+        self._vrts = []

@@ -1,0 +1,437 @@
+"""export-tiles: chips match their source windows, pairs share the ground, filters and splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+from shapely.geometry import box
+
+from geotranslate.cli import main
+from geotranslate.errors import GeotranslateError
+from geotranslate.export import export_tiles
+from geotranslate.raster.io import read_window
+
+ORIGIN = (500000.0, 5300000.0)
+
+
+def ramp(bands: int, height: int, width: int, dtype="uint16") -> np.ndarray:
+    """Every pixel different, so a chip from the wrong offset cannot match."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return np.stack([(rows * width + cols + 1000 * b) % 60000 for b in range(bands)]).astype(dtype)
+
+
+def chips_in(out: Path, split: str, domain: str) -> dict[str, Path]:
+    return {p.name: p for p in sorted((out / f"{split}_{domain}").glob("*.tif"))}
+
+
+def offsets_of(name: str) -> tuple[int, int]:
+    row, col = name[:-4].split("_")[-2:]
+    return int(row), int(col)
+
+
+def export(*args, **kwargs):
+    kwargs.setdefault("progress", False)
+    return export_tiles(*args, **kwargs)
+
+
+def test_chip_pixels_and_georeference_match_source_windows(make_raster, tmp_path):
+    data = ramp(2, 150, 200)
+    src = make_raster("scene.tif", data, descriptions=["VV", "VH"])
+    out = tmp_path / "chips"
+    summary = export([src], out_dir=out, tile_size=64)
+    chips = chips_in(out, "train", "a")
+    # rows 0, 64, 86 x cols 0, 64, 128, 136: the last tile of each axis is flush with the end
+    assert sorted(offsets_of(n) for n in chips) == [
+        (r, c) for r in (0, 64, 86) for c in (0, 64, 128, 136)
+    ]
+    assert summary.written["train"]["a"] == 12
+    src_transform = from_origin(*ORIGIN, 10.0, 10.0)
+    for name, path in chips.items():
+        row, col = offsets_of(name)
+        with rasterio.open(path) as chip:
+            assert chip.dtypes[0] == "uint16" and chip.count == 2 and chip.shape == (64, 64)
+            assert chip.descriptions == ("VV", "VH")
+            assert chip.crs == CRS.from_epsg(32633)
+            np.testing.assert_array_equal(chip.read(), data[:, row : row + 64, col : col + 64])
+            # corners of the chip land on the ground coordinates of the source pixels
+            for dc, dr in ((0, 0), (64, 0), (0, 64), (64, 64)):
+                assert chip.transform @ (dc, dr) == pytest.approx(
+                    src_transform @ (col + dc, row + dr)
+                )
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset_type"] == "unpaired" and meta["tile_size"] == 64
+    assert meta["domains"]["a"]["band_descriptions"] == ["VV", "VH"]
+    assert meta["chips"]["train"]["a"] == 12
+    assert "12" in str(summary) and "train" in str(summary)
+
+
+def test_index_has_one_row_per_chip_with_its_footprint(make_raster, tmp_path):
+    src = make_raster("scene.tif", ramp(1, 128, 128))
+    out = tmp_path / "chips"
+    export([src], out_dir=out, tile_size=64)
+    layers = [name for name, _ in pyogrio.list_layers(out / "index.gpkg")]
+    assert layers == ["chips_EPSG_32633"]
+    index = gpd.read_file(out / "index.gpkg", layer=layers[0])
+    assert index.crs.to_epsg() == 32633
+    assert sorted(index["name"]) == sorted(chips_in(out, "train", "a"))
+    for _, row in index.iterrows():
+        with rasterio.open(out / "train_a" / row["name"]) as chip:
+            assert row["geometry"].symmetric_difference(box(*chip.bounds)).area < 1e-6
+        assert row["domain"] == "a" and row["split"] == "train"
+        assert row["invalid_fraction"] == 0.0
+        assert Path(row["source"]).name == "scene.tif"
+
+
+def smooth_field(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A value that is linear in EPSG:32633 ground coordinates (so bilinear warping keeps it)."""
+    return ((x - ORIGIN[0]) / 10.0 + 2.0 * (ORIGIN[1] - y) / 10.0).astype(np.float32)
+
+
+def test_paired_across_two_crs_gives_coinciding_chips_with_warped_values(make_raster, tmp_path):
+    a_data = ramp(1, 128, 160, dtype="float32")
+    a = make_raster("a.tif", a_data)
+    # B in UTM 32N at 15 m covering A's area with a margin; its pixels carry the A-CRS field
+    left, bottom, right, top = rasterio.warp.transform_bounds(
+        "EPSG:32633", "EPSG:32632", ORIGIN[0], ORIGIN[1] - 1280, ORIGIN[0] + 1600, ORIGIN[1]
+    )
+    b_transform = from_origin(left - 300, top + 300, 15.0, 15.0)
+    b_w, b_h = int((right - left + 600) / 15), int((top - bottom + 600) / 15)
+    rows, cols = np.mgrid[0:b_h, 0:b_w]
+    xs, ys = b_transform @ (cols.ravel() + 0.5, rows.ravel() + 0.5)
+    x33, y33 = warp_transform("EPSG:32632", "EPSG:32633", xs, ys)
+    b_data = smooth_field(np.array(x33), np.array(y33)).reshape(b_h, b_w)
+    b = make_raster("b.tif", b_data, crs="EPSG:32632", transform=b_transform, nodata=-9999.0)
+    out = tmp_path / "chips"
+    export([a], [b], out, tile_size=64)
+    a_chips, b_chips = chips_in(out, "train", "a"), chips_in(out, "train", "b")
+    assert set(a_chips) == set(b_chips) and len(a_chips) == 6
+    for name in a_chips:
+        with rasterio.open(a_chips[name]) as ca, rasterio.open(b_chips[name]) as cb:
+            assert (ca.crs, ca.shape) == (cb.crs, cb.shape)
+            # footprints coincide within half a pixel
+            for corner in ((0, 0), (64, 64)):
+                ax, ay = ca.transform @ corner
+                bx, by = cb.transform @ corner
+                assert abs(ax - bx) < 5.0 and abs(ay - by) < 5.0
+            rows, cols = np.mgrid[0:64, 0:64]
+            xs, ys = ca.transform @ (cols + 0.5, rows + 0.5)
+            expected = smooth_field(np.asarray(xs), np.asarray(ys))
+            np.testing.assert_allclose(cb.read(1), expected, atol=0.5)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset_type"] == "paired"
+    assert meta["domains"]["b"]["crs"] == "EPSG:32632"
+
+
+def test_paired_skips_chips_where_b_does_not_cover(make_raster, tmp_path):
+    a = make_raster("a.tif", ramp(1, 128, 128))
+    # B covers only the left half of A, and declares no nodata: validity comes from the warp
+    b = make_raster("b.tif", ramp(3, 128, 64, dtype="uint8"))
+    out = tmp_path / "chips"
+    summary = export([a], [b], out, tile_size=64)
+    assert sorted(chips_in(out, "train", "b")) == ["a_0_0.tif", "a_64_0.tif"]
+    assert summary.skipped_nodata == 2
+
+
+def test_unpaired_tiles_domains_independently(make_raster, tmp_path):
+    a = make_raster("a.tif", ramp(1, 128, 128))
+    b = make_raster(
+        "b.tif",
+        ramp(3, 192, 192, dtype="uint8"),
+        crs="EPSG:4326",
+        transform=from_origin(10.0, 50.0, 0.001, 0.001),
+    )
+    out = tmp_path / "chips"
+    summary = export([a], [b], out, tile_size=64, mode="unpaired")
+    assert len(chips_in(out, "train", "a")) == 4 and len(chips_in(out, "train", "b")) == 9
+    assert summary.dataset_type == "unpaired"
+    assert sorted(n for n, _ in pyogrio.list_layers(out / "index.gpkg")) == [
+        "chips_EPSG_32633",
+        "chips_EPSG_4326",
+    ]
+
+
+def test_invalid_pixels_nodata_nan_alpha_and_padding(make_raster, tmp_path):
+    data = np.full((1, 128, 128), 5.0, dtype="float32")
+    data[0, :20, :64] = -9999.0  # 20 / 64 rows of chip (0, 0) are nodata: skipped
+    data[0, 64:70, :64] = np.nan  # 6 rows of chip (64, 0): under 10 %, kept with NaN → nodata
+    src = make_raster("f.tif", data, nodata=-9999.0)
+    out = tmp_path / "f"
+    summary = export([src], out_dir=out, tile_size=64)
+    assert sorted(chips_in(out, "train", "a")) == ["f_0_64.tif", "f_64_0.tif", "f_64_64.tif"]
+    assert summary.skipped_nodata == 1
+    with rasterio.open(out / "train_a" / "f_64_0.tif") as chip:
+        assert chip.nodata == -9999.0
+        _, valid = read_window(chip, rasterio.windows.Window(0, 0, 64, 64), [1])
+        assert (~valid).sum() == 6 * 64 and not valid[:6].any()
+
+    # alpha: not written as a band, it becomes the chip's mask
+    rgb = ramp(3, 64, 64, dtype="uint8")
+    alpha = np.full((64, 64), 255, dtype="uint8")
+    alpha[:4, :] = 0
+    src = make_raster("rgba.tif", rgb, alpha=alpha)
+    export([src], out_dir=tmp_path / "rgba", tile_size=64)
+    with rasterio.open(tmp_path / "rgba" / "train_a" / "rgba_0_0.tif") as chip:
+        assert chip.count == 3
+        data_back, valid = read_window(chip, rasterio.windows.Window(0, 0, 64, 64), [1, 2, 3])
+        np.testing.assert_array_equal(valid, alpha > 0)
+        np.testing.assert_array_equal(data_back[:, 4:], rgb[:, 4:])
+
+    # smaller than the tile: one padded chip whose padding is masked
+    small = ramp(1, 40, 50)
+    src = make_raster("small.tif", small)
+    summary = export([src], out_dir=tmp_path / "small", tile_size=64, max_nodata=1.0)
+    assert "Padded" in str(summary) and summary.padded_sources == ["small"]
+    with rasterio.open(tmp_path / "small" / "train_a" / "small_0_0.tif") as chip:
+        assert chip.shape == (64, 64)
+        data_back, valid = read_window(chip, rasterio.windows.Window(0, 0, 64, 64), [1])
+        np.testing.assert_array_equal(data_back[0, :40, :50], small[0])
+        assert valid[:40, :50].all() and valid.sum() == 40 * 50
+
+
+def test_meta_statistics_match_numpy_over_valid_pixels_and_reruns(make_raster, tmp_path):
+    rng = np.random.default_rng(3)
+    first = rng.normal(100, 20, (2, 96, 96)).astype("float32")
+    first[:, 10:30, 10:30] = -9999.0
+    first[1, 50, 50] = np.nan
+    second = rng.normal(50, 5, (2, 64, 64)).astype("float32")
+    a1 = make_raster("one.tif", first, nodata=-9999.0)
+    a2 = make_raster("two.tif", second, nodata=-9999.0)
+    out = tmp_path / "chips"
+    export([a1], out_dir=out, tile_size=32, stride=16)  # overlapping windows: counted once
+
+    def check(arrays):
+        meta = json.loads((out / "meta.json").read_text())
+        stats = meta["domains"]["a"]["stats"]
+        assert stats["method"] == "exact"
+        valid = [((x != -9999.0) & np.isfinite(x)).all(axis=0) for x in arrays]
+        for band, got in enumerate(stats["bands"]):
+            parts = [x[band][v] for x, v in zip(arrays, valid, strict=True)]
+            values = np.concatenate(parts).astype(float)
+            assert got["count"] == values.size
+            assert got["min"] == pytest.approx(values.min())
+            assert got["max"] == pytest.approx(values.max())
+            assert got["mean"] == pytest.approx(values.mean(), rel=1e-9)
+            assert got["std"] == pytest.approx(values.std(), rel=1e-9)
+            assert got["p2"] == pytest.approx(np.percentile(values, 2))
+            assert got["p98"] == pytest.approx(np.percentile(values, 98))
+        return meta
+
+    check([first])
+    export([a2], out_dir=out, tile_size=32, stride=16)  # adds to the directory
+    meta = check([first, second])
+    assert [Path(p).name for p in meta["domains"]["a"]["sources"]] == ["one.tif", "two.tif"]
+    index = gpd.read_file(out / "index.gpkg")
+    assert {Path(s).name for s in index["source"]} == {"one.tif", "two.tif"}
+    assert len(index) == sum(meta["chips"]["train"].values())
+    # a re-run of the same source adds nothing and keeps the counts
+    summary = export([a2], out_dir=out, tile_size=32, stride=16)
+    assert summary.chips_written == 0 and summary.already_present > 0
+    assert json.loads((out / "meta.json").read_text())["chips"] == meta["chips"]
+
+
+def test_two_single_domain_runs_build_a_dataset_and_refuse_changes(make_raster, tmp_path):
+    a = make_raster("sar.tif", ramp(2, 64, 64, dtype="float32"))
+    b = make_raster("opt.tif", ramp(4, 64, 64))
+    out = tmp_path / "chips"
+    export([a], out_dir=out, tile_size=32, domain="a")
+    export([b], out_dir=out, tile_size=32, domain="b")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["domains"]["a"]["band_count"] == 2 and meta["domains"]["b"]["band_count"] == 4
+    assert meta["chips"]["train"] == {"a": 4, "b": 4}
+    other = make_raster("opt3.tif", ramp(3, 64, 64))
+    with pytest.raises(GeotranslateError, match="band_count 4"):
+        export([other], out_dir=out, tile_size=32, domain="b")
+    other_dtype = make_raster("optf.tif", ramp(4, 64, 64, dtype="float32"))
+    with pytest.raises(GeotranslateError, match="dtype uint16"):
+        export([other_dtype], out_dir=out, tile_size=32, domain="b")
+    with pytest.raises(GeotranslateError, match="32 px chips"):
+        export([b], out_dir=out, tile_size=16, domain="b")
+    assert len(chips_in(out, "train", "b")) == 4  # nothing added by the refused runs
+
+
+def write_polygons(path: Path, polygons, crs: str) -> Path:
+    gpd.GeoDataFrame({"id": range(len(polygons))}, geometry=polygons, crs=crs).to_file(path)
+    return path
+
+
+def test_aoi_and_exclude_in_another_crs(make_raster, tmp_path):
+    src = make_raster("s.tif", ramp(1, 256, 256))
+    # a polygon over ground pixels rows 10..40, cols 70..100 (chips (0, 64)), given in lon/lat
+    x0, y0 = ORIGIN[0] + 700, ORIGIN[1] - 100
+    ring_x = [x0, x0 + 300, x0 + 300, x0]
+    ring_y = [y0, y0, y0 - 300, y0 - 300]
+    lon, lat = warp_transform("EPSG:32633", "EPSG:4326", ring_x, ring_y)
+    aoi = write_polygons(
+        tmp_path / "aoi.geojson", [box(min(lon), min(lat), max(lon), max(lat))], "EPSG:4326"
+    )
+    out = tmp_path / "aoi_out"
+    summary = export([src], out_dir=out, tile_size=64, aoi=aoi)
+    assert sorted(chips_in(out, "train", "a")) == ["s_0_64.tif"]
+    assert summary.skipped_aoi == 15
+    out = tmp_path / "excl_out"
+    summary = export([src], out_dir=out, tile_size=64, exclude=aoi)
+    assert len(chips_in(out, "train", "a")) == 15 and "s_0_64.tif" not in chips_in(
+        out, "train", "a"
+    )
+    assert summary.skipped_exclude == 1
+
+
+def window_of(name: str, tile: int) -> tuple[int, int, int, int]:
+    row, col = offsets_of(name)
+    return row, row + tile, col, col + tile
+
+
+def test_validation_split_shares_no_pixel_with_training(make_raster, tmp_path):
+    src = make_raster("s.tif", ramp(1, 320, 320))
+    out = tmp_path / "chips"
+    summary = export([src], out_dir=out, tile_size=32, stride=16, val_fraction=0.2, seed=1)
+    train, val = chips_in(out, "train", "a"), chips_in(out, "val", "a")
+    total = 19 * 19
+    assert 0.1 * total < len(val) < 0.35 * total
+    assert summary.dropped_buffer > 0
+    assert len(train) + len(val) + summary.dropped_buffer == total
+    for v in val:
+        r0, r1, c0, c1 = window_of(v, 32)
+        for t in train:
+            s0, s1, d0, d1 = window_of(t, 32)
+            assert not (r0 < s1 and s0 < r1 and c0 < d1 and d0 < c1), (v, t)
+    index = gpd.read_file(out / "index.gpkg")
+    assert set(index.loc[index["split"] == "val", "name"]) == set(val)
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(make_raster, tmp_path, capsys):
+    out = tmp_path / "out"
+    good = make_raster("good.tif", ramp(1, 64, 64))
+
+    def fails(args: list[str], needle: str) -> None:
+        assert main(["export-tiles", *args, "--out", str(out), "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("geotranslate: error:") and len(err.splitlines()) == 1, err
+        assert needle in err
+        assert not out.exists()
+
+    fails([str(tmp_path / "missing.tif")], "no such file")
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff")
+    fails([str(tmp_path / "junk.tif")], "cannot open as a raster")
+    fails([str(make_raster("nocrs.tif", ramp(1, 64, 64), crs=None))], "no CRS")
+    fails([str(make_raster("c.tif", np.ones((1, 64, 64), dtype="complex64")))], "complex")
+    fails([str(good), "--bands", "3"], "band 3 out of range")
+    far = make_raster("far.tif", ramp(1, 64, 64), transform=from_origin(900000, 5300000, 10, 10))
+    fails([str(good), "--b", str(far)], "does not overlap")
+    empty = make_raster("empty.tif", np.zeros((1, 64, 64), dtype="uint16"), nodata=0)
+    fails([str(empty), "--tile-size", "32"], "zero chips")
+    # pixel space on request
+    nocrs = tmp_path / "nocrs.tif"
+    assert (
+        main(
+            [
+                "export-tiles",
+                str(nocrs),
+                "--allow-no-crs",
+                "--out",
+                str(out),
+                "--tile-size",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    with rasterio.open(out / "train_a" / "nocrs_0_0.tif") as chip:
+        assert chip.crs is None
+
+
+def test_read_failure_midway_removes_the_chips_of_the_run(make_raster, tmp_path):
+    path = make_raster("broken.tif", ramp(1, 256, 256), tiled=False)
+    # cut off the last quarter of the (uncompressed, row-ordered) pixel data: it opens, the
+    # first chips read fine, then a read fails
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) * 3 // 4])
+    with rasterio.open(path) as ds:
+        ds.read(1, window=rasterio.windows.Window(0, 0, 64, 64))
+    out = tmp_path / "out"
+    with pytest.raises(GeotranslateError, match="read failed"):
+        export([path], out_dir=out, tile_size=64)
+    assert not out.exists()
+
+
+# ---- real public rasters (skipped when ../shared/data/real is absent) ------------------------
+
+
+def test_real_rgba_alpha_becomes_mask(real_data, tmp_path):
+    out = tmp_path / "rgba"
+    export([real_data / "rasterio" / "RGBA.byte.tif"], out_dir=out, tile_size=128)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["domains"]["a"]["band_count"] == 3 and meta["domains"]["a"]["bands"] == [1, 2, 3]
+    chips = chips_in(out, "train", "a")
+    assert chips
+    with rasterio.open(real_data / "rasterio" / "RGBA.byte.tif") as src:
+        for name, path in chips.items():
+            row, col = offsets_of(name)
+            window = rasterio.windows.Window(col, row, 128, 128)
+            alpha = src.read(4, window=window)
+            with rasterio.open(path) as chip:
+                assert chip.count == 3
+                _, valid = read_window(chip, rasterio.windows.Window(0, 0, 128, 128), [1, 2, 3])
+                np.testing.assert_array_equal(valid, alpha > 0)
+
+
+def test_real_bad_files(real_data, tmp_path):
+    with pytest.raises(GeotranslateError, match="zero chips"):
+        export([real_data / "rasterio" / "all-nodata.tif"], out_dir=tmp_path / "n")
+    assert not (tmp_path / "n").exists()
+    with pytest.raises(GeotranslateError, match="read failed"):
+        export([real_data / "rasterio" / "corrupt.tif"], out_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(GeotranslateError, match="GCPs"):
+        export([real_data / "georust_gdal" / "gcp.tif"], out_dir=tmp_path / "g")
+
+
+def test_real_multi_scene_pairs_in_several_utm_zones(real_data, tmp_path):
+    stacked = real_data / "bigearthnet" / "pairs_stacked"
+    s1 = sorted(stacked.glob("*_S1_VV_VH.tif"))
+    s2 = sorted(stacked.glob("*_S2_B02_B03_B04_B08.tif"))
+    out = tmp_path / "chips"
+    summary = export(s1, s2, out, tile_size=64, val_fraction=0.2)
+    meta = json.loads((out / "meta.json").read_text())
+    assert len(meta["pairs"]) == 6
+    assert all(
+        Path(p["b"][0]).name.split("_S2")[0] == Path(p["a"]).name.split("_S1")[0]
+        for p in meta["pairs"]
+    )
+    assert set(meta["domains"]["a"]["crs_all"]) == {"EPSG:32633", "EPSG:32629", "EPSG:32635"}
+    for split in ("train", "val"):
+        a_chips, b_chips = chips_in(out, split, "a"), chips_in(out, split, "b")
+        assert set(a_chips) == set(b_chips)
+        for name in a_chips:
+            with rasterio.open(a_chips[name]) as ca, rasterio.open(b_chips[name]) as cb:
+                assert ca.crs == cb.crs and ca.transform == cb.transform
+                assert (ca.count, cb.count) == (2, 4)
+    assert summary.chips_written == 2 * 24 - 2 * summary.dropped_buffer
+    assert len(pyogrio.list_layers(out / "index.gpkg")) == 3
+
+
+def test_real_storm_lake_offset_grids(real_data, tmp_path):
+    dem = real_data / "gdalraster" / "storml_elev.tif"
+    red = real_data / "gdalraster" / "sr_b4_20200829.tif"
+    out = tmp_path / "chips"
+    export([dem], [red], out, tile_size=64, resampling="nearest")
+    with rasterio.open(red) as src_b:
+        for name, path in chips_in(out, "train", "b").items():
+            with rasterio.open(path) as chip, rasterio.open(out / "train_a" / name) as chip_a:
+                assert chip.transform == chip_a.transform
+                # nearest resampling: each chip pixel is the B pixel under its centre
+                rows, cols = np.mgrid[0:64:7, 0:64:7]
+                xs, ys = chip.transform @ (cols + 0.5, rows + 0.5)
+                b_rows, b_cols = rasterio.transform.rowcol(src_b.transform, xs.ravel(), ys.ravel())
+                expected = src_b.read(1)[np.array(b_rows), np.array(b_cols)]
+                np.testing.assert_array_equal(chip.read(1)[rows, cols].ravel(), expected)

@@ -1,0 +1,289 @@
+"""The raster foundation: opening/validation, valid masks, windows and padding, statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.control import GroundControlPoint
+from rasterio.windows import Window
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import (
+    atomic_path,
+    open_raster,
+    parse_bands,
+    raster_info,
+    read_window,
+    spectral_bands,
+    valid_from_data,
+)
+from geotranslate.raster.windows import pad_window_data, tile_offsets, tile_windows
+from geotranslate.stats import Normalizer, StatsAccumulator, cast_to_dtype, stats_from_dict
+
+# ---- windows ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "stride", "expected"),
+    [
+        (256, 64, 64, [0, 64, 128, 192]),
+        (150, 64, 64, [0, 64, 86]),  # last tile flush with the end
+        (150, 64, 32, [0, 32, 64, 86]),
+        (40, 64, 64, [0]),  # smaller than a tile: one tile, padded by the caller
+        (64, 64, 64, [0]),
+    ],
+)
+def test_tile_offsets_cover_the_length_flush_with_the_end(length, tile, stride, expected):
+    offsets = tile_offsets(length, tile, stride)
+    assert offsets == expected
+    covered = np.zeros(max(length, tile), dtype=bool)
+    for off in offsets:
+        covered[off : off + tile] = True
+    assert covered[:length].all()
+    assert all(off + tile <= max(length, tile) for off in offsets)
+
+
+def test_tile_offsets_refuse_non_positive_sizes():
+    with pytest.raises(ValueError):
+        tile_offsets(100, 0, 10)
+    with pytest.raises(ValueError):
+        tile_offsets(100, 10, 0)
+
+
+def test_tile_windows_with_margin_reach_outside_the_raster():
+    windows = list(tile_windows(100, 120, 64, 32, margin=16))
+    rows = sorted({w.row_off for w in windows})
+    cols = sorted({w.col_off for w in windows})
+    assert rows[0] == -16 and rows[-1] + 64 == 116
+    assert cols[0] == -16 and cols[-1] + 64 == 136
+    assert all((w.width, w.height) == (64, 64) for w in windows)
+    assert len(windows) == len(rows) * len(cols)
+
+
+def test_pad_window_data_reflects_edges_and_keeps_nodata_padding():
+    inner = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    data = np.zeros((1, 5, 6), dtype=np.float32)
+    data[:, 2:5, 2:6] = inner  # window starting 2 rows and 2 cols before the raster
+    valid = np.zeros((5, 6), dtype=bool)
+    valid[2:, 2:] = True
+    window = Window(-2, -2, 6, 5)
+    padded, padded_valid = pad_window_data(data, valid, window, 3, 4, mode="reflect")
+    np.testing.assert_array_equal(padded, np.pad(inner, ((0, 0), (2, 0), (2, 0)), mode="reflect"))
+    assert padded_valid.all()
+    same, same_valid = pad_window_data(data, valid, window, 3, 4, mode="nodata")
+    assert same is data and same_valid is valid
+    with pytest.raises(ValueError):
+        pad_window_data(data, valid, window, 3, 4, mode="wrap")
+
+
+def test_pad_window_data_handles_padding_larger_than_the_raster():
+    inner = np.array([[[1.0, 2.0]]], dtype=np.float32)  # 1 x 2 raster
+    data = np.zeros((1, 4, 5), dtype=np.float32)
+    data[:, 0:1, 0:2] = inner
+    valid = np.zeros((4, 5), dtype=bool)
+    valid[0, :2] = True
+    padded, padded_valid = pad_window_data(data, valid, Window(0, 0, 5, 4), 1, 2, mode="reflect")
+    assert padded.shape == (1, 4, 5) and padded_valid.all()
+    assert set(np.unique(padded)) <= {1.0, 2.0}
+
+
+# ---- opening and reading ---------------------------------------------------------------------
+
+
+def test_open_raster_refuses_bad_files_with_one_line_errors(make_raster, tmp_path):
+    with pytest.raises(GeotranslateError, match="no such file"):
+        open_raster(tmp_path / "missing.tif")
+    with pytest.raises(GeotranslateError, match="is a directory"):
+        open_raster(tmp_path)
+    (tmp_path / "text.tif").write_text("hello")
+    with pytest.raises(GeotranslateError, match="cannot open as a raster"):
+        open_raster(tmp_path / "text.tif")
+    with pytest.raises(GeotranslateError, match="complex"):
+        open_raster(make_raster("c.tif", np.ones((1, 8, 8), dtype="complex64")))
+    with pytest.raises(GeotranslateError, match="int64"):
+        open_raster(make_raster("i.tif", np.ones((1, 8, 8), dtype="int64")))
+    nocrs = make_raster("n.tif", np.ones((1, 8, 8), dtype="uint8"), crs=None)
+    with pytest.raises(GeotranslateError, match="no CRS"):
+        open_raster(nocrs)
+    with open_raster(nocrs, allow_no_crs=True) as ds:
+        assert ds.crs is None
+
+
+def test_open_raster_refuses_gcp_only_rasters(tmp_path):
+    path = tmp_path / "gcp.tif"
+    gcps = [GroundControlPoint(r, c, 10 + c, 50 - r) for r, c in ((0, 0), (0, 8), (8, 0))]
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as dst:
+        dst.write(np.ones((1, 8, 8), dtype="uint8"))
+        dst.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
+    with pytest.raises(GeotranslateError, match="3 GCPs"):
+        open_raster(path)
+
+
+def test_bands_alpha_is_a_mask_not_a_band(make_raster):
+    rgb = np.ones((3, 16, 16), dtype="uint8")
+    path = make_raster(
+        "rgba.tif", rgb, alpha=np.full((16, 16), 255, dtype="uint8"), descriptions=["r", "g", "b"]
+    )
+    with open_raster(path) as ds:
+        assert spectral_bands(ds) == [1, 2, 3]
+        assert parse_bands(None, ds) == [1, 2, 3]
+        assert parse_bands("3,1", ds) == [3, 1]
+        with pytest.raises(GeotranslateError, match="alpha"):
+            parse_bands("4", ds)
+        with pytest.raises(GeotranslateError, match="out of range"):
+            parse_bands("5", ds)
+        with pytest.raises(GeotranslateError, match="expected a list"):
+            parse_bands("red", ds)
+        info = raster_info(ds)
+        assert info.count == 3 and info.band_descriptions == ("r", "g", "b")
+        assert info.pixel_size == (10.0, 10.0) and info.crs == "EPSG:32633"
+
+
+def test_valid_from_data_nodata_and_nan():
+    data = np.array([[[1.0, -9999.0], [np.nan, 4.0]], [[1.0, 2.0], [3.0, np.inf]]])
+    np.testing.assert_array_equal(valid_from_data(data, -9999.0), [[True, False], [False, False]])
+    np.testing.assert_array_equal(valid_from_data(data, None), [[True, True], [False, False]])
+    np.testing.assert_array_equal(
+        valid_from_data(data, float("nan")), [[True, True], [False, False]]
+    )
+    ints = np.array([[[0, 5]]], dtype=np.uint16)
+    np.testing.assert_array_equal(valid_from_data(ints, 0), [[False, True]])
+
+
+def test_read_window_valid_from_nodata_alpha_mask_and_boundless(make_raster, tmp_path):
+    data = np.arange(64, dtype=np.float32).reshape(1, 8, 8)
+    data[0, 0, 0] = -1.0
+    data[0, 1, 1] = np.nan
+    with open_raster(make_raster("nd.tif", data, nodata=-1.0)) as ds:
+        got, valid = read_window(ds, Window(0, 0, 4, 4), [1])
+        np.testing.assert_array_equal(got[0], data[0, :4, :4])
+        assert not valid[0, 0] and not valid[1, 1] and valid.sum() == 14
+        # boundless: outside pixels are invalid, inside ones read as usual
+        got, valid = read_window(ds, Window(6, 6, 4, 4), [1], boundless=True)
+        np.testing.assert_array_equal(got[0, :2, :2], data[0, 6:, 6:])
+        assert valid[:2, :2].all() and valid.sum() == 4
+
+    alpha = np.full((8, 8), 255, dtype="uint8")
+    alpha[:, :3] = 0
+    with open_raster(make_raster("a.tif", np.ones((3, 8, 8), "uint8"), alpha=alpha)) as ds:
+        _, valid = read_window(ds, Window(0, 0, 8, 8), [1, 2, 3])
+        np.testing.assert_array_equal(valid, alpha > 0)
+
+    path = tmp_path / "mask.tif"
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=8,
+            height=8,
+            count=1,
+            dtype="uint8",
+            crs="EPSG:32633",
+            transform=rasterio.transform.from_origin(0, 80, 10, 10),
+        ) as dst,
+    ):
+        dst.write(np.ones((1, 8, 8), "uint8"))
+        dst.write_mask(np.where(np.eye(8, dtype=bool), 0, 255).astype("uint8"))
+    with open_raster(path) as ds:
+        _, valid = read_window(ds, Window(0, 0, 8, 8), [1])
+        np.testing.assert_array_equal(valid, ~np.eye(8, dtype=bool))
+
+
+# ---- statistics and normalization ------------------------------------------------------------
+
+
+def test_stats_accumulator_exact_matches_numpy_in_any_chunking():
+    rng = np.random.default_rng(0)
+    data = rng.gamma(2.0, 30.0, (3, 60, 70))
+    valid = rng.random((60, 70)) > 0.2
+    acc = StatsAccumulator(3, max_samples=10_000)
+    for r in range(0, 60, 17):  # uneven strips
+        acc.add(data[:, r : r + 17], valid[r : r + 17])
+    acc.add(data[:, :0], valid[:0])  # empty windows are harmless
+    assert acc.exact and acc.count == valid.sum()
+    d = acc.to_dict()
+    assert d["method"] == "exact" and d["valid_pixels"] == valid.sum()
+    for band, s in enumerate(stats_from_dict(d)):
+        values = data[band][valid]
+        assert s.min == values.min() and s.max == values.max()
+        assert s.mean == pytest.approx(values.mean(), rel=1e-12)
+        assert s.std == pytest.approx(values.std(), rel=1e-10)
+        assert s.p2 == pytest.approx(np.percentile(values, 2))
+        assert s.p98 == pytest.approx(np.percentile(values, 98))
+
+
+def test_stats_accumulator_sample_bounds_memory_and_stays_close():
+    rng = np.random.default_rng(1)
+    data = rng.normal(0.0, 1.0, (1, 400, 400))
+    valid = np.ones((400, 400), dtype=bool)
+    acc = StatsAccumulator(1, max_samples=5_000, seed=2)
+    for r in range(0, 400, 50):
+        acc.add(data[:, r : r + 50], valid[r : r + 50])
+    d = acc.to_dict()
+    assert d["method"] == "sample" and d["sample_size"] == 5_000
+    s = stats_from_dict(d)[0]
+    values = data[0].ravel()
+    assert s.mean == pytest.approx(values.mean(), abs=1e-12)  # moments stay exact
+    assert s.min == values.min() and s.max == values.max()
+    assert s.p2 == pytest.approx(np.percentile(values, 2), abs=0.1)
+    assert s.p98 == pytest.approx(np.percentile(values, 98), abs=0.1)
+    with pytest.raises(ValueError):
+        StatsAccumulator(2).result()
+
+
+@pytest.mark.parametrize("method", ["percentile", "minmax", "meanstd"])
+def test_normalizer_round_trip(method):
+    rng = np.random.default_rng(4)
+    data = rng.uniform(100, 200, (2, 16, 16))
+    data[1] *= 10
+    acc = StatsAccumulator(2)
+    acc.add(data, np.ones((16, 16), dtype=bool))
+    norm = Normalizer.from_stats(acc.result(), method)
+    x = norm.to_model(data)
+    assert x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    inside = (x > -1) & (x < 1)  # unclipped pixels come back exactly
+    np.testing.assert_allclose(norm.from_model(x)[inside], data[inside], rtol=1e-5)
+    again = Normalizer.from_dict(norm.to_dict())
+    assert again == norm
+    valid = np.zeros((16, 16), dtype=bool)
+    assert (norm.to_model(data, valid) == 0).all()
+
+
+def test_normalizer_constant_band_and_cast_to_dtype():
+    acc = StatsAccumulator(1)
+    acc.add(np.full((1, 4, 4), 7.0), np.ones((4, 4), dtype=bool))
+    norm = Normalizer.from_stats(acc.result(), "minmax")
+    assert norm.high[0] > norm.low[0]
+    np.testing.assert_array_equal(
+        cast_to_dtype(np.array([-3.6, 2.5, 300.2]), "uint8"), np.array([0, 2, 255], dtype=np.uint8)
+    )
+    assert cast_to_dtype(np.array([1.25]), "float32").dtype == np.float32
+
+
+# ---- atomic writes ---------------------------------------------------------------------------
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with atomic_path(target) as tmp:
+        assert tmp != target and tmp.parent == tmp_path
+        tmp.write_text("done")
+        assert not target.exists()
+    assert target.read_text() == "done"
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "fail.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with (
+        pytest.raises(GeotranslateError, match="already exists"),
+        atomic_path(target, overwrite=False),
+    ):
+        pass
+    with (
+        pytest.raises(GeotranslateError, match="does not exist"),
+        atomic_path(tmp_path / "nowhere" / "x.txt"),
+    ):
+        pass

@@ -1,0 +1,169 @@
+"""Benchmark of ``export-tiles``: chips/s, time vs one plain read, and peak memory vs raster size.
+
+Usage: ``python tools/bench_export.py [--speed-size 8192] [--sizes 4096 16384] [--tile 256]``
+
+Each measurement runs in its own subprocess (generation too), so memory figures are not
+polluted by the parent or by earlier runs. The child reports its own peak RSS
+(``getrusage(RUSAGE_SELF).ru_maxrss``); the parent's ``RUSAGE_CHILDREN`` figure is a running
+maximum over all children waited for, so it cannot tell two sizes apart on its own.
+
+Rasters are 4-band uint16, tiled 256 x 256 and deflate-compressed, written strip by strip
+(bounded memory even for 16384 x 16384 = 2 GiB uncompressed) into a temp dir that is deleted
+afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def generate(path: Path, size: int) -> None:
+    """A size x size 4-band uint16 GeoTIFF with textured but compressible content."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": "EPSG:32633",
+        "transform": from_origin(500000, 5300000, 10, 10),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "zlevel": 1,
+    }
+    cols = np.arange(size, dtype=np.uint32)[None, :]
+    with rasterio.open(path, "w", **profile) as dst:
+        for row0 in range(0, size, 256):
+            rows = np.arange(row0, min(row0 + 256, size), dtype=np.uint32)[:, None]
+            strip = np.stack(
+                [
+                    ((rows // 8) * 7 + (cols // 8) * 3 + 500 * b + (rows ^ cols) % 5) % 4000 + 1
+                    for b in range(4)
+                ]
+            ).astype(np.uint16)
+            dst.write(strip, window=Window(0, row0, size, strip.shape[1]))
+
+
+def plain_read(path: Path) -> None:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        for _, window in ds.block_windows(1):
+            ds.read(window=window)
+
+
+def export(path: Path, out: Path, tile: int) -> int:
+    from geotranslate.export import export_tiles
+
+    summary = export_tiles([path], out_dir=out, tile_size=tile, progress=False)
+    return summary.chips_written
+
+
+def child(argv: list[str]) -> None:
+    """Run one measurement in this process and print its figures as JSON."""
+    task, path = argv[0], Path(argv[1])
+    started = time.perf_counter()
+    result: dict = {}
+    if task == "generate":
+        generate(path, int(argv[2]))
+    elif task == "read":
+        plain_read(path)
+    elif task == "export":
+        result["chips"] = export(path, Path(argv[2]), int(argv[3]))
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def run_child(*args: object) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *map(str, args)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speed-size", type=int, default=8192, help="raster for chips/s")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[4096, 16384],
+        help="rasters whose peak memory is compared",
+    )
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_export_"))
+    rows = []
+    try:
+        for size in sorted({args.speed_size, *args.sizes}):
+            raster = tmp / f"r{size}.tif"
+            gen = run_child("generate", raster, size)
+            read_a = run_child("read", raster)
+            exp = run_child("export", raster, tmp / f"chips{size}", args.tile)
+            read_b = run_child("read", raster)
+            read_s = min(read_a["seconds"], read_b["seconds"])
+            rows.append(
+                {
+                    "size": size,
+                    "generate_s": gen["seconds"],
+                    "read_s": read_s,
+                    "export_s": exp["seconds"],
+                    "chips": exp["chips"],
+                    "chips_per_s": exp["chips"] / exp["seconds"],
+                    "ratio": exp["seconds"] / read_s,
+                    "export_rss_mb": exp["peak_rss_mb"],
+                    "read_rss_mb": max(read_a["peak_rss_mb"], read_b["peak_rss_mb"]),
+                }
+            )
+            raster.unlink()
+            shutil.rmtree(tmp / f"chips{size}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"{'size':>7} {'chips':>6} {'read s':>7} {'export s':>9} {'chips/s':>8} "
+        f"{'export/read':>11} {'peak RSS MB':>11}"
+    )
+    for r in rows:
+        print(
+            f"{r['size']:>7} {r['chips']:>6} {r['read_s']:>7.2f} {r['export_s']:>9.2f} "
+            f"{r['chips_per_s']:>8.1f} {r['ratio']:>11.2f} {r['export_rss_mb']:>11.0f}"
+        )
+    by_size = {r["size"]: r for r in rows}
+    small, large = min(args.sizes), max(args.sizes)
+    if small != large:
+        ratio = by_size[large]["export_rss_mb"] / by_size[small]["export_rss_mb"]
+        print(f"peak RSS {large}² / {small}²: {ratio:.2f}x (target <= 1.2x, < 1024 MB)")
+    print(
+        f"export / plain read at {args.speed_size}²: {by_size[args.speed_size]['ratio']:.2f} "
+        "(target <= 2.0)"
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2:])
+    else:
+        main()
