@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from collections import deque
@@ -657,6 +658,21 @@ class _Run:
         self.index_rows: list[dict] = []
         self._pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="chip-writer")
         self._pending: deque[Future] = deque()
+        self._present: dict[str, set[str]] = {}
+
+    def present(self, domain: str, name: str) -> bool:
+        """Whether a chip of this name already exists in any split of ``domain`` (resume).
+
+        The folders are listed once per run instead of one ``stat`` per chip and split.
+        """
+        if domain not in self._present:
+            names: set[str] = set()
+            for split in SPLITS:
+                folder = self.out / f"{split}_{domain}"
+                if folder.is_dir():
+                    names.update(os.listdir(folder))
+            self._present[domain] = names
+        return name in self._present[domain]
 
     def submit(self, fn, *args, **kwargs) -> None:
         """Write in a worker thread; wait for the oldest writes when too many are queued."""
@@ -744,7 +760,7 @@ def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run
     if run.filters["exclude"] and run.filters["exclude"].intersects(footprint, job.grid.crs):
         summary.skipped_exclude += 1
         return
-    invalid = {d: 1.0 - float(valid.mean()) for d, (_, valid) in reads.items()}
+    invalid = {d: 1.0 - np.count_nonzero(valid) / valid.size for d, (_, valid) in reads.items()}
     if max(invalid.values()) > run.max_nodata:
         summary.skipped_nodata += 1
         return
@@ -753,7 +769,7 @@ def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run
         return
     name = f"{job.stem}_{int(window.row_off)}_{int(window.col_off)}.tif"
     targets = {d: run.out / f"{split}_{d}" / name for d in reads}
-    present = all(any((run.out / f"{s}_{d}" / name).exists() for s in SPLITS) for d in reads)
+    present = all(run.present(d, name) for d in reads)
     if present:
         summary.already_present += 1
     else:
@@ -816,11 +832,12 @@ def _write_chip(
         "crs": crs,
         "transform": transform,
         "nodata": nodata,
-        "compress": "deflate",
-        "zlevel": 1,  # level 1: 3x faster than 6, files ~1.4x larger
+        # zstd level 1 writes ~40 % faster than deflate level 1 at about the same size;
+        # chip writing is what export time is made of
+        "compress": "zstd",
+        "zstd_level": 1,
+        "predictor": 2 if np.issubdtype(data.dtype, np.integer) else 3,
     }
-    if np.issubdtype(data.dtype, np.integer):
-        profile["predictor"] = 2  # horizontal differencing: smaller integer chips, cheap
     if min(height, width) >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     all_valid = bool(valid.all())
