@@ -179,12 +179,20 @@ class Normalizer:
         if data.shape[0] != self.band_count:
             raise ValueError(f"expected {self.band_count} bands, got {data.shape[0]}")
         low, high = self._affine(data.ndim)
-        x = (data.astype(np.float64) - low) / (high - low) * 2.0 - 1.0
-        x = np.clip(x, -1.0, 1.0)
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        # float32 arithmetic (in place) where it is exact enough: 8/16-bit and float32 data;
+        # wider types keep float64 so large offsets do not eat the precision
+        small = data.dtype.itemsize <= 2 or data.dtype == np.float32
+        work = np.float32 if small else np.float64
+        x = data.astype(work)
+        x -= low.astype(work)
+        x *= (2.0 / (high - low)).astype(work)
+        x -= 1.0
+        np.clip(x, -1.0, 1.0, out=x)
+        if np.issubdtype(data.dtype, np.floating):
+            np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         if valid is not None:
-            x = np.where(valid, x, 0.0)
-        return x.astype(np.float32)
+            x *= valid
+        return x.astype(np.float32, copy=False)
 
     def from_model(self, x: np.ndarray) -> np.ndarray:
         """(bands, ...) network output in [-1, 1] -> float64 in data units."""

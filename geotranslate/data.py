@@ -1,0 +1,279 @@
+"""Chip datasets for training: the ``train_a``/``train_b`` (and ``val_*``) folders of export-tiles.
+
+Every random choice (crop, flips, rotations, the B chip of an unpaired sample) is a pure
+function of ``(seed, epoch, index)``: the sampler hands ``(epoch, index)`` keys to the
+dataset. Data order therefore does not depend on worker processes or on RNG state, which
+is what makes ``--resume`` reproduce an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from torch.utils.data import Dataset, Sampler
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import open_raster, read_window, spectral_bands
+from geotranslate.stats import Normalizer, stats_from_dict
+
+META_NAME = "meta.json"
+CHIP_SUFFIXES = (".tif", ".tiff")
+#: default ceiling of the in-memory cache (normalized float32 + masks).
+CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    """The chip folder's meta.json, checked for what training needs."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise GeotranslateError(f"{root}: no such chip directory (make one with export-tiles)")
+    path = root / META_NAME
+    if not path.exists():
+        raise GeotranslateError(f"{path}: missing (is {root} a folder written by export-tiles?)")
+    try:
+        meta = json.loads(path.read_text())
+        for d in ("a", "b"):
+            dom = meta["domains"][d]
+            int(dom["band_count"])
+            str(dom["dtype"])
+            stats_from_dict(dom["stats"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GeotranslateError(f"{path}: corrupt or incomplete meta.json ({e!r})") from None
+    return meta
+
+
+def chip_paths(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in CHIP_SUFFIXES)
+
+
+def has_split(data_dir: str | Path, split: str) -> bool:
+    root = Path(data_dir)
+    return all((root / f"{split}_{d}").is_dir() and chip_paths(root / f"{split}_{d}")
+               for d in ("a", "b"))
+
+
+def normalizers(meta: dict, method: str) -> dict[str, Normalizer]:
+    return {d: Normalizer.from_stats(stats_from_dict(meta["domains"][d]["stats"]), method)
+            for d in ("a", "b")}
+
+
+class ChipDataset(Dataset):
+    """Normalized chips of domains A and B; items are dicts of (C,H,W) float32 tensors.
+
+    ``paired``: A and B chips share names and are returned together (Pix2Pix). Otherwise the
+    B chip is drawn at random (CycleGAN). Items: ``a``, ``b`` in [-1, 1] (invalid pixels 0),
+    ``valid_a``, ``valid_b`` (1,H,W; 1 = valid), ``name_a``, ``name_b``.
+    Index the dataset with an int or an ``(epoch, index)`` key (what :class:`EpochSampler`
+    yields) so augmentations change per epoch.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str = "train",
+        *,
+        paired: bool,
+        norm_method: str = "percentile",
+        crop_size: int | None = None,
+        augment: bool = True,
+        random_crop: bool = True,
+        cache: bool | None = None,
+        seed: int = 0,
+        meta: dict | None = None,
+    ):
+        self.root = Path(data_dir)
+        self.meta = meta if meta is not None else read_meta(self.root)
+        self.split = split
+        self.paired = paired
+        self.augment = augment
+        self.random_crop = random_crop
+        self.seed = int(seed)
+        self.norm = normalizers(self.meta, norm_method)
+        if paired and self.meta.get("dataset_type") == "unpaired":
+            raise GeotranslateError(
+                f"{self.root / META_NAME}: the chips are unpaired (exported without a common "
+                "grid); Pix2Pix needs paired chips: use --dataset-type CycleGAN"
+            )
+        self.paths: dict[str, list[Path]] = {}
+        for d in ("a", "b"):
+            folder = self.root / f"{split}_{d}"
+            if not folder.is_dir():
+                raise GeotranslateError(f"{folder}: missing (expected {split}_a/ and {split}_b/)")
+            self.paths[d] = chip_paths(folder)
+            if not self.paths[d]:
+                raise GeotranslateError(f"{folder}: no chips (*.tif) — domain {d.upper()} is empty")
+        if paired:
+            self._check_pairs()
+        self.chip_size = self._check_chips()
+        if crop_size is not None and crop_size > self.chip_size:
+            raise GeotranslateError(
+                f"crop size {crop_size} is larger than the chips ({self.chip_size} px in "
+                f"{self.root}); use --crop-size <= {self.chip_size}"
+            )
+        self.crop_size = crop_size if crop_size is not None else self.chip_size
+        self._cache: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None
+        if cache is None:
+            cache = self.cache_bytes() <= CACHE_LIMIT_BYTES
+        if cache:
+            self._cache = {d: [self._load(d, i) for i in range(len(self.paths[d]))]
+                           for d in ("a", "b")}
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check_pairs(self) -> None:
+        names_a = {p.name for p in self.paths["a"]}
+        names_b = {p.name for p in self.paths["b"]}
+        only_a, only_b = sorted(names_a - names_b), sorted(names_b - names_a)
+        if only_a or only_b:
+            parts = []
+            if only_a:
+                parts.append(f"{len(only_a)} chips only in {self.split}_a (e.g. {only_a[0]})")
+            if only_b:
+                parts.append(f"{len(only_b)} chips only in {self.split}_b (e.g. {only_b[0]})")
+            raise GeotranslateError(
+                f"{self.root}: Pix2Pix needs paired chips with the same names, but "
+                f"{' and '.join(parts)}; use --dataset-type CycleGAN for unpaired data"
+            )
+        self.paths["b"] = [self.root / f"{self.split}_b" / p.name for p in self.paths["a"]]
+
+    def _check_chips(self) -> int:
+        """Every chip's band count, dtype and size against meta.json; returns the chip size."""
+        size = None
+        for d in ("a", "b"):
+            want_count = int(self.meta["domains"][d]["band_count"])
+            want_dtype = str(self.meta["domains"][d]["dtype"])
+            for path in self.paths[d]:
+                with open_raster(path, allow_no_crs=True) as ds:
+                    count = len(spectral_bands(ds))
+                    if count != want_count:
+                        raise GeotranslateError(
+                            f"{path}: {count} bands, but meta.json says domain {d.upper()} has "
+                            f"{want_count}"
+                        )
+                    if ds.dtypes[0] != want_dtype:
+                        raise GeotranslateError(
+                            f"{path}: dtype {ds.dtypes[0]}, but meta.json says domain "
+                            f"{d.upper()} is {want_dtype}"
+                        )
+                    if ds.width != ds.height or (size is not None and ds.width != size):
+                        raise GeotranslateError(
+                            f"{path}: {ds.width}x{ds.height} px, but the other chips are "
+                            f"{size or ds.width}x{size or ds.width} (chips must be square and "
+                            "of one size)"
+                        )
+                    size = ds.width
+        return int(size)
+
+    # -- reading ------------------------------------------------------------------------------
+    def cache_bytes(self) -> int:
+        """Memory the in-memory cache would take (normalized float32 + bool masks)."""
+        px = self.chip_size**2
+        return sum(len(self.paths[d]) * px * (4 * int(self.meta["domains"][d]["band_count"]) + 1)
+                   for d in ("a", "b"))
+
+    def _load(self, domain: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        path = self.paths[domain][index]
+        with open_raster(path, allow_no_crs=True) as ds:
+            data, valid = read_window(ds, Window(0, 0, ds.width, ds.height), spectral_bands(ds))
+        return self.norm[domain].to_model(data, valid), valid
+
+    def _get(self, domain: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is not None:
+            return self._cache[domain][index]
+        return self._load(domain, index)
+
+    def __len__(self) -> int:
+        return max(len(self.paths["a"]), len(self.paths["b"]))
+
+    @property
+    def cached(self) -> bool:
+        return self._cache is not None
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+        ia = index % len(self.paths["a"])
+        ib = ia if self.paired else int(rng.integers(len(self.paths["b"])))
+        a, valid_a = self._get("a", ia)
+        b, valid_b = self._get("b", ib)
+        geometry_a = self._draw_geometry(rng)
+        geometry_b = geometry_a if self.paired else self._draw_geometry(rng)
+        a, valid_a = _apply(a, valid_a, geometry_a, self.crop_size)
+        b, valid_b = _apply(b, valid_b, geometry_b, self.crop_size)
+        return {
+            "a": torch.from_numpy(a),
+            "b": torch.from_numpy(b),
+            "valid_a": torch.from_numpy(valid_a[None].astype(np.float32)),
+            "valid_b": torch.from_numpy(valid_b[None].astype(np.float32)),
+            "name_a": self.paths["a"][ia].name,
+            "name_b": self.paths["b"][ib].name,
+        }
+
+    def _draw_geometry(self, rng: np.random.Generator) -> tuple[int, int, bool, int]:
+        """(row, col) of the crop, horizontal flip, number of 90° rotations."""
+        slack = self.chip_size - self.crop_size
+        if self.random_crop and slack > 0:
+            row, col = (int(v) for v in rng.integers(0, slack + 1, size=2))
+        else:
+            row = col = slack // 2
+        if self.augment:
+            return row, col, bool(rng.integers(2)), int(rng.integers(4))
+        return row, col, False, 0
+
+
+def _apply(data: np.ndarray, valid: np.ndarray, geometry: tuple[int, int, bool, int],
+           size: int) -> tuple[np.ndarray, np.ndarray]:
+    row, col, flip, rotations = geometry
+    data = data[:, row:row + size, col:col + size]
+    valid = valid[row:row + size, col:col + size]
+    if flip:
+        data, valid = data[:, :, ::-1], valid[:, ::-1]
+    if rotations:
+        data, valid = np.rot90(data, rotations, axes=(1, 2)), np.rot90(valid, rotations)
+    return np.ascontiguousarray(data), np.ascontiguousarray(valid)
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys: a permutation that is a pure function of (seed, epoch).
+
+    Sharded across ``world_size`` ranks like DistributedSampler (padded to equal length);
+    ``start`` skips the first samples of this rank's share (to resume mid-epoch).
+    """
+
+    def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1):
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = math.ceil(length / world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        total = self.per_rank * self.world_size
+        order = (order * math.ceil(total / self.length))[:total]
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.indices()[self.start:]:
+            yield (self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start

@@ -1,0 +1,227 @@
+"""``predict_raster``: check the inputs, set up device and output, run the pipeline, summarize."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.modelfile import TranslationModel, load_model
+from geotranslate.predict.blend import BLEND_MODES
+from geotranslate.predict.grid import CHUNK_WIDTH, parse_window, plan_strips, rank_window
+from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
+from geotranslate.predict.pipeline import run_pipeline
+from geotranslate.raster.io import atomic_path, open_raster, spectral_bands
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction run did, for the CLI's closing line and for scripts."""
+
+    input: str
+    output: str
+    direction: str
+    width: int
+    height: int
+    bands_in: int
+    bands_out: int
+    dtype: str
+    nodata: float | None
+    tile_size: int
+    overlap: int
+    blend: str
+    tiles: int
+    tiles_skipped: int
+    batch_size: int
+    device: str
+    precision: str
+    seconds: float
+    megapixels_per_second: float
+    input_wait_seconds: float  # compute thread waiting for the reader (disk-bound if large)
+    output_wait_seconds: float  # compute thread waiting for blending/writing
+    window: tuple[int, int, int, int]
+    cog: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"wrote {self.output}: {self.width}x{self.height} px, {self.bands_out} band(s) "
+            f"{self.dtype}{' (COG)' if self.cog else ''} in {self.seconds:.1f} s "
+            f"({self.megapixels_per_second:.2f} Mpx/s; {self.tiles} tiles of {self.tile_size} px, "
+            f"overlap {self.overlap}, {self.blend} blend; {self.device}, {self.precision}; "
+            f"compute waited {self.input_wait_seconds:.1f} s for reading, "
+            f"{self.output_wait_seconds:.1f} s for writing)"
+        )
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GeotranslateError(
+            f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GeotranslateError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise GeotranslateError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type == "cpu":
+        raise GeotranslateError("precision fp16 needs a GPU; use bf16 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _check_region(window, ds) -> tuple[int, int, int, int]:
+    if window is None:
+        return 0, 0, ds.height, ds.width
+    row0, col0, height, width = window
+    if height <= 0 or width <= 0 or row0 < 0 or col0 < 0:
+        raise GeotranslateError(f"window {window}: offsets must be >= 0 and sizes > 0")
+    if row0 + height > ds.height or col0 + width > ds.width:
+        raise GeotranslateError(
+            f"window {window} reaches outside {ds.name} ({ds.height} rows x {ds.width} cols)"
+        )
+    return row0, col0, height, width
+
+
+def predict_raster(
+    in_path: str | os.PathLike,
+    model: TranslationModel | str | os.PathLike,
+    out_path: str | os.PathLike | None = None,
+    *,
+    direction: str = "a2b",
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    blend: str = "hann",
+    batch_size: int = 4,
+    device: str = "auto",
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    cog: bool = False,
+    overwrite: bool = False,
+    window: str | tuple[int, int, int, int] | None = None,
+    rank: int | None = None,
+    world_size: int = 1,
+    chunk_width: int = CHUNK_WIDTH,
+    progress: bool = True,
+) -> PredictSummary:
+    """Translate ``in_path`` with ``model`` (a TranslationModel or a run directory / model.json).
+
+    Writes ``out_path`` (default ``<IN stem>_translated.tif``) atomically and returns a summary.
+    See the module docstring for the tiling, blending, nodata and scale-out rules.
+    """
+    started = time.perf_counter()
+    if blend not in BLEND_MODES:
+        raise GeotranslateError(f"blend {blend!r}: choose from {', '.join(BLEND_MODES)}")
+    if batch_size < 1:
+        raise GeotranslateError(f"batch size {batch_size}: must be at least 1")
+    dev = _resolve_device(device)
+    autocast = _autocast(dev, precision)
+    in_path = Path(in_path)
+    with open_raster(in_path, allow_no_crs=True) as ds:
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model, device=dev)
+        generator = model.generator(direction)
+        source, target = model.source_domain(direction), model.target_domain(direction)
+        bands = spectral_bands(ds)
+        if len(bands) != source.band_count:
+            raise GeotranslateError(
+                f"{in_path}: has {len(bands)} band(s) but the model's {direction} generator "
+                f"expects {source.band_count}"
+            )
+        if ds.crs is None:
+            kind = "GCPs" if ds.gcps[0] else "RPCs" if ds.rpcs is not None else None
+            what = f"keeps its {kind} but has no CRS either" if kind else "has none either"
+            print(f"geotranslate: warning: {in_path} has no CRS; the output {what}",
+                  file=sys.stderr)
+        grid_region = _check_region(parse_window(window), ds)
+        region = grid_region  # what the output covers
+        if rank is not None:
+            region = rank_window(grid_region, rank, world_size)
+        elif world_size != 1:
+            raise GeotranslateError(f"world size {world_size}: give --rank too (0..N-1)")
+        divisor = int(getattr(generator, "total_stride", 1))
+        tile = int(tile_size or model.chip_size)
+        if tile < divisor or tile % divisor:
+            raise GeotranslateError(
+                f"tile size {tile}: must be a positive multiple of {divisor} for this generator"
+            )
+        overlap = tile // 4 if overlap is None else int(overlap)
+        if not 0 <= overlap < tile:
+            raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
+        nodata = output_nodata(target.dtype, target.nodata)
+        profile = output_profile(ds, region, target, nodata, cog)
+    out = Path(out_path) if out_path else default_output(in_path, rank, world_size)
+    if out.resolve() == in_path.resolve():
+        raise GeotranslateError(f"{out}: output would overwrite the input")
+    if out.is_dir():
+        raise GeotranslateError(f"{out}: is a directory; give the output file's name")
+
+    generator = generator.to(dev).eval()
+    use_channels_last = dev.type == "cuda" if channels_last is None else channels_last
+    if use_channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+    out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
+    plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows)
+    tags = {
+        "GEOTRANSLATE_SOURCE": in_path.name,
+        "GEOTRANSLATE_DIRECTION": direction,
+        "GEOTRANSLATE_DATASET_TYPE": model.dataset_type,
+    }
+    with atomic_path(out, overwrite=overwrite) as tmp_final:
+        if cog:
+            fd, name = tempfile.mkstemp(
+                prefix=f".{out.name}.", suffix=".gtiff.part", dir=out.parent
+            )
+            os.close(fd)
+            tmp_tiff = Path(name)
+        else:
+            tmp_tiff = tmp_final
+        try:
+            counts = run_pipeline(
+                in_path, bands, source, target, nodata, plan, grid_region, out_rows[0], tile,
+                overlap, blend, generator, dev, autocast, use_channels_last, batch_size,
+                tmp_tiff, out, profile, target.band_descriptions, tags, progress,
+            )
+            if cog:
+                to_cog(tmp_tiff, tmp_final, profile)
+        finally:
+            if cog:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp_tiff.unlink()
+    seconds = time.perf_counter() - started
+    return PredictSummary(
+        input=str(in_path), output=str(out), direction=direction,
+        width=region[3], height=region[2], bands_in=source.band_count,
+        bands_out=target.band_count, dtype=target.dtype,
+        nodata=None if math.isnan(nodata) else nodata, tile_size=tile, overlap=overlap,
+        blend=blend, tiles=counts[0], tiles_skipped=counts[1], batch_size=batch_size,
+        input_wait_seconds=counts[2], output_wait_seconds=counts[3],
+        device=str(dev), precision=precision, seconds=seconds,
+        megapixels_per_second=region[2] * region[3] / 1e6 / max(seconds, 1e-9),
+        window=region, cog=cog,
+    )

@@ -1,0 +1,287 @@
+"""The streaming pipeline: reader thread -> batched generator -> blending -> writer thread.
+
+The reader reads the strip of rows of each tile row once (not tile by tile), mirrors it at the
+raster edges and normalizes it; the calling thread only runs batches through the generator; a
+blending thread adds the outputs into the accumulator; the writer de-normalizes, casts and
+writes finished rows. Bounded queues between them keep memory bounded and let reading and
+writing overlap the compute. The reader and the writer each open their own rasterio dataset
+(datasets are not thread-safe); GDAL's block cache is capped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.predict.blend import Blender, blend_weights
+from geotranslate.predict.grid import Strip
+from geotranslate.predict.output import GDAL_CACHE_BYTES, apply_nodata
+from geotranslate.predict.queues import Stop, get, put
+from geotranslate.raster.io import read_window
+from geotranslate.stats import cast_to_dtype
+
+#: strips read ahead / row windows waiting to be written.
+READ_AHEAD = 3
+WRITE_BEHIND = 4
+#: niceness of the reader, blending and writer threads (the compute thread keeps 0).
+IO_NICENESS = 5
+
+
+class Reader(threading.Thread):
+    """Reads, mirrors and normalizes the strip of each tile row, in plan order."""
+
+    def __init__(self, path, bands, normalizer, plan, region, tile, out_q, stop):
+        super().__init__(daemon=True, name="geotranslate-reader")
+        self.path, self.bands, self.normalizer = path, bands, normalizer
+        self.plan, self.region, self.tile = plan, region, tile
+        self.out_q, self.stop = out_q, stop
+
+    def run(self) -> None:
+        _lower_priority()
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(self.path) as ds:
+                for strip in self.plan:
+                    put(self.out_q, (strip, *self._read(ds, strip)), self.stop)
+            put(self.out_q, None, self.stop)
+        except Stop:
+            return
+        except BaseException as e:  # handed to the main thread, which re-raises it
+            with contextlib.suppress(Stop):
+                put(self.out_q, e, self.stop)
+
+    def _read(self, ds, strip: Strip) -> tuple[np.ndarray, np.ndarray, int]:
+        """The strip's pixels (mirrored beyond the raster), normalized, and their validity."""
+        row0, col0, _, _ = self.region
+        c_lo, c_hi = strip.tile_cols[0], strip.tile_cols[-1] + self.tile
+        rows = _span(strip.row + row0, strip.row + row0 + self.tile, ds.height)
+        cols = _span(c_lo + col0, c_hi + col0, ds.width)
+        (r_min, r_max, top, bottom), (c_min, c_max, left, right) = rows, cols
+        window = Window(c_min, r_min, c_max - c_min, r_max - r_min)
+        data, valid = read_window(ds, window, self.bands)
+        if top or bottom or left or right:
+            # numpy's reflect repeats the mirroring for pads longer than the raster
+            pads = ((top, bottom), (left, right))
+            data = np.pad(data, ((0, 0), *pads), mode="reflect")
+            valid = np.pad(valid, pads, mode="reflect")
+        r0 = strip.row + row0 - (r_min - top)
+        c0 = c_lo + col0 - (c_min - left)
+        data = data[:, r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
+        valid = valid[r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
+        return self.normalizer.to_model(data, valid), np.ascontiguousarray(valid), c_lo
+
+
+def _span(start: int, stop: int, length: int) -> tuple[int, int, int, int]:
+    """For pixels ``[start, stop)`` along an axis of ``length``: the real pixels to read
+    ``[lo, hi)`` and the reflect padding (before, after) that produces the rest.
+
+    Mirroring about the first (last) pixel needs the read to start (end) at the edge and to
+    reach as far inside as the padding mirrors.
+    """
+    before, after = max(0, -start), max(0, stop - length)
+    lo, hi = max(start, 0), min(stop, length)
+    if before:
+        hi = max(hi, min(length, before + 1))
+    if after:
+        lo = min(lo, max(0, length - 1 - after))
+    return lo, hi, before, after
+
+
+class Writer(threading.Thread):
+    """Finishes accumulated rows (weighted mean, de-normalize, cast, nodata) and writes them."""
+
+    def __init__(self, path, shown_as, profile, descriptions, tags, target, nodata, in_q, stop):
+        super().__init__(daemon=True, name="geotranslate-writer")
+        self.path, self.profile, self.descriptions, self.tags = path, profile, descriptions, tags
+        self.shown_as = shown_as  # the final name, for messages (path is a temporary file)
+        self.target, self.nodata = target, nodata
+        self.in_q, self.stop = in_q, stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        _lower_priority()
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), warnings.catch_warnings():
+                # GCP/RPC-referenced outputs have no transform, which is intended
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(self.path, "w", **self.profile) as dst:
+                    for i, d in enumerate(self.descriptions):
+                        if d:
+                            dst.set_band_description(i + 1, d)
+                    dst.update_tags(**self.tags)
+                    while (item := get(self.in_q, self.stop)) is not None:
+                        window, acc, weight, valid = item
+                        dst.write(self._finish(acc, weight, valid), window=window)
+        except Stop:
+            return
+        except RasterioError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            self.error = GeotranslateError(f"{self.shown_as}: write failed ({first})")
+        except BaseException as e:
+            self.error = e
+        if self.error is not None:
+            self.stop.set()
+
+    def _finish(self, acc: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        y = acc / np.maximum(weight, 1e-12)
+        values = cast_to_dtype(self.target.normalizer.from_model(y), self.profile["dtype"])
+        return apply_nodata(values, valid, self.nodata)
+
+
+def _tiles(
+    reader_q: queue.Queue, stop: threading.Event, tile: int, waited: list[float]
+) -> Iterator[tuple]:
+    """(strip, column, input tile, tile has valid pixels, strip valid) in plan order.
+
+    ``waited[0]`` accumulates the seconds spent waiting for the reader.
+    """
+    while True:
+        started = time.perf_counter()
+        item = get(reader_q, stop)
+        waited[0] += time.perf_counter() - started
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        strip, x, valid, c_lo = item
+        yield strip, None, None, None, valid, c_lo  # marks the start of a strip
+        for c in strip.tile_cols:
+            sl = slice(c - c_lo, c - c_lo + tile)
+            yield strip, c, x[:, :, sl], bool(valid[:, sl].any()), None, None
+
+
+class BlendThread(threading.Thread):
+    """Adds each batch's outputs into the accumulator off the compute thread."""
+
+    def __init__(self, blender: Blender, in_q: queue.Queue, writer_q: queue.Queue, stop):
+        super().__init__(daemon=True, name="geotranslate-blender")
+        self.blender, self.in_q, self.writer_q, self.stop = blender, in_q, writer_q, stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        _lower_priority()
+        try:
+            while (item := get(self.in_q, self.stop)) is not None:
+                self.blender.consume(*item)
+            self.blender.close()
+            put(self.writer_q, None, self.stop)
+        except Stop:
+            return
+        except BaseException as e:
+            self.error = e
+            self.stop.set()
+
+
+def run_pipeline(
+    in_path, bands, source, target, nodata, plan, region, out_row0, tile, overlap, blend,
+    generator, dev, autocast, channels_last, batch_size, tmp_path, out_path, profile,
+    descriptions, tags, progress,
+) -> tuple[int, int, float, float]:
+    """Reader thread -> batched generator (this thread) -> blending thread -> writer thread.
+
+    ``region`` is the grid's (row, col, height, width) in the raster; ``out_row0`` the grid
+    row where the output file starts.
+
+    Returns (tiles, tiles skipped because they hold no valid pixel, seconds the compute
+    thread waited for input, seconds it waited to hand outputs on): the two waits say whether
+    reading or writing held the generator back.
+    """
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    reader_q: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+    blend_q: queue.Queue = queue.Queue(maxsize=2)
+    writer_q: queue.Queue = queue.Queue(maxsize=WRITE_BEHIND)
+    weights = blend_weights(tile, overlap, blend)
+    blender = Blender(out_row0, tile, target.band_count, weights, writer_q, stop)
+    threads = [
+        Reader(in_path, bands, source.normalizer, plan, region, tile, reader_q, stop),
+        BlendThread(blender, blend_q, writer_q, stop),
+        Writer(tmp_path, out_path, profile, descriptions, tags, target, nodata, writer_q, stop),
+    ]
+    total = sum(len(s.tile_cols) for s in plan)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    bar = tqdm(total=total, unit="tile", disable=None if progress else True, file=sys.stderr,
+               leave=False, dynamic_ncols=True)
+    computed = skipped = 0
+    input_wait, output_wait = [0.0], 0.0
+    for thread in threads:
+        thread.start()
+    # near-constant areas drive instance-normalized activations into denormal floats, which
+    # are many times slower on CPUs; flushing them to zero changes nothing visible
+    flush_denormal = dev.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        batch: list[np.ndarray] = []
+        pending: list[tuple] = []  # strip starts and tiles, in order, for the blender
+        for strip, c, x, has_valid, strip_valid, c_lo in _tiles(reader_q, stop, tile, input_wait):
+            if c is None:
+                pending.append(("strip", strip, strip_valid, c_lo))
+            elif not has_valid:
+                skipped += 1  # every pixel it covers is nodata in the output anyway
+                bar.update(1)
+            else:
+                pending.append(("tile", strip, c, len(batch)))
+                batch.append(x)
+            if len(batch) == batch_size:
+                outputs = _forward(generator, batch, dev, autocast, channels_last)
+                started = time.perf_counter()
+                put(blend_q, (pending, outputs), stop)
+                output_wait += time.perf_counter() - started
+                computed += len(batch)
+                bar.update(len(batch))
+                batch, pending = [], []
+        outputs = _forward(generator, batch, dev, autocast, channels_last) if batch else None
+        put(blend_q, (pending, outputs), stop)
+        put(blend_q, None, stop)
+        computed += len(batch)
+        bar.update(len(batch))
+        for thread in threads[1:]:
+            while thread.is_alive():
+                thread.join(timeout=0.1)
+        _raise_thread_error(threads)
+    except Stop:
+        _raise_thread_error(threads)
+        raise
+    finally:
+        if flush_denormal:
+            torch.set_flush_denormal(False)
+        stop.set()
+        bar.close()
+        for thread in threads:
+            thread.join(timeout=30)
+    return computed + skipped, skipped, input_wait[0], output_wait
+
+
+def _lower_priority() -> None:
+    """Let the compute thread win the CPU over the I/O threads when cores are scarce (Linux)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), IO_NICENESS)
+
+
+def _raise_thread_error(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        error = getattr(thread, "error", None)
+        if error is not None:
+            raise error
+
+
+def _forward(generator, batch, dev, autocast, channels_last) -> np.ndarray:
+    x = torch.from_numpy(np.stack(batch)).to(dev, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast:
+        y = generator(x)
+    return y.float().cpu().numpy()

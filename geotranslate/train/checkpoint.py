@@ -1,0 +1,80 @@
+"""``RUN_DIR/checkpoints/last.pt``: everything needed to continue a run, loadable without pickle.
+
+Only tensors and plain Python types go in, so ``torch.load(weights_only=True)`` reads it; it
+is written to a temporary name and renamed, so a crash mid-write keeps the previous one.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import atomic_path
+
+FORMAT = "geotranslate-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+LAST_NAME = "last.pt"
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / LAST_NAME
+
+
+def rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and python RNG states as tensors and lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": int(py_state[0]), "state": list(py_state[1]),
+                   "gauss_next": py_state[2]},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def save_checkpoint(state: dict, run_dir: str | Path) -> Path:
+    """Write ``state`` (tensors and plain types only) atomically to checkpoints/last.pt."""
+    path = checkpoint_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+    return path
+
+
+def load_checkpoint(run_dir: str | Path) -> dict:
+    """Read checkpoints/last.pt of a run, refusing a missing, corrupt or foreign file."""
+    path = checkpoint_path(run_dir)
+    if not Path(run_dir).is_dir():
+        raise GeotranslateError(f"{run_dir}: no such run directory to resume")
+    if not path.exists():
+        raise GeotranslateError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged zip/pickle stream
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise GeotranslateError(f"{path}: corrupt checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise GeotranslateError(f"{path}: not a geotranslate checkpoint")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise GeotranslateError(
+            f"{path}: checkpoint format version {state.get('format_version')} is not supported"
+        )
+    return state

@@ -1,0 +1,123 @@
+"""Every training setting in one dataclass, with the papers' defaults.
+
+The CLI builds a :class:`TrainConfig` from its options; Python users build one directly. It is
+saved as ``RUN_DIR/config.json`` and inside each checkpoint (plain types only), so a resumed
+run can be checked against the run it continues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from geotranslate.errors import GeotranslateError
+
+DATASET_TYPES = ("Pix2Pix", "CycleGAN")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+NETWORK_NORMS = ("instance", "batch", "none")
+NORM_METHODS = ("percentile", "minmax", "meanstd")
+GAN_MODES = ("lsgan", "vanilla", "hinge")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` means "choose from the dataset type / chip size / device"."""
+
+    dataset_type: str  # "Pix2Pix" (paired) or "CycleGAN" (unpaired)
+    data_dir: str = "chips"
+    out: str | None = None  # default runs/<dataset_type>-<YYYYmmdd-HHMMSS>
+    # networks
+    generator: str | None = None  # resnet | unet | smp-unet:<encoder>; None: unet (Pix2Pix), resnet
+    ngf: int = 64
+    n_blocks: int | None = None  # resnet blocks; None: 9 at >= 256 px, else 6
+    unet_depth: int | None = None  # U-Net num_downs; None: deepest the chip size allows (<= 8)
+    ndf: int = 64
+    n_layers_d: int = 3
+    net_norm: str = "instance"  # normalization layers of generators and discriminators
+    pretrained: bool = False  # ImageNet encoder weights (smp-unet only)
+    # losses
+    gan_mode: str | None = None  # None: vanilla (Pix2Pix), lsgan (CycleGAN)
+    lambda_l1: float = 100.0
+    lambda_a: float = 10.0
+    lambda_b: float = 10.0
+    lambda_identity: float = 0.5
+    lambda_tv: float = 0.0
+    pool_size: int = 50
+    # optimisation
+    batch_size: int = 1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    epochs: int = 100  # at constant lr
+    epochs_decay: int = 100  # then linear decay to 0
+    max_steps: int | None = None  # stop after this many iterations in total
+    # data
+    crop_size: int | None = None
+    augment: bool = True
+    norm_method: str = "percentile"
+    cache: bool | None = None  # None: cache normalized chips in memory when they fit in 2 GB
+    workers: int | None = None  # None: 0 when cached, else min(4, cpus)
+    # running
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 on CUDA when supported, else fp32
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact resume)
+    save_every: int = 0  # also checkpoint every N iterations (0: only at each epoch's end)
+    resume: str | None = None  # a run directory to continue
+    rgb_bands: str | None = None  # e.g. "3,2,1" or "a:1,2,3;b:3,2,1" (1-based)
+    preview: bool = True
+    progress: bool = True
+    tensorboard: bool = True  # when the tensorboard package is installed
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any file is read."""
+        if self.dataset_type not in DATASET_TYPES:
+            raise GeotranslateError(
+                f"dataset type {self.dataset_type!r}: choose {' or '.join(DATASET_TYPES)}"
+            )
+        checks = [
+            ("precision", self.precision, PRECISIONS),
+            ("device", self.device, DEVICES),
+            ("network norm", self.net_norm, NETWORK_NORMS),
+            ("normalization", self.norm_method, NORM_METHODS),
+        ]
+        if self.gan_mode is not None:
+            checks.append(("GAN mode", self.gan_mode, GAN_MODES))
+        for what, value, allowed in checks:
+            if value not in allowed:
+                raise GeotranslateError(f"{what} {value!r}: choose from {', '.join(allowed)}")
+        positive = {"batch size": self.batch_size, "ngf": self.ngf, "ndf": self.ndf,
+                    "n-layers-d": self.n_layers_d}
+        for what, value in positive.items():
+            if value < 1:
+                raise GeotranslateError(f"{what} must be >= 1, got {value}")
+        if self.epochs < 0 or self.epochs_decay < 0 or self.epochs + self.epochs_decay < 1:
+            raise GeotranslateError("epochs + epochs-decay must be >= 1 (and neither negative)")
+        if self.lr <= 0:
+            raise GeotranslateError(f"learning rate must be > 0, got {self.lr}")
+        if self.crop_size is not None and self.crop_size < 4:
+            raise GeotranslateError(f"crop size must be >= 4 px, got {self.crop_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise GeotranslateError(f"max-steps must be >= 1, got {self.max_steps}")
+        if self.save_every < 0:
+            raise GeotranslateError(f"save-every must be >= 0, got {self.save_every}")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.epochs_decay
+
+    def resolved_gan_mode(self) -> str:
+        return self.gan_mode or ("vanilla" if self.dataset_type == "Pix2Pix" else "lsgan")
+
+    def resolved_generator(self) -> str:
+        return self.generator or ("unet" if self.dataset_type == "Pix2Pix" else "resnet")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,205 @@
+"""Chip datasets: pairing, per-(seed, epoch, index) augmentation, masks, and bad chip folders."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_raster
+
+from geotranslate.data import ChipDataset, EpochSampler
+from geotranslate.errors import GeotranslateError
+from geotranslate.stats import StatsAccumulator
+
+NODATA = -9999.0
+
+
+def smooth_field(rng: np.random.Generator, bands: int, size: int) -> np.ndarray:
+    """Smooth random images (sums of random sinusoids): easy to learn, not constant."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.zeros((bands, size, size))
+    for b in range(bands):
+        for _ in range(3):
+            fy, fx, phase = rng.uniform(0.5, 3, 2).tolist() + [rng.uniform(0, 6.3)]
+            out[b] += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)
+    return out.astype(np.float32)
+
+
+def known_mapping(a: np.ndarray) -> np.ndarray:
+    """B from A, pixel by pixel (2 bands -> 3 bands): what Pix2Pix should learn."""
+    return np.stack([a[0] * 2.0 + 1.0, -a[1], 0.5 * (a[0] + a[1])]).astype(np.float32)
+
+
+def make_chips(
+    root: Path,
+    *,
+    n_train: int = 8,
+    n_val: int = 0,
+    size: int = 32,
+    bands_a: int = 2,
+    bands_b: int = 3,
+    paired: bool = True,
+    mapping: Callable[[np.ndarray], np.ndarray] | None = known_mapping,
+    nodata_holes: bool = False,
+    seed: int = 0,
+) -> Path:
+    """A chip folder in the export-tiles layout (train_a/, train_b/, val_*, meta.json)."""
+    rng = np.random.default_rng(seed)
+    acc = {"a": StatsAccumulator(bands_a), "b": StatsAccumulator(bands_b)}
+    splits = {"train": n_train, "val": n_val}
+    for split, n in splits.items():
+        if n == 0:
+            continue
+        for d in ("a", "b"):
+            (root / f"{split}_{d}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            a = smooth_field(rng, bands_a, size)
+            if mapping is not None and paired:
+                b = mapping(a)
+            else:
+                b = smooth_field(rng, bands_b, size)
+            assert b.shape[0] == bands_b
+            if nodata_holes and i % 2 == 0:
+                a[:, :4, :6] = NODATA
+                b[:, -5:, -3:] = NODATA
+            for d, data in (("a", a), ("b", b)):
+                valid = (data != NODATA).all(axis=0)
+                acc[d].add(data, valid)
+                name = f"src_{i * size}_0.tif" if paired or d == "a" else f"other_{i}_0.tif"
+                write_raster(root / f"{split}_{d}" / name, data, nodata=NODATA,
+                             descriptions=[f"{d}{k}" for k in range(data.shape[0])])
+    meta = {
+        "format": "geotranslate-chips", "format_version": 1,
+        "dataset_type": "paired" if paired else "unpaired", "tile_size": size, "stride": size,
+        "domains": {
+            d: {"sources": [f"/x/{d}.tif"], "bands": list(range(1, n + 1)), "band_count": n,
+                "dtype": "float32", "band_descriptions": [f"{d}{k}" for k in range(n)],
+                "nodata": NODATA, "crs": "EPSG:32633", "pixel_size": [10.0, 10.0],
+                "stats": acc[d].to_dict()}
+            for d, n in (("a", bands_a), ("b", bands_b))
+        },
+        "chips": {s: {"a": n, "b": n} for s, n in splits.items()},
+    }
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_paired_items_share_augmentation_and_follow_the_mapping(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=6)
+    ds = ChipDataset(root, paired=True, augment=True, crop_size=24, cache=False)
+    raw = ChipDataset(root, paired=True, augment=False, cache=False)
+    assert ds.chip_size == 32 and ds.crop_size == 24 and len(ds) == 6
+    seen_geometries = set()
+    for epoch in range(4):
+        for index in range(len(ds)):
+            item = ds[(epoch, index)]
+            assert item["name_a"] == item["name_b"]
+            assert item["a"].shape == (2, 24, 24) and item["b"].shape == (3, 24, 24)
+            assert item["valid_a"].shape == (1, 24, 24)
+            # undo the normalization and check B = mapping(A) pixel by pixel: A and B were
+            # cropped, flipped and rotated the same way
+            a = ds.norm["a"].from_model(item["a"].numpy())
+            b = ds.norm["b"].from_model(item["b"].numpy())
+            inside = (item["b"].abs() < 0.999).all(0).numpy() & \
+                (item["a"].abs() < 0.999).all(0).numpy()  # unclipped pixels
+            assert inside.mean() > 0.5
+            np.testing.assert_allclose(known_mapping(a)[:, inside], b[:, inside], atol=1e-3)
+            seen_geometries.add(tuple(item["a"][0, 0, :3].tolist()))
+    assert len(seen_geometries) > 6  # augmentation changes between epochs
+    # the same key gives the same sample; the raw dataset returns the chip unchanged
+    torch.testing.assert_close(ds[(2, 3)]["a"], ds[(2, 3)]["a"])
+    assert raw[0]["a"].shape == (2, 32, 32)
+    assert float(raw[0]["a"].min()) >= -1 and float(raw[0]["a"].max()) <= 1
+
+
+def test_cache_gives_the_same_items(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=3, nodata_holes=True)
+    cached = ChipDataset(root, paired=True, cache=True)
+    uncached = ChipDataset(root, paired=True, cache=False)
+    assert cached.cached and not uncached.cached
+    for key in [(0, 0), (1, 2), (5, 1)]:
+        for k in ("a", "b", "valid_a", "valid_b"):
+            torch.testing.assert_close(cached[key][k], uncached[key][k])
+
+
+def test_nodata_pixels_are_invalid_and_zero(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=2, nodata_holes=True)
+    item = ChipDataset(root, paired=True, augment=False)[0]
+    valid_a, valid_b = item["valid_a"][0], item["valid_b"][0]
+    assert valid_a[:4, :6].sum() == 0 and valid_a.sum() == 32 * 32 - 24
+    assert valid_b[-5:, -3:].sum() == 0 and valid_b.sum() == 32 * 32 - 15
+    assert (item["a"][:, :4, :6] == 0).all() and (item["b"][:, -5:, -3:] == 0).all()
+
+
+def test_unpaired_draws_b_independently_and_reproducibly(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=6, paired=False, mapping=None)
+    ds = ChipDataset(root, paired=False, seed=3)
+    again = ChipDataset(root, paired=False, seed=3)
+    other_seed = ChipDataset(root, paired=False, seed=4)
+    picks = [ds[(e, i)]["name_b"] for e in range(3) for i in range(6)]
+    assert picks == [again[(e, i)]["name_b"] for e in range(3) for i in range(6)]
+    assert picks != [other_seed[(e, i)]["name_b"] for e in range(3) for i in range(6)]
+    assert len(set(picks)) > 3
+    # a Pix2Pix dataset on these chips is refused: their names do not pair up
+    with pytest.raises(GeotranslateError, match=r"6 chips only in train_a \(e.g. src_0_0.tif\)"):
+        ChipDataset(root, paired=True, meta={**ds.meta, "dataset_type": "paired"})
+
+
+def test_sampler_is_a_function_of_seed_and_epoch_and_shards(tmp_path):
+    s = EpochSampler(10, seed=1)
+    s.set_epoch(2)
+    first = list(s)
+    s.set_epoch(2)
+    assert list(s) == first and sorted(i for _, i in first) == list(range(10))
+    s.set_epoch(3)
+    assert list(s) != first
+    s.set_epoch(2, start=4)
+    assert list(s) == first[4:] and len(s) == 6
+    ranks = [EpochSampler(10, seed=1, rank=r, world_size=3) for r in range(3)]
+    for r in ranks:
+        r.set_epoch(0)
+    shares = [[i for _, i in r] for r in ranks]
+    assert all(len(x) == 4 for x in shares)
+    assert set().union(*shares) == set(range(10))
+
+
+def test_bad_chip_folders(tmp_path):
+    with pytest.raises(GeotranslateError, match="no such chip directory"):
+        ChipDataset(tmp_path / "nothing", paired=True)
+    root = make_chips(tmp_path / "chips", n_train=3)
+    with pytest.raises(GeotranslateError, match="crop size 48 is larger than the chips"):
+        ChipDataset(root, paired=True, crop_size=48)
+    # a chip with the wrong band count / dtype is named
+    bad = root / "train_b" / "src_32_0.tif"
+    write_raster(bad, np.zeros((2, 32, 32), np.float32), nodata=NODATA)
+    with pytest.raises(GeotranslateError, match=r"src_32_0.tif: 2 bands, but meta.json says "
+                                                r"domain B has 3"):
+        ChipDataset(root, paired=True)
+    write_raster(bad, np.zeros((3, 32, 32), np.uint16))
+    with pytest.raises(GeotranslateError, match=r"src_32_0.tif: dtype uint16, but meta.json"):
+        ChipDataset(root, paired=True)
+    # an empty domain, and a missing one
+    for p in (root / "train_b").iterdir():
+        p.unlink()
+    with pytest.raises(GeotranslateError, match="no chips"):
+        ChipDataset(root, paired=True)
+    (root / "train_b").rmdir()
+    with pytest.raises(GeotranslateError, match="train_b: missing"):
+        ChipDataset(root, paired=True)
+    (root / "meta.json").unlink()
+    with pytest.raises(GeotranslateError, match="meta.json: missing"):
+        ChipDataset(root, paired=True)
+
+
+def test_pix2pix_refuses_chips_marked_unpaired(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=2)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["dataset_type"] = "unpaired"
+    (root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(GeotranslateError, match="use --dataset-type CycleGAN"):
+        ChipDataset(root, paired=True)
+    assert len(ChipDataset(root, paired=False)) == 2

@@ -1,0 +1,242 @@
+"""Training end to end on tiny networks and generated chips (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_data import make_chips
+
+from geotranslate import load_model
+from geotranslate.cli import main
+from geotranslate.errors import GeotranslateError
+from geotranslate.train import TrainConfig, train
+from geotranslate.train import trainer as trainer_module
+
+TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
+
+
+def read_metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def paired_chips(tmp_path_factory) -> Path:
+    return make_chips(tmp_path_factory.mktemp("paired") / "chips", n_train=16, n_val=4)
+
+
+@pytest.fixture(scope="module")
+def unpaired_chips(tmp_path_factory) -> Path:
+    return make_chips(tmp_path_factory.mktemp("unpaired") / "chips", n_train=6, paired=False,
+                      mapping=None, nodata_holes=True)
+
+
+def test_pix2pix_learns_a_known_mapping(paired_chips, tmp_path):
+    run = train(TrainConfig("Pix2Pix", data_dir=str(paired_chips), out=str(tmp_path / "run"),
+                            epochs=30, epochs_decay=0, batch_size=4, lr=1e-3, **TINY))
+    rows = read_metrics(run)
+    val = [r for r in rows if r["val_l1"]]
+    assert [int(r["epoch"]) for r in val] == list(range(31))  # untrained baseline + each epoch
+    untrained, trained = float(val[0]["val_l1"]), float(val[-1]["val_l1"])
+    assert trained < 0.4 * untrained, (untrained, trained)
+    assert float(val[-1]["val_psnr"]) > float(val[0]["val_psnr"]) + 6
+    assert float(val[-1]["val_ssim"]) > 0.5 > float(val[0]["val_ssim"])
+    losses = [r for r in rows if r["g_ab_l1"]]
+    assert len(losses) == 30 * 4 and int(losses[-1]["iteration"]) == 120
+    assert np.mean([float(r["g_ab_l1"]) for r in losses[-8:]]) < \
+        0.4 * np.mean([float(r["g_ab_l1"]) for r in losses[:8]])
+    assert len(list((run / "previews").glob("epoch_*.png"))) == 30
+
+    # the model file reproduces the trained generator: its validation L1 is the logged one
+    model = load_model(run)
+    assert model.dataset_type == "Pix2Pix" and set(model.generators) == {"a2b"}
+    assert model.generator_specs["a2b"]["arch"] == "unet"
+    assert model.generator_specs["a2b"]["kwargs"]["num_downs"] == 5  # 32 px chips
+    assert model.chip_size == 32 and model.training["iterations"] == 120
+    from geotranslate.data import ChipDataset
+
+    val_set = ChipDataset(paired_chips, "val", paired=True, augment=False)
+    errors = []
+    for i in range(len(val_set)):
+        item = val_set[i]
+        with torch.no_grad():
+            fake = model.generator("a2b")(item["a"][None])[0]
+        errors.append(float((fake - item["b"]).abs().mean()))
+    assert np.mean(errors) == pytest.approx(trained, rel=1e-3)
+    # domains come from meta.json; the normalizer is its percentile range
+    meta = json.loads((paired_chips / "meta.json").read_text())
+    assert model.domains["b"].band_count == 3 and model.domains["b"].nodata == -9999.0
+    assert model.domains["a"].normalizer.low[0] == meta["domains"]["a"]["stats"]["bands"][0]["p2"]
+    # the saved weights are the checkpoint's generator
+    weights = load_file(run / "model.safetensors")
+    for name, value in checkpoint(run)["nets"]["g_ab"].items():
+        torch.testing.assert_close(weights[f"g_ab.{name}"], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bands_b", [3, 2])
+def test_cyclegan_on_unpaired_chips(tmp_path, bands_b, capsys):
+    chips = make_chips(tmp_path / "chips", n_train=4, paired=False, mapping=None,
+                       bands_b=bands_b, nodata_holes=True)
+    run = train(TrainConfig("CycleGAN", data_dir=str(chips), out=str(tmp_path / "run"),
+                            epochs=1, epochs_decay=2, precision="bf16", **TINY))
+    log = (run / "train.log").read_text()
+    rows = read_metrics(run)
+    assert len(rows) == 12
+    if bands_b == 3:  # 2-band A, 3-band B: no identity mapping exists
+        assert "identity loss off: domain A has 2 bands and domain B 3" in log
+        assert "identity loss off" in capsys.readouterr().err
+        assert "idt_a" not in rows[0]
+    else:
+        assert "identity loss off" not in log and float(rows[0]["idt_a"]) > 0
+    for r in rows:
+        assert all(np.isfinite(float(r[k])) for k in ("d_a", "d_b", "g_ab_gan", "cycle_a"))
+    # lr: constant for 1 epoch, then linear decay (1 - k/3)
+    lrs = [float(r["lr"]) for r in rows[::4]]
+    np.testing.assert_allclose(lrs, [2e-4, 2e-4 * 2 / 3, 2e-4 / 3], rtol=1e-5)
+    model = load_model(run)
+    assert set(model.generators) == {"a2b", "b2a"}
+    assert model.generator_specs["a2b"]["in_channels"] == 2
+    assert model.generator_specs["a2b"]["out_channels"] == bands_b
+    assert model.generator_specs["b2a"]["arch"] == "resnet"
+    out = model.generator("a2b")(torch.zeros(1, 2, 32, 32))
+    assert out.shape == (1, bands_b, 32, 32)
+    assert (run / "previews" / "epoch_003.png").exists()
+
+
+@pytest.mark.parametrize("dataset_type", ["Pix2Pix", "CycleGAN"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+        dataset_type, paired_chips, unpaired_chips, tmp_path):
+    chips = paired_chips if dataset_type == "Pix2Pix" else unpaired_chips
+    common = {"data_dir": str(chips), "epochs": 1, "epochs_decay": 2, "batch_size": 2,
+              "deterministic": True, "workers": 0, "preview": False, "crop_size": 24,
+              "pool_size": 2, **TINY}
+    full = train(TrainConfig(dataset_type, out=str(tmp_path / "full"), max_steps=9, **common))
+    part = train(TrainConfig(dataset_type, out=str(tmp_path / "part"), max_steps=4, **common))
+    assert checkpoint(part)["iteration"] == 4
+    train(TrainConfig(dataset_type, resume=str(part), max_steps=9, **common))
+    a, b = checkpoint(full), checkpoint(part)
+    assert a["iteration"] == b["iteration"] == 9 and a["epoch"] == b["epoch"]
+    for net in a["nets"]:
+        for name, value in a["nets"][net].items():
+            assert torch.equal(value, b["nets"][net][name]), (net, name)
+    for k, state in a["optimizers"]["g"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizers"]["g"]["state"][k]["exp_avg"])
+    # the metrics of the resumed run continue those of the uninterrupted one exactly
+    assert read_metrics(full) == read_metrics(part)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
+
+
+def test_model_file_round_trip_refuses_tampered_and_truncated(unpaired_chips, tmp_path):
+    run = train(TrainConfig("CycleGAN", data_dir=str(unpaired_chips), out=str(tmp_path / "run"),
+                            epochs=1, epochs_decay=0, preview=False, max_steps=2, **TINY))
+    x = torch.linspace(-1, 1, 2 * 32 * 32).reshape(1, 2, 32, 32)
+    reference = load_model(run).generator("a2b")(x)
+    weights = run / "model.safetensors"
+    original = weights.read_bytes()
+    torch.testing.assert_close(load_model(run / "model.json").generator("a2b")(x), reference)
+    tampered = bytearray(original)
+    tampered[-10] ^= 0xFF
+    weights.write_bytes(bytes(tampered))
+    with pytest.raises(GeotranslateError, match="do not match model.json"):
+        load_model(run)
+    weights.write_bytes(original[: len(original) // 2])
+    with pytest.raises(GeotranslateError, match="truncated or modified"):
+        load_model(run)
+    weights.unlink()
+    with pytest.raises(GeotranslateError, match="weights file missing"):
+        load_model(run)
+
+
+def test_resume_refuses_other_runs_and_corrupt_checkpoints(paired_chips, tmp_path):
+    common = {"data_dir": str(paired_chips), "epochs": 1, "epochs_decay": 0, "preview": False,
+              "max_steps": 1}
+    run = train(TrainConfig("Pix2Pix", out=str(tmp_path / "run"), **common, **TINY))
+    with pytest.raises(GeotranslateError, match="cannot resume: the run has dataset type"):
+        train(TrainConfig("CycleGAN", resume=str(run), **common, **TINY))
+    with pytest.raises(GeotranslateError, match="cannot resume: the run has generator specs"):
+        train(TrainConfig("Pix2Pix", resume=str(run), **common, **{**TINY, "ngf": 4}))
+    with pytest.raises(GeotranslateError, match="already holds a run"):
+        train(TrainConfig("Pix2Pix", out=str(run), **common, **TINY))
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:300])
+    with pytest.raises(GeotranslateError, match="last.pt: corrupt checkpoint"):
+        train(TrainConfig("Pix2Pix", resume=str(run), **common, **TINY))
+    with pytest.raises(GeotranslateError, match="no such run directory"):
+        train(TrainConfig("Pix2Pix", resume=str(tmp_path / "nope"), **common, **TINY))
+    with pytest.raises(GeotranslateError, match="crop size 64 is larger than the chips"):
+        train(TrainConfig("Pix2Pix", crop_size=64, **common, **TINY))
+    with pytest.raises(GeotranslateError, match="fp16 needs a CUDA GPU"):
+        train(TrainConfig("Pix2Pix", precision="fp16", device="cpu", **common, **TINY))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path, monkeypatch):
+    real_step = trainer_module.Trainer.step
+    calls = {"n": 0}
+
+    def interrupted_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "step", interrupted_step)
+    config = TrainConfig("CycleGAN", data_dir=str(unpaired_chips), out=str(tmp_path / "run"),
+                         epochs=1, epochs_decay=0, preview=False, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    state = checkpoint(tmp_path / "run")
+    assert state["iteration"] == 3 and state["epoch"] == 0 and state["epoch_batch"] == 3
+    assert "interrupted at iteration 3" in (tmp_path / "run" / "train.log").read_text()
+    assert not (tmp_path / "run" / "model.json").exists()
+    monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
+    run = train(TrainConfig("CycleGAN", data_dir=str(unpaired_chips), resume=str(tmp_path / "run"),
+                            epochs=1, epochs_decay=0, preview=False, **TINY))
+    assert load_model(run).training["iterations"] == 6
+    assert [int(r["iteration"]) for r in read_metrics(run)] == list(range(1, 7))
+
+
+def test_cli_trains_resumes_and_reports_errors(paired_chips, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", str(paired_chips), "--dataset-type", "Pix2Pix", "--ngf", "4", "--ndf", "4",
+            "--n-layers-d", "1", "--epochs", "1", "--epochs-decay", "0", "--batch-size", "8",
+            "--no-progress", "--rgb-bands", "b:3,2,1"]
+    assert main(args) == 0
+    latest = tmp_path / "runs" / "latest"
+    assert (latest / "model.json").exists() and (latest / "previews" / "epoch_001.png").exists()
+    run = latest.resolve()
+    assert run.name.startswith("Pix2Pix-")
+    from PIL import Image
+
+    with Image.open(latest / "previews" / "epoch_001.png") as preview:
+        # A, fake B, real B side by side; 32 px chips enlarged 4x, titles above
+        assert preview.width == 3 * 128 + 2 * 4 and preview.height > 128
+        pixels = np.asarray(preview.convert("RGB"))
+        assert pixels[40:, :128].std() > 10 and pixels[40:, -128:].std() > 10  # not blank
+    # resume reuses the run's settings (ngf 4) and takes new ones (more epochs)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    model = load_model(run)
+    assert model.training["epochs"] == 2 and model.generator_specs["a2b"]["kwargs"]["ngf"] == 4
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "missing"), "--dataset-type", "Pix2Pix"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("geotranslate: error: ") and "no such chip directory" in err
+    assert err.count("\n") == 1
+    assert main(["train", str(paired_chips)]) == 1
+    assert "--dataset-type is required" in capsys.readouterr().err
+
+
+def test_rgb_bands_option():
+    assert trainer_module.parse_rgb_bands("3,2,1") == {"a": [3, 2, 1], "b": [3, 2, 1]}
+    assert trainer_module.parse_rgb_bands("a:1;b:3,2,1") == {"a": [1], "b": [3, 2, 1]}
+    with pytest.raises(GeotranslateError, match="--rgb-bands 'c:1'"):
+        trainer_module.parse_rgb_bands("c:1")

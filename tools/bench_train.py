@@ -1,0 +1,201 @@
+"""Benchmark ``geotranslate train``: iterations/s and peak memory against the bare network step.
+
+For CycleGAN (ResNet generators) and Pix2Pix (U-Net) with the default networks at 256 px, at
+each batch size and precision, it measures
+
+* trainer: the full training loop (data loader, loss logging to metrics.csv, progress bar),
+  timed between the starts of successive iterations, and
+* in-loop bare: the time spent inside the update itself (forward, backward and optimizer steps
+  of the two or four networks on the batch already in memory), measured on the same
+  iterations, so machine load affects both alike;
+  ``ratio`` = trainer time / bare time (target <= 1.15);
+* with ``--bare-process``: the bare update again, on one in-memory batch in a separate
+  process, with its own peak memory.
+
+Each configuration runs in its own subprocess, so peak memory (RSS on CPU,
+torch.cuda.max_memory_allocated on GPU) is per configuration. bf16 runs use channels_last.
+On 2 CPU cores the default networks at 256 px take 10-40 s per iteration: keep ``--iters``
+small there (the defaults run the 8 configurations in about 10-15 minutes; ``--batch-sizes 1``
+halves that).
+
+    python tools/bench_train.py                       # all 8 configurations, few iterations
+    python tools/bench_train.py --models pix2pix --batch-sizes 1 --iters 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3) -> Path:
+    """n paired float32 chips of size px in the export-tiles layout."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from geotranslate.stats import StatsAccumulator
+
+    rng = np.random.default_rng(0)
+    acc = {"a": StatsAccumulator(bands_a), "b": StatsAccumulator(bands_b)}
+    for d, bands in (("a", bands_a), ("b", bands_b)):
+        (root / f"train_{d}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            data = rng.normal(size=(bands, size, size)).astype(np.float32)
+            acc[d].add(data, np.ones((size, size), bool))
+            with rasterio.open(root / f"train_{d}" / f"chip_{i}_0.tif", "w", driver="GTiff",
+                               width=size, height=size, count=bands, dtype="float32",
+                               crs="EPSG:32633", transform=from_origin(0, 0, 10, 10)) as dst:
+                dst.write(data)
+    meta = {"format": "geotranslate-chips", "format_version": 1, "dataset_type": "paired",
+            "tile_size": size, "stride": size,
+            "domains": {d: {"band_count": b, "dtype": "float32", "nodata": None,
+                            "band_descriptions": [None] * b, "stats": acc[d].to_dict()}
+                        for d, b in (("a", bands_a), ("b", bands_b))}}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_one(spec: dict) -> dict:
+    """One measurement in this process: spec = model, batch, precision, mode, sizes."""
+    import torch
+
+    from geotranslate.train import TrainConfig, train
+    from geotranslate.train import trainer as trainer_module
+
+    torch.set_num_threads(spec["threads"]) if spec["threads"] else None
+    dataset_type = "CycleGAN" if spec["model"] == "cyclegan" else "Pix2Pix"
+    steps = spec["warmup"] + spec["iters"] + 1
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    chips = make_chips(tmp / "chips", spec["batch"] * steps, spec["size"])
+    channels_last = spec["precision"] == "bf16"
+    config = TrainConfig(dataset_type, data_dir=str(chips), out=str(tmp / "run"), epochs=1,
+                         epochs_decay=0, batch_size=spec["batch"], max_steps=steps,
+                         precision=spec["precision"], channels_last=channels_last,
+                         device=spec["device"], preview=False, progress=True, workers=0,
+                         cache=True, seed=0)
+    starts: list[float] = []
+    step_seconds: list[float] = []
+
+    def sync() -> None:
+        if spec["device"] == "cuda" or (spec["device"] == "auto" and torch.cuda.is_available()):
+            torch.cuda.synchronize()
+
+    if spec["mode"] == "trainer":
+        real_step = trainer_module.Trainer.step
+
+        def timed_step(self, batch):
+            sync()
+            starts.append(time.perf_counter())
+            losses = real_step(self, batch)
+            float(sum(losses.values()))  # the loop reads the losses right after, too
+            sync()
+            step_seconds.append(time.perf_counter() - starts[-1])
+            return losses
+
+        trainer_module.Trainer.step = timed_step
+        train(config)  # intervals between step starts: the last step's is not measured
+    else:
+        from geotranslate.data import ChipDataset, read_meta
+        from geotranslate.train.distributed import DistContext
+
+        meta = read_meta(chips)
+        dataset = ChipDataset(chips, paired=dataset_type == "Pix2Pix", cache=True, meta=meta)
+        device = trainer_module.resolve_device(spec["device"], DistContext())
+        precision = trainer_module.resolve_precision(spec["precision"], device)
+        trainer = trainer_module.Trainer(config, meta, dataset.chip_size, device, precision,
+                                         DistContext(), log=lambda message: None)
+        items = [dataset[i] for i in range(spec["batch"])]
+        batch = {k: torch.stack([it[k] for it in items]) for k in
+                 ("a", "b", "valid_a", "valid_b")}
+        batch = trainer._to_device(batch)  # already in memory (and on the device)
+        for _ in range(steps):
+            sync()
+            starts.append(time.perf_counter())
+            float(sum(trainer.step(batch).values()))
+            sync()
+            step_seconds.append(time.perf_counter() - starts[-1])
+        starts.append(time.perf_counter())
+    intervals = np.diff(starts)[spec["warmup"]:]
+    inside = step_seconds[spec["warmup"]:len(intervals) + spec["warmup"]]
+    return {**spec, "s_per_it": float(statistics.median(intervals)),
+            "it_per_s": float(1 / statistics.median(intervals)),
+            "step_s": float(statistics.median(inside)),
+            "overhead_ratio": float(np.sum(intervals) / np.sum(inside)),
+            "peak_mb": round(peak_memory_mb(spec["device"]), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="cyclegan,pix2pix")
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="bf16 runs with channels_last")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--iters", type=int, default=2, help="timed iterations per run")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--bare-process", action="store_true",
+                        help="also time the bare step in a separate process (its own peak "
+                        "memory; timings across processes are noisy on a shared machine)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(json.loads(args.one))), flush=True)
+        return
+    results = []
+    header = (f"{'model':9} {'batch':>5} {'precision':>9} {'trainer it/s':>12} "
+              f"{'in-loop bare':>14} {'ratio':>6} {'peak MB':>9}")
+    if args.bare_process:
+        header += f" {'process bare':>13} {'ratio(proc)':>11} {'bare MB':>8}"
+    print(header)
+    for model in args.models.split(","):
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            for precision in args.precisions.split(","):
+                row = {}
+                for mode in ("bare", "trainer") if args.bare_process else ("trainer",):
+                    spec = {"model": model, "batch": batch, "precision": precision,
+                            "mode": mode, "size": args.size, "iters": args.iters,
+                            "warmup": args.warmup, "device": args.device,
+                            "threads": args.threads}
+                    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+                                          capture_output=True, text=True)
+                    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+                    if done.returncode or not lines:
+                        sys.exit(f"{model} b{batch} {precision} {mode} failed:\n"
+                                 f"{done.stderr[-2000:]}")
+                    row[mode] = json.loads(lines[-1][7:])
+                t = row["trainer"]
+                label = precision + ("+cl" if precision == "bf16" else "")
+                line = (f"{model:9} {batch:5d} {label:>9} {t['it_per_s']:12.4f} "
+                        f"{1 / t['step_s']:14.4f} {t['overhead_ratio']:6.3f} {t['peak_mb']:9.0f}")
+                if "bare" in row:
+                    b = row["bare"]
+                    line += (f" {b['it_per_s']:13.4f} {t['s_per_it'] / b['s_per_it']:11.3f} "
+                             f"{b['peak_mb']:8.0f}")
+                print(line, flush=True)
+                results.append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
