@@ -7,7 +7,8 @@ small U-Net on the CPU and reports:
 * Mpx/s end to end;
 * the ratio of end-to-end time to the time the generator alone takes on the same number of
   tiles already in memory (timed on a sample of batches and scaled up; target <= 1.15);
-* peak RSS of the subprocess (target: the largest size within 1.2x of the smallest).
+* peak RSS of the subprocess, from /proc/self/status VmHWM (target: the largest size within
+  1.2x of the smallest).
 
     .venv/bin/python tools/bench_predict.py --sizes 2048 8192 --precisions fp32 bf16
 """
@@ -72,6 +73,23 @@ def make_model(run_dir: Path) -> None:
     save_model(model, run_dir)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS.
+
+    Linux's ``ru_maxrss`` keeps the parent's resident size at fork across ``exec`` (and
+    RUSAGE_CHILDREN reports the largest child), so a child forked from a big parent would
+    report the parent's size; ``VmHWM`` is the high-water mark of this process alone.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     import torch
@@ -89,7 +107,7 @@ def child(args: argparse.Namespace) -> None:
     )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = usage.ru_utime + usage.ru_stime - cpu_before  # all threads: compute + I/O
-    peak_rss_mb = usage.ru_maxrss / 1024
+    peak_rss_mb = peak_rss_mib()
     # the generator alone on real tiles already in memory, same batch size, precision and
     # CPU settings as predict_raster (flush-to-zero of denormals)
     import rasterio
