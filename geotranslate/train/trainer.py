@@ -682,7 +682,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
         write_preview(trainer, item, meta, rgb, run_dir / "previews" /
                       f"epoch_{epoch_number:03d}.png")
 
-    stopped = False
+    stopped = config.max_steps is not None and iteration >= config.max_steps
     try:
         if ctx.is_main and val_set is not None and iteration == 0:
             scores = validate(trainer, val_set, config.batch_size)  # the untrained baseline
