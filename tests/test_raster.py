@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import rasterio
@@ -273,6 +275,9 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
         tmp.write_text("done")
         assert not target.exists()
     assert target.read_text() == "done"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "fail.txt") as tmp:
         tmp.write_text("half")
         raise RuntimeError("boom")
