@@ -32,7 +32,7 @@ demo: $(STAMP)
 		--out $(DEMO)/chips --tile-size 64 --val-fraction 0.15
 	@echo "== 2/5 train Pix2Pix briefly with a small U-Net"
 	$(GT) train $(DEMO)/chips --dataset-type Pix2Pix --out $(DEMO)/run \
-		--ngf 16 --ndf 16 --batch-size 4 --epochs 15 --epochs-decay 10 --precision bf16
+		--ngf 32 --ndf 32 --batch-size 4 --epochs 30 --epochs-decay 20 --precision bf16
 	@echo "== 3/5 translate the whole SAR raster"
 	$(GT) predict-raster sample_data/sar.tif --model $(DEMO)/run \
 		--out $(DEMO)/sar_translated.tif --precision bf16
