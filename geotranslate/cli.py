@@ -380,7 +380,8 @@ def evaluate_command(
               help="PNG to write (panels side by side).")
 @click.option("--rgb-bands", help="Bands shown as R,G,B (e.g. 3,2,1) or one gray band; "
                                   "default: from band descriptions/colours, else band 1 in gray.")
-@click.option("--window", help="Zoom: COL,ROW,WIDTH,HEIGHT in pixels, or "
+@click.option("--window", help="Zoom: ROW_OFF,COL_OFF,HEIGHT,WIDTH in pixels (as in "
+                               "predict-raster), or "
                                "map:LEFT,BOTTOM,RIGHT,TOP in the first raster's CRS.")
 @click.option("--max-size", type=int, default=1024,
               help="Longest side of each panel in pixels (larger rasters are decimated).")

@@ -29,6 +29,7 @@ from rasterio.windows import Window, from_bounds
 
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import atomic_path, open_raster, parse_bands, read_window
+from geotranslate.raster.windows import parse_pixel_window
 
 _COLOUR_NAMES = {
     "red": ("red", "r", "b4", "b04", "sr_b4"),
@@ -182,29 +183,28 @@ class DisplayWindow:
 
 
 def parse_window(spec: str | None) -> DisplayWindow | None:
-    """``"COL,ROW,WIDTH,HEIGHT"`` (pixels) or ``"map:LEFT,BOTTOM,RIGHT,TOP"`` (map units)."""
+    """``"ROW_OFF,COL_OFF,HEIGHT,WIDTH"`` (pixels, as predict-raster) or
+    ``"map:LEFT,BOTTOM,RIGHT,TOP"`` (map units)."""
     if spec is None or not spec.strip():
         return None
     text = spec.strip()
-    kind = "pixel"
-    if text.lower().startswith("map:"):
-        kind, text = "map", text[4:]
-    elif text.lower().startswith("px:"):
-        text = text[3:]
+    if not text.lower().startswith("map:"):
+        row, col, height, width = parse_pixel_window(text)
+        if height <= 0 or width <= 0:
+            raise GeotranslateError(f"window {spec!r}: height and width must be positive")
+        return DisplayWindow("pixel", (col, row, width, height))
     try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+        values = tuple(float(v) for v in text[4:].replace(" ", "").split(","))
     except ValueError:
         values = ()
     if len(values) != 4:
         raise GeotranslateError(
-            f"window {spec!r}: expected COL,ROW,WIDTH,HEIGHT (pixels) or "
-            "map:LEFT,BOTTOM,RIGHT,TOP (map coordinates)"
+            f"window {spec!r}: expected map:LEFT,BOTTOM,RIGHT,TOP (map coordinates) or "
+            "ROW_OFF,COL_OFF,HEIGHT,WIDTH (pixels)"
         )
-    if kind == "pixel" and (values[2] <= 0 or values[3] <= 0):
-        raise GeotranslateError(f"window {spec!r}: width and height must be positive")
-    if kind == "map" and (values[2] <= values[0] or values[3] <= values[1]):
+    if values[2] <= values[0] or values[3] <= values[1]:
         raise GeotranslateError(f"window {spec!r}: need LEFT < RIGHT and BOTTOM < TOP")
-    return DisplayWindow(kind, values)  # type: ignore[arg-type]
+    return DisplayWindow("map", values)  # type: ignore[arg-type]
 
 
 def _pixel_window(ds: rasterio.DatasetReader, window: DisplayWindow | None) -> Window:

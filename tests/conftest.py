@@ -14,7 +14,9 @@ from rasterio.transform import Affine, from_origin
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "real"
 
-torch.set_num_threads(2)
+# Tiny test networks gain nothing from several threads, and on a shared 2-core machine OpenMP
+# threads waiting for each other (beside the predictor's I/O threads) make them 10-50x slower.
+torch.set_num_threads(1)
 
 
 def write_raster(

@@ -18,15 +18,6 @@ from geotranslate.stats import StatsAccumulator
 NODATA = -9999.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks gain nothing from 2 threads, and on a shared, busy machine OpenMP threads
-    waiting for each other make them 10-50x slower: run these tests single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def smooth_field(rng: np.random.Generator, bands: int, size: int) -> np.ndarray:
     """Smooth random images (sums of random sinusoids): easy to learn, not constant."""

@@ -21,16 +21,6 @@ from geotranslate.raster.windows import tile_offsets
 from geotranslate.stats import BandStats, Normalizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The pipeline runs reader, blending and writer threads beside the generator; on a small
-    shared machine two OpenMP threads for these tiny networks only add spin-waiting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _stats(low: float, high: float) -> list[BandStats]:
     return [BandStats(low, high, (low + high) / 2, 1.0, low, high, 100)]
 

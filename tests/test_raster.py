@@ -20,7 +20,7 @@ from geotranslate.raster.io import (
     spectral_bands,
     valid_from_data,
 )
-from geotranslate.raster.windows import pad_window_data, tile_offsets, tile_windows
+from geotranslate.raster.windows import reflect_pad, tile_offsets, tile_windows
 from geotranslate.stats import Normalizer, StatsAccumulator, cast_to_dtype, stats_from_dict
 
 # ---- windows ---------------------------------------------------------------------------------
@@ -63,31 +63,25 @@ def test_tile_windows_with_margin_reach_outside_the_raster():
     assert len(windows) == len(rows) * len(cols)
 
 
-def test_pad_window_data_reflects_edges_and_keeps_nodata_padding():
+def test_reflect_pad_mirrors_edges_and_validity():
     inner = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
-    data = np.zeros((1, 5, 6), dtype=np.float32)
-    data[:, 2:5, 2:6] = inner  # window starting 2 rows and 2 cols before the raster
-    valid = np.zeros((5, 6), dtype=bool)
-    valid[2:, 2:] = True
-    window = Window(-2, -2, 6, 5)
-    padded, padded_valid = pad_window_data(data, valid, window, 3, 4, mode="reflect")
-    np.testing.assert_array_equal(padded, np.pad(inner, ((0, 0), (2, 0), (2, 0)), mode="reflect"))
-    assert padded_valid.all()
-    same, same_valid = pad_window_data(data, valid, window, 3, 4, mode="nodata")
-    assert same is data and same_valid is valid
-    with pytest.raises(ValueError):
-        pad_window_data(data, valid, window, 3, 4, mode="wrap")
+    valid = np.ones((3, 4), dtype=bool)
+    valid[0, 1] = False
+    padded, padded_valid = reflect_pad(inner, valid, ((2, 0), (2, 1)))
+    assert padded.shape == (1, 5, 7) and padded_valid.shape == (5, 7)
+    # row -1 mirrors row 1, column -1 mirrors column 1, column 4 mirrors column 2
+    np.testing.assert_array_equal(padded[0, 2:, 2:6], inner[0])
+    np.testing.assert_array_equal(padded[0, 1, 2:6], inner[0, 1])
+    np.testing.assert_array_equal(padded[0, 2:, 1], inner[0, :, 1])
+    np.testing.assert_array_equal(padded[0, 2:, 6], inner[0, :, 2])
+    assert not padded_valid[2, 3] and padded_valid[2:, 2:6].sum() == 11
 
 
-def test_pad_window_data_handles_padding_larger_than_the_raster():
+def test_reflect_pad_handles_padding_larger_than_the_raster():
     inner = np.array([[[1.0, 2.0]]], dtype=np.float32)  # 1 x 2 raster
-    data = np.zeros((1, 4, 5), dtype=np.float32)
-    data[:, 0:1, 0:2] = inner
-    valid = np.zeros((4, 5), dtype=bool)
-    valid[0, :2] = True
-    padded, padded_valid = pad_window_data(data, valid, Window(0, 0, 5, 4), 1, 2, mode="reflect")
+    padded, padded_valid = reflect_pad(inner, np.ones((1, 2), bool), ((0, 3), (0, 3)))
     assert padded.shape == (1, 4, 5) and padded_valid.all()
-    assert set(np.unique(padded)) <= {1.0, 2.0}
+    np.testing.assert_array_equal(padded[0, 3], [1.0, 2.0, 1.0, 2.0, 1.0])
 
 
 # ---- opening and reading ---------------------------------------------------------------------

@@ -113,14 +113,14 @@ def test_decimated_read_is_bounded(make_raster, tmp_path):
 def test_windows_pixel_and_map(make_raster):
     data = np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64)
     path = make_raster("grid.tif", data, transform=from_origin(1000.0, 2000.0, 10.0, 10.0))
-    by_pixel = read_for_display(path, window=parse_window("8,16,20,10"))
+    by_pixel = read_for_display(path, window=parse_window("16,8,10,20"))
     np.testing.assert_array_equal(by_pixel.data[0], data[0, 16:26, 8:28])
     # the same region in map coordinates: left 1080, right 1280, top 2000-160, bottom 2000-260
     by_map = read_for_display(path, window=parse_window("map:1080,1740,1280,1840"))
     np.testing.assert_array_equal(by_map.data, by_pixel.data)
     with pytest.raises(GeotranslateError, match="outside the raster"):
         read_for_display(path, window=parse_window("100,100,10,10"))
-    with pytest.raises(GeotranslateError, match="COL,ROW,WIDTH,HEIGHT"):
+    with pytest.raises(GeotranslateError, match="ROW_OFF,COL_OFF,HEIGHT,WIDTH"):
         parse_window("1,2,3")
     with pytest.raises(GeotranslateError, match="LEFT < RIGHT"):
         parse_window("map:5,0,1,1")
@@ -140,10 +140,10 @@ def test_arrays_and_panels_render_like_training_previews(tmp_path):
 def test_cli_preview(make_raster, tmp_path, capsys):
     a = make_raster("a.tif", np.random.default_rng(4).uniform(size=(1, 50, 40)).astype("float32"))
     out = tmp_path / "p.png"
-    assert main(["preview", str(a), str(a), "--out", str(out), "--window", "0,0,20,25"]) == 0
+    assert main(["preview", str(a), str(a), "--out", str(out), "--window", "0,0,25,20"]) == 0
     assert "wrote" in capsys.readouterr().out
     with Image.open(out) as png:
-        # 20 x 25 window enlarged x10 to 200 x 250 (smaller than the default minimum 256)
+        # 25 rows x 20 cols (ROW_OFF,COL_OFF,HEIGHT,WIDTH) enlarged x10 to 200 x 250 px
         assert png.size == (2 * 200 + GAP, 250 + TITLE_HEIGHT)
     assert main(["preview", str(tmp_path / "missing.tif"), "--out", str(out)]) == 1
     err = capsys.readouterr().err

@@ -21,15 +21,6 @@ from geotranslate.train import trainer as trainer_module
 TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks gain nothing from 2 threads, and on a shared, busy machine OpenMP threads
-    waiting for each other make them 10-50x slower: run these tests single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def read_metrics(run: Path) -> list[dict]:
     with open(run / "metrics.csv", newline="") as f:

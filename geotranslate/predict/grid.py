@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.raster.windows import parse_pixel_window as parse_window  # noqa: F401
 from geotranslate.raster.windows import tile_offsets
 
 #: widest column chunk processed at once: bounds memory for arbitrarily wide rasters.
@@ -64,23 +65,6 @@ def plan_strips(
                 strips.append(Strip(chunk, r, (a, b), tile_cols, finish))
             done = max(done, end)
     return strips
-
-
-def parse_window(spec: str | tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
-    """``"ROW_OFF,COL_OFF,HEIGHT,WIDTH"`` -> a tuple of four ints (None stays None)."""
-    if spec is None or spec == "":
-        return None
-    if isinstance(spec, str):
-        try:
-            values = tuple(int(v) for v in spec.replace(" ", "").split(","))
-        except ValueError:
-            values = ()
-        if len(values) != 4:
-            raise GeotranslateError(
-                f"window {spec!r}: expected ROW_OFF,COL_OFF,HEIGHT,WIDTH (four integers)"
-            )
-        return values  # type: ignore[return-value]
-    return tuple(int(v) for v in spec)  # type: ignore[return-value]
 
 
 def rank_window(

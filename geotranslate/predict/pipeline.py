@@ -31,6 +31,7 @@ from geotranslate.predict.grid import Strip
 from geotranslate.predict.output import GDAL_CACHE_BYTES, apply_nodata
 from geotranslate.predict.queues import Stop, get, put
 from geotranslate.raster.io import read_window
+from geotranslate.raster.windows import reflect_pad
 from geotranslate.stats import cast_to_dtype
 
 #: strips read ahead / row windows waiting to be written.
@@ -72,10 +73,7 @@ class Reader(threading.Thread):
         window = Window(c_min, r_min, c_max - c_min, r_max - r_min)
         data, valid = read_window(ds, window, self.bands)
         if top or bottom or left or right:
-            # numpy's reflect repeats the mirroring for pads longer than the raster
-            pads = ((top, bottom), (left, right))
-            data = np.pad(data, ((0, 0), *pads), mode="reflect")
-            valid = np.pad(valid, pads, mode="reflect")
+            data, valid = reflect_pad(data, valid, ((top, bottom), (left, right)))
         r0 = strip.row + row0 - (r_min - top)
         c0 = c_lo + col0 - (c_min - left)
         data = data[:, r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]

@@ -10,16 +10,22 @@ from geotranslate.raster.io import (
     spectral_bands,
     valid_from_data,
 )
-from geotranslate.raster.windows import pad_window_data, tile_offsets, tile_windows
+from geotranslate.raster.windows import (
+    parse_pixel_window,
+    reflect_pad,
+    tile_offsets,
+    tile_windows,
+)
 
 __all__ = [
     "RasterInfo",
     "atomic_path",
     "open_raster",
-    "pad_window_data",
+    "parse_pixel_window",
     "parse_bands",
     "raster_info",
     "read_window",
+    "reflect_pad",
     "spectral_bands",
     "tile_offsets",
     "tile_windows",

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 from rasterio.windows import Window
 
+from geotranslate.errors import GeotranslateError
+
 
 def tile_offsets(length: int, tile: int, stride: int, *, start: int = 0) -> list[int]:
     """Offsets of tiles of size ``tile`` every ``stride`` pixels covering ``[start, length)``.
@@ -46,52 +48,35 @@ def tile_windows(
             yield Window(col, row, tile, tile)
 
 
-def pad_window_data(
-    data: np.ndarray, valid: np.ndarray, window: Window, height: int, width: int, mode: str
+def reflect_pad(
+    data: np.ndarray, valid: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fill the part of a boundless read that lies outside the raster.
+    """Mirror (bands, rows, cols) data and its (rows, cols) validity by ``pads`` pixels.
 
-    ``mode="reflect"`` mirrors the raster's edge pixels (prediction: the network sees
-    plausible context rather than a hard black border) and marks them valid; ``"nodata"``
-    leaves the read as it is (the invalid padding is already marked in ``valid``).
+    Prediction pads tiles at the raster's edges this way, so the network sees plausible
+    context rather than a black border. numpy repeats the mirroring when a pad is longer than
+    the raster, and repeats the pixel of a 1-pixel axis, so tiny rasters work too.
     """
-    if mode == "nodata":
-        return data, valid
-    if mode != "reflect":
-        raise ValueError(f"unknown padding mode {mode!r}")
-    row0, col0 = int(window.row_off), int(window.col_off)
-    h, w = data.shape[-2:]
-    top, left = max(0, -row0), max(0, -col0)
-    bottom, right = max(0, row0 + h - height), max(0, col0 + w - width)
-    if not (top or left or bottom or right):
-        return data, valid
-    inner = data[..., top : h - bottom, left : w - right]
-    inner_valid = valid[top : h - bottom, left : w - right]
-    pads = ((top, bottom), (left, right))
-    # numpy's reflect cannot pad by more than the array's size minus one; "symmetric" tiling
-    # repeated through np.pad(mode="reflect") covers tiny rasters too.
-    padded = _reflect(inner, pads)
-    padded_valid = _reflect(inner_valid, pads)
-    return padded, padded_valid
+    return np.pad(data, ((0, 0), *pads), mode="reflect"), np.pad(valid, pads, mode="reflect")
 
 
-def _reflect(array: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
-    lead = ((0, 0),) * (array.ndim - 2)
-    mode = "reflect" if min(array.shape[-2:]) > 1 else "edge"
-    out = array
-    (top, bottom), (left, right) = pads
-    # pad in steps no larger than what reflect allows, for rasters smaller than the padding
-    while top or bottom or left or right:
-        h, w = out.shape[-2:]
-        step = (
-            (min(top, max(h - 1, 0)), min(bottom, max(h - 1, 0))),
-            (min(left, max(w - 1, 0)), min(right, max(w - 1, 0))),
-        )
-        if mode == "edge" or step == ((0, 0), (0, 0)):
-            step = ((top, bottom), (left, right))
-            out = np.pad(out, lead + step, mode="edge")
-        else:
-            out = np.pad(out, lead + step, mode=mode)
-        top, bottom = top - step[0][0], bottom - step[0][1]
-        left, right = left - step[1][0], right - step[1][1]
-    return out
+def parse_pixel_window(
+    spec: str | tuple[int, int, int, int] | None,
+) -> tuple[int, int, int, int] | None:
+    """``"ROW_OFF,COL_OFF,HEIGHT,WIDTH"`` -> a tuple of four ints (None stays None).
+
+    The one spelling of a pixel window on the command line (predict-raster, preview).
+    """
+    if spec is None or spec == "":
+        return None
+    if isinstance(spec, str):
+        try:
+            values = tuple(int(v) for v in spec.replace(" ", "").split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 4:
+            raise GeotranslateError(
+                f"window {spec!r}: expected ROW_OFF,COL_OFF,HEIGHT,WIDTH (four integers)"
+            )
+        return values  # type: ignore[return-value]
+    return tuple(int(v) for v in spec)  # type: ignore[return-value]
