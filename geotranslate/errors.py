@@ -9,3 +9,12 @@ from __future__ import annotations
 
 class GeotranslateError(Exception):
     """A bad input, setting or environment that the user can fix; the message names the file."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type's name), for one-line errors.
+
+    GDAL, torch and safetensors messages run over several lines; the user gets the first.
+    """
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]

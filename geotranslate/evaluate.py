@@ -134,16 +134,6 @@ def _parse_data_range(data_range: float | Sequence[float] | None, band_count: in
 # ---- chip mode ---------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GeotranslateError(f"device {device!r}: CUDA is not available on this machine")
-    return device
-
-
 def _read_chip(path: Path, band_count: int, domain: str) -> tuple[np.ndarray, np.ndarray]:
     ds = open_raster(path, allow_no_crs=True)
     try:
@@ -182,7 +172,9 @@ def evaluate_chips(
         raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
     if batch_size < 1:
         raise GeotranslateError(f"batch size must be at least 1, got {batch_size}")
-    device = _resolve_device(device)
+    from geotranslate.device import resolve_device  # torch only for chip mode
+
+    device = resolve_device(device)
     model_path = None
     if not isinstance(model, TranslationModel):
         model_path = str(model)
@@ -260,7 +252,7 @@ def evaluate_chips(
         "split": split,
         "direction": direction,
         "chips": len(names),
-        "device": device,
+        "device": str(device),
         "batch_size": batch_size,
         "target_dtype": target.dtype,
         "data_range": [float(r) for r in ranges],

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import atomic_path
 from geotranslate.stats import Normalizer
 
@@ -189,7 +189,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
             net.load_state_dict(state, strict=True)
             generators[direction] = net.to(device).eval()
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise GeotranslateError(f"{meta_path}: incompatible model ({_short(e)})") from None
+        raise GeotranslateError(f"{meta_path}: incompatible model ({first_line(e)})") from None
     return TranslationModel(
         dataset_type=meta["dataset_type"],
         generators=generators,
@@ -198,8 +198,3 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         chip_size=int(meta["chip_size"]),
         training=meta.get("training", {}),
     )
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]

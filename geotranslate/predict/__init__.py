@@ -51,7 +51,7 @@ wanted, ``gdal_translate -of COG out.vrt out.tif``). Many rasters: give each pro
 list of inputs.
 """
 
-from geotranslate.predict.api import PRECISIONS, PredictSummary, predict_raster
+from geotranslate.predict.api import PredictSummary, predict_raster
 from geotranslate.predict.blend import BLEND_MODES, blend_weights
 from geotranslate.predict.grid import CHUNK_WIDTH, parse_window, rank_window
 from geotranslate.predict.output import default_output
@@ -59,7 +59,6 @@ from geotranslate.predict.output import default_output
 __all__ = [
     "BLEND_MODES",
     "CHUNK_WIDTH",
-    "PRECISIONS",
     "PredictSummary",
     "blend_weights",
     "default_output",

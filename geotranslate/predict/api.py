@@ -9,10 +9,13 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from geotranslate.device import autocast as device_autocast
+from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
@@ -20,8 +23,6 @@ from geotranslate.predict.grid import CHUNK_WIDTH, parse_window, plan_strips, ra
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
 from geotranslate.predict.pipeline import run_pipeline
 from geotranslate.raster.io import atomic_path, open_raster, spectral_bands
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -64,35 +65,6 @@ class PredictSummary:
             f"compute waited {self.input_wait_seconds:.1f} s for reading, "
             f"{self.output_wait_seconds:.1f} s for writing)"
         )
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise GeotranslateError(
-            f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GeotranslateError(f"device {device!r}: CUDA is not available on this machine")
-    return dev
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise GeotranslateError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type == "cpu":
-        raise GeotranslateError("precision fp16 needs a GPU; use bf16 on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _check_region(window, ds) -> tuple[int, int, int, int]:
@@ -139,8 +111,9 @@ def predict_raster(
         raise GeotranslateError(f"blend {blend!r}: choose from {', '.join(BLEND_MODES)}")
     if batch_size < 1:
         raise GeotranslateError(f"batch size {batch_size}: must be at least 1")
-    dev = _resolve_device(device)
-    autocast = _autocast(dev, precision)
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    autocast = partial(device_autocast, dev, precision)
     in_path = Path(in_path)
     with open_raster(in_path, allow_no_crs=True) as ds:
         if isinstance(model, (str, os.PathLike)):

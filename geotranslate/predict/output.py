@@ -20,7 +20,7 @@ from rasterio.errors import RasterioError
 from rasterio.rpc import RPC
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.predict.grid import OUT_BLOCK
 
 #: GDAL block cache per run; the default (5% of RAM) would make RSS grow with raster size.
@@ -112,8 +112,7 @@ def to_cog(src: Path, dst: Path, profile: dict) -> None:
                 overview_resampling="AVERAGE", bigtiff="IF_SAFER",
             )
     except RasterioError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise GeotranslateError(f"{dst}: writing the COG failed ({first})") from None
+        raise GeotranslateError(f"{dst}: writing the COG failed ({first_line(e)})") from None
 
 
 def default_output(in_path: str | os.PathLike, rank: int | None = None, world: int = 1) -> Path:

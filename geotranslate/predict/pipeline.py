@@ -25,7 +25,7 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import Strip
 from geotranslate.predict.output import GDAL_CACHE_BYTES, apply_nodata
@@ -125,8 +125,7 @@ class Writer(threading.Thread):
         except Stop:
             return
         except RasterioError as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            self.error = GeotranslateError(f"{self.shown_as}: write failed ({first})")
+            self.error = GeotranslateError(f"{self.shown_as}: write failed ({first_line(e)})")
         except BaseException as e:
             self.error = e
         if self.error is not None:
@@ -280,6 +279,6 @@ def _forward(generator, batch, dev, autocast, channels_last) -> np.ndarray:
     x = torch.from_numpy(np.stack(batch)).to(dev, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast():
         y = generator(x)
     return y.float().cpu().numpy()

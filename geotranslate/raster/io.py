@@ -21,7 +21,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 
 #: dtypes a network can be trained on; others are refused with a hint to convert.
 REFUSED_DTYPES = {
@@ -52,11 +52,6 @@ class RasterInfo:
     pixel_size: tuple[float, float]
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def open_raster(path: str | os.PathLike, *, allow_no_crs: bool = False) -> rasterio.DatasetReader:
     """Open a raster for reading, refusing what the toolkit cannot use, with a one-line error.
 
@@ -71,7 +66,7 @@ def open_raster(path: str | os.PathLike, *, allow_no_crs: bool = False) -> raste
     try:
         ds = rasterio.open(p)
     except RasterioError as e:
-        raise GeotranslateError(f"{p}: cannot open as a raster ({_first_line(e)})") from None
+        raise GeotranslateError(f"{p}: cannot open as a raster ({first_line(e)})") from None
     try:
         _validate(ds, p, allow_no_crs)
     except GeotranslateError:
@@ -210,7 +205,7 @@ def read_window(
         raise GeotranslateError(
             f"{ds.name}: read failed at rows {int(window.row_off)}..."
             f"{int(window.row_off + window.height)}, cols {int(window.col_off)}..."
-            f"{int(window.col_off + window.width)} ({_first_line(e)})"
+            f"{int(window.col_off + window.width)} ({first_line(e)})"
         ) from None
     return data, valid
 

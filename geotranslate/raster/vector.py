@@ -17,7 +17,7 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 
 
 class VectorFilter:
@@ -59,8 +59,8 @@ def read_vector(path: Path, option: str) -> gpd.GeoDataFrame:
     try:
         frame = gpd.read_file(path, engine="pyogrio")
     except Exception as e:  # pyogrio raises DataSourceError, DataLayerError, …
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GeotranslateError(f"{path}: cannot read as a vector file ({first})") from None
+        raise GeotranslateError(f"{path}: cannot read as a vector file ({first_line(e)})") \
+            from None
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if len(frame) == 0:
         raise GeotranslateError(f"{path}: {option} file holds no geometries")

@@ -21,7 +21,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import read_window, valid_from_data
 
 RESAMPLING_NAMES = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
@@ -174,10 +174,9 @@ class GridReader:
             valid = valid_from_data(data, source.nodata)
             valid &= source.read(alpha, window=window) > 0
         except RasterioError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GeotranslateError(
                 f"{name}: read failed while warping rows {int(window.row_off)}..."
-                f"{int(window.row_off + window.height)} ({first})"
+                f"{int(window.row_off + window.height)} ({first_line(e)})"
             ) from None
         return data, valid
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import atomic_path
 
 FORMAT = "geotranslate-checkpoint"
@@ -69,8 +69,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged zip/pickle stream
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise GeotranslateError(f"{path}: corrupt checkpoint ({first})") from None
+        raise GeotranslateError(f"{path}: corrupt checkpoint ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GeotranslateError(f"{path}: not a geotranslate checkpoint")
     if state.get("format_version") != FORMAT_VERSION:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from geotranslate.device import PRECISIONS
 from geotranslate.errors import GeotranslateError
 
 DATASET_TYPES = ("Pix2Pix", "CycleGAN")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NETWORK_NORMS = ("instance", "batch", "none")
 NORM_METHODS = ("percentile", "minmax", "meanstd")

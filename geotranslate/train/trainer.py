@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from geotranslate.data import ChipDataset, EpochSampler, has_split, read_meta
-from geotranslate.errors import GeotranslateError
+from geotranslate.device import autocast, resolve_device, resolve_precision
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.metrics import MetricsAccumulator
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
 from geotranslate.models import (
@@ -66,35 +67,6 @@ def unwrap(net: nn.Module) -> nn.Module:
             net = net.module
         else:
             return net
-
-
-def resolve_device(name: str, ctx: distributed.DistContext) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise GeotranslateError("--device cuda: no CUDA GPU is available (try --device cpu)")
-        return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
-    if name == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
-        raise GeotranslateError("--device mps: Apple MPS is not available (try --device cpu)")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise GeotranslateError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on "
-                                f"{device.type}")
-    return precision
 
 
 def _default_run_dir(dataset_type: str) -> Path:
@@ -294,10 +266,7 @@ class Trainer:
 
     # -- the update rules ----------------------------------------------------------------------
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def loss_names(self) -> list[str]:
         if not self.cycle:
@@ -454,7 +423,7 @@ class Trainer:
             for d, pool in self.pools.items():
                 pool.load_state_dict(state["pools"][d])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise GeotranslateError(f"{path}: checkpoint does not fit this run ({_short(e)})") \
+            raise GeotranslateError(f"{path}: checkpoint does not fit this run ({first_line(e)})") \
                 from None
 
     # -- evaluation --------------------------------------------------------------------------
@@ -561,7 +530,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
     started = time.time()
     # an absolute data path keeps config.json usable for --resume from another directory
     config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).absolute()))
-    device = resolve_device(config.device, ctx)
+    device = resolve_device(config.device, ctx.local_rank if ctx.enabled else None)
     precision = resolve_precision(config.precision, device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)

@@ -1,0 +1,67 @@
+"""Where the networks run and in which precision: one answer for train, predict and evaluate.
+
+``--device auto`` picks CUDA, then Apple MPS, then the CPU; ``--precision auto`` picks bf16 on
+a CUDA GPU that supports it and fp32 elsewhere (bf16 also works on CPUs, and is much faster
+on those with AMX, but is left for the user to ask for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from geotranslate.errors import GeotranslateError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` -> a torch device, or a clear error.
+
+    ``local_rank`` (a distributed run) picks this process's GPU for a bare ``cuda``.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GeotranslateError(
+            f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GeotranslateError(
+                f"device {name!r}: no CUDA GPU is available on this machine (try --device cpu)"
+            )
+        if device.index is None:
+            index = local_rank if local_rank is not None else torch.cuda.current_device()
+            device = torch.device("cuda", index)
+    if device.type == "mps" and not _mps_available():
+        raise GeotranslateError(f"device {name!r}: Apple MPS is not available (try --device cpu)")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on a bf16-capable CUDA GPU, else fp32; fp16 is refused off CUDA."""
+    if precision not in PRECISIONS:
+        raise GeotranslateError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise GeotranslateError(
+            f"--precision fp16 needs a CUDA GPU; use bf16 or fp32 on {device.type}"
+        )
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """A fresh autocast context for a resolved precision (fp32: no autocast at all)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
