@@ -116,22 +116,6 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
 
 # ---- train (geotranslate/train/) --------------------------------------------------------------
 
-_TRAIN_OPTION_FIELDS = {  # CLI parameter name -> TrainConfig field
-    "data_dir": "data_dir", "dataset_type": "dataset_type", "out": "out",
-    "generator": "generator", "ngf": "ngf", "n_blocks": "n_blocks", "unet_depth": "unet_depth",
-    "ndf": "ndf", "n_layers_d": "n_layers_d", "net_norm": "net_norm",
-    "pretrained": "pretrained", "gan_mode": "gan_mode", "lambda_l1": "lambda_l1",
-    "lambda_a": "lambda_a", "lambda_b": "lambda_b", "lambda_identity": "lambda_identity",
-    "lambda_tv": "lambda_tv", "pool_size": "pool_size", "batch_size": "batch_size", "lr": "lr",
-    "epochs": "epochs", "epochs_decay": "epochs_decay", "max_steps": "max_steps",
-    "crop_size": "crop_size", "augment": "augment", "norm_method": "norm_method",
-    "cache": "cache", "workers": "workers", "device": "device", "precision": "precision",
-    "channels_last": "channels_last", "compile": "compile", "seed": "seed",
-    "deterministic": "deterministic", "save_every": "save_every", "rgb_bands": "rgb_bands",
-    "preview": "preview", "progress": "progress",
-}
-
-
 @cli.command("train", context_settings=CONTEXT)
 @click.argument("data_dir", default="chips", type=click.Path(file_okay=False))
 @click.option("--dataset-type", type=click.Choice(["Pix2Pix", "CycleGAN"]),
@@ -209,31 +193,21 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
     model.safetensors + model.json. Several GPUs or nodes:
     torchrun --nproc_per_node N -m geotranslate train ...
     """
-    import json
-    from pathlib import Path
-
     from geotranslate.train import TrainConfig, train
 
     options["compile"] = compile_
     if resume:
-        saved = Path(resume) / "config.json"
-        if not saved.exists():
-            raise GeotranslateError(f"{saved}: missing; is {resume} a training run?")
-        try:
-            values = json.loads(saved.read_text())
-        except (OSError, ValueError) as e:
-            raise GeotranslateError(f"{saved}: corrupt ({e})") from None
-        param_name = {"compile": "compile_"}
-        for name, value in options.items():
-            source = ctx.get_parameter_source(param_name.get(name, name))
-            if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-                values[_TRAIN_OPTION_FIELDS[name]] = value
-        values["resume"] = resume
-        config = TrainConfig.from_dict(values)
+        # the run's own settings, overridden only by options typed on this command line
+        typed = {
+            name: value for name, value in options.items()
+            if ctx.get_parameter_source("compile_" if name == "compile" else name).name
+            not in ("DEFAULT", "DEFAULT_MAP")
+        }
+        config = TrainConfig.from_run(resume, **typed)
     else:
         if not options.get("dataset_type"):
             raise GeotranslateError("--dataset-type is required (Pix2Pix or CycleGAN)")
-        config = TrainConfig(**{_TRAIN_OPTION_FIELDS[k]: v for k, v in options.items()})
+        config = TrainConfig(**options)
     run_dir = train(config)
     click.echo(str(run_dir))
 

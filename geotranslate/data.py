@@ -49,7 +49,19 @@ def read_meta(data_dir: str | Path) -> dict:
 
 
 def chip_paths(folder: Path) -> list[Path]:
+    """The chip GeoTIFFs of one ``{split}_{domain}`` folder, by name."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in CHIP_SUFFIXES)
+
+
+def read_chip(path: Path, check=None) -> tuple[np.ndarray, np.ndarray]:
+    """A whole chip's spectral bands and validity, as export-tiles wrote them.
+
+    ``check(ds)``, when given, vets the open dataset first (one open per chip).
+    """
+    with open_raster(path, allow_no_crs=True) as ds:
+        if check is not None:
+            check(ds)
+        return read_window(ds, Window(0, 0, ds.width, ds.height), spectral_bands(ds))
 
 
 def has_split(data_dir: str | Path, split: str) -> bool:
@@ -110,7 +122,8 @@ class ChipDataset(Dataset):
                 raise GeotranslateError(f"{folder}: no chips (*.tif) — domain {d.upper()} is empty")
         if paired:
             self._check_pairs()
-        self.chip_size = self._check_chips()
+        with open_raster(self.paths["a"][0], allow_no_crs=True) as ds:
+            self.chip_size = int(ds.width)
         if crop_size is not None and crop_size > self.chip_size:
             raise GeotranslateError(
                 f"crop size {crop_size} is larger than the chips ({self.chip_size} px in "
@@ -120,9 +133,14 @@ class ChipDataset(Dataset):
         self._cache: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None
         if cache is None:
             cache = self.cache_bytes() <= CACHE_LIMIT_BYTES
-        if cache:
-            self._cache = {d: [self._load(d, i) for i in range(len(self.paths[d]))]
+        if cache:  # check each chip while loading it: one open per chip
+            self._cache = {d: [self._load(d, i, check=True) for i in range(len(self.paths[d]))]
                            for d in ("a", "b")}
+        else:
+            for d in ("a", "b"):
+                for path in self.paths[d]:
+                    with open_raster(path, allow_no_crs=True) as ds:
+                        self._check_chip(ds, d)
 
     # -- checks -------------------------------------------------------------------------------
     def _check_pairs(self) -> None:
@@ -141,33 +159,26 @@ class ChipDataset(Dataset):
             )
         self.paths["b"] = [self.root / f"{self.split}_b" / p.name for p in self.paths["a"]]
 
-    def _check_chips(self) -> int:
-        """Every chip's band count, dtype and size against meta.json; returns the chip size."""
-        size = None
-        for d in ("a", "b"):
-            want_count = int(self.meta["domains"][d]["band_count"])
-            want_dtype = str(self.meta["domains"][d]["dtype"])
-            for path in self.paths[d]:
-                with open_raster(path, allow_no_crs=True) as ds:
-                    count = len(spectral_bands(ds))
-                    if count != want_count:
-                        raise GeotranslateError(
-                            f"{path}: {count} bands, but meta.json says domain {d.upper()} has "
-                            f"{want_count}"
-                        )
-                    if ds.dtypes[0] != want_dtype:
-                        raise GeotranslateError(
-                            f"{path}: dtype {ds.dtypes[0]}, but meta.json says domain "
-                            f"{d.upper()} is {want_dtype}"
-                        )
-                    if ds.width != ds.height or (size is not None and ds.width != size):
-                        raise GeotranslateError(
-                            f"{path}: {ds.width}x{ds.height} px, but the other chips are "
-                            f"{size or ds.width}x{size or ds.width} (chips must be square and "
-                            "of one size)"
-                        )
-                    size = ds.width
-        return int(size)
+    def _check_chip(self, ds, domain: str) -> None:
+        """A chip's band count, dtype and size against meta.json and the other chips."""
+        want_count = int(self.meta["domains"][domain]["band_count"])
+        want_dtype = str(self.meta["domains"][domain]["dtype"])
+        count = len(spectral_bands(ds))
+        if count != want_count:
+            raise GeotranslateError(
+                f"{ds.name}: {count} bands, but meta.json says domain {domain.upper()} has "
+                f"{want_count}"
+            )
+        if ds.dtypes[0] != want_dtype:
+            raise GeotranslateError(
+                f"{ds.name}: dtype {ds.dtypes[0]}, but meta.json says domain "
+                f"{domain.upper()} is {want_dtype}"
+            )
+        if ds.width != ds.height or ds.width != self.chip_size:
+            raise GeotranslateError(
+                f"{ds.name}: {ds.width}x{ds.height} px, but the other chips are "
+                f"{self.chip_size}x{self.chip_size} (chips must be square and of one size)"
+            )
 
     # -- reading ------------------------------------------------------------------------------
     def cache_bytes(self) -> int:
@@ -176,10 +187,9 @@ class ChipDataset(Dataset):
         return sum(len(self.paths[d]) * px * (4 * int(self.meta["domains"][d]["band_count"]) + 1)
                    for d in ("a", "b"))
 
-    def _load(self, domain: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-        path = self.paths[domain][index]
-        with open_raster(path, allow_no_crs=True) as ds:
-            data, valid = read_window(ds, Window(0, 0, ds.width, ds.height), spectral_bands(ds))
+    def _load(self, domain: str, index: int, check: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        vet = (lambda ds: self._check_chip(ds, domain)) if check else None
+        data, valid = read_chip(self.paths[domain][index], vet)
         return self.norm[domain].to_model(data, valid), valid
 
     def _get(self, domain: str, index: int) -> tuple[np.ndarray, np.ndarray]:

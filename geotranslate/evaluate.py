@@ -135,16 +135,14 @@ def _parse_data_range(data_range: float | Sequence[float] | None, band_count: in
 
 
 def _read_chip(path: Path, band_count: int, domain: str) -> tuple[np.ndarray, np.ndarray]:
-    ds = open_raster(path, allow_no_crs=True)
-    try:
-        bands = spectral_bands(ds)
-        if len(bands) != band_count:
-            raise GeotranslateError(
-                f"{path}: {len(bands)} bands, but the model's domain {domain} has {band_count}"
-            )
-        return read_window(ds, Window(0, 0, ds.width, ds.height), bands)
-    finally:
-        ds.close()
+    from geotranslate.data import read_chip  # torch only for chip mode
+
+    data, valid = read_chip(path)
+    if data.shape[0] != band_count:
+        raise GeotranslateError(
+            f"{path}: {data.shape[0]} bands, but the model's domain {domain} has {band_count}"
+        )
+    return data, valid
 
 
 def evaluate_chips(
@@ -172,6 +170,7 @@ def evaluate_chips(
         raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
     if batch_size < 1:
         raise GeotranslateError(f"batch size must be at least 1, got {batch_size}")
+    from geotranslate.data import chip_paths
     from geotranslate.device import resolve_device  # torch only for chip mode
 
     device = resolve_device(device)
@@ -188,7 +187,7 @@ def evaluate_chips(
         raise GeotranslateError(f"{data_dir}: no such chip directory (make it with export-tiles)")
     src_dir, tgt_dir = data_dir / f"{split}_{src_name}", data_dir / f"{split}_{tgt_name}"
     for d in (src_dir, tgt_dir):
-        if not d.is_dir() or not any(d.glob("*.tif")):
+        if not d.is_dir() or not chip_paths(d):
             hint = (
                 "export validation chips with `geotranslate export-tiles ... --val-fraction 0.1` "
                 "or evaluate on --split train"
@@ -196,8 +195,8 @@ def evaluate_chips(
                 else "export chips with `geotranslate export-tiles` (paired, with --b)"
             )
             raise GeotranslateError(f"{d}: no {split} chips ({hint})")
-    src_names = {p.name for p in src_dir.glob("*.tif")}
-    names = sorted(src_names & {p.name for p in tgt_dir.glob("*.tif")})
+    src_names = {p.name for p in chip_paths(src_dir)}
+    names = sorted(src_names & {p.name for p in chip_paths(tgt_dir)})
     if not names:
         raise GeotranslateError(
             f"{src_dir} and {tgt_dir}: no chip names in common (chip mode needs paired chips)"

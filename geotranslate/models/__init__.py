@@ -40,6 +40,7 @@ __all__ = [
     "masked_l1",
     "total_variation",
     "unet_depth_for",
+    "unwrap",
 ]
 
 SMP_UNET_PREFIX = "smp-unet:"
@@ -155,7 +156,7 @@ class GeneratorSpec:
         return build_generator(self.arch, self.in_channels, self.out_channels, init=init, **kwargs)
 
 
-def _unwrap(net: nn.Module) -> nn.Module:
+def unwrap(net: nn.Module) -> nn.Module:
     """See through torch.compile (``_orig_mod``) and DataParallel/DDP (``module``) wrappers."""
     while True:
         if hasattr(net, "_orig_mod"):
@@ -168,7 +169,7 @@ def _unwrap(net: nn.Module) -> nn.Module:
 
 def generator_spec(net: nn.Module) -> GeneratorSpec:
     """The :class:`GeneratorSpec` of a generator made by :func:`build_generator`."""
-    inner = _unwrap(net)
+    inner = unwrap(net)
     try:
         return GeneratorSpec(
             arch=inner.arch,

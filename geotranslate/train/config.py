@@ -1,17 +1,20 @@
 """Every training setting in one dataclass, with the papers' defaults.
 
 The CLI builds a :class:`TrainConfig` from its options; Python users build one directly. It is
-saved as ``RUN_DIR/config.json`` and inside each checkpoint (plain types only), so a resumed
-run can be checked against the run it continues.
+saved as ``RUN_DIR/config.json``, so ``--resume`` (:meth:`TrainConfig.from_run`) continues a
+run with the settings it had.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from geotranslate.device import PRECISIONS
 from geotranslate.errors import GeotranslateError
 
+CONFIG_NAME = "config.json"
 DATASET_TYPES = ("Pix2Pix", "CycleGAN")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NETWORK_NORMS = ("instance", "batch", "none")
@@ -121,3 +124,15 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **overrides) -> TrainConfig:
+        """The settings of the run in ``run_dir``, with ``overrides`` on top, set to resume it."""
+        saved = Path(run_dir) / CONFIG_NAME
+        if not saved.exists():
+            raise GeotranslateError(f"{saved}: missing; is {run_dir} a training run?")
+        try:
+            values = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise GeotranslateError(f"{saved}: corrupt ({e})") from None
+        return cls.from_dict({**values, **overrides, "resume": str(run_dir)})

@@ -9,6 +9,7 @@ is written by rank 0 only.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -39,16 +40,18 @@ from geotranslate.models import (
     masked_l1,
     total_variation,
     unet_depth_for,
+    unwrap,
 )
 from geotranslate.raster.io import atomic_path
 from geotranslate.train import distributed
 from geotranslate.train.checkpoint import (
+    checkpoint_path,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from geotranslate.train.config import TrainConfig
+from geotranslate.train.config import CONFIG_NAME, TrainConfig
 
 #: settings that fix the networks' shapes or the meaning of the run: a resume must match them.
 ARCHITECTURE_KEYS = ("dataset_type", "generator_specs", "discriminator_specs", "gan_mode")
@@ -56,17 +59,6 @@ VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim")
 LOG_NAME = "train.log"
 #: small chips are enlarged (nearest neighbour) to at least this many pixels in previews.
 PREVIEW_MIN_PX = 128
-
-
-def unwrap(net: nn.Module) -> nn.Module:
-    """The bare network under DDP / torch.compile wrappers (for state_dicts and eval)."""
-    while True:
-        if hasattr(net, "_orig_mod"):
-            net = net._orig_mod
-        elif isinstance(net, nn.parallel.DistributedDataParallel):
-            net = net.module
-        else:
-            return net
 
 
 def _default_run_dir(dataset_type: str) -> Path:
@@ -470,16 +462,16 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
     return figures
 
 
-def write_preview(trainer: Trainer, item: dict, meta: dict, rgb: dict, path: Path) -> None:
+def write_preview(trainer: Trainer, item: dict, norm: dict, meta: dict, rgb: dict,
+                  path: Path) -> None:
     """Real A, fake B, (rec A,) real B (, fake A, rec B) rendered in data units."""
     from geotranslate.render import Panel, render_panels
 
-    norm = item["normalizers"]
     a, b = item["a"][None], item["b"][None]
     va, vb = item["valid_a"][0].numpy() > 0, item["valid_b"][0].numpy() > 0
 
     def panel(title: str, x: torch.Tensor, domain: str, valid: np.ndarray) -> Panel:
-        data = norm[domain].from_model(x[0].cpu().numpy() if x.ndim == 4 else x.numpy())
+        data = norm[domain].from_model(x[0].cpu().numpy())
         dom = meta["domains"][domain]
         bands = rgb[domain]
         if bands and any(b < 1 or b > int(dom["band_count"]) for b in bands):
@@ -494,12 +486,10 @@ def write_preview(trainer: Trainer, item: dict, meta: dict, rgb: dict, path: Pat
         rec_b = trainer.translate("a2b", fake_a)
         panels += [panel("reconstructed A", rec_a, "a", va), panel("real B", b, "b", vb),
                    panel("fake A", fake_a, "a", vb), panel("reconstructed B", rec_b, "b", vb)]
-        columns = 3
     else:
         panels.append(panel("real B", b, "b", vb))
-        columns = 3
     size = max(p.data.shape[-1] for p in panels)
-    render_panels(panels, path, columns=columns, scale=max(1, PREVIEW_MIN_PX // size))
+    render_panels(panels, path, columns=3, scale=max(1, PREVIEW_MIN_PX // size))
 
 
 def _model_domains(meta: dict, dataset: ChipDataset) -> dict[str, DomainSpec]:
@@ -516,8 +506,7 @@ def _model_domains(meta: dict, dataset: ChipDataset) -> dict[str, DomainSpec]:
 def train(config: TrainConfig) -> Path:
     """Train a Pix2Pix or CycleGAN translator; returns the run directory (see docs/formats.md)."""
     config.validate()
-    ctx = distributed.setup("cuda" if config.device in ("cuda", "auto")
-                            and torch.cuda.is_available() else "cpu")
+    ctx = distributed.setup(resolve_device(config.device).type)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(config, ctx)
@@ -554,7 +543,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
         checkpoint = None
         run_dir = Path(config.out) if config.out else _default_run_dir(config.dataset_type)
         if run_dir.exists() and (
-                (run_dir / "checkpoints").exists() or (run_dir / "model.json").exists()):
+                checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
             raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
                                     "--resume or choose another --out")
     run_dir = Path(distributed.broadcast(str(run_dir), ctx))
@@ -572,17 +561,19 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
 
     trainer = Trainer(config, meta, train_set.crop_size, device, precision, ctx, log)
     start_epoch, start_batch, iteration, elapsed = 0, 0, 0, 0.0
+    last_losses: dict[str, float] = {}
     if checkpoint is not None:
-        trainer.load_state_dict(checkpoint, run_dir / "checkpoints" / "last.pt")
+        trainer.load_state_dict(checkpoint, checkpoint_path(run_dir))
         start_epoch, start_batch = int(checkpoint["epoch"]), int(checkpoint["epoch_batch"])
         iteration, elapsed = int(checkpoint["iteration"]), float(checkpoint.get("elapsed_s", 0))
+        last_losses = dict(checkpoint.get("last_losses", {}))
         set_rng_state(checkpoint["rng"])
         if ctx.enabled:  # each rank continues its own dropout stream
             torch.manual_seed(config.seed + ctx.rank + iteration)
 
     if ctx.is_main:
         (run_dir / "previews").mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / "config.json") as tmp:
+        with atomic_path(run_dir / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(config.to_dict(), indent=2))
         if not config.out and not config.resume:
             _point_latest(run_dir)
@@ -611,13 +602,17 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
                            iteration if checkpoint is not None else None, config.tensorboard)
     rgb = parse_rgb_bands(config.rgb_bands)
     preview_set = val_set or train_set
-    last_losses: dict[str, float] = {}
     epoch, epoch_batch = start_epoch, start_batch
     t_run = time.time()
 
+    saved_at: list[tuple[int, int, int]] = []  # (epoch, batch, iteration) of the last save
+
     def checkpoint_now() -> None:
-        if ctx.is_main:
-            save_checkpoint({**trainer.state_dict(), "config": config.to_dict(),
+        """Save where the run stands, unless that very state is already on disk."""
+        position = (epoch, epoch_batch, iteration)
+        if ctx.is_main and saved_at[-1:] != [position]:
+            saved_at[:] = [position]
+            save_checkpoint({**trainer.state_dict(),
                              "epoch": epoch, "epoch_batch": epoch_batch,
                              "iteration": iteration, "rng": rng_state(),
                              "elapsed_s": elapsed + time.time() - t_run,
@@ -637,10 +632,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
         metrics.flush()
 
     def _preview(epoch_number: int) -> None:
-        item = dict(preview_set[0])
-        item["normalizers"] = preview_set.norm
-        write_preview(trainer, item, meta, rgb, run_dir / "previews" /
-                      f"epoch_{epoch_number:03d}.png")
+        write_preview(trainer, preview_set[0], preview_set.norm, meta, rgb,
+                      run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
 
     stopped = config.max_steps is not None and iteration >= config.max_steps
     try:
@@ -705,7 +698,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
         seconds = elapsed + time.time() - t_run
         specs = {}
         for direction, spec in trainer.generator_specs.items():
-            spec = json.loads(json.dumps(spec))
+            spec = copy.deepcopy(spec)
             if "pretrained" in spec["kwargs"]:
                 spec["kwargs"]["pretrained"] = False  # weights come from the model file
             specs[direction] = spec
