@@ -36,7 +36,7 @@ from rasterio.windows import Window, from_bounds
 from geotranslate.errors import GeotranslateError
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator
 from geotranslate.raster.io import atomic_path, open_raster, read_window, spectral_bands
-from geotranslate.raster.windows import tile_offsets
+from geotranslate.raster.windows import own_extents, tile_offsets
 from geotranslate.stats import StatsAccumulator, cast_to_dtype
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
@@ -330,9 +330,13 @@ def _tiles(window: Window, tile: int, margin: int):
     """(read window, core slices within it) covering ``window``; reads add ``margin`` context."""
     c0, r0 = int(window.col_off), int(window.row_off)
     w, h = int(window.width), int(window.height)
-    for row in tile_offsets(h, min(tile, h), min(tile, h)):
-        for col in tile_offsets(w, min(tile, w), min(tile, w)):
-            th, tw = min(tile, h - row), min(tile, w - col)
+    rows = tile_offsets(h, min(tile, h), min(tile, h))
+    cols = tile_offsets(w, min(tile, w), min(tile, w))
+    # the last tile is flush with the edge and overlaps its neighbour: count each pixel once
+    row_ends, col_ends = own_extents(rows, h, min(tile, h)), own_extents(cols, w, min(tile, w))
+    for row in rows:
+        for col in cols:
+            th, tw = row_ends[row] - row, col_ends[col] - col
             top, left = max(0, row - margin), max(0, col - margin)
             bottom, right = min(h, row + th + margin), min(w, col + tw + margin)
             read = Window(c0 + left, r0 + top, right - left, bottom - top)

@@ -34,7 +34,7 @@ from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import atomic_path, open_raster, parse_bands, raster_info, read_window
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
-from geotranslate.raster.windows import tile_offsets, tile_windows
+from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 from geotranslate.stats import StatsAccumulator
 
 META_NAME = "meta.json"
@@ -718,25 +718,16 @@ def _stats_step(jobs: list[_Job], domain: str) -> int:
     return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
 
 
-def _own_extent(offsets: list[int], length: int, tile: int) -> dict[int, int]:
-    """For each tile offset, the end of the pixels it alone contributes to the statistics."""
-    ends = {}
-    for i, off in enumerate(offsets):
-        nxt = offsets[i + 1] if i + 1 < len(offsets) else length
-        ends[off] = min(off + tile, nxt, length)
-    return ends
-
-
 def _process(jobs: list[_Job], stats: dict, run: _Run, tile: int, progress: bool) -> None:
     total = sum(len(job.windows) for job in jobs)
     with tqdm(
         total=total, unit="window", disable=not progress, desc="export-tiles", leave=False
     ) as bar:
         for job in jobs:
-            row_ends = _own_extent(
+            row_ends = own_extents(
                 tile_offsets(job.grid.height, tile, run.summary.stride), job.height, tile
             )
-            col_ends = _own_extent(
+            col_ends = own_extents(
                 tile_offsets(job.grid.width, tile, run.summary.stride), job.width, tile
             )
             for window, split in zip(job.windows, job.splits, strict=True):

@@ -49,6 +49,19 @@ def test_same_grid_known_shift_nodata_excluded(make_raster):
     assert "p98 - p2" in report.settings["data_range_source"]
 
 
+def test_tiles_count_every_pixel_once(make_raster):
+    """Tiles that do not divide the raster (the last one flush with the edge) change nothing."""
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(0, 100, size=(3, 50, 40)).astype(np.float32)
+    pred = ref + rng.normal(0, 4, size=ref.shape).astype(np.float32)
+    ref_path, pred_path = make_raster("ref.tif", ref), make_raster("pred.tif", pred)
+    whole = evaluate_rasters(pred_path, ref_path, data_range=100.0).metrics
+    tiled = evaluate_rasters(pred_path, ref_path, data_range=100.0, tile_size=16).metrics
+    assert whole["valid_pixels"] == tiled["valid_pixels"] == 50 * 40
+    for key in ("mae", "rmse", "psnr", "ssim", "sam_deg", "ergas"):
+        assert tiled["overall"][key] == pytest.approx(whole["overall"][key], rel=1e-9)
+
+
 def _ramp(easting: np.ndarray, northing: np.ndarray) -> np.ndarray:
     """A linear field of EPSG:32633 coordinates: bilinear warping reproduces it exactly."""
     return 0.01 * (easting - 500000.0) + 0.02 * (northing - 5290000.0)

@@ -31,6 +31,20 @@ def tile_offsets(length: int, tile: int, stride: int, *, start: int = 0) -> list
     return offsets
 
 
+def own_extents(offsets: list[int], length: int, tile: int) -> dict[int, int]:
+    """For each tile offset, the end of the pixels that tile alone owns.
+
+    Tiles overlap where the stride is shorter than the tile or the last tile was moved flush
+    with the end; a pixel then belongs to the first tile covering it, so statistics that sum
+    over tiles count every pixel once.
+    """
+    ends = {}
+    for i, off in enumerate(offsets):
+        nxt = offsets[i + 1] if i + 1 < len(offsets) else length
+        ends[off] = min(off + tile, nxt, length)
+    return ends
+
+
 def tile_windows(
     height: int, width: int, tile: int, stride: int | None = None, *, margin: int = 0
 ) -> Iterator[Window]:
