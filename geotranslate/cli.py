@@ -13,6 +13,7 @@ import click
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
+from geotranslate.raster.warp import RESAMPLING_NAMES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               help="Bands of A (1-based, e.g. 1,2,3) [default: all except alpha].")
 @click.option("--bands-b", "bands_b", default=None, help="Bands of B [default: all except alpha].")
 @click.option("--resampling", default="bilinear",
-              type=click.Choice(["nearest", "bilinear", "cubic", "cubic_spline", "lanczos",
-                                 "average", "mode"]),
+              type=click.Choice(RESAMPLING_NAMES),
               help="Resampling of B onto A's grid (use nearest for classes).")
 @click.option("--max-nodata", default=0.1, type=float,
               help="Skip chips with a larger fraction of invalid pixels (nodata, NaN, alpha = 0, "
@@ -293,7 +293,7 @@ def _parse_data_range_option(text: str | None) -> list[float] | None:
               help="Chip mode: translation direction (b2a needs a CycleGAN model).")
 @click.option("--device", default="auto", help="Chip mode: torch device (auto, cpu, cuda, cuda:1).")
 @click.option("--batch-size", type=int, default=8, help="Chip mode: chips per forward pass.")
-@click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
+@click.option("--resampling", type=click.Choice(RESAMPLING_NAMES),
               default="bilinear", help="Raster mode: how REF is warped onto PRED's grid.")
 @click.option("--data-range", "data_range",
               help="Data range for PSNR/SSIM (one value or one per band); default: the model's "

@@ -28,20 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from geotranslate.errors import GeotranslateError
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator
 from geotranslate.raster.io import atomic_path, open_raster, read_window, spectral_bands
+from geotranslate.raster.warp import Grid, GridReader
 from geotranslate.raster.windows import own_extents, tile_offsets
 from geotranslate.stats import StatsAccumulator, cast_to_dtype
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
 RASTER_TILE = 1024
-RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "average")
 
 
 @dataclass
@@ -272,38 +270,18 @@ def _same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> bool:
     )
 
 
-def _aligned_reference(pred, ref, resampling: str):
-    """REF as read on PRED's grid: itself when the grids match, else a WarpedVRT."""
+def _reference_reader(pred, ref, bands: list[int], resampling: str):
+    """(read(window) of REF's bands on PRED's grid, the warping reader or None if not warped)."""
     if _same_grid(pred, ref):
-        return ref, None
+        return (lambda window: read_window(ref, window, bands)), None
     if pred.crs is None or ref.crs is None:
         raise GeotranslateError(
             f"{ref.name}: cannot align with {pred.name} without a CRS on both "
             "(rasters without CRS must have the same size and transform)"
         )
-    options = {
-        "crs": pred.crs,
-        "transform": pred.transform,
-        "width": pred.width,
-        "height": pred.height,
-        "resampling": Resampling[resampling],
-    }
-    # with a nodata value GDAL carries it through the warp; without one an added alpha band
-    # marks the pixels REF does not cover. The alpha band is read explicitly: GDAL does not
-    # always report it in the VRT's mask flags (seen with float32 sources).
-    alpha_band = None
-    if ref.nodata is None:
-        options["add_alpha"] = True
-        alpha_band = ref.count + 1
-    return WarpedVRT(ref, **options), alpha_band
-
-
-def _read_reference(aligned, window: Window, bands: list[int], alpha_band: int | None):
-    data, valid = read_window(aligned, window, bands)
-    if alpha_band is not None:
-        alpha, _ = read_window(aligned, window, [alpha_band])
-        valid &= alpha[0] > 0
-    return data, valid
+    warper = GridReader([ref], bands, Grid(pred.crs, pred.transform, pred.width, pred.height),
+                        resampling)
+    return warper.read, warper
 
 
 def _common_window(pred, ref) -> Window:
@@ -355,8 +333,6 @@ def evaluate_rasters(
     progress: bool = False,
 ) -> EvaluationReport:
     """Compare PRED with REF over their common area, on PRED's grid, valid pixels only."""
-    if resampling not in RESAMPLING_CHOICES:
-        raise GeotranslateError(f"resampling {resampling!r}: choose from {RESAMPLING_CHOICES}")
     if tile_size < 16:
         raise GeotranslateError(f"tile size must be at least 16 px, got {tile_size}")
     pred = open_raster(pred_path, allow_no_crs=allow_no_crs)
@@ -365,7 +341,7 @@ def evaluate_rasters(
     except GeotranslateError:
         pred.close()
         raise
-    aligned = None
+    warper = None
     try:
         pred_bands, ref_bands = spectral_bands(pred), spectral_bands(ref)
         if len(pred_bands) != len(ref_bands):
@@ -379,8 +355,8 @@ def evaluate_rasters(
                 "raster has one, so they cannot be aligned"
             )
         window = _common_window(pred, ref)
-        aligned, alpha_band = _aligned_reference(pred, ref, resampling)
-        warped = aligned is not ref
+        read_reference, warper = _reference_reader(pred, ref, ref_bands, resampling)
+        warped = warper is not None
         band_count = len(pred_bands)
 
         def pairs(margin: int):
@@ -391,7 +367,7 @@ def evaluate_rasters(
                 tiles = tqdm(tiles, desc="evaluate", unit="tile")
             for read, core in tiles:
                 p, p_valid = read_window(pred, read, pred_bands)
-                r, r_valid = _read_reference(aligned, read, ref_bands, alpha_band)
+                r, r_valid = read_reference(read)
                 yield p, r, p_valid & r_valid, core
 
         ranges = _parse_data_range(data_range, band_count)
@@ -444,7 +420,7 @@ def evaluate_rasters(
             notes.append(f"reference warped onto the prediction's grid ({resampling})")
         return EvaluationReport("rasters", metrics, settings, notes)
     finally:
-        if aligned is not None and aligned is not ref:
-            aligned.close()
+        if warper is not None:
+            warper.close()
         pred.close()
         ref.close()

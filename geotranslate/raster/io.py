@@ -96,6 +96,14 @@ def _validate(ds: rasterio.DatasetReader, p: Path, allow_no_crs: bool) -> None:
         raise GeotranslateError(f"{p}: has no CRS; pass --allow-no-crs to work in pixel space")
 
 
+def alpha_index(ds: rasterio.DatasetReader) -> int | None:
+    """1-based index of the alpha band, if the dataset has one."""
+    for i, ci in enumerate(ds.colorinterp):
+        if ci == ColorInterp.alpha:
+            return i + 1
+    return None
+
+
 def spectral_bands(ds: rasterio.DatasetReader) -> list[int]:
     """1-based indexes of the bands that carry data: an alpha band is a mask, not a band."""
     return [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
@@ -193,10 +201,10 @@ def read_window(
             valid &= (masks > 0).all(axis=0)
         else:
             # GDAL exposes an alpha band as a mask only for gray+alpha and RGBA layouts
-            alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
-            if alpha:
+            alpha = alpha_index(ds)
+            if alpha is not None:
                 alpha_shape = {} if out_shape is None else {"out_shape": (1, *out_shape)}
-                a = ds.read([alpha[0]], window=window, boundless=boundless, masked=False,
+                a = ds.read([alpha], window=window, boundless=boundless, masked=False,
                             **alpha_shape)
                 valid &= a[0] > 0
             if boundless:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
@@ -22,7 +22,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import read_window, valid_from_data
+from geotranslate.raster.io import alpha_index, read_window
 
 RESAMPLING_NAMES = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
 
@@ -100,14 +100,6 @@ def pair_sources(
     return pairs
 
 
-def alpha_index(ds) -> int | None:
-    """1-based index of the alpha band, if the dataset has one."""
-    for i, ci in enumerate(ds.colorinterp):
-        if ci == ColorInterp.alpha:
-            return i + 1
-    return None
-
-
 class GridReader:
     """Reads B's bands on A's grid, mosaicking several B rasters (first valid pixel wins).
 
@@ -127,7 +119,6 @@ class GridReader:
                 f"resampling {resampling!r} unknown; choose from {', '.join(RESAMPLING_NAMES)}"
             )
         self.bands = list(bands)
-        self.grid = grid
         self.sources = list(b_datasets)
         self._vrts: list[WarpedVRT] = []
         self._pixel_space = grid.crs is None
@@ -148,13 +139,15 @@ class GridReader:
             try:
                 self._vrts.append(WarpedVRT(b_ds, **kwargs))
             except RasterioError as e:
-                raise GeotranslateError(f"{b_ds.name}: cannot warp onto A's grid ({e})") from None
+                raise GeotranslateError(
+                    f"{b_ds.name}: cannot warp onto the common grid ({first_line(e)})"
+                ) from None
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """B's selected bands and validity in ``window`` of the grid."""
         data = valid = None
-        for i, source in enumerate(self._vrts or self.sources):
-            part, part_valid = self._read_one(source, window, self.sources[i].name)
+        for source in self._vrts or self.sources:
+            part, part_valid = self._read_one(source, window)
             if data is None:
                 data, valid = part, part_valid
             else:
@@ -165,20 +158,10 @@ class GridReader:
                 break
         return data, valid
 
-    def _read_one(self, source, window: Window, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if self._pixel_space:
-            return read_window(source, window, self.bands, boundless=True)
-        alpha = alpha_index(source)
-        try:
-            data = source.read(self.bands, window=window)
-            valid = valid_from_data(data, source.nodata)
-            valid &= source.read(alpha, window=window) > 0
-        except RasterioError as e:
-            raise GeotranslateError(
-                f"{name}: read failed while warping rows {int(window.row_off)}..."
-                f"{int(window.row_off + window.height)} ({first_line(e)})"
-            ) from None
-        return data, valid
+    def _read_one(self, source, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        # rasters without a CRS are paired pixel for pixel: reads past B's edge are invalid;
+        # a VRT marks the pixels B does not cover by its nodata or its (added) alpha band
+        return read_window(source, window, self.bands, boundless=self._pixel_space)
 
     def close(self) -> None:
         for vrt in self._vrts:
