@@ -1,4 +1,5 @@
 # geotranslate — the two commands a new user needs: `make demo` and `make test`.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,8 +12,10 @@ DEMO   := demo_output
 # pyproject.toml changes (or the venv is missing).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import geotranslate, torch, torchvision, rasterio, segmentation_models_pytorch"
+	set -o pipefail; $(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
+		| { grep -v "is ignored: it is neither" || true; }
+	$(PY) -c "import geotranslate, torch, torchvision, rasterio, geopandas, pyogrio, skimage, \
+		safetensors, click, tqdm, segmentation_models_pytorch"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -372,8 +372,8 @@ def evaluate_rasters(
 
         ranges = _parse_data_range(data_range, band_count)
         range_source = "given"
-        ref_stats = StatsAccumulator(band_count, max_samples=200_000)
         if ranges is None:
+            ref_stats = StatsAccumulator(band_count, max_samples=200_000)
             for _, r, valid, _core in pairs(0):
                 ref_stats.add(r, valid)
             if ref_stats.count == 0:

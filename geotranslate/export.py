@@ -131,9 +131,13 @@ class _Job:
     readers: dict[str, Reader]
     sources: dict[str, str]  # domain -> source path(s) for the index
     stats_only: bool = False
-    padded: bool = False
     windows: list[Window] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "train" | "val" | "buffer"
+
+    @property
+    def padded(self) -> bool:
+        """Whether the source is smaller than a tile, so its one chip is padded."""
+        return (self.grid.height, self.grid.width) != (self.height, self.width)
 
 
 class _StatsBuffer:
@@ -447,14 +451,20 @@ def _check_stray_chips(out: Path, tile_size: int, domain_meta: dict) -> None:
 # ---- jobs ------------------------------------------------------------------------------------
 
 
-def _grid_of(ds, tile_size: int) -> tuple[Grid, bool]:
+def _grid_of(ds, tile_size: int) -> Grid:
     """The raster's grid, padded to at least one tile (a smaller raster gives one padded chip)."""
-    padded = ds.width < tile_size or ds.height < tile_size
-    grid = Grid(ds.crs, ds.transform, max(ds.width, tile_size), max(ds.height, tile_size))
-    return grid, padded
+    return Grid(ds.crs, ds.transform, max(ds.width, tile_size), max(ds.height, tile_size))
 
 
-def _direct_reader(ds, bands: list[int], padded: bool) -> Reader:
+def _job(ds, grid: Grid, readers: dict[str, Reader], sources: dict[str, str],
+         stats_only: bool = False) -> _Job:
+    """A tiling of ``ds`` on ``grid`` (its own, or padded up to one tile)."""
+    return _Job(Path(ds.name).stem, grid, ds.height, ds.width, readers, sources, stats_only)
+
+
+def _direct_reader(ds, bands: list[int], grid: Grid) -> Reader:
+    padded = (grid.height, grid.width) != (ds.height, ds.width)
+
     def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
         return read_window(ds, window, bands, boundless=padded)
 
@@ -466,21 +476,13 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
     if mode == "paired":
         pairing = pair_sources(datasets["a"], datasets["b"])
         for a_ds, b_indexes in zip(datasets["a"], pairing, strict=True):
-            grid, padded = _grid_of(a_ds, tile_size)
+            grid = _grid_of(a_ds, tile_size)
             b_dss = [datasets["b"][j] for j in b_indexes]
             b_reader = GridReader(b_dss, bands["b"], grid, resampling)
             stack.callback(b_reader.close)
-            jobs.append(
-                _Job(
-                    stem=Path(a_ds.name).stem,
-                    grid=grid,
-                    height=a_ds.height,
-                    width=a_ds.width,
-                    readers={"a": _direct_reader(a_ds, bands["a"], padded), "b": b_reader.read},
-                    sources={"a": str(a_ds.name), "b": ";".join(str(ds.name) for ds in b_dss)},
-                    padded=padded,
-                )
-            )
+            readers = {"a": _direct_reader(a_ds, bands["a"], grid), "b": b_reader.read}
+            sources = {"a": str(a_ds.name), "b": ";".join(str(ds.name) for ds in b_dss)}
+            jobs.append(_job(a_ds, grid, readers, sources))
             pairs_new.append(
                 {
                     "a": str(Path(a_ds.name).resolve()),
@@ -490,18 +492,8 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
         return jobs
     for d, dss in datasets.items():
         for ds in dss:
-            grid, padded = _grid_of(ds, tile_size)
-            jobs.append(
-                _Job(
-                    stem=Path(ds.name).stem,
-                    grid=grid,
-                    height=ds.height,
-                    width=ds.width,
-                    readers={d: _direct_reader(ds, bands[d], padded)},
-                    sources={d: str(ds.name)},
-                    padded=padded,
-                )
-            )
+            grid = _grid_of(ds, tile_size)
+            jobs.append(_job(ds, grid, {d: _direct_reader(ds, bands[d], grid)}, {d: str(ds.name)}))
     return jobs
 
 
@@ -516,51 +508,26 @@ def _stats_only_jobs(
         old = meta_old.get("domains", {}).get(d)
         if old is None:
             continue
-        current = {str(Path(ds.name).resolve()) for ds in datasets[d]}
         if mode == "paired" and d == "b":
-            current_pairs = {p["a"] for p in _pairs_of(datasets)}
+            current_pairs = {str(Path(ds.name).resolve()) for ds in datasets.get("a", [])}
             todo = [p for p in meta_old.get("pairs", []) if p["a"] not in current_pairs]
             for pair in todo:
                 a_ds = stack.enter_context(_open_old(pair["a"], allow_no_crs))
                 b_dss = [stack.enter_context(_open_old(p, allow_no_crs)) for p in pair["b"]]
-                grid, padded = _grid_of(a_ds, tile_size)
+                grid = _grid_of(a_ds, tile_size)
                 reader = GridReader(b_dss, old["bands"], grid, resampling)
                 stack.callback(reader.close)
-                jobs.append(
-                    _Job(
-                        Path(a_ds.name).stem,
-                        grid,
-                        a_ds.height,
-                        a_ds.width,
-                        {"b": reader.read},
-                        {},
-                        stats_only=True,
-                        padded=padded,
-                    )
-                )
+                jobs.append(_job(a_ds, grid, {"b": reader.read}, {}, stats_only=True))
             continue
+        current = {str(Path(ds.name).resolve()) for ds in datasets[d]}
         for path in old["sources"]:
             if path in current:
                 continue
             ds = stack.enter_context(_open_old(path, allow_no_crs))
-            grid, padded = _grid_of(ds, tile_size)
-            jobs.append(
-                _Job(
-                    Path(path).stem,
-                    grid,
-                    ds.height,
-                    ds.width,
-                    {d: _direct_reader(ds, old["bands"], padded)},
-                    {},
-                    stats_only=True,
-                    padded=padded,
-                )
-            )
+            grid = _grid_of(ds, tile_size)
+            readers = {d: _direct_reader(ds, old["bands"], grid)}
+            jobs.append(_job(ds, grid, readers, {}, stats_only=True))
     return jobs
-
-
-def _pairs_of(datasets) -> list[dict]:
-    return [{"a": str(Path(ds.name).resolve())} for ds in datasets.get("a", [])]
 
 
 def _open_old(path: str, allow_no_crs: bool):

@@ -23,7 +23,6 @@ import numpy as np
 import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import ColorInterp
-from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
@@ -287,8 +286,6 @@ def read_for_display(
             )
         data, valid = read_window(ds, win, shown, out_shape=out_shape)
         descriptions = display_descriptions(ds, shown)
-    except RasterioError as e:  # e.g. a damaged overview
-        raise GeotranslateError(f"{path}: cannot read for display ({e})") from None
     finally:
         ds.close()
     if db:

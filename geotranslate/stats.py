@@ -57,7 +57,6 @@ class StatsAccumulator:
         self.max_samples = max_samples
         self._rng = np.random.default_rng(seed)
         self._count = 0
-        self._sum = np.zeros(band_count, dtype=np.float64)
         self._sumsq_dev = np.zeros(band_count, dtype=np.float64)  # Chan et al. parallel update
         self._mean = np.zeros(band_count, dtype=np.float64)
         self._min = np.full(band_count, np.inf)

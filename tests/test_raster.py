@@ -53,12 +53,19 @@ def test_tile_offsets_refuse_non_positive_sizes():
         tile_offsets(100, 10, 0)
 
 
-def test_tile_windows_with_margin_reach_outside_the_raster():
-    windows = list(tile_windows(100, 120, 64, 32, margin=16))
-    rows = sorted({w.row_off for w in windows})
-    cols = sorted({w.col_off for w in windows})
+def test_tile_offsets_with_a_margin_reach_outside_the_raster():
+    """Prediction's grid: tiles start ``overlap`` before the raster and end as far past it."""
+    rows = tile_offsets(100 + 16, 64, 32, start=-16)
+    cols = tile_offsets(120 + 16, 64, 32, start=-16)
     assert rows[0] == -16 and rows[-1] + 64 == 116
     assert cols[0] == -16 and cols[-1] + 64 == 136
+
+
+def test_tile_windows_cover_the_grid_row_by_row():
+    windows = list(tile_windows(100, 120, 64, 32))
+    rows = sorted({w.row_off for w in windows})
+    cols = sorted({w.col_off for w in windows})
+    assert rows == [0, 32, 36] and cols == [0, 32, 56]
     assert all((w.width, w.height) == (64, 64) for w in windows)
     assert len(windows) == len(rows) * len(cols)
 

@@ -4,7 +4,7 @@ Usage: ``python tools/bench_export.py [--speed-size 8192] [--sizes 4096 16384] [
 
 Each measurement runs in its own subprocess (generation too), so memory figures are not
 polluted by the parent or by earlier runs. The child reports its own peak RSS
-(``getrusage(RUSAGE_SELF).ru_maxrss``); the parent's ``RUSAGE_CHILDREN`` figure is a running
+(``VmHWM``, see ``benchlib.peak_rss_mib``); the parent's ``RUSAGE_CHILDREN`` figure is a running
 maximum over all children waited for, so it cannot tell two sizes apart on its own.
 
 Rasters are 4-band uint16, tiled 256 x 256 and deflate-compressed, written strip by strip
@@ -16,48 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def generate(path: Path, size: int) -> None:
-    """A size x size 4-band uint16 GeoTIFF with textured but compressible content."""
-    import rasterio
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
-
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": 4,
-        "dtype": "uint16",
-        "crs": "EPSG:32633",
-        "transform": from_origin(500000, 5300000, 10, 10),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-        "zlevel": 1,
-    }
-    cols = np.arange(size, dtype=np.uint32)[None, :]
-    with rasterio.open(path, "w", **profile) as dst:
-        for row0 in range(0, size, 256):
-            rows = np.arange(row0, min(row0 + 256, size), dtype=np.uint32)[:, None]
-            strip = np.stack(
-                [
-                    ((rows // 8) * 7 + (cols // 8) * 3 + 500 * b + (rows ^ cols) % 5) % 4000 + 1
-                    for b in range(4)
-                ]
-            ).astype(np.uint16)
-            dst.write(strip, window=Window(0, row0, size, strip.shape[1]))
+from benchlib import peak_rss_mib, run_child, write_test_raster
 
 
 def plain_read(path: Path) -> None:
@@ -81,24 +46,14 @@ def child(argv: list[str]) -> None:
     started = time.perf_counter()
     result: dict = {}
     if task == "generate":
-        generate(path, int(argv[2]))
+        write_test_raster(path, int(argv[2]))
     elif task == "read":
         plain_read(path)
     elif task == "export":
         result["chips"] = export(path, Path(argv[2]), int(argv[3]))
     result["seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mib()
     print(json.dumps(result))
-
-
-def run_child(*args: object) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *map(str, args)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -119,10 +74,10 @@ def main() -> None:
     try:
         for size in sorted({args.speed_size, *args.sizes}):
             raster = tmp / f"r{size}.tif"
-            gen = run_child("generate", raster, size)
-            read_a = run_child("read", raster)
-            exp = run_child("export", raster, tmp / f"chips{size}", args.tile)
-            read_b = run_child("read", raster)
+            gen = run_child(__file__, "generate", raster, size)
+            read_a = run_child(__file__, "read", raster)
+            exp = run_child(__file__, "export", raster, tmp / f"chips{size}", args.tile)
+            read_b = run_child(__file__, "read", raster)
             read_s = min(read_a["seconds"], read_b["seconds"])
             rows.append(
                 {

@@ -18,39 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import peak_rss_mib, run_child, write_test_raster
 
 BANDS = 4
 TILE = 256
-
-
-def make_raster(path: Path, size: int) -> None:
-    """A size x size 4-band uint16 GeoTIFF, written strip by strip (bounded memory)."""
-    import rasterio
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
-
-    profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": BANDS, "dtype": "uint16",
-        "crs": "EPSG:32633", "transform": from_origin(500000, 5300000, 10, 10), "nodata": 0,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
-        "predictor": 2, "zlevel": 1, "bigtiff": "IF_SAFER",
-    }
-    rng = np.random.default_rng(0)
-    cols = np.arange(size)
-    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, 256):
-            rows = np.arange(row, min(row + 256, size))[:, None]
-            field = np.sin(cols[None, :] / 97.0) * np.cos(rows / 61.0)
-            strip = np.stack([2000 + 1500 * field * (b + 1) / BANDS for b in range(BANDS)])
-            strip += rng.integers(0, 8, strip.shape)  # a little texture, still compressible
-            dst.write(strip.astype("uint16"), window=Window(0, row, size, len(rows)))
 
 
 def make_model(run_dir: Path) -> None:
@@ -71,23 +48,6 @@ def make_model(run_dir: Path) -> None:
         {"a": domain, "b": domain}, chip_size=TILE,
     )
     save_model(model, run_dir)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS.
-
-    Linux's ``ru_maxrss`` keeps the parent's resident size at fork across ``exec`` (and
-    RUSAGE_CHILDREN reports the largest child), so a child forked from a big parent would
-    report the parent's size; ``VmHWM`` is the high-water mark of this process alone.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args: argparse.Namespace) -> None:
@@ -166,7 +126,7 @@ def main() -> None:
         for size in args.sizes:
             raster = work / f"bench_{size}.tif"
             t0 = time.perf_counter()
-            make_raster(raster, size)
+            write_test_raster(raster, size)
             print(f"# generated {size}x{size} in {time.perf_counter() - t0:.1f} s", flush=True)
             for precision in args.precisions:
                 cmd = [sys.executable, __file__, "--child", "--raster", str(raster),
@@ -174,8 +134,7 @@ def main() -> None:
                        "--precision", precision, "--batch-size", str(args.batch_size),
                        "--threads", str(args.threads),
                        "--sample-batches", str(args.sample_batches)]
-                line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                result = json.loads(line.strip().splitlines()[-1])
+                result = run_child(__file__, *cmd[3:])
                 results.append(result)
                 print(json.dumps(result), flush=True)
             raster.unlink()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import peak_rss_mib
 
 
 def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3) -> Path:
@@ -69,7 +69,7 @@ def peak_memory_mb(device: str) -> float:
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mib()
 
 
 def run_one(spec: dict) -> dict:
@@ -113,12 +113,13 @@ def run_one(spec: dict) -> dict:
         train(config)  # intervals between step starts: the last step's is not measured
     else:
         from geotranslate.data import ChipDataset, read_meta
+        from geotranslate.device import resolve_device, resolve_precision
         from geotranslate.train.distributed import DistContext
 
         meta = read_meta(chips)
         dataset = ChipDataset(chips, paired=dataset_type == "Pix2Pix", cache=True, meta=meta)
-        device = trainer_module.resolve_device(spec["device"], DistContext())
-        precision = trainer_module.resolve_precision(spec["precision"], device)
+        device = resolve_device(spec["device"])
+        precision = resolve_precision(spec["precision"], device)
         trainer = trainer_module.Trainer(config, meta, dataset.chip_size, device, precision,
                                          DistContext(), log=lambda message: None)
         items = [dataset[i] for i in range(spec["batch"])]

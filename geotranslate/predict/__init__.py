@@ -52,17 +52,5 @@ list of inputs.
 """
 
 from geotranslate.predict.api import PredictSummary, predict_raster
-from geotranslate.predict.blend import BLEND_MODES, blend_weights
-from geotranslate.predict.grid import CHUNK_WIDTH, parse_window, rank_window
-from geotranslate.predict.output import default_output
 
-__all__ = [
-    "BLEND_MODES",
-    "CHUNK_WIDTH",
-    "PredictSummary",
-    "blend_weights",
-    "default_output",
-    "parse_window",
-    "predict_raster",
-    "rank_window",
-]
+__all__ = ["PredictSummary", "predict_raster"]

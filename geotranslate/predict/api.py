@@ -19,10 +19,11 @@ from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
-from geotranslate.predict.grid import CHUNK_WIDTH, parse_window, plan_strips, rank_window
+from geotranslate.predict.grid import CHUNK_WIDTH, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
 from geotranslate.predict.pipeline import run_pipeline
 from geotranslate.raster.io import atomic_path, open_raster, spectral_bands
+from geotranslate.raster.windows import parse_pixel_window
 
 
 @dataclass
@@ -131,7 +132,7 @@ def predict_raster(
             what = f"keeps its {kind} but has no CRS either" if kind else "has none either"
             print(f"geotranslate: warning: {in_path} has no CRS; the output {what}",
                   file=sys.stderr)
-        grid_region = _check_region(parse_window(window), ds)
+        grid_region = _check_region(parse_pixel_window(window), ds)
         region = grid_region  # what the output covers
         if rank is not None:
             region = rank_window(grid_region, rank, world_size)

@@ -67,8 +67,8 @@ class Blender:
             self.valid = np.zeros((self.tile, b - a), dtype=bool)
         else:
             shift = strip.row - self.strip.row
-            for arr in (self.acc, self.wsum, self.valid):
-                arr[..., : self.tile - shift, :] = arr[..., shift:, :].copy()
+            for arr in (self.acc, self.wsum):  # valid is replaced just below
+                arr[..., : self.tile - shift, :] = arr[..., shift:, :]  # numpy handles overlap
                 arr[..., self.tile - shift :, :] = 0
         self.valid[:] = valid[:, a - c_lo : b - c_lo]
         self.strip = strip

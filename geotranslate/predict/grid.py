@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 from geotranslate.errors import GeotranslateError
-from geotranslate.raster.windows import parse_pixel_window as parse_window  # noqa: F401
 from geotranslate.raster.windows import tile_offsets
 
 #: widest column chunk processed at once: bounds memory for arbitrarily wide rasters.

@@ -45,18 +45,11 @@ def own_extents(offsets: list[int], length: int, tile: int) -> dict[int, int]:
     return ends
 
 
-def tile_windows(
-    height: int, width: int, tile: int, stride: int | None = None, *, margin: int = 0
-) -> Iterator[Window]:
-    """Square windows row by row covering a ``height`` x ``width`` grid.
-
-    ``margin`` extends the covered area by that many pixels beyond every edge (the windows then
-    reach outside the raster and the reads are padded), which prediction uses so that every
-    raster pixel lies inside some tile's well-weighted centre.
-    """
+def tile_windows(height: int, width: int, tile: int, stride: int | None = None) -> Iterator[Window]:
+    """Square windows row by row covering a ``height`` x ``width`` grid (export's chips)."""
     stride = stride or tile
-    rows = tile_offsets(height + margin, tile, stride, start=-margin)
-    cols = tile_offsets(width + margin, tile, stride, start=-margin)
+    rows = tile_offsets(height, tile, stride)
+    cols = tile_offsets(width, tile, stride)
     for row in rows:
         for col in cols:
             yield Window(col, row, tile, tile)
