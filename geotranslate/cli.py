@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     except GeotranslateError as e:
         click.echo(f"geotranslate: error: {e}", err=True)
         return 1
+    except OSError as e:  # a full disk, a permission change mid-run: no traceback either
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"geotranslate: error: {where}{e.strerror or e}", err=True)
+        return 1
     except click.exceptions.Abort:
         click.echo("geotranslate: interrupted", err=True)
         return 130

@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import atomic_path, open_raster, parse_bands, raster_info, read_window
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
@@ -262,33 +263,41 @@ def export_tiles(
         try:
             _process(jobs, stats, run, tile_size, progress)
             run.finish()
+            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
+                        tile_size, stride, pairs_new, a_paths + b_paths)
         except KeyboardInterrupt:
             run.finish(cancel=True)  # complete chips stay: a re-run resumes
             raise
         except BaseException:
-            run.rollback()  # a bad input: no chip of this run is left behind
-            raise
-        if summary.chips_written + summary.already_present == 0:
+            # a bad input, no valid pixel, a full disk: no chip of this run is left behind,
+            # and meta.json and the index stay as they were
             run.rollback()
-            raise GeotranslateError(_zero_chips_message(a_paths + b_paths, summary, max_nodata))
-        for d in run_domains:
-            stats[d].flush()
-            if stats[d].accumulator.count == 0:
-                run.rollback()
-                raise GeotranslateError(f"domain {d}: no valid pixels in its sources")
-            domain_meta[d]["stats"] = stats[d].accumulator.to_dict()
-            domain_meta[d]["stats"]["pixel_step"] = stats[d].step
-            if stats[d].step > 1:
-                domain_meta[d]["stats"]["method"] = "sample"
-            summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
-        meta = _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
-        meta["chips"] = _count_chips(out)
-        summary.totals = meta["chips"]
-        _write_index(out, run.index_rows)
-        with atomic_path(out / META_NAME) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+            raise
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type, tile_size,
+                stride, pairs_new, paths) -> None:
+    """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
+    summary = run.summary
+    if summary.chips_written + summary.already_present == 0:
+        raise GeotranslateError(_zero_chips_message(paths, summary, run.max_nodata))
+    for d in run_domains:
+        stats[d].flush()
+        if stats[d].accumulator.count == 0:
+            raise GeotranslateError(f"domain {d}: no valid pixels in its sources")
+        domain_meta[d]["stats"] = stats[d].accumulator.to_dict()
+        domain_meta[d]["stats"]["pixel_step"] = stats[d].step
+        if stats[d].step > 1:
+            domain_meta[d]["stats"]["method"] = "sample"
+        summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
+    meta = _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
+    meta["chips"] = _count_chips(out)
+    summary.totals = meta["chips"]
+    _write_index(out, run.index_rows)
+    with atomic_path(out / META_NAME) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # ---- options and sources ---------------------------------------------------------------------
@@ -802,13 +811,19 @@ def _write_chip(
     if nodata is not None and not all_valid:
         data = data.copy()
         data[:, ~valid] = nodata
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        for i, desc in enumerate(descriptions):
-            if desc:
-                dst.set_band_description(i + 1, desc)
-        if nodata is None and not all_valid:
-            dst.write_mask(valid.astype(np.uint8) * 255)
+    # GDAL writes into memory and Python writes the file: a failed write (a full disk) then
+    # raises, where GDAL's own flush at close only prints to stderr and leaves a truncated chip
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), MemoryFile() as memfile:
+        with memfile.open(**profile) as dst:
+            dst.write(data)
+            for i, desc in enumerate(descriptions):
+                if desc:
+                    dst.set_band_description(i + 1, desc)
+            if nodata is None and not all_valid:
+                dst.write_mask(valid.astype(np.uint8) * 255)
+        encoded = memfile.read()
+    with open(path, "wb") as f:
+        f.write(encoded)
 
 
 def _zero_chips_message(paths, summary: ExportSummary, max_nodata: float) -> str:
@@ -920,5 +935,10 @@ def _write_index(out: Path, rows: list[dict]) -> None:
         warnings.filterwarnings("ignore", message=".*non conformant file extension")
         warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel-space chips
         tmp.unlink()
-        for name, frame in layers.items():
-            frame.to_file(tmp, layer=name, driver="GPKG", engine="pyogrio")
+        try:
+            for name, frame in layers.items():
+                frame.to_file(tmp, layer=name, driver="GPKG", engine="pyogrio")
+        except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as e:
+            # SQLite's message comes after the whole failed SQL script: keep its end
+            reason = str(e).rsplit(" failed: ", 1)[-1]
+            raise GeotranslateError(f"{path}: write failed ({first_line(reason)})") from None

@@ -123,7 +123,12 @@ def save_model(model: TranslationModel, out_dir: str | os.PathLike) -> Path:
                 value = value.float()  # bf16/fp16 training still saves fp32 weights
             tensors[f"{prefix}.{name}"] = value.contiguous()
     with atomic_path(out / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        try:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        except SafetensorError as e:  # an I/O error (a full disk) comes as this type
+            raise GeotranslateError(
+                f"{out / WEIGHTS_NAME}: write failed ({first_line(e)})"
+            ) from None
         digest = _sha256(tmp)
     with atomic_path(out / META_NAME) as tmp:
         tmp.write_text(json.dumps(model.to_json_dict(digest), indent=2))

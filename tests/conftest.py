@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,3 +84,35 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data folder {REAL_DATA} not present")
     return REAL_DATA
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Factory: small_disk(free_bytes) -> a folder on a tiny tmpfs with about that much room left.
+
+    Writes there fail with a real ENOSPC, the way a full disk fails a long run. Mounting needs
+    root (CI and the development machines run as root); elsewhere the test skips.
+    """
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+            capture_output=True, text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command to make a small disk")
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+
+    def _leave(free_bytes: int) -> Path:
+        st = os.statvfs(mount_point)
+        fill = st.f_bavail * st.f_frsize - free_bytes
+        with open(mount_point / "filler", "wb") as f:
+            f.write(b"\0" * fill)
+        folder = mount_point / "out"
+        folder.mkdir()
+        return folder
+
+    yield _leave
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -406,6 +406,27 @@ def test_write_failure_leaves_no_output(tmp_path, make_raster, monkeypatch):
     assert _no_leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("size", [128, 300])
+def test_full_disk_fails_in_one_line_and_leaves_no_output(tmp_path, make_raster, small_disk,
+                                                          capsys, size):
+    # a real ENOSPC on a tiny tmpfs, with room for about a third of the output. At 128 px GDAL
+    # holds every block until the close, whose failure libtiff only prints to stderr: without
+    # verify_geotiff a truncated file would be renamed into place as the result. At 300 px the
+    # block writes fail during the run.
+    run = make_model(tmp_path)
+    src = make_raster("in.tif", _smooth_field(2, size, size))
+    out_dir = small_disk(60_000 if size == 128 else 300_000)
+    out = out_dir / "out.tif"
+    status = cli_main(["predict-raster", str(src), "--model", str(run), "--out", str(out),
+                       "--no-progress"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("geotranslate")]
+    assert status == 1 and lines == [lines[0]], err
+    assert lines[0].startswith(f"geotranslate: error: {out}:"), err
+    assert ("disk may be full" in lines[0]) or ("No space left" in lines[0]), err
+    assert sorted(p.name for p in out_dir.iterdir()) == []
+
+
 # ---- the command line ------------------------------------------------------------------------
 
 

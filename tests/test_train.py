@@ -236,6 +236,21 @@ def test_cli_trains_resumes_and_reports_errors(paired_chips, tmp_path, monkeypat
     assert "--dataset-type is required" in capsys.readouterr().err
 
 
+def test_full_disk_fails_in_one_line_and_keeps_no_half_file(paired_chips, small_disk, capsys):
+    # a real ENOSPC on a tiny tmpfs with room for the log but not the first checkpoint
+    run = small_disk(60_000) / "run"
+    status = main(["train", str(paired_chips), "--dataset-type", "Pix2Pix", "--out", str(run),
+                   "--ngf", "8", "--ndf", "8", "--n-layers-d", "1", "--epochs", "1",
+                   "--epochs-decay", "0", "--batch-size", "8", "--no-progress", "--no-preview"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("geotranslate: error")]
+    assert status == 1 and len(lines) == 1 and len(lines[0]) < 300, err
+    assert f"{run}/checkpoints/last.pt: write failed" in lines[0], err
+    leftovers = [p.name for p in run.rglob("*") if p.is_file()]
+    assert not any(".part" in name for name in leftovers), leftovers
+    assert "last.pt" not in leftovers and "model.json" not in leftovers
+
+
 def test_rgb_bands_option():
     assert trainer_module.parse_rgb_bands("3,2,1") == {"a": [3, 2, 1], "b": [3, 2, 1]}
     assert trainer_module.parse_rgb_bands("a:1;b:3,2,1") == {"a": [1], "b": [3, 2, 1]}

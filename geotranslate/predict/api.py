@@ -22,7 +22,7 @@ from geotranslate.predict.blend import BLEND_MODES
 from geotranslate.predict.grid import CHUNK_WIDTH, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
 from geotranslate.predict.pipeline import run_pipeline
-from geotranslate.raster.io import atomic_path, open_raster, spectral_bands
+from geotranslate.raster.io import atomic_path, open_raster, spectral_bands, verify_geotiff
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -181,8 +181,10 @@ def predict_raster(
                 overlap, blend, generator, dev, autocast, use_channels_last, batch_size,
                 tmp_tiff, out, profile, target.band_descriptions, tags, progress,
             )
+            verify_geotiff(tmp_tiff, out)
             if cog:
                 to_cog(tmp_tiff, tmp_final, profile)
+                verify_geotiff(tmp_final, out)
         finally:
             if cog:
                 with contextlib.suppress(FileNotFoundError):

@@ -55,7 +55,12 @@ def save_checkpoint(state: dict, run_dir: str | Path) -> Path:
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+        try:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+        except RuntimeError as e:  # torch's zip writer turns a full disk into "unexpected pos"
+            raise GeotranslateError(
+                f"{path}: write failed, the disk may be full ({first_line(e)})"
+            ) from None
     return path
 
 
