@@ -36,7 +36,7 @@ from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator
 from geotranslate.raster.io import atomic_path, open_raster, read_window, spectral_bands
 from geotranslate.raster.warp import Grid, GridReader
 from geotranslate.raster.windows import own_extents, tile_offsets
-from geotranslate.stats import StatsAccumulator, cast_to_dtype
+from geotranslate.stats import StatsAccumulator
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
 RASTER_TILE = 1024
@@ -235,7 +235,7 @@ def evaluate_chips(
                 x = torch.from_numpy(np.stack([it[0] for it in items])).to(device)
                 y = generator(x).float().cpu().numpy()
                 for out, (_, tgt, valid) in zip(y, items, strict=True):
-                    pred = cast_to_dtype(normalizer.from_model(out), target.dtype)
+                    pred = normalizer.to_data(out, target.dtype)
                     acc.add(pred.astype(np.float64), tgt.astype(np.float64), valid)
     if acc.count == 0:
         raise GeotranslateError(

@@ -178,10 +178,7 @@ class Normalizer:
         if data.shape[0] != self.band_count:
             raise ValueError(f"expected {self.band_count} bands, got {data.shape[0]}")
         low, high = self._affine(data.ndim)
-        # float32 arithmetic (in place) where it is exact enough: 8/16-bit and float32 data;
-        # wider types keep float64 so large offsets do not eat the precision
-        small = data.dtype.itemsize <= 2 or data.dtype == np.float32
-        work = np.float32 if small else np.float64
+        work = _work_dtype(data.dtype)
         x = data.astype(work)
         x -= low.astype(work)
         x *= (2.0 / (high - low)).astype(work)
@@ -193,10 +190,18 @@ class Normalizer:
             x *= valid
         return x.astype(np.float32, copy=False)
 
-    def from_model(self, x: np.ndarray) -> np.ndarray:
-        """(bands, ...) network output in [-1, 1] -> float64 in data units."""
+    def from_model(self, x: np.ndarray, work: type = np.float64) -> np.ndarray:
+        """(bands, ...) network output in [-1, 1] -> data units, as ``work`` floats."""
         low, high = self._affine(x.ndim)
-        return (x.astype(np.float64) + 1.0) / 2.0 * (high - low) + low
+        y = x.astype(work)  # a copy, then in place
+        y += 1.0
+        y *= ((high - low) / 2.0).astype(work)
+        y += low.astype(work)
+        return y
+
+    def to_data(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        """(bands, ...) network output -> ``dtype`` in data units (integers rounded, clipped)."""
+        return cast_to_dtype(self.from_model(x, _work_dtype(np.dtype(dtype))), dtype)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "low": list(self.low), "high": list(self.high)}
@@ -212,5 +217,13 @@ def cast_to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     np_dtype = np.dtype(dtype)
     if np.issubdtype(np_dtype, np.integer):
         info = np.iinfo(np_dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(np_dtype)
-    return values.astype(np_dtype)
+        rounded = np.rint(values)
+        np.clip(rounded, info.min, info.max, out=rounded)
+        return rounded.astype(np_dtype)
+    return values.astype(np_dtype, copy=False)
+
+
+def _work_dtype(dtype: np.dtype) -> type:
+    """float32 arithmetic where it is exact enough (8/16-bit and float32 data); wider types
+    keep float64 so large offsets do not eat the precision."""
+    return np.float32 if dtype.itemsize <= 2 or dtype == np.float32 else np.float64

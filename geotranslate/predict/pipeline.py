@@ -32,7 +32,6 @@ from geotranslate.predict.output import GDAL_CACHE_BYTES, apply_nodata
 from geotranslate.predict.queues import Stop, get, put
 from geotranslate.raster.io import read_window
 from geotranslate.raster.windows import reflect_pad
-from geotranslate.stats import cast_to_dtype
 
 #: strips read ahead / row windows waiting to be written.
 READ_AHEAD = 3
@@ -133,7 +132,7 @@ class Writer(threading.Thread):
 
     def _finish(self, acc: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> np.ndarray:
         y = acc / np.maximum(weight, 1e-12)
-        values = cast_to_dtype(self.target.normalizer.from_model(y), self.profile["dtype"])
+        values = self.target.normalizer.to_data(y, self.profile["dtype"])
         return apply_nodata(values, valid, self.nodata)
 
 
