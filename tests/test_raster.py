@@ -266,6 +266,27 @@ def test_normalizer_constant_band_and_cast_to_dtype():
     assert cast_to_dtype(np.array([1.25]), "float32").dtype == np.float32
 
 
+@pytest.mark.parametrize(("dtype", "low", "high"), [("uint16", 0.0, 65535.0),
+                                                     ("int16", -3000.0, 12000.0),
+                                                     ("float32", -25.0, 5.0),
+                                                     ("float64", 1e9, 1e9 + 1.0)])
+def test_to_data_in_float32_matches_float64_arithmetic(dtype, low, high):
+    # to_data works in float32 for 8/16-bit and float32 targets: integers must round to the
+    # same value as exact arithmetic (within one unit at .5 ties), floats agree to 1e-6
+    x = np.random.default_rng(5).uniform(-1.05, 1.05, (2, 64, 64)).astype(np.float32)
+    norm = Normalizer("minmax", (low, low), (high, high))
+    exact = (x.astype(np.float64) + 1.0) / 2.0 * (high - low) + low
+    got = norm.to_data(x, dtype)
+    assert got.dtype == np.dtype(dtype)
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        expected = np.clip(np.rint(exact), info.min, info.max)
+        assert np.abs(got.astype(np.float64) - expected).max() <= 1
+        assert (got == expected).mean() > 0.99  # float32 has 1/256 resolution near 65535
+    else:
+        np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-6 * (high - low))
+
+
 # ---- atomic writes ---------------------------------------------------------------------------
 
 
