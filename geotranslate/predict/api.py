@@ -21,7 +21,12 @@ from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
 from geotranslate.predict.grid import CHUNK_WIDTH, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
-from geotranslate.predict.pipeline import run_pipeline
+from geotranslate.predict.pipeline import (
+    PipelineCompute,
+    PipelineInput,
+    PipelineOutput,
+    run_pipeline,
+)
 from geotranslate.raster.io import atomic_path, open_raster, spectral_bands, verify_geotiff
 from geotranslate.raster.windows import parse_pixel_window
 
@@ -177,9 +182,11 @@ def predict_raster(
             tmp_tiff = tmp_final
         try:
             counts = run_pipeline(
-                in_path, bands, source, target, nodata, plan, grid_region, out_rows[0], tile,
-                overlap, blend, generator, dev, autocast, use_channels_last, batch_size,
-                tmp_tiff, out, profile, target.band_descriptions, tags, progress,
+                PipelineInput(in_path, bands, source, grid_region, plan, tile),
+                PipelineCompute(generator, dev, autocast, use_channels_last, batch_size),
+                PipelineOutput(tmp_tiff, out, profile, target, nodata, tags, overlap, blend,
+                               out_rows[0]),
+                progress,
             )
             verify_geotiff(tmp_tiff, out)
             if cog:

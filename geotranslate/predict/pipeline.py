@@ -17,7 +17,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -26,6 +28,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import Strip
 from geotranslate.predict.output import GDAL_CACHE_BYTES, apply_nodata
@@ -40,20 +43,57 @@ WRITE_BEHIND = 4
 IO_NICENESS = 5
 
 
+@dataclass(frozen=True)
+class PipelineInput:
+    """What the reader reads: the input raster's bands in a region of the tile grid."""
+
+    path: Path
+    bands: list[int]
+    source: DomainSpec  # the input domain (its normalizer)
+    region: tuple[int, int, int, int]  # the grid's (row, col, height, width) in the raster
+    plan: list[Strip]
+    tile: int
+
+
+@dataclass(frozen=True)
+class PipelineCompute:
+    """How the calling thread runs the generator."""
+
+    generator: torch.nn.Module
+    device: torch.device
+    autocast: Callable
+    channels_last: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class PipelineOutput:
+    """What the blender and the writer produce, and where."""
+
+    path: Path  # the temporary file written
+    shown_as: Path  # the final name, for messages
+    profile: dict
+    target: DomainSpec  # the output domain (its normalizer, band count, descriptions)
+    nodata: float
+    tags: dict
+    overlap: int
+    blend: str
+    out_row0: int  # the grid row where the output file starts
+
+
 class Reader(threading.Thread):
     """Reads, mirrors and normalizes the strip of each tile row, in plan order."""
 
-    def __init__(self, path, bands, normalizer, plan, region, tile, out_q, stop):
+    def __init__(self, inp: PipelineInput, out_q: queue.Queue, stop: threading.Event):
         super().__init__(daemon=True, name="geotranslate-reader")
-        self.path, self.bands, self.normalizer = path, bands, normalizer
-        self.plan, self.region, self.tile = plan, region, tile
+        self.inp, self.tile = inp, inp.tile
         self.out_q, self.stop = out_q, stop
 
     def run(self) -> None:
         _lower_priority()
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(self.path) as ds:
-                for strip in self.plan:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(self.inp.path) as ds:
+                for strip in self.inp.plan:
                     put(self.out_q, (strip, *self._read(ds, strip)), self.stop)
             put(self.out_q, None, self.stop)
         except Stop:
@@ -64,20 +104,20 @@ class Reader(threading.Thread):
 
     def _read(self, ds, strip: Strip) -> tuple[np.ndarray, np.ndarray, int]:
         """The strip's pixels (mirrored beyond the raster), normalized, and their validity."""
-        row0, col0, _, _ = self.region
+        row0, col0, _, _ = self.inp.region
         c_lo, c_hi = strip.tile_cols[0], strip.tile_cols[-1] + self.tile
         rows = _span(strip.row + row0, strip.row + row0 + self.tile, ds.height)
         cols = _span(c_lo + col0, c_hi + col0, ds.width)
         (r_min, r_max, top, bottom), (c_min, c_max, left, right) = rows, cols
         window = Window(c_min, r_min, c_max - c_min, r_max - r_min)
-        data, valid = read_window(ds, window, self.bands)
+        data, valid = read_window(ds, window, self.inp.bands)
         if top or bottom or left or right:
             data, valid = reflect_pad(data, valid, ((top, bottom), (left, right)))
         r0 = strip.row + row0 - (r_min - top)
         c0 = c_lo + col0 - (c_min - left)
         data = data[:, r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
         valid = valid[r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
-        return self.normalizer.to_model(data, valid), np.ascontiguousarray(valid), c_lo
+        return self.inp.source.normalizer.to_model(data, valid), np.ascontiguousarray(valid), c_lo
 
 
 def _span(start: int, stop: int, length: int) -> tuple[int, int, int, int]:
@@ -99,11 +139,9 @@ def _span(start: int, stop: int, length: int) -> tuple[int, int, int, int]:
 class Writer(threading.Thread):
     """Finishes accumulated rows (weighted mean, de-normalize, cast, nodata) and writes them."""
 
-    def __init__(self, path, shown_as, profile, descriptions, tags, target, nodata, in_q, stop):
+    def __init__(self, out: PipelineOutput, in_q: queue.Queue, stop: threading.Event):
         super().__init__(daemon=True, name="geotranslate-writer")
-        self.path, self.profile, self.descriptions, self.tags = path, profile, descriptions, tags
-        self.shown_as = shown_as  # the final name, for messages (path is a temporary file)
-        self.target, self.nodata = target, nodata
+        self.out = out
         self.in_q, self.stop = in_q, stop
         self.error: BaseException | None = None
 
@@ -113,18 +151,18 @@ class Writer(threading.Thread):
             with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), warnings.catch_warnings():
                 # GCP/RPC-referenced outputs have no transform, which is intended
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(self.path, "w", **self.profile) as dst:
-                    for i, d in enumerate(self.descriptions):
+                with rasterio.open(self.out.path, "w", **self.out.profile) as dst:
+                    for i, d in enumerate(self.out.target.band_descriptions):
                         if d:
                             dst.set_band_description(i + 1, d)
-                    dst.update_tags(**self.tags)
+                    dst.update_tags(**self.out.tags)
                     while (item := get(self.in_q, self.stop)) is not None:
                         window, acc, weight, valid = item
                         dst.write(self._finish(acc, weight, valid), window=window)
         except Stop:
             return
         except RasterioError as e:
-            self.error = GeotranslateError(f"{self.shown_as}: write failed ({first_line(e)})")
+            self.error = GeotranslateError(f"{self.out.shown_as}: write failed ({first_line(e)})")
         except BaseException as e:
             self.error = e
         if self.error is not None:
@@ -132,8 +170,8 @@ class Writer(threading.Thread):
 
     def _finish(self, acc: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> np.ndarray:
         y = acc / np.maximum(weight, 1e-12)
-        values = self.target.normalizer.to_data(y, self.profile["dtype"])
-        return apply_nodata(values, valid, self.nodata)
+        values = self.out.target.normalizer.to_data(y, self.out.profile["dtype"])
+        return apply_nodata(values, valid, self.out.nodata)
 
 
 def _tiles(
@@ -181,14 +219,9 @@ class BlendThread(threading.Thread):
 
 
 def run_pipeline(
-    in_path, bands, source, target, nodata, plan, region, out_row0, tile, overlap, blend,
-    generator, dev, autocast, channels_last, batch_size, tmp_path, out_path, profile,
-    descriptions, tags, progress,
+    inp: PipelineInput, compute: PipelineCompute, out: PipelineOutput, progress: bool
 ) -> tuple[int, int, float, float]:
     """Reader thread -> batched generator (this thread) -> blending thread -> writer thread.
-
-    ``region`` is the grid's (row, col, height, width) in the raster; ``out_row0`` the grid
-    row where the output file starts.
 
     Returns (tiles, tiles skipped because they hold no valid pixel, seconds the compute
     thread waited for input, seconds it waited to hand outputs on): the two waits say whether
@@ -200,14 +233,15 @@ def run_pipeline(
     reader_q: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
     blend_q: queue.Queue = queue.Queue(maxsize=2)
     writer_q: queue.Queue = queue.Queue(maxsize=WRITE_BEHIND)
-    weights = blend_weights(tile, overlap, blend)
-    blender = Blender(out_row0, tile, target.band_count, weights, writer_q, stop)
+    tile, batch_size = inp.tile, compute.batch_size
+    weights = blend_weights(tile, out.overlap, out.blend)
+    blender = Blender(out.out_row0, tile, out.target.band_count, weights, writer_q, stop)
     threads = [
-        Reader(in_path, bands, source.normalizer, plan, region, tile, reader_q, stop),
+        Reader(inp, reader_q, stop),
         BlendThread(blender, blend_q, writer_q, stop),
-        Writer(tmp_path, out_path, profile, descriptions, tags, target, nodata, writer_q, stop),
+        Writer(out, writer_q, stop),
     ]
-    total = sum(len(s.tile_cols) for s in plan)
+    total = sum(len(s.tile_cols) for s in inp.plan)
     # disable=None: no bar when stderr is not a terminal (logs, CI)
     bar = tqdm(total=total, unit="tile", disable=None if progress else True, file=sys.stderr,
                leave=False, dynamic_ncols=True)
@@ -217,7 +251,7 @@ def run_pipeline(
         thread.start()
     # near-constant areas drive instance-normalized activations into denormal floats, which
     # are many times slower on CPUs; flushing them to zero changes nothing visible
-    flush_denormal = dev.type == "cpu" and torch.set_flush_denormal(True)
+    flush_denormal = compute.device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         batch: list[np.ndarray] = []
         pending: list[tuple] = []  # strip starts and tiles, in order, for the blender
@@ -231,14 +265,14 @@ def run_pipeline(
                 pending.append(("tile", strip, c, len(batch)))
                 batch.append(x)
             if len(batch) == batch_size:
-                outputs = _forward(generator, batch, dev, autocast, channels_last)
+                outputs = _forward(compute, batch)
                 started = time.perf_counter()
                 put(blend_q, (pending, outputs), stop)
                 output_wait += time.perf_counter() - started
                 computed += len(batch)
                 bar.update(len(batch))
                 batch, pending = [], []
-        outputs = _forward(generator, batch, dev, autocast, channels_last) if batch else None
+        outputs = _forward(compute, batch) if batch else None
         put(blend_q, (pending, outputs), stop)
         put(blend_q, None, stop)
         computed += len(batch)
@@ -274,10 +308,10 @@ def _raise_thread_error(threads: list[threading.Thread]) -> None:
             raise error
 
 
-def _forward(generator, batch, dev, autocast, channels_last) -> np.ndarray:
-    x = torch.from_numpy(np.stack(batch)).to(dev, non_blocking=True)
-    if channels_last:
+def _forward(compute: PipelineCompute, batch: list[np.ndarray]) -> np.ndarray:
+    x = torch.from_numpy(np.stack(batch)).to(compute.device, non_blocking=True)
+    if compute.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast():
-        y = generator(x)
+    with torch.inference_mode(), compute.autocast():
+        y = compute.generator(x)
     return y.float().cpu().numpy()
