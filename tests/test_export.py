@@ -141,6 +141,31 @@ def test_paired_skips_chips_where_b_does_not_cover(make_raster, tmp_path):
     assert summary.skipped_nodata == 2
 
 
+def test_paired_on_the_same_pixel_grid_reads_b_exactly(make_raster, tmp_path):
+    # B on A's pixel grid, 32 px right and 16 px down, not covering A's top-left corner:
+    # its pixels are read as they are (no resampling), and its edges are exact
+    a = make_raster("a.tif", ramp(1, 128, 128))
+    b_data = ramp(2, 128, 128, dtype="uint16") + 7
+    b = make_raster("b.tif", b_data, transform=from_origin(ORIGIN[0] + 320, ORIGIN[1] - 160,
+                                                           10.0, 10.0))
+    out = tmp_path / "chips"
+    export([a], [b], out, tile_size=32, max_nodata=0.6)
+    chips = chips_in(out, "train", "b")
+    assert "a_0_0.tif" not in chips and "a_16_32.tif" not in chips  # tiles are 32 px apart
+    assert {"a_32_32.tif", "a_0_32.tif", "a_96_96.tif"} <= set(chips)
+    for name, path in chips.items():
+        row, col = offsets_of(name)
+        with rasterio.open(path) as chip:
+            got, valid = read_window(chip, rasterio.windows.Window(0, 0, 32, 32), [1, 2])
+        rows = np.arange(row, row + 32)[:, None] - 16
+        cols = np.arange(col, col + 32)[None, :] - 32
+        inside = (rows >= 0) & (cols >= 0)
+        np.testing.assert_array_equal(valid, inside)
+        r, c = rows[inside[:, -1], 0], cols[0, inside[-1]]
+        np.testing.assert_array_equal(got[:, valid].reshape(2, len(r), len(c)),
+                                      b_data[:, r[0]:r[-1] + 1, c[0]:c[-1] + 1])
+
+
 def test_unpaired_tiles_domains_independently(make_raster, tmp_path):
     a = make_raster("a.tif", ramp(1, 128, 128))
     b = make_raster(

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
@@ -20,6 +22,7 @@ from geotranslate.raster.io import (
     spectral_bands,
     valid_from_data,
 )
+from geotranslate.raster.warp import Grid, grid_offset
 from geotranslate.raster.windows import reflect_pad, tile_offsets, tile_windows
 from geotranslate.stats import Normalizer, StatsAccumulator, cast_to_dtype, stats_from_dict
 
@@ -166,6 +169,13 @@ def test_read_window_valid_from_nodata_alpha_mask_and_boundless(make_raster, tmp
         got, valid = read_window(ds, Window(6, 6, 4, 4), [1], boundless=True)
         np.testing.assert_array_equal(got[0, :2, :2], data[0, 6:, 6:])
         assert valid[:2, :2].all() and valid.sum() == 4
+        assert (got[0, 2:] == -1.0).all() and (got[0, :, 2:] == -1.0).all()  # nodata outside
+        got, valid = read_window(ds, Window(-3, -2, 5, 4), [1], boundless=True)
+        np.testing.assert_array_equal(got[0, 2:, 3:], data[0, :2, :2])
+        np.testing.assert_array_equal(valid[2:, 3:], [[False, True], [True, False]])
+        assert valid.sum() == 2
+        got, valid = read_window(ds, Window(20, 0, 4, 4), [1], boundless=True)
+        assert not valid.any() and (got == -1.0).all()
 
     alpha = np.full((8, 8), 255, dtype="uint8")
     alpha[:, :3] = 0
@@ -193,6 +203,23 @@ def test_read_window_valid_from_nodata_alpha_mask_and_boundless(make_raster, tmp
     with open_raster(path) as ds:
         _, valid = read_window(ds, Window(0, 0, 8, 8), [1])
         np.testing.assert_array_equal(valid, ~np.eye(8, dtype=bool))
+
+
+def test_grid_offset_only_for_rasters_on_the_same_pixel_grid(make_raster):
+    grid = Grid(CRS.from_epsg(32633), from_origin(500000.0, 5300000.0, 10.0, 10.0), 64, 64)
+    cases = {
+        "same": (from_origin(500000.0, 5300000.0, 10.0, 10.0), "EPSG:32633", (0, 0)),
+        "shifted": (from_origin(500030.0, 5299950.0, 10.0, 10.0), "EPSG:32633", (5, 3)),
+        "before": (from_origin(499980.0, 5300010.0, 10.0, 10.0), "EPSG:32633", (-1, -2)),
+        "half pixel": (from_origin(500005.0, 5300000.0, 10.0, 10.0), "EPSG:32633", None),
+        "other size": (from_origin(500000.0, 5300000.0, 20.0, 20.0), "EPSG:32633", None),
+        "other crs": (from_origin(500000.0, 5300000.0, 10.0, 10.0), "EPSG:32632", None),
+    }
+    for name, (transform, crs, expected) in cases.items():
+        path = make_raster(f"{name}.tif", np.zeros((1, 8, 8), "uint8"), crs=crs,
+                           transform=transform)
+        with open_raster(path) as ds:
+            assert grid_offset(ds, grid) == expected, name
 
 
 # ---- statistics and normalization ------------------------------------------------------------

@@ -191,25 +191,24 @@ def read_window(
     :class:`GeotranslateError`.
     """
     bands = list(bands)
+    if boundless:
+        if out_shape is not None:
+            raise ValueError("out_shape and boundless cannot be combined")
+        return _read_boundless(ds, window, bands)
     shaped = {} if out_shape is None else {"out_shape": (len(bands), *out_shape)}
-    if out_shape is not None and boundless:
-        raise ValueError("out_shape and boundless cannot be combined")
     try:
-        data = ds.read(bands, window=window, boundless=boundless, masked=False, **shaped)
+        data = ds.read(bands, window=window, masked=False, **shaped)
         valid = valid_from_data(data, ds.nodata)
         if _needs_gdal_mask(ds, bands):
-            masks = ds.read_masks(bands, window=window, boundless=boundless, **shaped)
+            masks = ds.read_masks(bands, window=window, **shaped)
             valid &= (masks > 0).all(axis=0)
         else:
             # GDAL exposes an alpha band as a mask only for gray+alpha and RGBA layouts
             alpha = alpha_index(ds)
             if alpha is not None:
                 alpha_shape = {} if out_shape is None else {"out_shape": (1, *out_shape)}
-                a = ds.read([alpha], window=window, boundless=boundless, masked=False,
-                            **alpha_shape)
+                a = ds.read([alpha], window=window, masked=False, **alpha_shape)
                 valid &= a[0] > 0
-            if boundless:
-                valid &= _inside_mask(ds, window)
     except RasterioError as e:
         raise GeotranslateError(
             f"{ds.name}: read failed at rows {int(window.row_off)}..."
@@ -219,11 +218,34 @@ def read_window(
     return data, valid
 
 
-def _inside_mask(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
-    """Which pixels of a possibly out-of-bounds window lie inside the raster."""
-    rows = np.arange(int(window.height)) + int(window.row_off)
-    cols = np.arange(int(window.width)) + int(window.col_off)
-    return ((rows >= 0) & (rows < ds.height))[:, None] & ((cols >= 0) & (cols < ds.width))[None, :]
+def _read_boundless(
+    ds: rasterio.DatasetReader, window: Window, bands: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A window that may reach outside the raster: the part inside is read, the rest is invalid
+    (and nodata, or 0). rasterio's own boundless read builds a VRT for every call instead."""
+    row0, col0 = int(window.row_off), int(window.col_off)
+    height, width = int(window.height), int(window.width)
+    dtype = np.dtype(ds.dtypes[bands[0] - 1])
+    data = np.full((len(bands), height, width), _fill_value(ds.nodata, dtype), dtype=dtype)
+    valid = np.zeros((height, width), dtype=bool)
+    r_lo, r_hi = max(row0, 0), min(row0 + height, ds.height)
+    c_lo, c_hi = max(col0, 0), min(col0 + width, ds.width)
+    if r_lo < r_hi and c_lo < c_hi:
+        inside = (slice(r_lo - row0, r_hi - row0), slice(c_lo - col0, c_hi - col0))
+        data[:, inside[0], inside[1]], valid[inside] = read_window(
+            ds, Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo), bands
+        )
+    return data, valid
+
+
+def _fill_value(nodata: float | None, dtype: np.dtype) -> float:
+    """``nodata`` where the dtype can hold it (odd rasters declare -9999 on uint8), else 0."""
+    if nodata is None:
+        return 0
+    if np.issubdtype(dtype, np.floating):
+        return nodata
+    info = np.iinfo(dtype)
+    return nodata if float(nodata).is_integer() and info.min <= nodata <= info.max else 0
 
 
 @contextlib.contextmanager

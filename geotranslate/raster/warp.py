@@ -2,9 +2,10 @@
 
 Paired chips must cover exactly the same ground with the same grid, so B is resampled onto
 A's grid on the fly with a rasterio ``WarpedVRT`` (never materialised: windows are warped as
-they are read). Validity of warped pixels comes from an alpha band the VRT carries (the
-source's own alpha, or one added by the warper), because the area outside B's footprint has
-no nodata value to mark it when B declares none.
+they are read), unless B already lies on A's pixel grid, when it is read directly. Validity
+of warped pixels comes from an alpha band the VRT carries (the source's own alpha, or one
+added by the warper), because the area outside B's footprint has no nodata value to mark it
+when B declares none.
 """
 
 from __future__ import annotations
@@ -100,11 +101,30 @@ def pair_sources(
     return pairs
 
 
+def grid_offset(ds: rasterio.DatasetReader, grid: Grid) -> tuple[int, int] | None:
+    """(rows, cols) of ``ds``'s pixel (0, 0) on ``grid`` when ``ds`` lies on that same pixel
+    grid (same CRS, pixel size and orientation, origin a whole number of pixels away); else
+    None. Such a raster is read directly: resampling it would only cost time (and, at its
+    edges, pixels)."""
+    if ds.crs is None or grid.crs is None or ds.crs != grid.crs:
+        return None
+    t, g = ds.transform, grid.transform
+    scale = max(abs(g.a), abs(g.b), abs(g.d), abs(g.e))
+    linear = zip((t.a, t.b, t.d, t.e), (g.a, g.b, g.d, g.e), strict=True)
+    if any(abs(p - q) > 1e-9 * scale for p, q in linear):
+        return None
+    col, row = ~g * (t.c, t.f)
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
+
+
 class GridReader:
     """Reads B's bands on A's grid, mosaicking several B rasters (first valid pixel wins).
 
     The B rasters are ordered by how much of A they cover; a pixel invalid (or outside) in
-    the first is taken from the next that has it.
+    the first is taken from the next that has it. A B raster on A's own pixel grid is read
+    directly; any other is warped.
     """
 
     def __init__(
@@ -121,10 +141,14 @@ class GridReader:
         self.bands = list(bands)
         self.sources = list(b_datasets)
         self._vrts: list[WarpedVRT] = []
-        self._pixel_space = grid.crs is None
-        if self._pixel_space:
-            return
+        # per source: (dataset, row offset, col offset) read directly, or a VRT (offset 0)
+        self._readers: list[tuple[rasterio.DatasetReader | WarpedVRT, int, int]] = []
         for b_ds in self.sources:
+            # rasters without a CRS are paired pixel for pixel
+            offset = (0, 0) if grid.crs is None else grid_offset(b_ds, grid)
+            if offset is not None:
+                self._readers.append((b_ds, *offset))
+                continue
             kwargs = dict(
                 crs=grid.crs,
                 transform=grid.transform,
@@ -137,17 +161,24 @@ class GridReader:
             if alpha_index(b_ds) is None:
                 kwargs["add_alpha"] = True
             try:
-                self._vrts.append(WarpedVRT(b_ds, **kwargs))
+                vrt = WarpedVRT(b_ds, **kwargs)
             except RasterioError as e:
                 raise GeotranslateError(
                     f"{b_ds.name}: cannot warp onto the common grid ({first_line(e)})"
                 ) from None
+            self._vrts.append(vrt)
+            self._readers.append((vrt, 0, 0))
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """B's selected bands and validity in ``window`` of the grid."""
         data = valid = None
-        for source in self._vrts or self.sources:
-            part, part_valid = self._read_one(source, window)
+        for source, row_off, col_off in self._readers:
+            # a VRT marks the pixels B does not cover by its nodata or its (added) alpha
+            # band; a direct read marks those past B's edges invalid
+            shifted = Window(window.col_off - col_off, window.row_off - row_off,
+                             window.width, window.height)
+            part, part_valid = read_window(source, shifted, self.bands,
+                                           boundless=source not in self._vrts)
             if data is None:
                 data, valid = part, part_valid
             else:
@@ -158,12 +189,7 @@ class GridReader:
                 break
         return data, valid
 
-    def _read_one(self, source, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        # rasters without a CRS are paired pixel for pixel: reads past B's edge are invalid;
-        # a VRT marks the pixels B does not cover by its nodata or its (added) alpha band
-        return read_window(source, window, self.bands, boundless=self._pixel_space)
-
     def close(self) -> None:
         for vrt in self._vrts:
             vrt.close()
-        self._vrts = []
+        self._vrts, self._readers = [], []
