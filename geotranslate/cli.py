@@ -171,8 +171,9 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
 @click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 when "
               "cached, else min(4, CPUs)]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
-              help="Where to train.")
+@click.option("--device", default="auto",
+              help="Where to train: auto, cpu, cuda, cuda:N or mps (under torchrun, cuda "
+                   "gives each process its own GPU).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               default="auto", help="Autocast precision (auto: bf16 on CUDA when supported, "
               "else fp32; bf16 also works on CPU, several times faster on CPUs with AMX; "

@@ -20,19 +20,27 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
+def check_device_name(name: str) -> None:
+    """Refuse a name other than auto, cpu, cuda, cuda:N or mps, before any work is done."""
+    if name == "auto":
+        return
+    try:
+        device_type = torch.device(name).type
+    except RuntimeError:
+        device_type = None
+    if device_type not in ("cpu", "cuda", "mps"):
+        raise GeotranslateError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` -> a torch device, or a clear error.
 
     ``local_rank`` (a distributed run) picks this process's GPU for a bare ``cuda``.
     """
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GeotranslateError(
-            f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps"
-        ) from None
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise GeotranslateError(

@@ -234,6 +234,12 @@ def test_cli_trains_resumes_and_reports_errors(paired_chips, tmp_path, monkeypat
     assert err.count("\n") == 1
     assert main(["train", str(paired_chips)]) == 1
     assert "--dataset-type is required" in capsys.readouterr().err
+    base = ["train", str(paired_chips), "--dataset-type", "Pix2Pix", "--no-progress"]
+    assert main([*base, "--device", "gpu"]) == 1
+    assert "expected auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda:1"]) == 1
+        assert "no CUDA GPU is available" in capsys.readouterr().err
 
 
 def test_full_disk_fails_in_one_line_and_keeps_no_half_file(paired_chips, small_disk, capsys):

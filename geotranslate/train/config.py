@@ -11,12 +11,11 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from geotranslate.device import PRECISIONS
+from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
 
 CONFIG_NAME = "config.json"
 DATASET_TYPES = ("Pix2Pix", "CycleGAN")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 NETWORK_NORMS = ("instance", "batch", "none")
 NORM_METHODS = ("percentile", "minmax", "meanstd")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
@@ -82,12 +81,12 @@ class TrainConfig:
             )
         checks = [
             ("precision", self.precision, PRECISIONS),
-            ("device", self.device, DEVICES),
             ("network norm", self.net_norm, NETWORK_NORMS),
             ("normalization", self.norm_method, NORM_METHODS),
         ]
         if self.gan_mode is not None:
             checks.append(("GAN mode", self.gan_mode, GAN_MODES))
+        check_device_name(self.device)
         for what, value, allowed in checks:
             if value not in allowed:
                 raise GeotranslateError(f"{what} {value!r}: choose from {', '.join(allowed)}")
