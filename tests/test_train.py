@@ -206,6 +206,40 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path,
     assert [int(r["iteration"]) for r in read_metrics(run)] == list(range(1, 7))
 
 
+def test_tensorboard_scalars_follow_metrics_csv_across_a_crash_and_resume(
+        paired_chips, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    real_step = trainer_module.Trainer.step
+    calls = {"n": 0}
+
+    def crashing_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after epoch 1's checkpoint (iteration 2) and iteration 3
+            raise RuntimeError("simulated crash")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "step", crashing_step)
+    common = {"data_dir": str(paired_chips), "epochs": 2, "epochs_decay": 0, "batch_size": 8,
+              "preview": False, **TINY}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(TrainConfig("Pix2Pix", out=str(tmp_path / "run"), **common))
+    assert checkpoint(tmp_path / "run")["iteration"] == 2
+    monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
+    run = train(TrainConfig("Pix2Pix", resume=str(tmp_path / "run"), **common))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = [r for r in read_metrics(run) if r["d_b"]]
+    for tag in ("d_b", "g_ab_l1", "lr"):
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        # iteration 3 of the crashed run is purged: one value per iteration, as in the CSV
+        assert [step for step, _ in logged] == [1, 2, 3, 4], tag
+        np.testing.assert_allclose([v for _, v in logged], [float(r[tag]) for r in rows],
+                                   rtol=1e-5)
+    assert [e.step for e in events.Scalars("val_l1")] == [0, 2, 4]
+
+
 def test_cli_trains_resumes_and_reports_errors(paired_chips, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["train", str(paired_chips), "--dataset-type", "Pix2Pix", "--ngf", "4", "--ndf", "4",

@@ -132,7 +132,9 @@ class _Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+                # a resumed run drops what was logged after its checkpoint, as metrics.csv does
+                purge = None if resume_iteration is None else resume_iteration + 1
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"), purge_step=purge)
             except ImportError:
                 self.tb = None
 
