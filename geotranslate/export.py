@@ -76,6 +76,8 @@ class ExportSummary:
     skipped_exclude: int = 0
     dropped_buffer: int = 0
     already_present: int = 0
+    constant: dict[str, int] = field(default_factory=dict)  # domain -> chips of one value
+    constant_example: str = ""  # "NAME (value V)" of the first one
     padded_sources: list[str] = field(default_factory=list)
     stats_methods: dict[str, str] = field(default_factory=dict)
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -105,6 +107,13 @@ class ExportSummary:
                 f" Padded with nodata to one tile (smaller than {self.tile_size} px): "
                 + ", ".join(self.padded_sources)
                 + "."
+            )
+        if self.constant:
+            counts = ", ".join(f"{n} {d} chips" for d, n in sorted(self.constant.items()))
+            text += (
+                f" Warning: {counts} hold a single value in every band "
+                f"(e.g. {self.constant_example}): if that value is a fill, declare it as the "
+                "source's nodata (gdal_edit.py -a_nodata VALUE) and export again."
             )
         if self.stats_methods:
             text += " Statistics: " + ", ".join(
@@ -742,6 +751,7 @@ def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run
     else:
         transform = window_transform(window, job.grid.transform)
         for d, (data, valid) in reads.items():
+            _count_if_constant(summary, d, name, data, valid)
             run.ensure_dir(targets[d].parent)
             meta = run.domain_meta[d]
             run.written.append(targets[d])
@@ -771,6 +781,22 @@ def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run
                 "geometry": footprint,
             }
         )
+
+
+def _count_if_constant(summary: ExportSummary, domain: str, name: str, data: np.ndarray,
+                       valid: np.ndarray) -> None:
+    """Count a chip whose valid pixels hold one value per band: usually an undeclared fill
+    (a black collar without nodata), which a GAN learns nothing from."""
+    if not valid.any():
+        return
+    values = data.reshape(len(data), -1) if valid.all() else data[:, valid]
+    low, high = values.min(axis=1), values.max(axis=1)
+    if not (low == high).all():
+        return
+    summary.constant[domain] = summary.constant.get(domain, 0) + 1
+    if not summary.constant_example:
+        value = low[0].item()
+        summary.constant_example = f"{name} in {domain}, value {value:g}"
 
 
 def _write_chip_atomic(target: Path, *args, **kwargs) -> None:

@@ -166,6 +166,20 @@ def test_paired_on_the_same_pixel_grid_reads_b_exactly(make_raster, tmp_path):
                                       b_data[:, r[0]:r[-1] + 1, c[0]:c[-1] + 1])
 
 
+def test_chips_of_a_single_value_are_counted_and_reported(make_raster, tmp_path):
+    # a black collar without declared nodata: those chips are valid but hold one value
+    data = ramp(2, 128, 128)
+    data[:, :, :64] = 0
+    data[1, :64, 64:] = 9  # band 2 constant there, band 1 not: not a constant chip
+    summary = export([make_raster("collar.tif", data)], out_dir=tmp_path / "c", tile_size=64)
+    assert summary.constant == {"a": 2}
+    assert "2 a chips hold a single value in every band" in str(summary)
+    assert "collar_0_0.tif in a, value 0" in str(summary)
+    clean = export([make_raster("ramp.tif", ramp(2, 128, 128))], out_dir=tmp_path / "r",
+                   tile_size=64)
+    assert clean.constant == {} and "Warning" not in str(clean)
+
+
 def test_unpaired_tiles_domains_independently(make_raster, tmp_path):
     a = make_raster("a.tif", ramp(1, 128, 128))
     b = make_raster(
