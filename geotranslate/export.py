@@ -32,7 +32,14 @@ from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import atomic_path, open_raster, parse_bands, raster_info, read_window
+from geotranslate.raster.io import (
+    GDAL_CACHE_BYTES,
+    atomic_path,
+    open_raster,
+    parse_bands,
+    raster_info,
+    read_window,
+)
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
@@ -45,8 +52,6 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 DOMAINS = ("a", "b")
 
-#: GDAL block cache during export (MB): small and fixed, so memory does not grow with the raster.
-GDAL_CACHE_MB = 64
 #: valid pixels buffered before they are handed to the statistics (bounds memory, amortises).
 STATS_BUFFER_PIXELS = 1 << 20
 #: above this many pixels per domain, statistics use a regular lattice of every k-th row and
@@ -229,7 +234,7 @@ def export_tiles(
     summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         # one list of sources per domain; "a" holds the single list when --domain b is given

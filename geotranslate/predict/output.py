@@ -22,9 +22,7 @@ from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.predict.grid import OUT_BLOCK
-
-#: GDAL block cache per run; the default (5% of RAM) would make RSS grow with raster size.
-GDAL_CACHE_BYTES = 32 * 2**20
+from geotranslate.raster.io import GDAL_CACHE_BYTES
 
 
 def output_nodata(dtype: str, declared: float | None) -> float:

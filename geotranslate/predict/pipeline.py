@@ -31,9 +31,9 @@ from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import Strip
-from geotranslate.predict.output import GDAL_CACHE_BYTES, apply_nodata
+from geotranslate.predict.output import apply_nodata
 from geotranslate.predict.queues import Stop, get, put
-from geotranslate.raster.io import read_window
+from geotranslate.raster.io import GDAL_CACHE_BYTES, read_window
 from geotranslate.raster.windows import reflect_pad
 
 #: strips read ahead / row windows waiting to be written.
