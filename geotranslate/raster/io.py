@@ -303,14 +303,12 @@ def verify_geotiff(path: str | os.PathLike, label: str | os.PathLike | None = No
     label = label or path
     size = path.stat().st_size
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(path) as ds:
-            levels = len(ds.overviews(1)) if ds.count else 0
-        for level in [None, *range(levels)]:
-            with (
-                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-                rasterio.open(path, overview_level=level, num_threads="ALL_CPUS") as ds,
-            ):
-                _verify_blocks(ds, size, level, label)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+            with rasterio.open(path) as ds:
+                levels = len(ds.overviews(1)) if ds.count else 0
+            for level in [None, *range(levels)]:
+                with rasterio.open(path, overview_level=level, num_threads="ALL_CPUS") as ds:
+                    _verify_blocks(ds, size, level, label)
     except RasterioError as e:
         raise GeotranslateError(
             f"{label}: written incompletely, the disk may be full ({first_line(e)})"
