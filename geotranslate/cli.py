@@ -7,12 +7,14 @@ is printed as one line, without a traceback, and exits with status 1; Ctrl-C exi
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import OUTPUT_ERRNOS
 from geotranslate.raster.warp import RESAMPLING_NAMES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
@@ -38,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except GeotranslateError as e:
         click.echo(f"geotranslate: error: {e}", err=True)
         return 1
-    except OSError as e:  # a full disk, a permission change mid-run: no traceback either
+    except OSError as e:
+        # a full disk, or a permission change mid-run, outside an atomic write: no traceback
+        # either; any other OSError is a bug and keeps its traceback
+        if e.errno not in OUTPUT_ERRNOS | {errno.EACCES, errno.EPERM}:
+            raise
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"geotranslate: error: {where}{e.strerror or e}", err=True)
         return 1

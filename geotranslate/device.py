@@ -49,6 +49,16 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         if device.index is None:
             index = local_rank if local_rank is not None else torch.cuda.current_device()
             device = torch.device("cuda", index)
+        elif local_rank is not None:
+            raise GeotranslateError(
+                f"device {name!r}: under torchrun give --device cuda, so that each process "
+                "takes its own GPU (choose GPUs with CUDA_VISIBLE_DEVICES)"
+            )
+        if device.index >= torch.cuda.device_count():
+            raise GeotranslateError(
+                f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"numbered from 0"
+            )
     if device.type == "mps" and not _mps_available():
         raise GeotranslateError(f"device {name!r}: Apple MPS is not available (try --device cpu)")
     return device

@@ -39,6 +39,7 @@ from geotranslate.raster.io import (
     parse_bands,
     raster_info,
     read_window,
+    write_failed,
 )
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
@@ -972,4 +973,4 @@ def _write_index(out: Path, rows: list[dict]) -> None:
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as e:
             # SQLite's message comes after the whole failed SQL script: keep its end
             reason = str(e).rsplit(" failed: ", 1)[-1]
-            raise GeotranslateError(f"{path}: write failed ({first_line(reason)})") from None
+            raise write_failed(path, first_line(reason, limit=120)) from None

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import atomic_path
+from geotranslate.raster.io import atomic_path, write_failed
 from geotranslate.stats import Normalizer
 
 FORMAT = "geotranslate-model"
@@ -126,9 +126,7 @@ def save_model(model: TranslationModel, out_dir: str | os.PathLike) -> Path:
         try:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
         except SafetensorError as e:  # an I/O error (a full disk) comes as this type
-            raise GeotranslateError(
-                f"{out / WEIGHTS_NAME}: write failed ({first_line(e)})"
-            ) from None
+            raise write_failed(out / WEIGHTS_NAME, first_line(e)) from None
         digest = _sha256(tmp)
     with atomic_path(out / META_NAME) as tmp:
         tmp.write_text(json.dumps(model.to_json_dict(digest), indent=2))

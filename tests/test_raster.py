@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
@@ -220,6 +220,15 @@ def test_grid_offset_only_for_rasters_on_the_same_pixel_grid(make_raster):
                            transform=transform)
         with open_raster(path) as ds:
             assert grid_offset(ds, grid) == expected, name
+    # south-up and rotated grids: pixel (0, 0) of B is pixel (3, 5) of the grid
+    for name, g in {"south-up": Affine(10, 0, 500000, 0, 10, 5300000),
+                    "rotated": Affine(10, 2, 500000, 2, -10, 5300000)}.items():
+        grid = Grid(CRS.from_epsg(32633), g, 64, 64)
+        x, y = g * (5, 3)
+        b = Affine(g.a, g.b, x, g.d, g.e, y)
+        path = make_raster(f"{name}.tif", np.zeros((1, 8, 8), "uint8"), transform=b)
+        with open_raster(path) as ds:
+            assert grid_offset(ds, grid) == (3, 5), name
 
 
 # ---- statistics and normalization ------------------------------------------------------------

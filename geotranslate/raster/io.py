@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -229,11 +230,13 @@ def _read_boundless(
     (and nodata, or 0). rasterio's own boundless read builds a VRT for every call instead."""
     row0, col0 = int(window.row_off), int(window.col_off)
     height, width = int(window.height), int(window.width)
+    r_lo, r_hi = max(row0, 0), min(row0 + height, ds.height)
+    c_lo, c_hi = max(col0, 0), min(col0 + width, ds.width)
+    if (r_hi - r_lo, c_hi - c_lo) == (height, width):  # all inside: a plain read
+        return read_window(ds, window, bands)
     dtype = np.dtype(ds.dtypes[bands[0] - 1])
     data = np.full((len(bands), height, width), _fill_value(ds.nodata, dtype), dtype=dtype)
     valid = np.zeros((height, width), dtype=bool)
-    r_lo, r_hi = max(row0, 0), min(row0 + height, ds.height)
-    c_lo, c_hi = max(col0, 0), min(col0 + width, ds.width)
     if r_lo < r_hi and c_lo < c_hi:
         inside = (slice(r_lo - row0, r_hi - row0), slice(c_lo - col0, c_hi - col0))
         data[:, inside[0], inside[1]], valid[inside] = read_window(
@@ -280,13 +283,29 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(e, OSError) and e.errno in _OUTPUT_ERRNOS:
-            raise GeotranslateError(f"{final}: write failed ({e.strerror})") from None
+        if isinstance(e, OSError) and e.errno in OUTPUT_ERRNOS:
+            raise write_failed(final, e.strerror) from None
         raise
 
 
 #: write errors that say the output cannot be stored (rather than a bug or a bad input)
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+#: free space under which a failed write is put down to a full disk.
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def write_failed(path: str | os.PathLike, reason: str) -> GeotranslateError:
+    """The one-line error for a write that failed, saying so when the disk is (nearly) full.
+
+    Libraries report a full disk in their own words (SQLite: "Failed to commit transaction",
+    torch: "unexpected pos"), so the free space is asked for directly.
+    """
+    folder = Path(path).parent
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder if folder.exists() else ".").free
+        if free < NEARLY_FULL_BYTES:
+            reason += f"; the disk is full ({free / 2**20:.1f} MiB free)"
+    return GeotranslateError(f"{path}: write failed ({reason})")
 
 
 def verify_geotiff(path: str | os.PathLike, label: str | os.PathLike | None = None) -> None:
@@ -297,7 +316,7 @@ def verify_geotiff(path: str | os.PathLike, label: str | os.PathLike | None = No
     that no longer decodes, and would be renamed into place as a result. Decoding the file
     back (from the page cache) costs about 0.6 s for 8192² × 4 bands on 2 cores, small beside
     the inference that wrote it. ``label`` names the file in errors (the final name of a
-    temporary file).
+    temporary file). Sparse files (blocks never written) are refused too.
     """
     path = Path(path)
     label = label or path
@@ -310,9 +329,8 @@ def verify_geotiff(path: str | os.PathLike, label: str | os.PathLike | None = No
                 with rasterio.open(path, overview_level=level, num_threads="ALL_CPUS") as ds:
                     _verify_blocks(ds, size, level, label)
     except RasterioError as e:
-        raise GeotranslateError(
-            f"{label}: written incompletely, the disk may be full ({first_line(e)})"
-        ) from None
+        # rasterio's own message ("Read failed. See previous exception") is in its cause
+        raise write_failed(label, f"incomplete: {first_line(e.__cause__ or e)}") from None
 
 
 def _verify_blocks(ds, size: int, level: int | None, label) -> None:
@@ -325,9 +343,9 @@ def _verify_blocks(ds, size: int, level: int | None, label) -> None:
                 offset = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=bidx)
                 length = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=bidx)
                 if offset is None or length is None or int(offset) + int(length) > size:
-                    raise GeotranslateError(
-                        f"{label}: written incompletely, the disk may be full "
-                        f"(block {x},{y}{where} of band {bidx} is missing or truncated)"
+                    raise write_failed(
+                        label, f"incomplete: block {x},{y}{where} of band {bidx} is missing "
+                        "or truncated"
                     )
     # a block inside the file can still be stale or half-overwritten: decode them all,
     # a strip of blocks at a time in columns of about 2048 px (bounded memory)

@@ -141,13 +141,14 @@ class GridReader:
         self.bands = list(bands)
         self.sources = list(b_datasets)
         self._vrts: list[WarpedVRT] = []
-        # per source: (dataset, row offset, col offset) read directly, or a VRT (offset 0)
-        self._readers: list[tuple[rasterio.DatasetReader | WarpedVRT, int, int]] = []
+        # per source: (dataset, row offset, col offset, direct) - a direct read of a raster
+        # on the grid, or a VRT warping it onto the grid (offset 0)
+        self._readers: list[tuple[rasterio.DatasetReader | WarpedVRT, int, int, bool]] = []
         for b_ds in self.sources:
             # rasters without a CRS are paired pixel for pixel
             offset = (0, 0) if grid.crs is None else grid_offset(b_ds, grid)
             if offset is not None:
-                self._readers.append((b_ds, *offset))
+                self._readers.append((b_ds, *offset, True))
                 continue
             kwargs = dict(
                 crs=grid.crs,
@@ -167,18 +168,17 @@ class GridReader:
                     f"{b_ds.name}: cannot warp onto the common grid ({first_line(e)})"
                 ) from None
             self._vrts.append(vrt)
-            self._readers.append((vrt, 0, 0))
+            self._readers.append((vrt, 0, 0, False))
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """B's selected bands and validity in ``window`` of the grid."""
         data = valid = None
-        for source, row_off, col_off in self._readers:
+        for source, row_off, col_off, direct in self._readers:
             # a VRT marks the pixels B does not cover by its nodata or its (added) alpha
             # band; a direct read marks those past B's edges invalid
             shifted = Window(window.col_off - col_off, window.row_off - row_off,
                              window.width, window.height)
-            part, part_valid = read_window(source, shifted, self.bands,
-                                           boundless=source not in self._vrts)
+            part, part_valid = read_window(source, shifted, self.bands, boundless=direct)
             if data is None:
                 data, valid = part, part_valid
             else:

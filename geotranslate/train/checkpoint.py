@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import atomic_path
+from geotranslate.raster.io import atomic_path, write_failed
 
 FORMAT = "geotranslate-checkpoint"
 FORMAT_VERSION = 1
@@ -58,9 +58,7 @@ def save_checkpoint(state: dict, run_dir: str | Path) -> Path:
         try:
             torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
         except RuntimeError as e:  # torch's zip writer turns a full disk into "unexpected pos"
-            raise GeotranslateError(
-                f"{path}: write failed, the disk may be full ({first_line(e)})"
-            ) from None
+            raise write_failed(path, first_line(e)) from None
     return path
 
 

@@ -1,0 +1,45 @@
+"""Device and precision selection: the names users type, and what each machine allows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geotranslate.device import resolve_device, resolve_precision
+from geotranslate.errors import GeotranslateError
+
+
+def test_names_are_checked_and_cpu_resolves():
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "xla", ""):
+        with pytest.raises(GeotranslateError, match="expected auto, cpu, cuda, cuda:N or mps"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(GeotranslateError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+
+
+def test_gpu_index_and_torchrun_rules(monkeypatch):
+    # the rules about GPU numbers, on a machine that says it has two (no GPU is touched:
+    # resolving only builds torch.device objects)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)  # torchrun
+    with pytest.raises(GeotranslateError, match="has 2 CUDA GPU"):
+        resolve_device("cuda:2")
+    with pytest.raises(GeotranslateError, match="under torchrun give --device cuda"):
+        resolve_device("cuda:1", local_rank=0)
+
+
+def test_precision_rules():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(GeotranslateError, match="fp16"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(GeotranslateError, match="choose from"):
+        resolve_precision("int8", cpu)
