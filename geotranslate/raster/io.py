@@ -27,7 +27,7 @@ from geotranslate.errors import GeotranslateError, first_line
 
 #: GDAL block cache for export and prediction: small and fixed, because GDAL's default (5 %
 #: of RAM) would make memory grow with the raster's size.
-GDAL_CACHE_BYTES = 64 * 2**20
+GDAL_CACHE_BYTES = 32 * 2**20
 
 #: dtypes a network can be trained on; others are refused with a hint to convert.
 REFUSED_DTYPES = {
