@@ -310,9 +310,13 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
     meta = _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
     meta["chips"] = _count_chips(out)
     summary.totals = meta["chips"]
-    _write_index(out, run.index_rows)
-    with atomic_path(out / META_NAME) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    layers = _index_layers(out, run.index_rows)
+    # both files are written before either is renamed: a failure leaves both as they were
+    with atomic_path(out / META_NAME) as meta_tmp:
+        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        if layers:
+            with atomic_path(out / INDEX_NAME) as index_tmp:
+                _write_index(layers, index_tmp, out / INDEX_NAME)
 
 
 # ---- options and sources ---------------------------------------------------------------------
@@ -924,8 +928,8 @@ def _layer_name(crs_wkt: str | None) -> str:
     return "chips_custom_" + hashlib.sha1(crs_wkt.encode()).hexdigest()[:8]
 
 
-def _write_index(out: Path, rows: list[dict]) -> None:
-    """Rewrite index.gpkg: earlier rows plus this run's, one layer per chip CRS."""
+def _index_layers(out: Path, rows: list[dict]) -> dict:
+    """index.gpkg's layers after this run: earlier rows plus this run's, one layer per CRS."""
     import geopandas as gpd
     import pandas as pd
     import pyogrio
@@ -960,13 +964,18 @@ def _write_index(out: Path, rows: list[dict]) -> None:
             for n, d, s in zip(frame["name"], frame["domain"], frame["split"], strict=True)
         ]
         layers[name] = frame[exists]
-    if not layers:
-        return
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    return layers
+
+
+def _write_index(layers: dict, tmp: Path, path: Path) -> None:
+    """Write the index layers into ``tmp`` (renamed onto ``path`` by the caller)."""
+    import pyogrio
+
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*extension should be 'gpkg'")
         warnings.filterwarnings("ignore", message=".*non conformant file extension")
         warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel-space chips
-        tmp.unlink()
+        tmp.unlink()  # the GPKG driver creates its file itself
         try:
             for name, frame in layers.items():
                 frame.to_file(tmp, layer=name, driver="GPKG", engine="pyogrio")
