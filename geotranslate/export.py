@@ -31,6 +31,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from geotranslate.data import check_meta
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import (
     GDAL_CACHE_BYTES,
@@ -44,6 +45,7 @@ from geotranslate.raster.io import (
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
+from geotranslate.schema import load_json
 from geotranslate.stats import StatsAccumulator
 
 META_NAME = "meta.json"
@@ -415,15 +417,10 @@ def _read_meta(out: Path) -> dict | None:
     path = out / META_NAME
     if not path.exists():
         return None
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise GeotranslateError(
-            f"{path}: unreadable ({e}); remove it or choose another --out"
-        ) from None
-    if meta.get("format") != FORMAT:
+    meta = load_json(path, "unreadable (remove it or choose another --out)")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise GeotranslateError(f"{path}: not a geotranslate chip dataset")
-    return meta
+    return check_meta(meta, path, domains=())
 
 
 def _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta) -> None:

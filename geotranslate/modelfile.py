@@ -10,6 +10,7 @@ band descriptions, nodata and the normalizer, the chip size, and a training summ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,9 +21,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import atomic_path, write_failed
-from geotranslate.stats import Normalizer
+from geotranslate.stats import NORM_METHODS, Normalizer
 
 FORMAT = "geotranslate-model"
 FORMAT_VERSION = 1
@@ -30,6 +32,26 @@ WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
 DIRECTIONS = {"a2b": ("a", "b"), "b2a": ("b", "a")}
 GENERATOR_PREFIX = {"a2b": "g_ab", "b2a": "g_ba"}
+
+_DOMAIN = sc.Obj(
+    {"band_count": sc.Int(min=1), "dtype": sc.DTYPE,
+     "normalizer": sc.Obj({"method": sc.Str(NORM_METHODS), "low": sc.List(sc.Num(), 1),
+                           "high": sc.List(sc.Num(), 1)})},
+    optional={"band_descriptions": sc.Opt(sc.List(sc.Opt(sc.Str()))),
+              "nodata": sc.Opt(sc.Num(finite=False))},
+)
+#: what load_model needs of model.json (other keys are allowed: newer optional fields)
+MODEL_SCHEMA = sc.Obj(
+    {"dataset_type": sc.Str(("Pix2Pix", "CycleGAN")),
+     "generators": sc.Map(sc.Obj({"arch": sc.Str(), "in_channels": sc.Int(min=1),
+                                  "out_channels": sc.Int(min=1)},
+                                 optional={"kwargs": sc.Obj()}),
+                          keys=tuple(DIRECTIONS), min_len=1),
+     "domains": sc.Obj({"a": _DOMAIN, "b": _DOMAIN}),
+     "chip_size": sc.Int(min=1),
+     "weights": sc.Obj({"sha256": sc.Str()})},
+    optional={"training": sc.Obj()},
+)
 
 
 @dataclass
@@ -122,15 +144,80 @@ def save_model(model: TranslationModel, out_dir: str | os.PathLike) -> Path:
             if value.is_floating_point():
                 value = value.float()  # bf16/fp16 training still saves fp32 weights
             tensors[f"{prefix}.{name}"] = value.contiguous()
+    # The pair is replaced as a unit: the new model.json is first written complete under a
+    # pending name, then the weights and it are renamed. A kill between the two renames
+    # leaves new weights, the old model.json and the pending one that matches them, which
+    # load_model then completes.
+    pending = _pending_path(out / META_NAME)
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         try:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
         except SafetensorError as e:  # an I/O error (a full disk) comes as this type
             raise write_failed(out / WEIGHTS_NAME, first_line(e)) from None
         digest = _sha256(tmp)
-    with atomic_path(out / META_NAME) as tmp:
-        tmp.write_text(json.dumps(model.to_json_dict(digest), indent=2))
+        with atomic_path(pending) as tmp_meta:
+            tmp_meta.write_text(json.dumps(model.to_json_dict(digest), indent=2))
+    os.replace(pending, out / META_NAME)
     return out / META_NAME
+
+
+def _pending_path(meta_path: Path) -> Path:
+    """Where save_model keeps the new model.json until the new weights are in place."""
+    return meta_path.with_name(f".{meta_path.name}.next")
+
+
+def _read_model_json(path: Path) -> dict:
+    meta = sc.load_json(path, "corrupt model file")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GeotranslateError(f"{path}: not a geotranslate model file")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GeotranslateError(
+            f"{path}: model format version {version} is not supported by this "
+            f"geotranslate (it reads version {FORMAT_VERSION})"
+        )
+    sc.validate(meta, MODEL_SCHEMA, path)
+    _check_model_fields(meta, path)
+    return meta
+
+
+def _check_model_fields(meta: dict, path: Path) -> None:
+    """What the schema cannot say: fields that must agree with each other."""
+    for d, dom in meta["domains"].items():
+        where = f"domains.{d}"
+        count = dom["band_count"]
+        descriptions = dom.get("band_descriptions")
+        if descriptions and len(descriptions) != count:
+            raise sc.invalid(path, f"{where}.band_descriptions",
+                             f"{len(descriptions)} descriptions for {count} bands")
+        norm = dom["normalizer"]
+        for key in ("low", "high"):
+            if len(norm[key]) != count:
+                raise sc.invalid(path, f"{where}.normalizer.{key}",
+                                 f"{len(norm[key])} values for {count} bands")
+        for i, (low, high) in enumerate(zip(norm["low"], norm["high"], strict=True)):
+            if not high > low:
+                raise sc.invalid(path, f"{where}.normalizer",
+                                 f"band {i + 1} has an empty range (low {low}, high {high})")
+        sc.check_nodata(path, f"{where}.nodata", dom.get("nodata"), dom["dtype"])
+    for direction, spec in meta["generators"].items():
+        source, target = DIRECTIONS[direction]
+        for key, d in (("in_channels", source), ("out_channels", target)):
+            want = meta["domains"][d]["band_count"]
+            if spec[key] != want:
+                raise sc.invalid(path, f"generators.{direction}.{key}",
+                                 f"{spec[key]}, but domain {d} has {want} bands")
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    for name, value in tensors.items():
+        if value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise GeotranslateError(
+                    f"{path}: {bad} weights of {name} are NaN or infinite (the training "
+                    "diverged); retrain, e.g. with a lower --lr"
+                )
 
 
 def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -158,29 +245,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     from geotranslate.models import GeneratorSpec  # deferred: keeps `import` of this light
 
     meta_path, weights_path = _resolve(path)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GeotranslateError(f"{meta_path}: corrupt model file ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GeotranslateError(f"{meta_path}: not a geotranslate model file")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise GeotranslateError(
-            f"{meta_path}: model format version {version} is not supported by this "
-            f"geotranslate (it reads version {FORMAT_VERSION})"
-        )
+    meta = _read_model_json(meta_path)
     if not weights_path.exists():
         raise GeotranslateError(f"{weights_path}: weights file missing")
-    expected = (meta.get("weights") or {}).get("sha256")
-    if expected != _sha256(weights_path):
-        raise GeotranslateError(
-            f"{weights_path}: weights do not match model.json (truncated or modified file)"
-        )
+    digest = _sha256(weights_path)
+    if meta["weights"]["sha256"] != digest:
+        meta = _finish_interrupted_save(meta_path, weights_path, digest)
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise GeotranslateError(f"{weights_path}: corrupt weights ({e})") from None
+    _check_finite(tensors, weights_path)
     try:
         domains = {k: DomainSpec.from_dict(v) for k, v in meta["domains"].items()}
         generators: dict[str, torch.nn.Module] = {}
@@ -200,4 +275,26 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         domains=domains,
         chip_size=int(meta["chip_size"]),
         training=meta.get("training", {}),
+    )
+
+
+def _finish_interrupted_save(meta_path: Path, weights_path: Path, digest: str) -> dict:
+    """The weights do not match model.json: a save killed between its two renames, or damage.
+
+    A pending model.json that matches the weights is the interrupted save's: it is put in
+    place (or, in a read-only folder, used as it is).
+    """
+    pending = _pending_path(meta_path)
+    if pending.exists():
+        try:
+            meta = _read_model_json(pending)
+        except GeotranslateError:
+            meta = None
+        if meta is not None and meta["weights"]["sha256"] == digest:
+            with contextlib.suppress(OSError):
+                os.replace(pending, meta_path)
+            return meta
+    raise GeotranslateError(
+        f"{weights_path}: weights do not match {meta_path.name} (truncated or modified file, "
+        "and no interrupted save to complete)"
     )

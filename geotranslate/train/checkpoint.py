@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import atomic_path, write_failed
 
@@ -19,6 +20,28 @@ FORMAT = "geotranslate-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"
+
+_TENSOR = sc.Type(torch.Tensor, "a tensor")
+_PAIR = sc.Obj({"g": sc.Obj(), "d": sc.Obj()})
+#: what resuming reads of a checkpoint (other keys are allowed)
+CHECKPOINT_SCHEMA = sc.Obj({
+    "nets": sc.Map(sc.Map(_TENSOR), min_len=1),
+    "optimizers": _PAIR,
+    "schedulers": _PAIR,
+    "pools": sc.Map(sc.Obj()),
+    "specs": sc.Obj(),
+    "epoch": sc.Int(min=0),
+    "epoch_batch": sc.Int(min=0),
+    "iteration": sc.Int(min=0),
+    "rng": sc.Obj({
+        "torch": _TENSOR,
+        "numpy": sc.Obj({"keys": _TENSOR, "pos": sc.Int(), "has_gauss": sc.Int(),
+                         "cached_gaussian": sc.Num()}),
+        "python": sc.Obj({"version": sc.Int(), "state": sc.List(sc.Int(), 1),
+                          "gauss_next": sc.Opt(sc.Num())}),
+    }, optional={"cuda": sc.List(_TENSOR)}),
+}, optional={"elapsed_s": sc.Num(min=0), "last_losses": sc.Map(sc.Num(finite=False)),
+             "scaler": sc.Opt(sc.Obj())})
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -79,4 +102,5 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise GeotranslateError(
             f"{path}: checkpoint format version {state.get('format_version')} is not supported"
         )
+    sc.validate(state, CHECKPOINT_SCHEMA, path)
     return state

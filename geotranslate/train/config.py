@@ -7,10 +7,12 @@ run with the settings it had.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from geotranslate import schema as sc
 from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
 
@@ -120,7 +122,10 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: dict, source: str | Path = "config") -> TrainConfig:
+        """A config from saved settings, each checked against its field's type (one line
+        naming ``source`` and the field); unknown keys are ignored."""
+        sc.validate(d, config_schema(), source)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -130,8 +135,23 @@ class TrainConfig:
         saved = Path(run_dir) / CONFIG_NAME
         if not saved.exists():
             raise GeotranslateError(f"{saved}: missing; is {run_dir} a training run?")
-        try:
-            values = json.loads(saved.read_text())
-        except (OSError, ValueError) as e:
-            raise GeotranslateError(f"{saved}: corrupt ({e})") from None
-        return cls.from_dict({**values, **overrides, "resume": str(run_dir)})
+        values = sc.load_json(saved, "corrupt")
+        return replace(cls.from_dict(values, saved), **overrides, resume=str(run_dir))
+
+
+_SCALARS = {int: sc.Int(), float: sc.Num(), str: sc.Str(), bool: sc.Bool()}
+
+
+def config_schema() -> sc.Obj:
+    """config.json's schema, from TrainConfig's annotations (``int | None`` -> Opt(Int))."""
+    hints = typing.get_type_hints(TrainConfig)
+    optional = {}
+    for f in fields(TrainConfig):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = [_SCALARS[a] for a in args if a in _SCALARS]
+        if len(kinds) != 1:
+            continue  # an unusual type: left to validate()
+        node = kinds[0]
+        optional[f.name] = sc.Opt(node) if type(None) in args else node
+    return sc.Obj({"dataset_type": sc.Str()}, optional=optional)
