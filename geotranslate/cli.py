@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import OUTPUT_ERRNOS
+from geotranslate.raster.io import OUTPUT_ERRNOS, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
@@ -35,10 +37,30 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    with warnings.catch_warnings():
+        _one_line_warnings()
+        return _main(argv)
+
+
+def _one_line_warnings() -> None:
+    """Library warnings as one line each, not two lines of their source; harmless ones off."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    # rasters without georeference are refused or announced by geotranslate itself
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"geotranslate: warning: {_printable(str(message))} ({category.__name__})",
+              file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="geotranslate", standalone_mode=False)
     except GeotranslateError as e:
-        click.echo(f"geotranslate: error: {e}", err=True)
+        click.echo(f"geotranslate: error: {_printable(str(e))}", err=True)
         return 1
     except OSError as e:
         # a full disk, or a permission change mid-run, outside an atomic write: no traceback
@@ -47,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"geotranslate: error: {where}{e.strerror or e}", err=True)
+        return 1
+    except UnicodeEncodeError as e:
+        # a file name with bytes that are not UTF-8 (surrogate-escaped by Python) reached a
+        # library that encodes names as UTF-8 (GDAL, OGR)
+        if not isinstance(e.object, str) or "surrogates" not in e.reason:
+            raise
+        click.echo(f"geotranslate: error: {not_utf8(e.object)}", err=True)
         return 1
     except click.exceptions.Abort:
         click.echo("geotranslate: interrupted", err=True)
@@ -60,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     return 0
+
+
+def _printable(message: str) -> str:
+    """File names that are not UTF-8 show their odd bytes as \\xNN (Python keeps them as
+    surrogates, which a terminal cannot show)."""
+    try:
+        return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---- export-tiles (geotranslate/export.py) --------------------------------------------------
@@ -127,14 +165,14 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
 # ---- train (geotranslate/train/) --------------------------------------------------------------
 
 @cli.command("train", context_settings=CONTEXT)
-@click.argument("data_dir", default="chips", type=click.Path(file_okay=False))
+@click.argument("data_dir", default="chips", type=click.Path())
 @click.option("--dataset-type", type=click.Choice(["Pix2Pix", "CycleGAN"]),
               help="Pix2Pix (paired chips, same names in train_a/ and train_b/) or CycleGAN "
               "(unpaired). Required unless --resume.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run directory  [default: runs/<dataset-type>-<YYYYmmdd-HHMMSS>, and "
               "runs/latest points at it]")
-@click.option("--resume", type=click.Path(file_okay=False),
+@click.option("--resume", type=click.Path(),
               help="Continue the run in this directory from checkpoints/last.pt (its settings "
               "are reused; options given here override them).")
 @click.option("--generator", help="resnet | unet | smp-unet:<encoder> (e.g. smp-unet:resnet34)  "
@@ -227,10 +265,10 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
 
 
 @cli.command("predict-raster")
-@click.argument("in_path", metavar="IN", type=click.Path(dir_okay=False))
+@click.argument("in_path", metavar="IN", type=click.Path())
 @click.option("--model", "model_path", default="runs/latest", type=click.Path(),
               help="Run directory (or its model.json) of a trained model.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", "out_path", type=click.Path(), default=None,
               help="Output GeoTIFF. Default: <IN stem>_translated.tif beside IN.")
 @click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
               help="Translation direction (CycleGAN models have both; Pix2Pix only a2b).")
@@ -292,6 +330,16 @@ def _parse_data_range_option(text: str | None) -> list[float] | None:
         ) from None
 
 
+def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
+    """The files evaluate reads, which its --json must not replace."""
+    if model_path is None:
+        return [Path(r) for r in rasters]
+    model = Path(model_path)
+    folder = model.parent if model.suffix in (".json", ".safetensors") else model
+    files = [model, folder / "model.json", folder / "model.safetensors"]
+    return files + [Path(data_dir) / "meta.json"]
+
+
 @cli.command("evaluate")
 @click.argument("rasters", nargs=-1, type=click.Path())
 @click.option("--model", "model_path", type=click.Path(),
@@ -337,6 +385,8 @@ def evaluate_command(
     from geotranslate.evaluate import evaluate_chips, evaluate_rasters
 
     ranges = _parse_data_range_option(data_range)
+    if json_path:
+        check_not_input(json_path, _evaluate_inputs(rasters, model_path, data_dir))
     if model_path is not None:
         if rasters:
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")

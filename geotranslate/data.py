@@ -66,6 +66,8 @@ def check_meta(meta: object, path: Path, domains: tuple[str, ...] = ("a", "b")) 
 def read_meta(data_dir: str | Path) -> dict:
     """The chip folder's meta.json, checked for what training needs."""
     root = Path(data_dir)
+    if root.exists() and not root.is_dir():
+        raise GeotranslateError(f"{root}: is a file; give the chip directory made by export-tiles")
     if not root.is_dir():
         raise GeotranslateError(f"{root}: no such chip directory (make one with export-tiles)")
     path = root / META_NAME

@@ -15,6 +15,11 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type's name), for one-line errors.
 
     GDAL, torch and safetensors messages run over several lines; the user gets the first.
+    Where rasterio only points at "the previous exception", that one's message is given.
     """
+    cause = error.__cause__ or error.__context__
+    if cause is not None and "See previous exception" in str(error):
+        # rasterio's "Read failed. See previous exception for details.": the cause is GDAL's
+        return first_line(cause, limit)
     lines = str(error).strip().splitlines()
     return (lines[0] if lines else type(error).__name__)[:limit]

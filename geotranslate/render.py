@@ -27,7 +27,13 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import atomic_path, open_raster, parse_bands, read_window
+from geotranslate.raster.io import (
+    atomic_path,
+    check_not_input,
+    open_raster,
+    parse_bands,
+    read_window,
+)
 from geotranslate.raster.windows import parse_pixel_window
 
 _COLOUR_NAMES = {
@@ -92,8 +98,9 @@ def stretch(
         low, high = np.percentile(values.astype(np.float64), percentiles)
         if high <= low:
             high = low + 1e-6 if low == low else 1.0
-        scaled = (band.astype(np.float64) - low) / (high - low)
-        out[i] = np.clip(np.nan_to_num(scaled) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values: clipped anyway
+            scaled = (band.astype(np.float64) - low) / (high - low)
+            out[i] = np.clip(np.nan_to_num(scaled) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
@@ -346,6 +353,7 @@ def render_rasters(
         raise GeotranslateError("preview: give at least one raster")
     if titles is not None and len(titles) != len(sources):
         raise GeotranslateError(f"preview: {len(titles)} titles for {len(sources)} rasters")
+    check_not_input(out_png, [s for s in sources if isinstance(s, (str, os.PathLike))])
     if isinstance(window, str):
         window = parse_window(window)
     if window is not None and window.kind == "map" and window.crs is None:

@@ -6,7 +6,6 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -27,7 +26,14 @@ from geotranslate.predict.pipeline import (
     PipelineOutput,
     run_pipeline,
 )
-from geotranslate.raster.io import atomic_path, open_raster, spectral_bands, verify_geotiff
+from geotranslate.raster.io import (
+    atomic_path,
+    check_not_input,
+    open_raster,
+    spectral_bands,
+    temp_path,
+    verify_geotiff,
+)
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -155,8 +161,7 @@ def predict_raster(
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
     out = Path(out_path) if out_path else default_output(in_path, rank, world_size)
-    if out.resolve() == in_path.resolve():
-        raise GeotranslateError(f"{out}: output would overwrite the input")
+    check_not_input(out, [in_path])
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
 
@@ -173,11 +178,7 @@ def predict_raster(
     }
     with atomic_path(out, overwrite=overwrite) as tmp_final:
         if cog:
-            fd, name = tempfile.mkstemp(
-                prefix=f".{out.name}.", suffix=".gtiff.part", dir=out.parent
-            )
-            os.close(fd)
-            tmp_tiff = Path(name)
+            tmp_tiff = temp_path(out, ".gtiff.part")
         else:
             tmp_tiff = tmp_final
         try:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -69,10 +71,14 @@ def open_raster(path: str | os.PathLike, *, allow_no_crs: bool = False) -> raste
         raise GeotranslateError(f"{p}: no such file")
     if p.is_dir():
         raise GeotranslateError(f"{p}: is a directory, not a raster")
+    if not os.access(p, os.R_OK):
+        raise GeotranslateError(f"{p}: not readable (permission denied)")
     try:
         ds = rasterio.open(p)
     except RasterioError as e:
         raise GeotranslateError(f"{p}: cannot open as a raster ({first_line(e)})") from None
+    except UnicodeEncodeError:
+        raise not_utf8(p) from None
     try:
         _validate(ds, p, allow_no_crs)
     except GeotranslateError:
@@ -255,11 +261,108 @@ def _fill_value(nodata: float | None, dtype: np.dtype) -> float:
     return nodata if float(nodata).is_integer() and info.min <= nodata <= info.max else 0
 
 
+def temp_path(final: str | os.PathLike, suffix: str = ".part") -> Path:
+    """A new empty temporary file beside ``final``: ``.NAME.PID.XXXXXXXX<suffix>``.
+
+    The PID tells a later run whether the file's maker is gone (:func:`remove_stale_temps`).
+    """
+    final = Path(final)
+    parent = final.parent if str(final.parent) else Path(".")
+    # a name that is not UTF-8 gets an escaped temporary name that GDAL can write; the
+    # final rename gives the result its own name
+    fd, name = tempfile.mkstemp(prefix=f".{display_path(final.name)}.{os.getpid()}.",
+                                suffix=suffix, dir=parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or an odd number): leave its files alone
+    return True
+
+
+#: temporary names made by :func:`temp_path`, and files writers derive from them (GDAL's
+#: ``.part.ovr.tmp``): ``.NAME.PID.XXXXXXXX[.gtiff].part[...]``
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[a-z0-9_]{8}\.(?:gtiff\.)?part(?:\..+)?$")
+_swept: set[str] = set()
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files in ``folder`` of runs that were killed (their PID is gone).
+
+    Done once per folder and process (an export writes thousands of chips into one folder);
+    one line on stderr says what was removed.
+    """
+    folder = Path(folder) if str(folder) else Path(".")
+    key = os.fsdecode(folder.resolve())
+    if key in _swept:
+        return []
+    _swept.add(key)
+    removed: list[tuple[Path, int]] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            size = entry.stat(follow_symlinks=False).st_size
+            os.unlink(entry.path)
+            removed.append((Path(entry.path), size))
+    if removed:
+        total = sum(size for _, size in removed) / 2**20
+        print(f"geotranslate: removed {len(removed)} temporary file(s) left in "
+              f"{display_path(folder)} by interrupted runs ({total:.1f} MiB)", file=sys.stderr)
+    return [path for path, _ in removed]
+
+
+def not_utf8(path: str | os.PathLike) -> GeotranslateError:
+    """GDAL takes UTF-8 file names only: the error for one that is not."""
+    return GeotranslateError(
+        f"{display_path(path)}: this path is not valid UTF-8, which GDAL cannot use; "
+        "rename the file (or folder)"
+    )
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as text that any terminal or log can take: undecodable bytes are escaped."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+                    what: str = "output") -> None:
+    """Refuse an output path that is one of the command's inputs (same path or same file)."""
+    out_path = Path(out)
+    for source in inputs:
+        source = Path(source)
+        same = out_path.resolve() == source.resolve()
+        if not same and out_path.exists() and source.exists():
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(out_path, source)
+        if same:
+            raise GeotranslateError(
+                f"{display_path(out_path)}: {what} would overwrite the input "
+                f"{display_path(source)}; choose another name"
+            )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A run that dies (error, Ctrl-C, full disk) leaves no half-written file posing as a result.
+    A run that dies (error, Ctrl-C, full disk) leaves no half-written file posing as a result;
+    the temporary files of a killed run are removed by the next run into the same place.
+    With ``overwrite=False`` the promise holds against a concurrent run too: the result is
+    linked to its name, which fails if the name appeared meanwhile.
     """
     final = Path(path)
     if final.exists() and not overwrite:
@@ -269,9 +372,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         raise GeotranslateError(f"{parent}: output directory does not exist")
     if not os.access(parent, os.W_OK):
         raise GeotranslateError(f"{parent}: output directory is not writable")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    remove_stale_temps(parent)
+    tmp = temp_path(final)
     try:
         yield tmp
         # mkstemp (and some writers, e.g. safetensors) make 0600 files: give the result the
@@ -279,13 +381,38 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, final)
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            _link_new(tmp, final)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         if isinstance(e, OSError) and e.errno in OUTPUT_ERRNOS:
             raise write_failed(final, e.strerror) from None
         raise
+
+
+def _link_new(tmp: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``final`` only if nothing has it (atomic where links exist)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise GeotranslateError(
+            f"{final}: already exists (written by another run meanwhile; pass --overwrite to "
+            "replace it)"
+        ) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                           errno.EMLINK, errno.ENOSYS):
+            raise
+        # no hard links on this file system: the check and the rename are not one step
+        if final.exists():
+            raise GeotranslateError(
+                f"{final}: already exists (pass --overwrite to replace it)") from None
+        os.replace(tmp, final)
+        return
+    tmp.unlink()
 
 
 #: write errors that say the output cannot be stored (rather than a bug or a bad input)
