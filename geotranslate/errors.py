@@ -17,7 +17,7 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     GDAL, torch and safetensors messages run over several lines; the user gets the first.
     Where rasterio only points at "the previous exception", that one's message is given.
     """
-    cause = error.__cause__ or error.__context__
+    cause = getattr(error, "__cause__", None) or getattr(error, "__context__", None)
     if cause is not None and "See previous exception" in str(error):
         # rasterio's "Read failed. See previous exception for details.": the cause is GDAL's
         return first_line(cause, limit)
