@@ -62,15 +62,20 @@ def rng_state() -> dict:
     }
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+def set_rng_state(state: dict, source: str | Path = f"{CHECKPOINT_DIR}/{LAST_NAME}") -> None:
+    """Restore :func:`rng_state`; a state that does not fit (``source``'s) is one line."""
+    try:
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["cached_gaussian"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise GeotranslateError(f"{source}: damaged random-number state ({first_line(e)})") \
+            from None
 
 
 def save_checkpoint(state: dict, run_dir: str | Path) -> Path:
