@@ -240,3 +240,14 @@ def test_warnings_that_remain_are_one_line(tmp_path, capsys):
         warnings.warn("something odd", RuntimeWarning, stacklevel=1)
     err = capsys.readouterr().err
     assert err == "geotranslate: warning: something odd (RuntimeWarning)\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_input_is_one_line(make_raster, tmp_path, capsys):
+    src = make_raster("in.tif", np.zeros((2, 32, 32), dtype=np.float32))
+    src.chmod(0)
+    for args in (["preview", str(src), "--out", str(tmp_path / "p.png")],
+                 ["evaluate", str(src), str(src), "--json", str(tmp_path / "r.json")]):
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"geotranslate: error: {src}: not readable (permission denied)"
