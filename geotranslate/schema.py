@@ -53,8 +53,6 @@ class Node:
         return True
 
 
-Any = Node
-
 
 class Int(Node):
     def __init__(self, min: int | None = None, max: int | None = None):
