@@ -285,11 +285,14 @@ def _parse_data_range_option(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
+        values = []
+    if not values:
         raise GeotranslateError(
             f"--data-range {text!r}: expected a number or a comma-separated list"
-        ) from None
+        )
+    return values
 
 
 @cli.command("evaluate")
@@ -337,6 +340,10 @@ def evaluate_command(
     from geotranslate.evaluate import evaluate_chips, evaluate_rasters
 
     ranges = _parse_data_range_option(data_range)
+    if json_path:
+        from geotranslate.raster.io import check_file_output
+
+        check_file_output(json_path)  # before the work, not after it
     if model_path is not None:
         if rasters:
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")

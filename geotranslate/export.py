@@ -225,7 +225,7 @@ def export_tiles(
     b_paths = list(b_paths or [])
     a_paths = list(a_paths)
     mode, run_domains = _resolve_mode(a_paths, b_paths, mode, domain)
-    stride = stride or tile_size
+    stride = tile_size if stride is None else stride
     _check_numbers(tile_size, stride, max_nodata, val_fraction)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -301,7 +301,10 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
     for d in run_domains:
         stats[d].flush()
         if stats[d].accumulator.count == 0:
-            raise GeotranslateError(f"domain {d}: no valid pixels in its sources")
+            raise GeotranslateError(
+                f"{', '.join(domain_meta[d]['sources'])}: no valid pixel in domain {d}'s "
+                "sources (all nodata, NaN or alpha = 0)"
+            )
         domain_meta[d]["stats"] = stats[d].accumulator.to_dict()
         domain_meta[d]["stats"]["pixel_step"] = stats[d].step
         if stats[d].step > 1:

@@ -27,7 +27,13 @@ from geotranslate.predict.pipeline import (
     PipelineOutput,
     run_pipeline,
 )
-from geotranslate.raster.io import atomic_path, open_raster, spectral_bands, verify_geotiff
+from geotranslate.raster.io import (
+    atomic_path,
+    check_file_output,
+    open_raster,
+    spectral_bands,
+    verify_geotiff,
+)
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -144,7 +150,7 @@ def predict_raster(
         elif world_size != 1:
             raise GeotranslateError(f"world size {world_size}: give --rank too (0..N-1)")
         divisor = int(getattr(generator, "total_stride", 1))
-        tile = int(tile_size or model.chip_size)
+        tile = int(model.chip_size if tile_size is None else tile_size)
         if tile < divisor or tile % divisor:
             raise GeotranslateError(
                 f"tile size {tile}: must be a positive multiple of {divisor} for this generator"
@@ -154,6 +160,8 @@ def predict_raster(
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
+    if out_path:
+        check_file_output(out_path)
     out = Path(out_path) if out_path else default_output(in_path, rank, world_size)
     if out.resolve() == in_path.resolve():
         raise GeotranslateError(f"{out}: output would overwrite the input")

@@ -1,0 +1,246 @@
+"""Hostile inputs to export-tiles, evaluate, preview and predict-raster (issue 12).
+
+Each case is a bad raster or a bad option generated here; each must stop with exit status 1,
+one line ``geotranslate: error: ...`` naming the file or option, no traceback, and nothing
+written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.transform import Affine, from_origin
+from shapely.geometry import Point, box
+
+from geotranslate.cli import main
+from geotranslate.evaluate import evaluate_rasters
+
+ORIGIN = (500000.0, 5300000.0)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(capsys, *names: str) -> str:
+    """The command's stderr: exactly one ``geotranslate: error:`` line naming ``names``."""
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("geotranslate: error: "), err
+    for name in names:
+        assert name in err, (name, err)
+    return err
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.fixture
+def rasters(make_raster, tmp_path):
+    """Bad and good rasters: alpha only, all nodata, a 4-band scene, pixel-space ones."""
+    rng = np.random.default_rng(0)
+    alpha_only = tmp_path / "alpha_only.tif"
+    with rasterio.open(alpha_only, "w", driver="GTiff", width=64, height=64, count=1,
+                       dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(*ORIGIN, 10.0, 10.0)) as dst:
+        dst.write(np.full((1, 64, 64), 255, np.uint8))
+        dst.colorinterp = [ColorInterp.alpha]
+    return {
+        "alpha_only": alpha_only,
+        "all_nodata": make_raster("all_nodata.tif", np.zeros((1, 64, 64), np.uint16), nodata=0),
+        "scene": make_raster("scene.tif", rng.integers(1, 4000, (4, 64, 64)).astype(np.uint16)),
+    }
+
+
+# ---- 1: a raster whose only band is alpha ---------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["export-a", "export-b", "preview", "evaluate"])
+def test_alpha_only_raster_is_refused_in_one_line(rasters, tmp_path, capsys, command):
+    alpha, scene = str(rasters["alpha_only"]), str(rasters["scene"])
+    out = tmp_path / "out"
+    args = {
+        "export-a": ["export-tiles", alpha, "--out", str(out), "--tile-size", "32"],
+        "export-b": ["export-tiles", scene, "--b", alpha, "--out", str(out), "--tile-size", "32"],
+        "preview": ["preview", alpha, "--out", str(out / "p.png")],
+        "evaluate": ["evaluate", alpha, alpha, "--json", str(out / "r.json")],
+    }[command]
+    assert main([*args, "--no-progress"] if command.startswith("export") else args) == 1
+    one_line_error(capsys, "alpha_only.tif", "alpha")
+    assert files_under(out) == []
+
+
+# ---- 3: evaluate --data-range of the wrong length ---------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["1,2", "", "1,2,3,4,5", "0", "nan"])
+def test_data_range_of_wrong_length_is_refused_in_one_line(rasters, capsys, spec):
+    scene = str(rasters["scene"])
+    assert main(["evaluate", scene, scene, "--data-range", spec]) == 1
+    err = one_line_error(capsys, "data range" if spec else "--data-range")
+    if spec == "1,2":
+        assert "scene.tif has 4" in err
+
+
+def test_data_range_of_one_value_or_one_per_band_is_used(rasters):
+    scene = rasters["scene"]
+    one = evaluate_rasters(scene, scene, data_range=10.0)
+    per_band = evaluate_rasters(scene, scene, data_range=[1, 2, 3, 4])
+    assert one.settings["data_range"] == [10.0] * 4
+    assert per_band.settings["data_range"] == [1.0, 2.0, 3.0, 4.0]
+
+
+# ---- messages that name the file, values refused instead of reinterpreted ---------------------
+
+
+def test_all_nodata_source_is_named(rasters, tmp_path, capsys):
+    out = tmp_path / "out"
+    source = str(rasters["all_nodata"])
+    args = ["export-tiles", source, "--out", str(out), "--tile-size", "32", "--max-nodata", "1"]
+    assert main([*args, "--no-progress"]) == 1
+    one_line_error(capsys, "all_nodata.tif", "no valid pixel")
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("option", [["--stride", "0"], ["--tile-size", "0"],
+                                    ["--stride", "-3"]])
+def test_export_zero_or_negative_sizes_are_refused(rasters, tmp_path, capsys, option):
+    out = tmp_path / "out"
+    args = ["export-tiles", str(rasters["scene"]), "--out", str(out), *option, "--no-progress"]
+    assert main(args) == 1
+    one_line_error(capsys, option[0].lstrip("-").replace("-", " "))
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("option", [["--columns", "0"], ["--window", "-5,0,10,10"],
+                                    ["--window", "0,-1,10,10"]])
+def test_preview_bad_values_are_refused(rasters, tmp_path, capsys, option):
+    out = tmp_path / "p.png"
+    assert main(["preview", str(rasters["scene"]), "--out", str(out), *option]) == 1
+    one_line_error(capsys, option[1])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["preview", "evaluate"])
+def test_output_file_with_trailing_slash_is_refused(rasters, tmp_path, capsys, command):
+    scene = str(rasters["scene"])
+    target = str(tmp_path / "newdir") + "/"
+    args = (["preview", scene, "--out", target] if command == "preview"
+            else ["evaluate", scene, scene, "--json", target])
+    assert main(args) == 1
+    one_line_error(capsys, "newdir/")
+    assert files_under(tmp_path / "newdir") == [] and not (tmp_path / "newdir").is_file()
+
+
+@pytest.mark.parametrize("option", ["--aoi", "--exclude"])
+def test_point_aoi_is_refused(rasters, tmp_path, capsys, option):
+    points = tmp_path / "points.gpkg"
+    gpd.GeoDataFrame(geometry=[Point(ORIGIN[0] + 100, ORIGIN[1] - 100)],
+                     crs="EPSG:32633").to_file(points)
+    out = tmp_path / "out"
+    args = ["export-tiles", str(rasters["scene"]), "--out", str(out), "--tile-size", "32",
+            option, str(points), "--no-progress"]
+    assert main(args) == 1
+    one_line_error(capsys, "points.gpkg", "Point", option)
+    assert files_under(out) == []
+
+
+def test_polygon_aoi_still_selects(rasters, tmp_path):
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame(geometry=[box(ORIGIN[0], ORIGIN[1] - 300, ORIGIN[0] + 300, ORIGIN[1])],
+                     crs="EPSG:32633").to_file(aoi)
+    out = tmp_path / "out"
+    args = ["export-tiles", str(rasters["scene"]), "--out", str(out), "--tile-size", "32",
+            "--aoi", str(aoi), "--no-progress"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "train_a").glob("*.tif")) == ["scene_0_0.tif"]
+
+
+def test_crop_smaller_than_the_generator_stride_gets_a_possible_hint(tmp_path, capsys):
+    """A 16 px crop for a 5-level U-Net (stride 32) was told "use --crop-size 0"."""
+    from test_data import make_chips
+
+    chips = make_chips(tmp_path / "chips", n_train=2, size=32)
+    args = ["train", str(chips), "--dataset-type", "Pix2Pix", "--unet-depth", "5",
+            "--crop-size", "16", "--ngf", "4", "--ndf", "4", "--epochs", "1",
+            "--epochs-decay", "0", "--out", str(tmp_path / "run"), "--no-progress",
+            "--no-preview", "--device", "cpu"]
+    assert main(args) == 1
+    err = one_line_error(capsys, "16 px", "32")
+    assert "--crop-size 0" not in err and "multiple of 32" in err
+
+
+# ---- 19: evaluate rasters without georeference -------------------------------------------------
+
+
+def pixel_space(path: Path, data: np.ndarray, transform: Affine | None = None) -> Path:
+    """A GeoTIFF (or PNG) without CRS: identity transform unless given."""
+    count, height, width = data.shape
+    driver = "PNG" if path.suffix == ".png" else "GTiff"
+    profile = {"driver": driver, "width": width, "height": height, "count": count,
+               "dtype": data.dtype.name}
+    if transform is not None:
+        profile["transform"] = transform
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning) if transform is None else \
+            _no_warning():
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+    return path
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def numpy_mae_rmse(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    diff = pred.astype(np.float64) - ref.astype(np.float64)
+    return float(np.abs(diff).mean()), float(np.sqrt((diff**2).mean()))
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_png_against_png_evaluates(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (3, 40, 48)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    pa, pb = pixel_space(tmp_path / "a.png", a), pixel_space(tmp_path / "b.png", b)
+    report = evaluate_rasters(pa, pb, allow_no_crs=True, data_range=255.0)
+    mae, rmse = numpy_mae_rmse(a, b)
+    assert report.metrics["overall"]["mae"] == pytest.approx(mae)
+    assert report.metrics["overall"]["rmse"] == pytest.approx(rmse)
+    assert report.metrics["valid_pixels"] == 40 * 48
+    itself = evaluate_rasters(pa, pa, allow_no_crs=True)
+    assert itself.metrics["overall"]["mae"] == 0.0
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_no_crs_geotiff_against_itself_and_a_shifted_copy(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    big = rng.integers(0, 1000, (2, 60, 70)).astype(np.uint16)
+    pred = big[:, 3:43, 5:55] + 7  # a prediction off by 7 everywhere
+    pred_path = pixel_space(tmp_path / "pred.tif", pred.astype(np.uint16))
+    # the reference covers more: its pixel (3, 5) is the prediction's (0, 0)
+    ref_path = pixel_space(tmp_path / "ref.tif", big, Affine.translation(-5, -3))
+    assert main(["evaluate", str(pred_path), str(pred_path), "--allow-no-crs"]) == 0
+    assert "overall" in capsys.readouterr().out
+    report = evaluate_rasters(pred_path, ref_path, allow_no_crs=True)
+    assert report.metrics["overall"]["mae"] == pytest.approx(7.0)
+    assert report.settings["common_window"] == {"col_off": 0, "row_off": 0,
+                                                "width": 50, "height": 40}
+    # the other way round: the common area is the prediction's extent inside the reference
+    back = evaluate_rasters(ref_path, pred_path, allow_no_crs=True)
+    assert back.settings["common_window"] == {"col_off": 5, "row_off": 3,
+                                              "width": 50, "height": 40}
+    assert back.metrics["overall"]["mae"] == pytest.approx(7.0)
+    # a half-pixel shift cannot be aligned without a CRS: one line
+    half = pixel_space(tmp_path / "half.tif", big, Affine.translation(-5.5, -3))
+    assert main(["evaluate", str(pred_path), str(half), "--allow-no-crs"]) == 1
+    one_line_error(capsys, "half.tif", "without a CRS")
