@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections import deque
@@ -31,6 +32,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from geotranslate.dirlock import DirectoryLock
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.raster.io import (
     GDAL_CACHE_BYTES,
@@ -251,6 +253,7 @@ def export_tiles(
         bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
         domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
         _check_stems(datasets)
+        lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
         meta_old = _read_meta(out)
         _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
 
@@ -275,6 +278,7 @@ def export_tiles(
             for d in run_domains
         }
         run = _Run(out, summary, max_nodata, filters, domain_meta)
+        lock_state["run"] = run
         try:
             _process(jobs, stats, run, tile_size, progress)
             run.finish()
@@ -320,6 +324,45 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
         if layers:
             with atomic_path(out / INDEX_NAME) as index_tmp:
                 _write_index(layers, index_tmp, out / INDEX_NAME)
+
+
+def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
+    """Create ``out`` if needed and take its lock until ``stack`` closes (see dirlock.py).
+
+    The lock file is removed when the directory is left consistent: the run finished, or it
+    failed and rolled back (unless an earlier run was unfinished), or it was interrupted
+    before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
+    state the caller completes with ``"run"`` (the _Run, once chips may be written).
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(out)
+    previous = lock.acquire()
+    if previous is not None:
+        print(
+            f"geotranslate: note: {out}: an earlier export-tiles run ({previous}) did not "
+            "finish; this run takes over its lock and completes the directory",
+            file=sys.stderr,
+        )
+    state: dict = {"run": None}
+
+    def release(exc_type, exc, tb) -> bool:
+        run = state["run"]
+        wrote = run is not None and bool(run.written)
+        if exc_type is None:
+            consistent = True
+        elif issubclass(exc_type, KeyboardInterrupt):
+            consistent = previous is None and not wrote  # complete chips of this run stay
+        else:
+            consistent = previous is None  # rolled back to the state before this run
+        lock.release(remove=consistent)
+        if consistent and created and exc_type is not None:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if the failed run left it empty
+        return False
+
+    stack.push(release)
+    return state
 
 
 # ---- options and sources ---------------------------------------------------------------------

@@ -7,6 +7,13 @@ written.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -244,3 +251,120 @@ def test_no_crs_geotiff_against_itself_and_a_shifted_copy(tmp_path, capsys):
     half = pixel_space(tmp_path / "half.tif", big, Affine.translation(-5.5, -3))
     assert main(["evaluate", str(pred_path), str(half), "--allow-no-crs"]) == 1
     one_line_error(capsys, "half.tif", "without a CRS")
+
+
+# ---- 15, 16: the dataset directory's lock; unfinished add-runs --------------------------------
+
+
+def cli_process(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+HOLD_LOCK = textwrap.dedent("""
+    import sys, time
+    from geotranslate.dirlock import DirectoryLock
+    DirectoryLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_second_export_into_a_locked_directory_names_the_holder(rasters, tmp_path, capsys):
+    out = tmp_path / "chips"
+    out.mkdir()
+    holder = cli_process("-c", HOLD_LOCK, str(out))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["export-tiles", str(rasters["scene"]), "--out", str(out), "--tile-size", "32",
+                "--no-progress"]
+        assert main(args) == 1
+        err = one_line_error(capsys, str(out), f"PID {holder.pid}", socket.gethostname())
+        assert "another export-tiles run" in err
+        assert files_under(out) == [out / "export.lock"]  # nothing of this run
+        with pytest.raises(Exception, match=f"PID {holder.pid}.*writing into it now"):
+            from geotranslate.data import read_meta
+
+            read_meta(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (SIGKILL): its lock is stale, taken over with a note
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"PID {holder.pid}" in err and "did not finish" in err
+    assert not (out / "export.lock").exists()
+    assert len(list((out / "train_a").glob("*.tif"))) == 4
+
+
+def test_two_exports_at_once_keep_every_source_they_report(make_raster, tmp_path):
+    """Two real processes, different sources, one directory: whatever the timing, each run
+    that exits 0 is fully in meta.json and index.gpkg; one that is refused says why."""
+    rng = np.random.default_rng(3)
+    sources = [make_raster(f"s{i}.tif", rng.integers(1, 999, (1, 128, 128)).astype(np.uint16))
+               for i in range(2)]
+    out = tmp_path / "chips"
+    runs = [cli_process("-m", "geotranslate", "export-tiles", str(s), "--out", str(out),
+                        "--tile-size", "16", "--no-progress") for s in sources]
+    results = [(run.wait(timeout=120), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stdout.close()
+        run.stderr.close()
+    assert any(code == 0 for code, _ in results)
+    meta = json.loads((out / "meta.json").read_text())
+    index = gpd.read_file(out / "index.gpkg")
+    for source, (code, err) in zip(sources, results, strict=True):
+        if code == 0:
+            assert str(source.resolve()) in meta["domains"]["a"]["sources"]
+            assert (index["source"] == str(source)).sum() == 64
+        else:
+            assert code == 1 and "another export-tiles run" in err and "PID" in err, err
+    on_disk = len(list((out / "train_a").glob("*.tif")))
+    assert len(index) == on_disk == meta["chips"]["train"]["a"]
+    assert not (out / "export.lock").exists()
+
+
+def test_killed_add_run_is_noticed_by_train_and_completed_by_a_rerun(make_raster, tmp_path,
+                                                                     capsys):
+    from geotranslate.data import ChipDataset, read_meta
+    from geotranslate.errors import GeotranslateError
+
+    rng = np.random.default_rng(4)
+    first = make_raster("first.tif", rng.integers(1, 999, (1, 64, 64)).astype(np.uint16))
+    big = make_raster("big.tif", rng.integers(1, 999, (1, 320, 320)).astype(np.uint16))
+    out = tmp_path / "chips"
+    for d in ("a", "b"):  # a two-domain dataset: export each domain, then add to A
+        args = ["export-tiles", str(first), "--domain", d, "--out", str(out),
+                "--tile-size", "16", "--no-progress"]
+        assert main(args) == 0
+    capsys.readouterr()
+    assert read_meta(out)["chips"]["train"]["a"] == 16
+    add = ["-m", "geotranslate", "export-tiles", str(big), "--domain", "a", "--out", str(out),
+           "--tile-size", "16", "--no-progress"]
+    run = cli_process(*add)
+    deadline = time.monotonic() + 60
+    while len(list((out / "train_a").glob("big_*.tif"))) < 20 and run.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    run.kill()
+    run.wait()
+    run.stdout.close()
+    run.stderr.close()
+    assert run.returncode == -9, "the add-run finished before it could be killed"
+    on_disk = len(list((out / "train_a").glob("*.tif")))
+    assert on_disk > 16 and json.loads((out / "meta.json").read_text())["chips"]["train"]["a"] == 16
+    with pytest.raises(GeotranslateError, match=rf"PID {run.pid}.*re-run the same export-tiles"):
+        read_meta(out)
+    # without the lock file (removed by hand) the chips meta.json does not describe are noticed
+    lock = (out / "export.lock").read_bytes()
+    (out / "export.lock").unlink()
+    with pytest.raises(GeotranslateError, match=rf"{on_disk} chips, but .*describes 16"):
+        ChipDataset(out, paired=False)
+    (out / "export.lock").write_bytes(lock)
+    assert main(add[2:]) == 0  # the same command completes it
+    assert f"PID {run.pid}" in capsys.readouterr().err
+    meta = read_meta(out)
+    assert meta["chips"]["train"]["a"] == 16 + 20 * 20
+    assert len(ChipDataset(out, paired=False, cache=False)) == 16 + 20 * 20
+    assert not (out / "export.lock").exists()
