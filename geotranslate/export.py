@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from geotranslate.dirlock import DirectoryLock
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.memory import check_memory
 from geotranslate.raster.io import (
     GDAL_CACHE_BYTES,
     atomic_path,
@@ -252,6 +253,8 @@ def export_tiles(
             specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
         bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
         domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
+        check_memory(_window_bytes(tile_size, domain_meta) * (WRITER_QUEUE + WRITER_THREADS + 3),
+                     f"--tile-size {tile_size}", "use a smaller --tile-size")
         _check_stems(datasets)
         lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
         meta_old = _read_meta(out)
@@ -324,6 +327,16 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
         if layers:
             with atomic_path(out / INDEX_NAME) as index_tmp:
                 _write_index(layers, index_tmp, out / INDEX_NAME)
+
+
+def _window_bytes(tile_size: int, domain_meta: dict) -> int:
+    """Memory of one window read in every domain (data and validity). Up to WRITER_QUEUE +
+    WRITER_THREADS of them wait for the chip writers; reading, the statistics' copy and the
+    chip's encoding take about three more."""
+    per_pixel = sum(
+        m["band_count"] * np.dtype(m["dtype"]).itemsize + 1 for m in domain_meta.values()
+    )
+    return tile_size * tile_size * per_pixel
 
 
 def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:

@@ -368,3 +368,46 @@ def test_killed_add_run_is_noticed_by_train_and_completed_by_a_rerun(make_raster
     assert meta["chips"]["train"]["a"] == 16 + 20 * 20
     assert len(ChipDataset(out, paired=False, cache=False)) == 16 + 20 * 20
     assert not (out / "export.lock").exists()
+
+
+# ---- 2: tile sizes that cannot fit in memory ---------------------------------------------------
+
+
+def test_export_tile_size_beyond_memory_is_refused(rasters, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["export-tiles", str(rasters["scene"]), "--out", str(out), "--tile-size", "100000",
+            "--no-progress"]
+    assert main(args) == 1
+    err = one_line_error(capsys, "--tile-size 100000", "iB of memory", "available")
+    number, unit = err.split("needs about ")[1].split()[:2]
+    needed = float(number) * {"GiB": 2**30, "TiB": 2**40}[unit]
+    # 10^10 pixels of 4 uint16 bands and a mask, a few windows in flight
+    assert needed > 1e10 * 9
+    assert not out.exists()
+
+
+def test_export_memory_estimate_against_available_memory(rasters, tmp_path, monkeypatch,
+                                                         capsys):
+    import geotranslate.memory
+
+    monkeypatch.setattr(geotranslate.memory, "available_memory", lambda: 10 * 2**20)
+    base = ["export-tiles", str(rasters["scene"]), "--no-progress", "--max-nodata", "1"]
+    assert main([*base, "--out", str(tmp_path / "big"), "--tile-size", "512"]) == 1
+    one_line_error(capsys, "--tile-size 512", "10.0 MiB is available")
+    assert main([*base, "--out", str(tmp_path / "fits"), "--tile-size", "256"]) == 0
+
+
+def test_predict_tile_size_beyond_memory_is_refused(rasters, tmp_path, make_raster, capsys):
+    from test_predict import make_model
+
+    run = make_model(tmp_path, bands_a=2, bands_b=3)
+    src = make_raster("in.tif", np.ones((2, 20, 20), np.float32))
+    out = tmp_path / "out.tif"
+    args = ["predict-raster", str(src), "--model", str(run), "--out", str(out),
+            "--tile-size", "100000", "--device", "cpu", "--no-progress"]
+    assert main(args) == 1
+    one_line_error(capsys, "--tile-size 100000", "iB of memory")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()
+                                       if p.name.startswith(".")) == []
+    # the default tile (the model's chip size) fits
+    assert main(args[:-5] + ["--device", "cpu", "--no-progress"]) == 0 and out.exists()

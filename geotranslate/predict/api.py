@@ -17,11 +17,13 @@ import torch
 from geotranslate.device import autocast as device_autocast
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
+from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
 from geotranslate.predict.grid import CHUNK_WIDTH, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
 from geotranslate.predict.pipeline import (
+    READ_AHEAD,
     PipelineCompute,
     PipelineInput,
     PipelineOutput,
@@ -92,6 +94,20 @@ def _check_region(window, ds) -> tuple[int, int, int, int]:
     return row0, col0, height, width
 
 
+def _working_set(tile: int, batch_size: int, bands_in: int, bands_out: int) -> int:
+    """A lower bound of the host memory of a run with ``tile`` px tiles (network activations
+    not counted): the blend window (built in float64), the batches in and out in float32,
+    the strips read ahead and the blending accumulator (float32, tile rows x a chunk)."""
+    px = tile * tile
+    strip = tile * max(CHUNK_WIDTH, tile)
+    return (
+        px * 12
+        + batch_size * (bands_in + bands_out) * px * 4
+        + (READ_AHEAD + 1) * bands_in * strip * 4
+        + (bands_out * 4 + 5) * strip
+    )
+
+
 def predict_raster(
     in_path: str | os.PathLike,
     model: TranslationModel | str | os.PathLike,
@@ -158,6 +174,8 @@ def predict_raster(
         overlap = tile // 4 if overlap is None else int(overlap)
         if not 0 <= overlap < tile:
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
+        check_memory(_working_set(tile, batch_size, source.band_count, target.band_count),
+                     f"--tile-size {tile}", "use a smaller --tile-size (or --batch-size)")
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
     if out_path:
