@@ -87,6 +87,7 @@ class ExportSummary:
     already_present: int = 0
     constant: dict[str, int] = field(default_factory=dict)  # domain -> chips of one value
     constant_example: str = ""  # "NAME (value V)" of the first one
+    val_note: str = ""  # why the validation fraction could not be met, if it was not
     padded_sources: list[str] = field(default_factory=list)
     stats_methods: dict[str, str] = field(default_factory=dict)
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -117,6 +118,8 @@ class ExportSummary:
                 + ", ".join(self.padded_sources)
                 + "."
             )
+        if self.val_note:
+            text += f" Warning: {self.val_note}."
         if self.constant:
             counts = ", ".join(f"{n} {d} chips" for d, n in sorted(self.constant.items()))
             text += (
@@ -152,6 +155,7 @@ class _Job:
     stats_only: bool = False
     windows: list[Window] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "train" | "val" | "buffer"
+    survives: list[bool] | None = None  # passes the filters (known after a survey pass)
 
     @property
     def padded(self) -> bool:
@@ -274,7 +278,6 @@ def export_tiles(
             job.splits = ["train"] * len(job.windows)
             if job.padded and not job.stats_only:
                 summary.padded_sources.append(job.stem)
-        _assign_validation(jobs, val_fraction, seed, tile_size, stride)
 
         stats = {
             d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
@@ -283,7 +286,15 @@ def export_tiles(
         run = _Run(out, summary, max_nodata, filters, domain_meta)
         lock_state["run"] = run
         try:
-            _process(jobs, stats, run, tile_size, progress)
+            if val_fraction > 0:
+                # validation blocks are drawn over the chips that pass the filters, so the
+                # filters run first (reading every window once, with the statistics), then
+                # only the surviving windows are read again and written
+                _process(jobs, stats, run, tile_size, progress, survey=True)
+                summary.val_note = _assign_validation(jobs, val_fraction, seed, tile_size)
+                _process(jobs, None, run, tile_size, progress)
+            else:
+                _process(jobs, stats, run, tile_size, progress)
             run.finish()
             _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
                         tile_size, stride, pairs_new, a_paths + b_paths)
@@ -629,47 +640,117 @@ def _open_old(path: str, allow_no_crs: bool):
 # ---- spatial validation split ----------------------------------------------------------------
 
 
-def _assign_validation(
-    jobs: list[_Job], val_fraction: float, seed: int, tile: int, stride: int
-) -> None:
-    """Mark whole blocks of windows "val", then train windows touching them "buffer".
+#: how far the realized validation fraction may miss the requested one before smaller blocks
+#: are tried (and, at the smallest, a warning says it could not be met).
+VAL_TOLERANCE = 0.05
 
-    Blocks are squares of k x k windows, k chosen so that a source has about 2 / val_fraction
-    blocks (at least one window per block). Blocks of all sources of a group (paired jobs, or
-    each domain in unpaired mode) are drawn in a seeded random order until the group has
-    about ``val_fraction`` of its windows in validation.
+
+def _assign_validation(jobs: list[_Job], val_fraction: float, seed: int, tile: int) -> str:
+    """Mark whole blocks of surviving windows "val", then train windows touching them "buffer".
+
+    Only windows that pass the filters (``job.survives``, from the survey pass) count, so an
+    AOI or nodata does not change the fraction. Blocks are squares of k x k windows, k chosen
+    so that a source has about 2 / val_fraction blocks. The blocks of a group (paired jobs,
+    or each domain in unpaired mode) are taken in a seeded random order, and the prefix of
+    that order whose realized fraction val / (val + train), after the buffer, is closest to
+    ``val_fraction`` is kept. When that misses by more than VAL_TOLERANCE, smaller blocks are
+    tried, down to single windows. Returns a warning when the fraction still cannot be met.
     """
     if val_fraction <= 0:
-        return
-    rng = np.random.default_rng(seed)
+        return ""
     groups: dict[tuple[str, ...], list[_Job]] = {}
     for job in jobs:
         if not job.stats_only:
             groups.setdefault(tuple(sorted(job.readers)), []).append(job)
-    for group in groups.values():
-        blocks = []  # (job index, block key, window indexes)
-        for ji, job in enumerate(group):
-            n = len(job.windows)
-            k = max(1, int(round(math.sqrt(n * val_fraction / 2.0))))
-            rows = sorted({int(w.row_off) for w in job.windows})
-            cols = sorted({int(w.col_off) for w in job.windows})
-            by_block: dict[tuple[int, int], list[int]] = {}
-            for wi, w in enumerate(job.windows):
-                key = (rows.index(int(w.row_off)) // k, cols.index(int(w.col_off)) // k)
-                by_block.setdefault(key, []).append(wi)
-            blocks += [(ji, key, idx) for key, idx in sorted(by_block.items())]
-        total = sum(len(job.windows) for job in group)
-        target = val_fraction * total
-        chosen = 0
-        for bi in rng.permutation(len(blocks)):
-            if chosen >= target:
+    notes = []
+    for key, group in groups.items():
+        survivors = [[wi for wi, ok in enumerate(job.survives or []) if ok] for job in group]
+        total = sum(len(s) for s in survivors)
+        if total == 0:
+            continue
+        neighbours = [_neighbours(job, s, tile) for job, s in zip(group, survivors, strict=True)]
+        k0 = [max(1, int(round(math.sqrt(len(s) * val_fraction / 2.0)))) for s in survivors]
+        best: tuple[float, list, float, int] | None = None
+        for level in range(max(k0)):
+            ks = [max(1, k - level) for k in k0]
+            blocks = _blocks(group, survivors, ks)
+            order = np.random.default_rng([seed, level]).permutation(len(blocks))
+            chosen, fraction = _closest_prefix(blocks, order, neighbours, total, val_fraction)
+            error = abs(fraction - val_fraction)
+            if best is None or error < best[0] - 1e-12:
+                best = (error, chosen, fraction, len(blocks))
+            if error <= VAL_TOLERANCE or all(k == 1 for k in ks):
                 break
-            ji, _, idx = blocks[bi]
-            for wi in idx:
-                group[ji].splits[wi] = "val"
-            chosen += len(idx)
+        assert best is not None
+        error, chosen, fraction, n_blocks = best
+        for ji, wi in chosen:
+            group[ji].splits[wi] = "val"
         for job in group:
             _mark_buffer(job, tile)
+        if error > VAL_TOLERANCE:
+            what = "/".join(key)
+            notes.append(
+                f"--val-fraction {val_fraction:g} cannot be met for domain {what}: "
+                f"{len(chosen)} of the {total} chips that pass the filters went to validation "
+                f"({fraction:.0%}; {n_blocks} blocks, and the buffer dropped around them); "
+                "export a larger area, or use a smaller --tile-size or a stride equal to it"
+            )
+    return "; ".join(notes)
+
+
+def _neighbours(job: _Job, survivors: list[int], tile: int) -> dict[int, list[int]]:
+    """For each surviving window, the other surviving windows sharing a pixel with it."""
+    at = {(int(job.windows[wi].row_off), int(job.windows[wi].col_off)): wi for wi in survivors}
+    rows = sorted({r for r, _ in at})
+    cols = sorted({c for _, c in at})
+    row_nbrs = {r: [q for q in rows if abs(q - r) < tile] for r in rows}
+    col_nbrs = {c: [q for q in cols if abs(q - c) < tile] for c in cols}
+    return {
+        wi: [at[(q, p)] for q in row_nbrs[r] for p in col_nbrs[c] if (q, p) in at and at[(q, p)]
+             != wi]
+        for (r, c), wi in at.items()
+    }
+
+
+def _blocks(group: list[_Job], survivors: list[list[int]], ks: list[int]) -> list[list]:
+    """Blocks of k x k grid positions of each job's surviving windows, as [(job, window)]."""
+    blocks = []
+    for ji, (job, indexes, k) in enumerate(zip(group, survivors, ks, strict=True)):
+        rows = sorted({int(w.row_off) for w in job.windows})
+        cols = sorted({int(w.col_off) for w in job.windows})
+        row_pos = {r: i for i, r in enumerate(rows)}
+        col_pos = {c: i for i, c in enumerate(cols)}
+        by_block: dict[tuple[int, int], list] = {}
+        for wi in indexes:
+            w = job.windows[wi]
+            key = (row_pos[int(w.row_off)] // k, col_pos[int(w.col_off)] // k)
+            by_block.setdefault(key, []).append((ji, wi))
+        blocks += [members for _, members in sorted(by_block.items())]
+    return blocks
+
+
+def _closest_prefix(blocks, order, neighbours, total: int, target: float) -> tuple[list, float]:
+    """The prefix of ``order`` whose val / (val + train after the buffer) is closest to
+    ``target``: (its windows, that fraction)."""
+    val: set = set()
+    buffered: set = set()
+    best_len, best_fraction = 0, 0.0
+    taken: list = []
+    for bi in order:
+        for member in blocks[bi]:
+            val.add(member)
+            buffered.discard(member)
+            ji, wi = member
+            for n in neighbours[ji][wi]:
+                if (ji, n) not in val:
+                    buffered.add((ji, n))
+        taken += blocks[bi]
+        fraction = len(val) / max(1, total - len(buffered))
+        if abs(fraction - target) < abs(best_fraction - target):
+            best_len, best_fraction = len(taken), fraction
+        if fraction >= target:
+            break
+    return taken[:best_len], best_fraction
 
 
 def _mark_buffer(job: _Job, tile: int) -> None:
@@ -772,43 +853,69 @@ def _stats_step(jobs: list[_Job], domain: str) -> int:
     return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
 
 
-def _process(jobs: list[_Job], stats: dict, run: _Run, tile: int, progress: bool) -> None:
-    total = sum(len(job.windows) for job in jobs)
-    with tqdm(
-        total=total, unit="window", disable=not progress, desc="export-tiles", leave=False
-    ) as bar:
+def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool,
+             survey: bool = False) -> None:
+    """Read every window: statistics (``stats``), then filters and chip writing.
+
+    ``survey``: only record which windows pass the filters (``job.survives``), writing
+    nothing. A later pass with ``stats`` None then reads and writes only the survivors.
+    """
+    if not survey and stats is None:
+        jobs = [job for job in jobs if not job.stats_only]
+    total = sum(
+        len(job.windows) if job.survives is None or survey else sum(job.survives) for job in jobs
+    )
+    desc = "export-tiles (filters)" if survey else "export-tiles"
+    with tqdm(total=total, unit="window", disable=not progress, desc=desc, leave=False) as bar:
         for job in jobs:
+            if survey:
+                job.survives = [False] * len(job.windows)
             row_ends = own_extents(
                 tile_offsets(job.grid.height, tile, run.summary.stride), job.height, tile
             )
             col_ends = own_extents(
                 tile_offsets(job.grid.width, tile, run.summary.stride), job.width, tile
             )
-            for window, split in zip(job.windows, job.splits, strict=True):
+            for wi, (window, split) in enumerate(zip(job.windows, job.splits, strict=True)):
+                if not survey and job.survives is not None and not job.survives[wi]:
+                    continue
                 reads = {d: reader(window) for d, reader in job.readers.items()}
                 row, col = int(window.row_off), int(window.col_off)
                 own_h, own_w = row_ends[row] - row, col_ends[col] - col
                 for d, (data, valid) in reads.items():
-                    if d in stats:
+                    if stats is not None and d in stats:
                         stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
-                if not job.stats_only:
+                if survey:
+                    if not job.stats_only:
+                        job.survives[wi] = _passes_filters(job, window, reads, run)
+                elif not job.stats_only:
                     _handle_window(job, window, split, reads, run)
                 bar.update(1)
+
+
+def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:
+    """AOI, exclude and invalid-fraction filters; a window that fails is counted as skipped."""
+    summary = run.summary
+    footprint = window_footprint(job.grid.transform, window)
+    if run.filters["aoi"] and not run.filters["aoi"].intersects(footprint, job.grid.crs):
+        summary.skipped_aoi += 1
+        return False
+    if run.filters["exclude"] and run.filters["exclude"].intersects(footprint, job.grid.crs):
+        summary.skipped_exclude += 1
+        return False
+    invalid = [1.0 - np.count_nonzero(valid) / valid.size for _, valid in reads.values()]
+    if max(invalid) > run.max_nodata:
+        summary.skipped_nodata += 1
+        return False
+    return True
 
 
 def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run) -> None:
     summary = run.summary
     footprint = window_footprint(job.grid.transform, window)
-    if run.filters["aoi"] and not run.filters["aoi"].intersects(footprint, job.grid.crs):
-        summary.skipped_aoi += 1
-        return
-    if run.filters["exclude"] and run.filters["exclude"].intersects(footprint, job.grid.crs):
-        summary.skipped_exclude += 1
+    if job.survives is None and not _passes_filters(job, window, reads, run):
         return
     invalid = {d: 1.0 - np.count_nonzero(valid) / valid.size for d, (_, valid) in reads.items()}
-    if max(invalid.values()) > run.max_nodata:
-        summary.skipped_nodata += 1
-        return
     if split == "buffer":
         summary.dropped_buffer += 1
         return

@@ -411,3 +411,64 @@ def test_predict_tile_size_beyond_memory_is_refused(rasters, tmp_path, make_rast
                                        if p.name.startswith(".")) == []
     # the default tile (the model's chip size) fits
     assert main(args[:-5] + ["--device", "cpu", "--no-progress"]) == 0 and out.exists()
+
+
+# ---- 18: the validation split meets its fraction over the chips that survive the filters ----
+
+
+def realized_val_fraction(summary) -> float:
+    val, train = summary.written["val"]["a"], summary.written["train"]["a"]
+    return val / (val + train)
+
+
+def west_half_aoi(path: Path, src: Path) -> Path:
+    with rasterio.open(src) as ds:
+        b, crs = ds.bounds, ds.crs
+    gpd.GeoDataFrame(geometry=[box(b.left, b.bottom, (b.left + b.right) / 2, b.top)],
+                     crs=crs).to_file(path)
+    return path
+
+
+@pytest.mark.parametrize("stride", [16, 8])
+def test_val_fraction_is_met_with_an_aoi_and_nodata_over_many_seeds(make_raster, tmp_path,
+                                                                    stride):
+    from geotranslate.export import export_tiles
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 999, (1, 192, 192)).astype(np.uint16)
+    data[:, 140:, :] = 0  # a nodata band along the south: its chips are filtered out
+    src = make_raster("scene.tif", data, nodata=0)
+    aoi = west_half_aoi(tmp_path / "west.gpkg", src)
+    fractions = []
+    for seed in range(8):
+        summary = export_tiles([src], out_dir=tmp_path / f"s{seed}", tile_size=16, stride=stride,
+                               val_fraction=0.2, aoi=aoi, seed=seed, progress=False)
+        assert summary.skipped_aoi > 0 and summary.skipped_nodata > 0
+        fractions.append(realized_val_fraction(summary))
+        assert not summary.val_note
+    assert all(abs(f - 0.2) <= 0.05 for f in fractions), fractions
+    assert len(set(fractions)) > 1 or stride == 16  # the seed changes the draw
+
+
+def test_val_fraction_that_cannot_be_met_says_so(make_raster, tmp_path):
+    from geotranslate.export import export_tiles
+
+    src = make_raster("two.tif", np.ones((1, 16, 32), np.uint16))
+    summary = export_tiles([src], out_dir=tmp_path / "out", tile_size=16, val_fraction=0.2,
+                           progress=False)
+    assert "--val-fraction 0.2 cannot be met" in summary.val_note
+    assert "of the 2 chips" in summary.val_note and "Warning: --val-fraction" in str(summary)
+
+
+def test_val_fraction_on_real_raster_with_aoi(real_data, tmp_path):
+    from geotranslate.export import export_tiles
+
+    src = real_data / "rasterio" / "RGB.byte.tif"
+    if not src.exists():
+        pytest.skip(f"{src} not present")
+    aoi = west_half_aoi(tmp_path / "west.gpkg", src)
+    for stride, seed in [(None, 0), (32, 0), (32, 1), (32, 2)]:
+        summary = export_tiles([src], out_dir=tmp_path / f"o{stride}_{seed}", tile_size=64,
+                               stride=stride, val_fraction=0.2, aoi=aoi, seed=seed,
+                               progress=False)
+        assert abs(realized_val_fraction(summary) - 0.2) <= 0.05, (stride, seed, summary)
