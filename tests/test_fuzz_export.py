@@ -472,3 +472,19 @@ def test_val_fraction_on_real_raster_with_aoi(real_data, tmp_path):
                                stride=stride, val_fraction=0.2, aoi=aoi, seed=seed,
                                progress=False)
         assert abs(realized_val_fraction(summary) - 0.2) <= 0.05, (stride, seed, summary)
+
+
+@pytest.mark.parametrize("option", [["--tile-size", "0"], ["--out", "OUTDIR/"]])
+def test_predict_zero_tile_size_and_trailing_slash_are_refused(tmp_path, make_raster, capsys,
+                                                               option):
+    from test_predict import make_model
+
+    run = make_model(tmp_path, bands_a=2, bands_b=3)
+    src = make_raster("in.tif", np.ones((2, 20, 20), np.float32))
+    if option[0] == "--out":
+        option = ["--out", str(tmp_path / "newdir") + "/"]
+    args = ["predict-raster", str(src), "--model", str(run), *option, "--device", "cpu",
+            "--no-progress"]
+    assert main(args) == 1
+    one_line_error(capsys, "tile size 0" if option[0] == "--tile-size" else "newdir/")
+    assert not (tmp_path / "newdir").exists() and not (tmp_path / "in_translated.tif").exists()
