@@ -488,3 +488,28 @@ def test_predict_zero_tile_size_and_trailing_slash_are_refused(tmp_path, make_ra
     assert main(args) == 1
     one_line_error(capsys, "tile size 0" if option[0] == "--tile-size" else "newdir/")
     assert not (tmp_path / "newdir").exists() and not (tmp_path / "in_translated.tif").exists()
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_predict_raster_pixel_space_output_evaluates_against_a_pixel_space_reference(
+        tmp_path, capsys):
+    from test_predict import make_model
+
+    from geotranslate.predict import predict_raster
+
+    run = make_model(tmp_path, bands_a=2, bands_b=3)
+    rng = np.random.default_rng(6)
+    src = pixel_space(tmp_path / "in.tif", rng.uniform(-1, 1, (2, 40, 48)).astype(np.float32))
+    ref_data = rng.uniform(-1, 1, (3, 40, 48)).astype(np.float32)
+    ref = pixel_space(tmp_path / "ref.tif", ref_data)
+    out = tmp_path / "pred.tif"
+    predict_raster(src, run, out, device="cpu", progress=False)
+    capsys.readouterr()
+    with rasterio.open(out) as ds:
+        assert ds.crs is None
+        pred = ds.read()
+    report = evaluate_rasters(out, ref, allow_no_crs=True, data_range=2.0)
+    mae, rmse = numpy_mae_rmse(pred, ref_data)
+    assert report.metrics["overall"]["mae"] == pytest.approx(mae, rel=1e-6)
+    assert report.metrics["overall"]["rmse"] == pytest.approx(rmse, rel=1e-6)
+    assert report.metrics["valid_pixels"] == 40 * 48
