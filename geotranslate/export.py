@@ -706,8 +706,8 @@ def _neighbours(job: _Job, survivors: list[int], tile: int) -> dict[int, list[in
     row_nbrs = {r: [q for q in rows if abs(q - r) < tile] for r in rows}
     col_nbrs = {c: [q for q in cols if abs(q - c) < tile] for c in cols}
     return {
-        wi: [at[(q, p)] for q in row_nbrs[r] for p in col_nbrs[c] if (q, p) in at and at[(q, p)]
-             != wi]
+        wi: [at[q, p] for q in row_nbrs[r] for p in col_nbrs[c]
+             if (q, p) in at and (q, p) != (r, c)]
         for (r, c), wi in at.items()
     }
 
