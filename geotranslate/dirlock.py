@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,13 +98,14 @@ class DirectoryLock:
                     "writing into this directory; wait for it to finish or choose another --out"
                 ) from None
             except OSError as e:
-                os.close(fd)
                 if not _locking_unsupported(e):
+                    os.close(fd)
                     raise
-                raise GeotranslateError(
-                    f"{self.folder}: the file system does not support locks ({e.strerror}); "
-                    "export into a local directory"
-                ) from None
+                # some network file systems have no locks: the file still marks an
+                # unfinished run, but a concurrent run cannot be detected
+                print(f"geotranslate: warning: {self.path}: the file system does not support "
+                      f"locks ({e.strerror}); a concurrent export-tiles run into "
+                      f"{self.folder} would not be detected", file=sys.stderr)
             # the holder we waited for may have removed the file between our open and flock
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino

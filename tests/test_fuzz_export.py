@@ -513,3 +513,20 @@ def test_predict_raster_pixel_space_output_evaluates_against_a_pixel_space_refer
     assert report.metrics["overall"]["mae"] == pytest.approx(mae, rel=1e-6)
     assert report.metrics["overall"]["rmse"] == pytest.approx(rmse, rel=1e-6)
     assert report.metrics["valid_pixels"] == 40 * 48
+
+
+def test_export_on_a_file_system_without_locks_warns_and_works(rasters, tmp_path, monkeypatch,
+                                                               capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "out"
+    args = ["export-tiles", str(rasters["scene"]), "--out", str(out), "--tile-size", "32",
+            "--no-progress"]
+    assert main(args) == 0
+    assert "does not support locks" in capsys.readouterr().err
+    assert not (out / "export.lock").exists() and len(list((out / "train_a").glob("*"))) == 4
