@@ -16,7 +16,7 @@ import click
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import OUTPUT_ERRNOS, check_not_input, not_utf8
+from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
@@ -323,11 +323,14 @@ def _parse_data_range_option(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
+        values = []
+    if not values:
         raise GeotranslateError(
             f"--data-range {text!r}: expected a number or a comma-separated list"
-        ) from None
+        )
+    return values
 
 
 def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
@@ -386,6 +389,7 @@ def evaluate_command(
 
     ranges = _parse_data_range_option(data_range)
     if json_path:
+        check_file_output(json_path)  # before the work, not after it
         check_not_input(json_path, _evaluate_inputs(rasters, model_path, data_dir))
     if model_path is not None:
         if rasters:

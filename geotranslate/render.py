@@ -198,6 +198,8 @@ def parse_window(spec: str | None) -> DisplayWindow | None:
         row, col, height, width = parse_pixel_window(text)
         if height <= 0 or width <= 0:
             raise GeotranslateError(f"window {spec!r}: height and width must be positive")
+        if row < 0 or col < 0:
+            raise GeotranslateError(f"window {spec!r}: row and column offsets must be >= 0")
         return DisplayWindow("pixel", (col, row, width, height))
     try:
         values = tuple(float(v) for v in text[4:].replace(" ", "").split(","))
@@ -354,6 +356,8 @@ def render_rasters(
     if titles is not None and len(titles) != len(sources):
         raise GeotranslateError(f"preview: {len(titles)} titles for {len(sources)} rasters")
     check_not_input(out_png, [s for s in sources if isinstance(s, (str, os.PathLike))])
+    if columns is not None and columns < 1:
+        raise GeotranslateError(f"--columns {columns}: must be at least 1")
     if isinstance(window, str):
         window = parse_window(window)
     if window is not None and window.kind == "map" and window.crs is None:

@@ -16,11 +16,13 @@ import torch
 from geotranslate.device import autocast as device_autocast
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
+from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
 from geotranslate.predict.grid import CHUNK_WIDTH, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
 from geotranslate.predict.pipeline import (
+    READ_AHEAD,
     PipelineCompute,
     PipelineInput,
     PipelineOutput,
@@ -28,6 +30,7 @@ from geotranslate.predict.pipeline import (
 )
 from geotranslate.raster.io import (
     atomic_path,
+    check_file_output,
     check_not_input,
     open_raster,
     spectral_bands,
@@ -92,6 +95,20 @@ def _check_region(window, ds) -> tuple[int, int, int, int]:
     return row0, col0, height, width
 
 
+def _working_set(tile: int, batch_size: int, bands_in: int, bands_out: int) -> int:
+    """A lower bound of the host memory of a run with ``tile`` px tiles (network activations
+    not counted): the blend window (built in float64), the batches in and out in float32,
+    the strips read ahead and the blending accumulator (float32, tile rows x a chunk)."""
+    px = tile * tile
+    strip = tile * max(CHUNK_WIDTH, tile)
+    return (
+        px * 12
+        + batch_size * (bands_in + bands_out) * px * 4
+        + (READ_AHEAD + 1) * bands_in * strip * 4
+        + (bands_out * 4 + 5) * strip
+    )
+
+
 def predict_raster(
     in_path: str | os.PathLike,
     model: TranslationModel | str | os.PathLike,
@@ -150,7 +167,7 @@ def predict_raster(
         elif world_size != 1:
             raise GeotranslateError(f"world size {world_size}: give --rank too (0..N-1)")
         divisor = int(getattr(generator, "total_stride", 1))
-        tile = int(tile_size or model.chip_size)
+        tile = int(model.chip_size if tile_size is None else tile_size)
         if tile < divisor or tile % divisor:
             raise GeotranslateError(
                 f"tile size {tile}: must be a positive multiple of {divisor} for this generator"
@@ -158,8 +175,12 @@ def predict_raster(
         overlap = tile // 4 if overlap is None else int(overlap)
         if not 0 <= overlap < tile:
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
+        check_memory(_working_set(tile, batch_size, source.band_count, target.band_count),
+                     f"--tile-size {tile}", "use a smaller --tile-size (or --batch-size)")
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
+    if out_path:
+        check_file_output(out_path)
     out = Path(out_path) if out_path else default_output(in_path, rank, world_size)
     check_not_input(out, [in_path])
     if out.is_dir():

@@ -117,8 +117,16 @@ def alpha_index(ds: rasterio.DatasetReader) -> int | None:
 
 
 def spectral_bands(ds: rasterio.DatasetReader) -> list[int]:
-    """1-based indexes of the bands that carry data: an alpha band is a mask, not a band."""
-    return [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+    """1-based indexes of the bands that carry data: an alpha band is a mask, not a band.
+
+    A raster whose only bands are alpha holds no data: refused here, for every reader.
+    """
+    bands = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+    if not bands:
+        raise GeotranslateError(
+            f"{ds.name}: has no data band (its {ds.count} band(s) are alpha, a mask)"
+        )
+    return bands
 
 
 def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) -> list[int]:
@@ -353,6 +361,19 @@ def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                 f"{display_path(out_path)}: {what} would overwrite the input "
                 f"{display_path(source)}; choose another name"
             )
+def check_file_output(path: str | os.PathLike) -> None:
+    """Refuse an output file named like a directory: ``newdir/`` or an existing directory.
+
+    ``Path("newdir/")`` drops the slash, so the check runs on the name as given.
+    """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        raise GeotranslateError(
+            f"{text}: ends with '/' (a directory) but names an output file; give the file's "
+            f"name, e.g. {text}NAME"
+        )
+    if Path(text).is_dir():
+        raise GeotranslateError(f"{text}: is a directory; give the output file's name")
 
 
 @contextlib.contextmanager
@@ -364,6 +385,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     With ``overwrite=False`` the promise holds against a concurrent run too: the result is
     linked to its name, which fails if the name appeared meanwhile.
     """
+    check_file_output(path)
     final = Path(path)
     if final.exists() and not overwrite:
         raise GeotranslateError(f"{final}: already exists (pass --overwrite to replace it)")
