@@ -28,6 +28,7 @@ from geotranslate.predict.pipeline import (
     run_pipeline,
 )
 from geotranslate.raster.io import atomic_path, open_raster, spectral_bands, verify_geotiff
+from geotranslate.raster.sources import parse_source
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -120,8 +121,9 @@ def predict_raster(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     autocast = partial(device_autocast, dev, precision)
-    in_path = Path(in_path)
-    with open_raster(in_path, allow_no_crs=True) as ds:
+    in_source = parse_source(in_path)  # a file, a URL, band files …: see raster/sources.py
+    in_path = in_source.name
+    with open_raster(in_source, allow_no_crs=True) as ds:
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, device=dev)
         generator = model.generator(direction)
@@ -154,8 +156,8 @@ def predict_raster(
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
-    out = Path(out_path) if out_path else default_output(in_path, rank, world_size)
-    if out.resolve() == in_path.resolve():
+    out = Path(out_path) if out_path else default_output(in_source, rank, world_size)
+    if in_source.local and out.resolve() == Path(in_path).resolve():
         raise GeotranslateError(f"{out}: output would overwrite the input")
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
@@ -167,7 +169,7 @@ def predict_raster(
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
     plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows)
     tags = {
-        "GEOTRANSLATE_SOURCE": in_path.name,
+        "GEOTRANSLATE_SOURCE": Path(in_path).name if in_source.local else in_path,
         "GEOTRANSLATE_DIRECTION": direction,
         "GEOTRANSLATE_DATASET_TYPE": model.dataset_type,
     }
