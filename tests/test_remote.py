@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
+from conftest import write_raster
 from servers import GDAL_TEST_ENV, range_server, s3_env, s3_server
 from test_predict import make_model
 
-from conftest import write_raster
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import open_raster, read_window
@@ -71,10 +71,11 @@ def _run(args: list[str], capsys) -> tuple[int, str, str]:
     return rc, captured.out, captured.err
 
 
-def _export_predict_evaluate(a: str, b: str, work: Path, model: Path, capsys) -> dict:
+def _export_predict_evaluate(a: str, b: str, work: Path, model: Path, capsys,
+                             tile: int = 64) -> dict:
     """The three commands on sources a and b; returns what they produced."""
     rc, _, err = _run(["export-tiles", a, "--b", b, "--out", str(work / "chips"),
-                       "--tile-size", "64", "--no-progress"], capsys)
+                       "--tile-size", str(tile), "--no-progress"], capsys)
     assert rc == 0, err
     rc, _, err = _run(["predict-raster", a, "--model", str(model), "--out",
                        str(work / "pred.tif"), "--window", "0,0,256,256", "--no-progress",
@@ -164,10 +165,12 @@ def test_export_predict_evaluate_from_s3_equal_local_files(scenes, bucket, tmp_p
                        range_b=(1000.0, 2000.0), dtype_b="uint16")
     (tmp_path / "local").mkdir()
     (tmp_path / "s3").mkdir()
+    # 128-px chips: with AWS variables set and boto3 installed, rasterio makes a boto3 session
+    # for every rasterio.Env (each chip written), about 20 ms each
     local = _export_predict_evaluate(str(scenes / "a.tif"), str(scenes / "b.tif"),
-                                     tmp_path / "local", model, capsys)
+                                     tmp_path / "local", model, capsys, tile=128)
     remote = _export_predict_evaluate("s3://scenes/s2/a.tif", "/vsis3/scenes/s2/b.tif",
-                                      tmp_path / "s3", model, capsys)
+                                      tmp_path / "s3", model, capsys, tile=128)
     assert remote["chips"].keys() == local["chips"].keys()
     for name, data in local["chips"].items():
         np.testing.assert_array_equal(remote["chips"][name], data, err_msg=name)
