@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import write_raster
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from servers import range_server
 from test_predict import make_model
 
-from conftest import write_raster
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import open_raster
