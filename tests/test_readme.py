@@ -8,10 +8,10 @@ set. A line naming something this test cannot provide fails, so a new README exa
 go untested.
 
 What is changed, and only for speed: ``train`` lines get ``--max-steps 1 --ngf 4 --ndf 4``
-(``--resume`` lines ``--max-steps 2`` only: the run's own networks); ``torchrun
---nproc_per_node 4`` runs one CPU process (``python -m torch.distributed.run``); every command
-gets ``--no-progress``/``--progress``-free runs where it has such an option. The documented
-flags keep their meaning.
+(``--resume`` lines ``--max-steps 2`` only: the run's own networks); a ``torchrun
+--nproc_per_node 4 -m geotranslate train …`` line runs its ``train …`` part in one process
+(tests/test_ddp.py runs torchrun itself with two CPU processes); export-tiles and
+predict-raster get ``--no-progress``. The documented flags keep their meaning.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -270,9 +268,6 @@ def _command(line: str, work: Path, ctx: dict, assets: dict) -> list[str]:
         expanded.append("--no-progress")
     if expanded[0] == "predict-raster" and "--model" not in expanded:
         _provide("runs/latest", work, ctx, assets, b2a)  # the default --model
-    if torchrun:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "1", "-m", "geotranslate", *expanded]
     return expanded
 
 
@@ -321,15 +316,8 @@ def test_readme_line_runs(line, assets, servers, tmp_path, monkeypatch, capsys):
         for path in servers["bucket_dir"].rglob("*.tif"):
             client.upload_file(str(path), "my-bucket",
                                str(path.relative_to(servers["bucket_dir"])))
-    if argv[0] == sys.executable:
-        result = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=300,
-                                env={**os.environ, "OMP_NUM_THREADS": "1",
-                                     "PYTHONPATH": str(ROOT)})
-        assert result.returncode == 0, result.stderr[-2000:]
-        rc, err = 0, result.stderr
-    else:
-        rc = cli_main(argv)
-        err = capsys.readouterr().err
+    rc = cli_main(argv)
+    err = capsys.readouterr().err
     assert rc == 0, f"{line}\n-> {argv}\n{err}"
     assert "error" not in err.lower(), err
     for i, token in enumerate(argv[:-1]):
