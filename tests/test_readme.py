@@ -353,3 +353,12 @@ def test_b_list_ends_at_the_next_option_and_may_repeat(tmp_path, monkeypatch):
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert [Path(p["b"][0]).name for p in meta["pairs"]] == ["b0.tif", "b1.tif", "b2.tif"]
     assert len(list((tmp_path / "c" / "train_b").glob("*.tif"))) == 3 * 16
+
+
+def test_title_takes_one_value_per_raster(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _sar(tmp_path / "s.tif", size=64)
+    _optical(tmp_path / "o.tif", size=64)
+    assert cli_main(["preview", "s.tif", "o.tif", "--title", "SAR", "optical", "--out",
+                     "p.png"]) == 0
+    assert (tmp_path / "p.png").exists()

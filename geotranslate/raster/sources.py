@@ -65,7 +65,7 @@ def parse_source(source: str | os.PathLike) -> RasterSource:
         parts = [p for p in text[len(STACK_PREFIX):].split(",") if p]
         if not parts:
             raise GeotranslateError(f"{text}: no band files after {STACK_PREFIX}")
-        return _stack_cached(text, tuple(parts), None)
+        return _stack(text, [single_source(p) for p in parts], None)
     stac = STAC_PATTERN.match(text)
     if stac:
         return _stac_cached(text, stac["item"], tuple(k for k in stac["keys"].split(",") if k))
@@ -131,11 +131,6 @@ def _stem_of(path: str) -> str:
 
 
 # ---- band files -> one multiband VRT ----------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _stack_cached(name: str, parts: tuple[str, ...], keys: tuple[str, ...] | None):
-    return _stack(name, [single_source(p) for p in parts], keys)
 
 
 def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None) -> RasterSource:
@@ -218,7 +213,7 @@ def _vrt_band(index, gdal_name, dtype, nodata, description, size, dst) -> str:
 # ---- STAC items --------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)  # an item is read once per process (predict opens twice)
 def _stac_cached(name: str, item_href: str, keys: tuple[str, ...]) -> RasterSource:
     import pystac
 
