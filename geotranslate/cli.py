@@ -152,6 +152,10 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
       geotranslate export-tiles s1_*.tif --b s2_*.tif --val-fraction 0.1
       geotranslate export-tiles dsm.tif --domain a --out chips   (then --domain b)
 
+    A raster is a file, a URL (https://, s3://), a GDAL name (/vsizip/..., /vsicurl/...),
+    band files (stack:B02.tif,B03.tif,B04.tif) or a STAC item with asset keys
+    (item.json:B04,B03,B02); the same holds for predict-raster, evaluate and preview.
+
     A raster smaller than the tile gives one chip padded with nodata (its padding counts as
     invalid pixels for --max-nodata). Complex and 64-bit integer rasters are refused (convert
     them first). An interrupted run keeps its complete chips: re-run it to finish.
@@ -303,6 +307,9 @@ def predict_raster_cmd(in_path, model_path, out_path, direction, tile_size, over
                        batch_size, device, precision, channels_last, cog, overwrite, window,
                        rank, world_size, progress) -> None:
     """Translate the raster IN with a trained model into a seamless GeoTIFF.
+
+    IN may be a file, a URL, a GDAL name, stack: band files or a STAC item (see export-tiles);
+    the default OUT of a remote IN is written in the working directory.
 
     The raster is streamed in overlapping tiles that are blended, so memory stays bounded
     whatever its size. To split a huge raster over several GPUs or machines, run the same

@@ -15,7 +15,7 @@ from pathlib import Path
 #: CPL_VSIL_CURL_ALLOWED_EXTENSIONS stays unset)
 GDAL_TEST_ENV = {
     "GDAL_HTTP_MAX_RETRY": "0",
-    "GDAL_HTTP_TIMEOUT": "3",
+    "GDAL_HTTP_TIMEOUT": "2",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
 }
 

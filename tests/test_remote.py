@@ -257,3 +257,28 @@ def test_source_names():
     assert parse_source("local/scene.tif").local
     with pytest.raises(GeotranslateError, match="no such file"):
         open_raster("missing_scene.tif")
+
+
+def test_aws_endpoint_url_becomes_gdal_settings_unless_the_user_gave_them():
+    from geotranslate.raster.sources import remote_config
+
+    assert remote_config({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}) == {
+        "AWS_S3_ENDPOINT": "127.0.0.1:9000", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
+    assert remote_config({"AWS_ENDPOINT_URL": "https://s3.example.org",
+                          "AWS_VIRTUAL_HOSTING": "TRUE"}) == {
+        "AWS_S3_ENDPOINT": "s3.example.org", "AWS_HTTPS": "YES"}
+    assert remote_config({"AWS_ENDPOINT_URL": "http://a:1", "AWS_S3_ENDPOINT": "b:2"}) == {}
+    assert remote_config({}) == {}
+
+
+def test_default_output_of_a_url_is_in_the_working_directory(scenes, tmp_path, monkeypatch,
+                                                             capsys):
+    model = make_model(tmp_path, bands_a=2, bands_b=3)
+    monkeypatch.chdir(tmp_path)
+    with range_server(scenes) as server:
+        rc, out, err = _run(["predict-raster", f"{server.url}/a.tif", "--model", str(model),
+                             "--window", "0,0,64,64", "--no-progress", "--device", "cpu"],
+                            capsys)
+    assert rc == 0, err
+    with rasterio.open(tmp_path / "a_translated.tif") as ds:
+        assert ds.shape == (64, 64) and ds.tags()["GEOTRANSLATE_SOURCE"] == f"{server.url}/a.tif"
