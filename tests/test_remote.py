@@ -282,3 +282,24 @@ def test_default_output_of_a_url_is_in_the_working_directory(scenes, tmp_path, m
     assert rc == 0, err
     with rasterio.open(tmp_path / "a_translated.tif") as ds:
         assert ds.shape == (64, 64) and ds.tags()["GEOTRANSLATE_SOURCE"] == f"{server.url}/a.tif"
+
+
+def test_vrt_file_over_served_files(scenes, tmp_path):
+    with range_server(scenes) as server:
+        a, b = f"{server.url}/a_plain.tif", f"{server.url}/b_plain.tif"
+        xml = (f'<VRTDataset rasterXSize="{SIZE}" rasterYSize="{SIZE}">'
+               f"{_vrt_band(1, '/vsicurl/' + a, 1, 'Float32')}"
+               f"{_vrt_band(2, '/vsicurl/' + b, 3, 'Float32')}</VRTDataset>")
+        (tmp_path / "mix.vrt").write_text(xml)
+        with open_raster(tmp_path / "mix.vrt", allow_no_crs=True) as ds, \
+                rasterio.open(scenes / "a_plain.tif") as da, \
+                rasterio.open(scenes / "b_plain.tif") as db:
+            np.testing.assert_array_equal(ds.read(1), da.read(1))
+            np.testing.assert_array_equal(ds.read(2), db.read(3).astype("float32"))
+        assert server.bytes_served["b_plain.tif"] > 0
+
+
+def _vrt_band(index: int, name: str, band: int, dtype: str) -> str:
+    return (f'<VRTRasterBand dataType="{dtype}" band="{index}"><SimpleSource>'
+            f"<SourceFilename>{name}</SourceFilename><SourceBand>{band}</SourceBand>"
+            "</SimpleSource></VRTRasterBand>")
