@@ -164,3 +164,27 @@ def test_stac_item_assets_stack_like_band_files(band_files, tmp_path, capsys):
         assert rc == 1 and err.count("\n") == 1 and "no asset 'B8A'" in err, err
     with pytest.raises(GeotranslateError, match="no such file"):
         open_raster(f"{tmp_path / 'none.json'}:B04")
+
+
+def test_bigearthnet_band_files_export_like_the_stacked_pair(real_data, tmp_path, capsys):
+    """pairs_stacked/ holds lossless stacks of the same band files: the chips must match."""
+    s1 = real_data / "bigearthnet" / "S1" / "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"
+    s2 = real_data / "bigearthnet" / "S2" / "S2A_MSIL2A_20170613T101031_87_48"
+    stacked = real_data / "bigearthnet" / "pairs_stacked"
+    a = "stack:" + ",".join(str(next(s1.glob(f"*_{b}.tif"))) for b in ["VV", "VH"])
+    b = "stack:" + ",".join(str(next(s2.glob(f"*_{n}.tif"))) for n in ["B02", "B03", "B04", "B08"])
+    runs = {
+        "bands": [a, "--b", b],
+        "stacked": [str(stacked / "20170613_33UUP_87_48_S1_VV_VH.tif"), "--b",
+                    str(stacked / "20170613_33UUP_87_48_S2_B02_B03_B04_B08.tif")],
+    }
+    chips = {}
+    for label, args in runs.items():
+        out = tmp_path / label
+        assert cli_main(["export-tiles", *args, "--out", str(out), "--tile-size", "40",
+                         "--no-progress"]) == 0, capsys.readouterr().err
+        chips[label] = [rasterio.open(p).read() for d in ("train_a", "train_b")
+                        for p in sorted((out / d).iterdir())]
+    assert len(chips["bands"]) == len(chips["stacked"]) == 2 * 9
+    for x, y in zip(chips["bands"], chips["stacked"], strict=True):
+        np.testing.assert_array_equal(x, y)
