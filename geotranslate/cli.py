@@ -22,6 +22,47 @@ from geotranslate.raster.warp import RESAMPLING_NAMES
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
+class ListOptionsCommand(click.Command):
+    """A command whose list options take every value that follows them, up to the next option.
+
+    ``export-tiles s1_*.tif --b s2_*.tif`` gives all the shell's B files to ``--b``: click
+    options take one value each, so the arguments are rewritten to ``--b X --b Y`` before
+    click parses them. Repeating the option keeps working; ``--`` ends the list.
+    """
+
+    list_options: tuple[str, ...] = ()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_list_options(args, self.list_options))
+
+
+def expand_list_options(args: list[str], names: tuple[str, ...]) -> list[str]:
+    """``[--b, x, y, --out, d]`` -> ``[--b, x, --b, y, --out, d]`` for the options ``names``."""
+    out: list[str] = []
+    current: str | None = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            return out
+        if arg.startswith("-") and arg != "-":
+            current = arg if arg in names else None
+            if current is None:
+                out.append(arg)
+            continue
+        if current is not None:
+            out.extend([current, arg])
+        else:
+            out.append(arg)
+    if current is not None:  # "--b" with no value: let click say so
+        out.append(current)
+    return out
+
+
+def list_command(*names: str) -> type[ListOptionsCommand]:
+    """A :class:`ListOptionsCommand` class whose options ``names`` take many values."""
+    return type("ListCommand", (ListOptionsCommand,), {"list_options": names})
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="geotranslate")
 def cli() -> None:
@@ -103,10 +144,11 @@ def _printable(message: str) -> str:
 # ---- export-tiles (geotranslate/export.py) --------------------------------------------------
 
 
-@cli.command("export-tiles")
+@cli.command("export-tiles", cls=list_command("--b"))
 @click.argument("a_rasters", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--b", "b_rasters", multiple=True, type=click.Path(path_type=str),
-              help="Domain-B raster (repeat for several scenes: --b B1.tif --b B2.tif).")
+              help="Domain-B rasters: every raster after --b up to the next option "
+                   "(--b s2_*.tif), or --b repeated.")
 @click.option("--out", "out_dir", default="chips", type=click.Path(path_type=str),
               help="Output directory; a run into an existing one adds to it.")
 @click.option("--tile-size", default=256, type=int, help="Chip width and height in pixels.")
@@ -147,6 +189,10 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
       geotranslate export-tiles sar.tif --b optical.tif --out chips
       geotranslate export-tiles s1_*.tif --b s2_*.tif --val-fraction 0.1
       geotranslate export-tiles dsm.tif --domain a --out chips   (then --domain b)
+
+    A raster is a file, a URL (https://, s3://), a GDAL name (/vsizip/..., /vsicurl/...),
+    band files (stack:B02.tif,B03.tif,B04.tif) or a STAC item with asset keys
+    (item.json:B04,B03,B02); the same holds for predict-raster, evaluate and preview.
 
     A raster smaller than the tile gives one chip padded with nodata (its padding counts as
     invalid pixels for --max-nodata). Complex and 64-bit integer rasters are refused (convert
@@ -300,6 +346,9 @@ def predict_raster_cmd(in_path, model_path, out_path, direction, tile_size, over
                        rank, world_size, progress) -> None:
     """Translate the raster IN with a trained model into a seamless GeoTIFF.
 
+    IN may be a file, a URL, a GDAL name, stack: band files or a STAC item (see export-tiles);
+    the default OUT of a remote IN is written in the working directory.
+
     The raster is streamed in overlapping tiles that are blended, so memory stays bounded
     whatever its size. To split a huge raster over several GPUs or machines, run the same
     command with --rank 0..N-1 --world-size N, one process each, and join the parts:
@@ -413,7 +462,7 @@ def evaluate_command(
         click.echo(f"wrote {json_path}")
 
 
-@cli.command("preview")
+@cli.command("preview", cls=list_command("--title"))
 @click.argument("rasters", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_png", default="preview.png", type=click.Path(),
               help="PNG to write (panels side by side).")
@@ -426,7 +475,8 @@ def evaluate_command(
               help="Longest side of each panel in pixels (larger rasters are decimated).")
 @click.option("--columns", type=int, help="Panels per row (default: all in one row).")
 @click.option("--title", "titles", multiple=True,
-              help="Panel title, once per raster (default: file names).")
+              help="Panel titles, one per raster (--title SAR translated optical) "
+                   "[default: file names].")
 @click.option("--db", is_flag=True, help="Show 10*log10 of the values (linear SAR power).")
 def preview_command(
     rasters: tuple[str, ...],

@@ -43,8 +43,10 @@ from geotranslate.raster.io import (
     parse_bands,
     raster_info,
     read_window,
+    source_of,
     write_failed,
 )
+from geotranslate.raster.sources import parse_source
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
@@ -455,7 +457,7 @@ def _domain_meta(datasets, bands: list[int]) -> dict:
         if crs not in crss:
             crss.append(crs)
     return {
-        "sources": [str(Path(ds.name).resolve()) for ds in datasets],
+        "sources": [source_of(ds).record() for ds in datasets],
         "bands": list(bands),
         "band_count": len(bands),
         "dtype": info.dtype,
@@ -471,7 +473,7 @@ def _check_stems(datasets: dict[str, list]) -> None:
     for dss in datasets.values():
         seen: dict[str, str] = {}
         for ds in dss:
-            stem = Path(ds.name).stem
+            stem = source_of(ds).stem
             if stem in seen and seen[stem] != ds.name:
                 raise GeotranslateError(
                     f"{ds.name}: same file name stem as {seen[stem]}; chip names would collide "
@@ -554,7 +556,7 @@ def _grid_of(ds, tile_size: int) -> Grid:
 def _job(ds, grid: Grid, readers: dict[str, Reader], sources: dict[str, str],
          stats_only: bool = False) -> _Job:
     """A tiling of ``ds`` on ``grid`` (its own, or padded up to one tile)."""
-    return _Job(Path(ds.name).stem, grid, ds.height, ds.width, readers, sources, stats_only)
+    return _Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, stats_only)
 
 
 def _direct_reader(ds, bands: list[int], grid: Grid) -> Reader:
@@ -580,8 +582,8 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
             jobs.append(_job(a_ds, grid, readers, sources))
             pairs_new.append(
                 {
-                    "a": str(Path(a_ds.name).resolve()),
-                    "b": [str(Path(ds.name).resolve()) for ds in b_dss],
+                    "a": source_of(a_ds).record(),
+                    "b": [source_of(ds).record() for ds in b_dss],
                 }
             )
         return jobs
@@ -604,7 +606,7 @@ def _stats_only_jobs(
         if old is None:
             continue
         if mode == "paired" and d == "b":
-            current_pairs = {str(Path(ds.name).resolve()) for ds in datasets.get("a", [])}
+            current_pairs = {source_of(ds).record() for ds in datasets.get("a", [])}
             todo = [p for p in meta_old.get("pairs", []) if p["a"] not in current_pairs]
             for pair in todo:
                 a_ds = stack.enter_context(_open_old(pair["a"], allow_no_crs))
@@ -614,7 +616,7 @@ def _stats_only_jobs(
                 stack.callback(reader.close)
                 jobs.append(_job(a_ds, grid, {"b": reader.read}, {}, stats_only=True))
             continue
-        current = {str(Path(ds.name).resolve()) for ds in datasets[d]}
+        current = {source_of(ds).record() for ds in datasets[d]}
         for path in old["sources"]:
             if path in current:
                 continue
@@ -626,7 +628,7 @@ def _stats_only_jobs(
 
 
 def _open_old(path: str, allow_no_crs: bool):
-    if not Path(path).exists():
+    if parse_source(path).local and not Path(path).exists():
         raise GeotranslateError(
             f"{path}: listed in meta.json as a source but missing; its statistics cannot be "
             "recomputed (restore it or use another --out)"

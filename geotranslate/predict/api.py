@@ -37,6 +37,7 @@ from geotranslate.raster.io import (
     temp_path,
     verify_geotiff,
 )
+from geotranslate.raster.sources import parse_source
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -143,8 +144,9 @@ def predict_raster(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     autocast = partial(device_autocast, dev, precision)
-    in_path = Path(in_path)
-    with open_raster(in_path, allow_no_crs=True) as ds:
+    in_source = parse_source(in_path)  # a file, a URL, band files …: see raster/sources.py
+    in_path = in_source.name
+    with open_raster(in_source, allow_no_crs=True) as ds:
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, device=dev)
         generator = model.generator(direction)
@@ -181,8 +183,9 @@ def predict_raster(
         profile = output_profile(ds, region, target, nodata, cog)
     if out_path:
         check_file_output(out_path)
-    out = Path(out_path) if out_path else default_output(in_path, rank, world_size)
-    check_not_input(out, [in_path])
+    out = Path(out_path) if out_path else default_output(in_source, rank, world_size)
+    if in_source.local:
+        check_not_input(out, [in_source.gdal_name])
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
 
@@ -193,7 +196,7 @@ def predict_raster(
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
     plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows)
     tags = {
-        "GEOTRANSLATE_SOURCE": in_path.name,
+        "GEOTRANSLATE_SOURCE": Path(in_path).name if in_source.local else in_path,
         "GEOTRANSLATE_DIRECTION": direction,
         "GEOTRANSLATE_DATASET_TYPE": model.dataset_type,
     }
