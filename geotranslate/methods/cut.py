@@ -93,9 +93,9 @@ class CUT(Method):
         """PatchNCE between ``source`` (an input of g_ab) and ``target`` (its output)."""
         g = unwrap(self.run_nets["g_ab"])
         heads = self.run_nets["f_ab"]
-        if target_is_b and "e_b" in self.run_nets:
-            target = self.run_nets["e_b"](target)
         with self.autocast():
+            if target_is_b and "e_b" in self.run_nets:
+                target = self.run_nets["e_b"](target)
             with torch.no_grad():  # PatchNCE detaches the keys: no graph needed for them
                 feat_k = encoder_features(g, source, self.nce_layers)
                 keys, ids = heads(feat_k, self.num_patches, valid=valid)

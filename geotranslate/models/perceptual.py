@@ -1,8 +1,8 @@
 """pix2pixHD's perceptual loss on VGG19 features, from a weights file the user supplies.
 
 Pretrained VGG weights cannot be downloaded here, so :func:`load_vgg19_features` builds
-``torchvision.models.vgg19(weights=None)`` and fills it from a local file: safetensors, or a
-torch state_dict read with ``torch.load(weights_only=True)`` (never unpickled). Keys may be
+``torchvision.models.vgg19(weights=None).features`` and fills it from a local file:
+safetensors, or a torch state_dict read with ``torch.load(weights_only=True)`` (never unpickled). Keys may be
 those of the whole VGG19 (``features.0.weight`` ...) or of its ``features`` part alone.
 """
 
@@ -24,7 +24,7 @@ VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
 def load_vgg19_features(path: str | Path) -> nn.Sequential:
     """``vgg19().features`` with the weights in ``path``, or one clear error naming the file."""
-    from torchvision.models import vgg19
+    from torchvision.models.vgg import cfgs, make_layers
 
     path = Path(path)
     if not path.is_file():
@@ -41,7 +41,7 @@ def load_vgg19_features(path: str | Path) -> nn.Sequential:
             from None
     if not isinstance(state, dict):
         raise GeotranslateError(f"{path}: expected a VGG19 state_dict, got {type(state).__name__}")
-    features = vgg19(weights=None).features
+    features = make_layers(cfgs["E"])  # vgg19(weights=None).features, without the classifier
     prefix = "features."
     if any(str(k).startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
