@@ -2,8 +2,9 @@
 
 Pretrained VGG weights cannot be downloaded here, so :func:`load_vgg19_features` builds
 ``torchvision.models.vgg19(weights=None).features`` and fills it from a local file:
-safetensors, or a torch state_dict read with ``torch.load(weights_only=True)`` (never unpickled). Keys may be
-those of the whole VGG19 (``features.0.weight`` ...) or of its ``features`` part alone.
+safetensors, or a torch state_dict read with ``torch.load(weights_only=True)`` (never
+unpickled). Keys may be those of the whole VGG19 (``features.0.weight`` ...) or of its
+``features`` part alone.
 """
 
 from __future__ import annotations
