@@ -320,3 +320,49 @@ def test_vgg_loss_loads_user_weights_and_fails_clearly_without(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(GeotranslateError, match="junk.pth: not a readable VGG19 weights file"):
         load_vgg19_features(tmp_path / "junk.pth")
+
+
+# -- the draft loop ---------------------------------------------------------------------------
+
+class ListRun:
+    """The smallest run the draft loop accepts: batches from a list, records what it is told."""
+
+    def __init__(self, batches, total_epochs, max_steps=None):
+        self.data, self.total_epochs, self.max_steps = batches, total_epochs, max_steps
+        self.batches_per_epoch = len(batches)
+        self.epoch = self.epoch_batch = self.iteration = 0
+        self.logged, self.epochs_ended, self.finished = [], [], False
+
+    def batches(self, epoch, start_batch):
+        return iter(self.data[start_batch:])
+
+    def log_step(self, losses):
+        self.logged.append((self.epoch, self.iteration, losses))
+
+    def step_done(self):
+        pass
+
+    def should_stop(self):
+        return self.max_steps is not None and self.iteration >= self.max_steps
+
+    def end_epoch(self):
+        self.epochs_ended.append(self.epoch)
+
+    def finish(self, method):
+        self.finished = True
+
+
+def test_draft_loop_steps_epochs_and_stops_mid_epoch():
+    from geotranslate.train.loop import train_loop
+
+    batches = [make_batch(2, 3, n=1, seed=s) for s in range(3)]
+    method = build_method("Pix2PixHD", config("Pix2PixHD"), {"a": 2, "b": 3}, 32)
+    run = ListRun(batches, total_epochs=2, max_steps=4)
+    train_loop(method, run)
+    assert (run.epoch, run.epoch_batch, run.iteration) == (1, 1, 4) and run.finished
+    assert run.epochs_ended == [1]  # the first epoch ended; the second was stopped at batch 1
+    assert [it for _, it, _ in run.logged] == [1, 2, 3, 4]
+    assert set(run.logged[0][2]) == set(method.loss_names())
+    run = ListRun(batches, total_epochs=2, max_steps=3)  # a stop at an epoch's end ends it
+    train_loop(method, run)
+    assert (run.epoch, run.epoch_batch, run.epochs_ended) == (1, 0, [1])
