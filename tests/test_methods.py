@@ -366,3 +366,23 @@ def test_draft_loop_steps_epochs_and_stops_mid_epoch():
     run = ListRun(batches, total_epochs=2, max_steps=3)  # a stop at an epoch's end ends it
     train_loop(method, run)
     assert (run.epoch, run.epoch_batch, run.epochs_ended) == (1, 0, [1])
+
+
+@pytest.mark.parametrize(("name", "bands"), [("FastCUT", (2, 4)), ("Pix2PixHD", (2, 3))])
+def test_model_file_holds_the_new_methods_generator(name, bands, tmp_path):
+    from geotranslate.modelfile import DomainSpec, TranslationModel, load_model, save_model
+    from geotranslate.stats import Normalizer
+
+    method = build_method(name, config(name), dict(zip("ab", bands, strict=True)), 32)
+    batch = make_batch(*bands, paired=False)
+    method.step(batch)
+    domains = {d: DomainSpec(n, "float32", [None] * n, None,
+                             Normalizer("minmax", (0.0,) * n, (1.0,) * n))
+               for d, n in zip("ab", bands, strict=True)}
+    save_model(TranslationModel(name, method.generators(), method.generator_specs, domains, 32),
+               tmp_path)
+    model = load_model(tmp_path)
+    assert model.dataset_type == name and set(model.generators) == {"a2b"}
+    with torch.no_grad():
+        out = model.generator("a2b").eval()(batch["a"])
+    assert torch.equal(out, method.translate("a2b", batch["a"]))  # no e_b, f_ab, d_b needed
