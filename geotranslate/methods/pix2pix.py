@@ -16,6 +16,7 @@ class Pix2Pix(Method):
     name = "Pix2Pix"
     directions = ("a2b",)
     paired = True
+    DEFAULTS = {"lambda_l1": 100.0}
 
     def build_networks(self) -> dict[str, nn.Module]:
         g_ab = self.generator(self.bands["a"], self.bands["b"])
@@ -45,7 +46,7 @@ class Pix2Pix(Method):
         with self.autocast():
             pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
         loss_gan = self.gan_loss(pred_fake, True, for_discriminator=False)
-        loss_l1 = masked_l1(fake_b, real_b, valid) * c.lambda_l1
+        loss_l1 = masked_l1(fake_b, real_b, valid) * self.option("lambda_l1")
         loss_g = loss_gan + loss_l1
         losses = {"d_b": loss_d, "g_ab_gan": loss_gan, "g_ab_l1": loss_l1}
         if c.lambda_tv > 0:
