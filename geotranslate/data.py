@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import open_raster, read_window, spectral_bands
-from geotranslate.stats import Normalizer, stats_from_dict
+from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
 
 META_NAME = "meta.json"
 CHIP_SUFFIXES = (".tif", ".tiff")
@@ -91,7 +91,7 @@ class ChipDataset(Dataset):
         split: str = "train",
         *,
         paired: bool,
-        norm_method: str = "percentile",
+        norm_method: str = DEFAULT_NORM_METHOD,
         crop_size: int | None = None,
         augment: bool = True,
         random_crop: bool = True,
