@@ -27,9 +27,11 @@ Tasks (a task whose data is absent is skipped):
 * ``dsm_ortho``: drone DSM (0.25 m) -> RGB ortho mosaic; test on the middle of the east
   quarter.
 
-Expected run time on 2 free CPU cores at the default budget (300 iterations): about 2-4
-minutes per task, 15-20 minutes for all five. Everything temporary goes to one temporary
-directory, removed at the end (``--keep`` keeps it and prints where).
+Expected run time on 2 free CPU cores at the default budget (100 iterations; the default
+U-Net, ngf 64, takes about 2 CPU-core seconds per iteration on 128 px chips): about 3-4
+minutes per task, 15-20 minutes for all five. The figures depend only on the budget, not on
+the machine's load; the wall and CPU times are reported next to them. Everything temporary
+goes to one temporary directory, removed at the end (``--keep`` keeps it and prints where).
 
     nice -n 5 python tools/bench_quality.py                      # all tasks, default budget
     nice -n 5 python tools/bench_quality.py --tasks hillshade --budget 100 --out table.md
@@ -53,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 REAL = Path(os.environ.get("GEOTRANSLATE_REAL_DATA", "/work/shared/data/real"))
-DEFAULT_BUDGET = 300
+DEFAULT_BUDGET = 100
 NODATA_SHADE = 0
 
 
@@ -403,8 +405,8 @@ def _parse_set(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Expected time on 2 free CPU cores at the default budget: 2-4 min per task, "
-               "15-20 min for all.",
+        epilog="Expected time on 2 free CPU cores at the default budget: 3-4 min per task, "
+               "15-20 min for all five.",
     )
     parser.add_argument("--tasks", default=",".join(TASKS),
                         help=f"comma-separated, from {', '.join(TASKS)} (default: all)")
