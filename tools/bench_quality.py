@@ -27,9 +27,9 @@ Tasks (a task whose data is absent is skipped):
 * ``dsm_ortho``: drone DSM (0.25 m) -> RGB ortho mosaic; test on the middle of the east
   quarter.
 
-Expected run time on 2 free CPU cores at the default budget (100 iterations; the default
-U-Net, ngf 64, takes about 2 CPU-core seconds per iteration on 128 px chips): about 3-4
-minutes per task, 15-20 minutes for all five. The figures depend only on the budget, not on
+Expected run time on 2 free CPU cores at the default budget (200 iterations; the default
+Pix2Pix, U-Net ngf 64, takes about 1 CPU-core second per iteration on 128 px chips): about
+3-4 minutes per task, 15-20 minutes for all five. The figures depend only on the budget, not on
 the machine's load; the wall and CPU times are reported next to them. Everything temporary
 goes to one temporary directory, removed at the end (``--keep`` keeps it and prints where).
 
@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 REAL = Path(os.environ.get("GEOTRANSLATE_REAL_DATA", "/work/shared/data/real"))
-DEFAULT_BUDGET = 100
+DEFAULT_BUDGET = 200
 NODATA_SHADE = 0
 
 
