@@ -11,7 +11,8 @@ from crops that exclude it), then
 4. metrics (``geotranslate.metrics.compute_metrics``, what ``evaluate`` uses) of the model,
    of the flat baseline (the mean target of the training area as a flat image) and of the
    untrained model (same network, initial weights) against the held-out truth, over the same
-   pixels and with the same data range (the model's target normalization range).
+   pixels and with the same data range (the training target's min-max, from meta.json, so
+   figures of runs with different settings compare).
 
 Tile dependence is the mean |prediction at tile 128 - at tile 256| in 8-bit units of that
 range (255 * difference / range).
@@ -302,10 +303,10 @@ def default_overrides() -> dict:
 
 
 def run_task(task: Task, work: Path, budget: int, overrides: dict, log) -> dict:
-    from geotranslate import load_model
     from geotranslate.export import export_tiles
     from geotranslate.metrics import compute_metrics
     from geotranslate.predict import predict_raster
+    from geotranslate.stats import stats_from_dict
     from geotranslate.train import TrainConfig, train
 
     prep = task.prepare(work / "data")
@@ -323,9 +324,10 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log) -> dict:
     run = train(config)
     train_seconds = time.perf_counter() - t1
     train_cpu_seconds = time.process_time() - cpu1
-    model = load_model(run)
-    norm_b = model.domains["b"].normalizer
-    data_range = np.array(norm_b.high) - np.array(norm_b.low)
+    # the data range: the training target's min-max, whatever the settings compared
+    meta = json.loads((work / "chips" / "meta.json").read_text())
+    target_stats = stats_from_dict(meta["domains"]["b"]["stats"])
+    data_range = np.array([max(s.max - s.min, 1e-12) for s in target_stats])
 
     test_a, test_b = prep.test
     preds = {}
