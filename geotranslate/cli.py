@@ -254,9 +254,10 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
 @click.option("--max-steps", type=int, help="Stop after this many iterations in total.")
 @click.option("--crop-size", type=int, help="Random crops of this size  [default: whole chips]")
 @click.option("--augment/--no-augment", default=True, help="Random flips and 90° rotations.")
-@click.option("--norm-method", type=click.Choice(["percentile", "minmax", "meanstd"]),
-              default="percentile", help="Band scaling to [-1, 1] from meta.json statistics "
-              "(percentile: 2nd-98th percentile range, clipped).")
+@click.option("--norm-method", type=click.Choice(["robust", "percentile", "minmax", "meanstd"]),
+              default="robust", help="Band scaling to [-1, 1] from meta.json statistics "
+              "(robust: min-max, clipped only at far outliers beyond the 0.1/99.9th "
+              "percentiles; percentile: 2nd-98th percentile range, clipped).")
 @click.option("--cache/--no-cache", default=None,
               help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
 @click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 when "

@@ -21,7 +21,7 @@ from geotranslate import schema as sc
 from geotranslate.dirlock import LOCK_NAME, lock_state
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import open_raster, read_window, spectral_bands
-from geotranslate.stats import Normalizer, stats_from_dict
+from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
 
 META_NAME = "meta.json"
 CHIP_SUFFIXES = (".tif", ".tiff")
@@ -131,7 +131,7 @@ class ChipDataset(Dataset):
         split: str = "train",
         *,
         paired: bool,
-        norm_method: str = "percentile",
+        norm_method: str = DEFAULT_NORM_METHOD,
         crop_size: int | None = None,
         augment: bool = True,
         random_crop: bool = True,
