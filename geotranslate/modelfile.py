@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.methods import METHODS
 from geotranslate.raster.io import atomic_path, write_failed
 from geotranslate.stats import NORM_METHODS, Normalizer
 
@@ -42,7 +43,7 @@ _DOMAIN = sc.Obj(
 )
 #: what load_model needs of model.json (other keys are allowed: newer optional fields)
 MODEL_SCHEMA = sc.Obj(
-    {"dataset_type": sc.Str(("Pix2Pix", "CycleGAN")),
+    {"dataset_type": sc.Str(tuple(METHODS)),
      "generators": sc.Map(sc.Obj({"arch": sc.Str(), "in_channels": sc.Int(min=1),
                                   "out_channels": sc.Int(min=1)},
                                  optional={"kwargs": sc.Obj()}),
@@ -88,7 +89,7 @@ class DomainSpec:
 class TranslationModel:
     """Generators by direction plus what is needed to feed them rasters and decode their output."""
 
-    dataset_type: str  # "Pix2Pix" or "CycleGAN"
+    dataset_type: str  # a key of geotranslate.methods.METHODS
     generators: dict[str, torch.nn.Module]  # "a2b" -> g_ab, "b2a" -> g_ba
     generator_specs: dict[str, dict]  # direction -> GeneratorSpec.to_dict()
     domains: dict[str, DomainSpec]  # "a", "b"
