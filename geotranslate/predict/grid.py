@@ -31,6 +31,20 @@ class Strip:
     finish: tuple[int, int]  # output rows final after this strip
 
 
+def default_overlap(tile: int, receptive_field: int, stride: int = 1) -> int:
+    """The overlap ``predict-raster`` uses unless told: enough context for the generator.
+
+    The receptive field (so pixels with more than a small blending weight see their whole
+    field, not the padding beyond the tile),
+    at least a quarter of the tile and at most half of it; rounded up to a multiple of the
+    generator's total ``stride`` when that stays within half the tile, so tiles start on the
+    stride lattice and see the scene with the same phase.
+    """
+    want = min(max(tile // 4, receptive_field), tile // 2)
+    aligned = math.ceil(want / stride) * stride
+    return aligned if aligned <= tile // 2 else want
+
+
 def plan_strips(
     height: int,
     width: int,
