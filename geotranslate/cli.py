@@ -309,6 +309,9 @@ def _parse_data_range_option(text: str | None) -> list[float] | None:
               help="Chip mode: translation direction (b2a needs a CycleGAN model).")
 @click.option("--device", default="auto", help="Chip mode: torch device (auto, cpu, cuda, cuda:1).")
 @click.option("--batch-size", type=int, default=8, help="Chip mode: chips per forward pass.")
+@click.option("--norm-stats", type=click.Choice(["scene", "tile"]), default="scene",
+              help="Chip mode: instance-norm statistics of a sample of the split's chips, as "
+              "predict-raster uses them (scene), or of each chip (tile).")
 @click.option("--resampling", type=click.Choice(RESAMPLING_NAMES),
               default="bilinear", help="Raster mode: how REF is warped onto PRED's grid.")
 @click.option("--data-range", "data_range",
@@ -326,6 +329,7 @@ def evaluate_command(
     direction: str,
     device: str,
     batch_size: int,
+    norm_stats: str,
     resampling: str,
     data_range: str | None,
     allow_no_crs: bool,
@@ -347,7 +351,7 @@ def evaluate_command(
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
         report = evaluate_chips(
             model_path, data_dir, split, direction, device=device, batch_size=batch_size,
-            data_range=ranges, progress=True,
+            data_range=ranges, progress=True, norm_stats=norm_stats,
         )
     else:
         if len(rasters) != 2:
