@@ -186,7 +186,8 @@ def predict_raster(
     if use_channels_last:
         generator = generator.to(memory_format=torch.channels_last)
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
-    plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows)
+    plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows,
+                       align=divisor)
     tags = {
         "GEOTRANSLATE_SOURCE": in_path.name,
         "GEOTRANSLATE_DIRECTION": direction,
