@@ -75,11 +75,14 @@ def scene(tmp: Path) -> tuple[Path, Path, Path, Path, str]:
     return (*paths, name)
 
 
-def train_model(tmp: Path, chips: Path, dataset_type: str, norm: str, steps: int) -> Path:
+def train_model(tmp: Path, chips: Path, model_type: str, norm: str, steps: int) -> Path:
+    """Train ``model_type`` ("Pix2Pix", "CycleGAN" or e.g. "Pix2Pix:resnet") with ``norm``."""
     from geotranslate.train import TrainConfig, train
 
+    dataset_type, _, generator = model_type.partition(":")
     config = TrainConfig(
-        dataset_type=dataset_type, data_dir=str(chips), out=str(tmp / f"{dataset_type}-{norm}"),
+        dataset_type=dataset_type, generator=generator or None, data_dir=str(chips),
+        out=str(tmp / f"{model_type.replace(':', '-')}-{norm}"),
         ngf=16, ndf=16, net_norm=norm, batch_size=8, max_steps=steps, augment=False,
         norm_method="minmax", device="cpu", preview=False, progress=False, tensorboard=False,
     )
@@ -137,25 +140,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=300, help="training iterations per model")
     parser.add_argument("--norms", nargs="+", default=["instance"],
                         help="network normalizations to train (instance, batch, none)")
-    parser.add_argument("--types", nargs="+", default=["Pix2Pix", "CycleGAN"])
+    parser.add_argument("--types", nargs="+", default=["Pix2Pix", "CycleGAN"],
+                        help="model types, optionally with a generator: Pix2Pix:resnet")
     parser.add_argument("--chip", type=int, default=64, help="training chip size")
     parser.add_argument("--time-raster", type=int, default=1024,
                         help="raster side actually predicted for the timing")
     parser.add_argument("--time-size", type=int, default=4096,
                         help="raster side the timing is reported for (scaled by area)")
+    parser.add_argument("--work", type=Path,
+                        help="keep data and trained runs here and reuse them (default: a "
+                        "temporary folder, removed)")
     args = parser.parse_args(argv)
     import torch
 
     from geotranslate.export import export_tiles
 
     torch.set_num_threads(2)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
+        tmp = args.work or Path(tmp_name)
+        tmp.mkdir(parents=True, exist_ok=True)
         train_a, train_b, test_a, test_b, name = scene(tmp)
         print(f"data: {name}", flush=True)
-        export_tiles([train_a], [train_b], tmp / "chips", tile_size=args.chip,
-                     val_fraction=0.1, progress=False)
+        if not (tmp / "chips" / "meta.json").exists():
+            export_tiles([train_a], [train_b], tmp / "chips", tile_size=args.chip,
+                         val_fraction=0.1, progress=False)
         import rasterio
 
         with rasterio.open(test_b) as ds:
@@ -165,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         for dataset_type in args.types:
             for norm in args.norms:
                 started = time.perf_counter()
-                run = train_model(tmp, tmp / "chips", dataset_type, norm, args.steps)
+                run = tmp / f"{dataset_type.replace(':', '-')}-{norm}"
+                if not (run / "model.json").exists():
+                    run = train_model(tmp, tmp / "chips", dataset_type, norm, args.steps)
                 train_s = time.perf_counter() - started
                 row = {"model": dataset_type, "net_norm": norm, "train_s": round(train_s, 1),
                        "flat_psnr": round(flat, 2)}
@@ -177,7 +187,6 @@ def main(argv: list[str] | None = None) -> None:
                     row[f"{mode}:mae"] = round(float(np.abs(out[256] - truth).mean()), 2)
                     row[f"{mode}:psnr"] = round(psnr(out[256], truth), 2)
                 print(json.dumps(row), flush=True)
-                rows.append(row)
                 if timing is None and norm == "instance":
                     timing = time_stats_pass(run, args.time_raster, args.time_size)
                     timing["model"] = dataset_type
