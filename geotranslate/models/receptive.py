@@ -35,35 +35,28 @@ def _pair(value) -> tuple[int, int]:
 def receptive_field(net: nn.Module, in_channels: int | None = None) -> int:
     """Side in input pixels of the square of inputs that one output pixel of ``net`` depends on.
 
-    ``in_channels`` defaults to ``net.in_channels``. The probe runs on the meta device (no
-    memory, no compute) when the network's layers support it, else on a CPU copy.
+    ``in_channels`` defaults to ``net.in_channels``. The probe is one forward pass of a CPU
+    copy over the smallest input the network takes (64 px, or twice its total stride).
     """
     from geotranslate.models import unwrap
 
     net = unwrap(net)
     channels = int(in_channels or net.in_channels)
     stride = int(getattr(net, "total_stride", 1))
-    size = max(256, 8 * stride)
+    size = max(64, 2 * stride)
     records: list[tuple[nn.Module, int]] = []
 
     def hook(module, inputs, _output):
         records.append((module, int(inputs[0].shape[-1])))
 
-    for device in ("meta", "cpu"):
-        probe = copy.deepcopy(net).to(device).eval()
-        handles = [m.register_forward_hook(hook) for m in probe.modules()
-                   if isinstance(m, _LAYERS)]
-        records.clear()
-        try:
-            with torch.no_grad():
-                probe(torch.zeros(1, channels, size, size, device=device))
-            break
-        except (NotImplementedError, RuntimeError):
-            if device == "cpu":
-                raise
-        finally:
-            for handle in handles:
-                handle.remove()
+    probe = copy.deepcopy(net).to("cpu").float().eval()
+    handles = [m.register_forward_hook(hook) for m in probe.modules() if isinstance(m, _LAYERS)]
+    try:
+        with torch.no_grad():
+            probe(torch.zeros(1, channels, size, size))
+    finally:
+        for handle in handles:
+            handle.remove()
     field = 1.0
     for module, width in records:
         jump = 2.0 ** round(math.log2(size / width))
