@@ -114,11 +114,17 @@ def test_output_tags_record_what_was_done(tmp_path, scene, norm, norm_stats, exp
     assert f"norm stats: {expected}" in str(summary)
 
 
-def test_scene_statistics_equal_the_pooled_statistics_of_the_sample(tmp_path, scene):
+def test_scene_statistics_are_those_of_the_sample():
     # calibrated layer by layer: each layer's statistics are those of the sample normalized by
-    # the earlier layers' scene statistics, so a single tile as big as the sample reproduces
-    # the calibrated network's output on it
-    from geotranslate.models.norms import scene_normalized
+    # the earlier layers' scene statistics, so with a one-tile sample the calibrated network
+    # reproduces per-tile instance norm on that tile
+    from geotranslate.models.norms import SceneNorm, scene_normalized
+
+    tiles = torch.randn(3, 5, 16, 16) * torch.tensor([1.0, 2.0, 3.0])[:, None, None, None]
+    layer = SceneNorm(torch.nn.InstanceNorm2d(5))
+    layer(tiles)  # the batch mean and the mean of the tiles' own variances
+    torch.testing.assert_close(layer.mean, tiles.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(layer.var, tiles.var(dim=(2, 3), unbiased=False).mean(dim=0))
 
     net = _generator("resnet", "instance", 0).eval()
     x = torch.randn(1, 2, 64, 64)

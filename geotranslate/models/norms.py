@@ -48,9 +48,13 @@ class SceneNorm(nn.Module):
     """Instance norm whose statistics are those of a whole scene instead of each input.
 
     It replaces an ``nn.InstanceNorm2d`` at inference. While :attr:`calibrating` it normalizes
-    its batch with the statistics pooled over the whole batch (every sample tile, every pixel)
-    and keeps them; afterwards it normalizes every input with the kept statistics, so the
-    output no longer depends on how the scene was cut into tiles. A forward pass over the
+    its batch with the scene's statistics and keeps them: the mean over the whole batch (every
+    sample tile, every pixel) and the mean of the tiles' own variances. The sample's tiles have
+    the training chips' size, so features keep the scale the network saw in training (the
+    variance of the tiles' means is left out: with it, features shrink and the error against
+    the truth grows, measured in tools/bench_tiledep.py). Afterwards it normalizes every input
+    with the kept statistics, so the output no longer depends on how the scene was cut into
+    tiles. A forward pass over the
     sample in calibration mode calibrates all layers at once, each layer seeing the earlier
     layers already normalized with their scene statistics, which is what progressive
     layer-by-layer freezing gives.
@@ -69,7 +73,7 @@ class SceneNorm(nn.Module):
         if self.calibrating:
             xf = x.float()
             self.mean = xf.mean(dim=(0, 2, 3))
-            self.var = xf.var(dim=(0, 2, 3), unbiased=False)
+            self.var = xf.var(dim=(2, 3), unbiased=False).mean(dim=0)
         scale = torch.rsqrt(self.var + self.eps)
         shift = -self.mean * scale
         if self.weight is not None:
