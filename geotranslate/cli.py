@@ -322,9 +322,13 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
 @click.option("--tile-size", type=int, default=None,
               help="Tile size in pixels. Default: the model's chip size.")
 @click.option("--overlap", type=int, default=None,
-              help="Overlap between tiles in pixels. Default: a quarter of the tile size.")
+              help="Overlap between tiles in pixels. Default: half the generator's receptive "
+              "field, within a quarter to a half of the tile size.")
 @click.option("--blend", type=click.Choice(["hann", "linear", "none"]), default="hann",
               help="Window that merges overlapping tiles (none: hard seams, for comparison).")
+@click.option("--norm-stats", type=click.Choice(["scene", "tile"]), default="scene",
+              help="Instance-norm statistics: of a sample of the whole scene, so the result "
+              "does not depend on the tile size (scene), or of each tile (tile).")
 @click.option("--batch-size", type=int, default=4, help="Tiles per forward pass.")
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
@@ -343,8 +347,8 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
 @click.option("--world-size", type=int, default=1, help="Number of parts for --rank.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def predict_raster_cmd(in_path, model_path, out_path, direction, tile_size, overlap, blend,
-                       batch_size, device, precision, channels_last, cog, overwrite, window,
-                       rank, world_size, progress) -> None:
+                       norm_stats, batch_size, device, precision, channels_last, cog, overwrite,
+                       window, rank, world_size, progress) -> None:
     """Translate the raster IN with a trained model into a seamless GeoTIFF.
 
     IN may be a file, a URL, a GDAL name, stack: band files or a STAC item (see export-tiles);
@@ -359,7 +363,8 @@ def predict_raster_cmd(in_path, model_path, out_path, direction, tile_size, over
 
     summary = predict_raster(
         in_path, model_path, out_path, direction=direction, tile_size=tile_size,
-        overlap=overlap, blend=blend, batch_size=batch_size, device=device,
+        overlap=overlap, blend=blend, norm_stats=norm_stats, batch_size=batch_size,
+        device=device,
         precision=precision, channels_last=channels_last, cog=cog, overwrite=overwrite,
         window=window, rank=rank, world_size=world_size, progress=progress,
     )
@@ -405,6 +410,9 @@ def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
               help="Chip mode: translation direction (b2a needs a CycleGAN model).")
 @click.option("--device", default="auto", help="Chip mode: torch device (auto, cpu, cuda, cuda:1).")
 @click.option("--batch-size", type=int, default=8, help="Chip mode: chips per forward pass.")
+@click.option("--norm-stats", type=click.Choice(["scene", "tile"]), default="scene",
+              help="Chip mode: instance-norm statistics of a sample of the split's chips, as "
+              "predict-raster uses them (scene), or of each chip (tile).")
 @click.option("--resampling", type=click.Choice(RESAMPLING_NAMES),
               default="bilinear", help="Raster mode: how REF is warped onto PRED's grid.")
 @click.option("--data-range", "data_range",
@@ -422,6 +430,7 @@ def evaluate_command(
     direction: str,
     device: str,
     batch_size: int,
+    norm_stats: str,
     resampling: str,
     data_range: str | None,
     allow_no_crs: bool,
@@ -446,7 +455,7 @@ def evaluate_command(
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
         report = evaluate_chips(
             model_path, data_dir, split, direction, device=device, batch_size=batch_size,
-            data_range=ranges, progress=True,
+            data_range=ranges, progress=True, norm_stats=norm_stats,
         )
     else:
         if len(rasters) != 2:

@@ -3,8 +3,10 @@
 Chip mode (:func:`evaluate_chips`) runs a model's generator on the source chips of a split and
 compares its output, decoded to data units with the model's target-domain normalizer (and
 cast to the target dtype, as ``predict-raster`` writes it), with the real target chips of the
-same name. PSNR and SSIM use the target domain's normalization range (high - low of the
-model's normalizer, e.g. p98 - p2 of the training statistics) as data range.
+same name. As in ``predict-raster``, instance norms use scene statistics by default: those of
+a bounded sample of the split's source chips spread over it (``norm_stats="tile"``: each
+chip's own, as in training). PSNR and SSIM use the target domain's normalization range
+(high - low of the model's normalizer, e.g. p98 - p2 of the training statistics) as data range.
 
 Raster mode (:func:`evaluate_rasters`) compares PRED with REF over their common area on
 PRED's grid; REF is warped onto that grid (bilinear by default) when CRS, transform or size
@@ -156,6 +158,7 @@ def evaluate_chips(
     batch_size: int = 8,
     data_range: float | Sequence[float] | None = None,
     progress: bool = False,
+    norm_stats: str = "scene",
 ) -> EvaluationReport:
     """Run ``model``'s ``direction`` generator on the ``split`` chips and compare with the targets.
 
@@ -203,6 +206,9 @@ def evaluate_chips(
             f"{src_dir} and {tgt_dir}: no chip names in common (chip mode needs paired chips)"
         )
 
+    generator, norm_label = _chip_scene_generator(
+        generator, norm_stats, src_dir, names, source, src_name, device
+    )
     normalizer = target.normalizer
     if data_range is None:
         ranges = [h - lo for lo, h in zip(normalizer.low, normalizer.high, strict=True)]
@@ -255,12 +261,37 @@ def evaluate_chips(
         "chips": len(names),
         "device": str(device),
         "batch_size": batch_size,
+        "norm_stats": norm_label,
         "target_dtype": target.dtype,
         "data_range": [float(r) for r in ranges],
         "data_range_source": range_source,
         "resolution_ratio": 1.0,
     }
     return EvaluationReport("chips", metrics, settings)
+
+
+def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_name, device):
+    """The generator with scene statistics from chips spread over the split, and the label."""
+    from contextlib import nullcontext
+
+    from geotranslate.predict.scene import (
+        SAMPLE_PIXELS,
+        SAMPLE_TILES,
+        sample_offsets,
+        scene_generator,
+    )
+
+    def sample() -> np.ndarray:
+        first, _ = _read_chip(src_dir / names[0], source.band_count, src_name)
+        count = max(1, min(SAMPLE_TILES, SAMPLE_PIXELS // (first.shape[1] * first.shape[2])))
+        chips = []
+        for i in sample_offsets(len(names), 1, count):
+            data, valid = _read_chip(src_dir / names[i], source.band_count, src_name)
+            if data.shape == first.shape:  # one batch: one shape
+                chips.append(source.normalizer.to_model(data, valid))
+        return np.stack(chips)
+
+    return scene_generator(generator, norm_stats, sample, device, nullcontext)
 
 
 # ---- raster mode -------------------------------------------------------------------------------

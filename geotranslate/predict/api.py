@@ -19,7 +19,7 @@ from geotranslate.errors import GeotranslateError
 from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
-from geotranslate.predict.grid import CHUNK_WIDTH, plan_strips, rank_window
+from geotranslate.predict.grid import CHUNK_WIDTH, default_overlap, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
 from geotranslate.predict.pipeline import (
     READ_AHEAD,
@@ -28,6 +28,7 @@ from geotranslate.predict.pipeline import (
     PipelineOutput,
     run_pipeline,
 )
+from geotranslate.predict.scene import scene_generator, scene_sample
 from geotranslate.raster.io import (
     atomic_path,
     check_file_output,
@@ -57,6 +58,8 @@ class PredictSummary:
     tile_size: int
     overlap: int
     blend: str
+    receptive_field: int  # of the generator, in input pixels
+    norm_stats: str  # what the normalization layers used (the GEOTRANSLATE_NORM_STATS tag)
     tiles: int
     tiles_skipped: int
     batch_size: int
@@ -77,7 +80,9 @@ class PredictSummary:
             f"wrote {self.output}: {self.width}x{self.height} px, {self.bands_out} band(s) "
             f"{self.dtype}{' (COG)' if self.cog else ''} in {self.seconds:.1f} s "
             f"({self.megapixels_per_second:.2f} Mpx/s; {self.tiles} tiles of {self.tile_size} px, "
-            f"overlap {self.overlap}, {self.blend} blend; {self.device}, {self.precision}; "
+            f"overlap {self.overlap}, {self.blend} blend; receptive field "
+            f"{self.receptive_field} px; norm stats: {self.norm_stats}; "
+            f"{self.device}, {self.precision}; "
             f"compute waited {self.input_wait_seconds:.1f} s for reading, "
             f"{self.output_wait_seconds:.1f} s for writing)"
         )
@@ -119,6 +124,7 @@ def predict_raster(
     tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = "hann",
+    norm_stats: str = "scene",
     batch_size: int = 4,
     device: str = "auto",
     precision: str = "fp32",
@@ -135,6 +141,10 @@ def predict_raster(
 
     Writes ``out_path`` (default ``<IN stem>_translated.tif``) atomically and returns a summary.
     See the module docstring for the tiling, blending, nodata and scale-out rules.
+    ``norm_stats`` ``"scene"`` (default) gives instance norms the statistics of a sample of the
+    whole region (:mod:`geotranslate.predict.scene`), so the result does not depend on the
+    tiling; ``"tile"`` normalizes each tile by its own statistics. ``overlap`` defaults to
+    :func:`geotranslate.predict.grid.default_overlap` of the generator's receptive field.
     """
     started = time.perf_counter()
     if blend not in BLEND_MODES:
@@ -174,7 +184,10 @@ def predict_raster(
             raise GeotranslateError(
                 f"tile size {tile}: must be a positive multiple of {divisor} for this generator"
             )
-        overlap = tile // 4 if overlap is None else int(overlap)
+        field = model.receptive_field(direction)
+        if overlap is None:
+            overlap = default_overlap(tile, field, divisor)
+        overlap = int(overlap)
         if not 0 <= overlap < tile:
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
         check_memory(_working_set(tile, batch_size, source.band_count, target.band_count),
@@ -190,15 +203,28 @@ def predict_raster(
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
 
     generator = generator.to(dev).eval()
+    sample_tile = int(model.chip_size)
+    if sample_tile % divisor:
+        sample_tile = max(divisor, sample_tile // divisor * divisor)
+    generator, norm_label = scene_generator(
+        generator, norm_stats,
+        lambda: scene_sample(in_path, bands, source, grid_region, sample_tile),
+        dev, autocast,
+    )
     use_channels_last = dev.type == "cuda" if channels_last is None else channels_last
     if use_channels_last:
         generator = generator.to(memory_format=torch.channels_last)
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
-    plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows)
+    plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows,
+                       align=divisor)
     tags = {
         "GEOTRANSLATE_SOURCE": Path(in_path).name if in_source.local else in_path,
         "GEOTRANSLATE_DIRECTION": direction,
         "GEOTRANSLATE_DATASET_TYPE": model.dataset_type,
+        "GEOTRANSLATE_NORM_STATS": norm_label,
+        "GEOTRANSLATE_TILE_SIZE": str(tile),
+        "GEOTRANSLATE_OVERLAP": str(overlap),
+        "GEOTRANSLATE_RECEPTIVE_FIELD": str(field),
     }
     with atomic_path(out, overwrite=overwrite) as tmp_final:
         if cog:
@@ -227,7 +253,8 @@ def predict_raster(
         width=region[3], height=region[2], bands_in=source.band_count,
         bands_out=target.band_count, dtype=target.dtype,
         nodata=None if math.isnan(nodata) else nodata, tile_size=tile, overlap=overlap,
-        blend=blend, tiles=counts[0], tiles_skipped=counts[1], batch_size=batch_size,
+        blend=blend, receptive_field=field, norm_stats=norm_label, tiles=counts[0],
+        tiles_skipped=counts[1], batch_size=batch_size,
         input_wait_seconds=counts[2], output_wait_seconds=counts[3],
         device=str(dev), precision=precision, seconds=seconds,
         megapixels_per_second=region[2] * region[3] / 1e6 / max(seconds, 1e-9),
