@@ -48,7 +48,8 @@ def chips(tmp_path_factory) -> dict[str, Path]:
 
 def common(chips: dict[str, Path], dataset_type: str, **extra) -> dict:
     return {"data_dir": str(chips[dataset_type]), "epochs": 1, "epochs_decay": 2,
-            "batch_size": 2 if dataset_type == "Pix2Pix" else 1, "deterministic": True, "workers": 0, "preview": False,
+            "batch_size": 2 if dataset_type == "Pix2Pix" else 1, "deterministic": True,
+            "workers": 0, "preview": False,
             "pool_size": 2, "max_steps": STEPS, **TINY, **extra}
 
 
@@ -89,6 +90,7 @@ def test_bad_options_are_refused_in_one_line_and_leave_nothing(bad, tmp_path, ca
     assert not run.exists()
     if bad[0] == "--n-layers-d":
         assert "use --n-layers-d 4 or less" in lines[-1]
+    assert "--crop-size 0" not in lines[-1]  # no impossible hint
 
 
 def test_out_may_not_mix_with_the_chips(chips, tmp_path):
