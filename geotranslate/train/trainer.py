@@ -813,9 +813,10 @@ def _run(config, ctx, meta, train_set, val_set, trainer, checkpoint, run_dir, lo
                 values = dict(zip(losses, torch.stack(list(losses.values())).float().tolist(),
                                   strict=True))
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    raise _diverged(f"loss {bad[0]} is {values[bad[0]]}", iteration, run_dir,
-                                    saved_at)
+                if distributed.any_rank(bool(bad), ctx):  # all ranks stop together
+                    what = (f"loss {bad[0]} is {values[bad[0]]}" if bad
+                            else "a loss is not finite on another rank")
+                    raise _diverged(what, iteration, run_dir, saved_at)
                 last_losses = values
                 if metrics is not None:
                     metrics.log(epoch + 1, iteration, {"lr": trainer.lr, **values})
