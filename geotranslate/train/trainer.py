@@ -616,19 +616,43 @@ def _model_domains(meta: dict, dataset: ChipDataset) -> dict[str, DomainSpec]:
     return out
 
 
+
+def _remove_new(run_dir: Path, before: set[str], existed: bool) -> None:
+    """Undo what a failed fresh run created in RUN_DIR (and runs/latest pointing at it)."""
+    link = run_dir.parent / "latest"
+    with contextlib.suppress(OSError):
+        if link.is_symlink() and os.readlink(link) == run_dir.name:
+            link.unlink()
+    for name in (set(os.listdir(run_dir)) - before) if run_dir.is_dir() else ():
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if not existed:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+
+
 def train(config: TrainConfig) -> Path:
     """Train a Pix2Pix or CycleGAN translator; returns the run directory (see docs/formats.md)."""
     config.validate()
     ctx = distributed.setup(resolve_device(config.device).type)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    undo: dict = {}  # what a fresh run adds to RUN_DIR (_train fills it)
     try:
-        return _train(config, ctx)
+        return _train(config, ctx, undo)
+    except GeotranslateError:
+        if undo and not checkpoint_path(undo["run_dir"]).exists():
+            _remove_new(undo["run_dir"], undo["before"], undo["existed"])
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         distributed.teardown(ctx)
 
 
-def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
+def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Path:
     started = time.time()
     # an absolute data path keeps config.json usable for --resume from another directory
     config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).absolute()))
@@ -675,42 +699,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
                 log_lines.clear()
 
     trainer = Trainer(config, meta, train_set.crop_size, device, precision, ctx, log)
-
-    # what this run adds to RUN_DIR: removed again if it fails before its first checkpoint
-    existed = run_dir.exists()
-    before = set(os.listdir(run_dir)) if existed and checkpoint is None else None
-    try:
-        return _run(config, ctx, meta, train_set, val_set, trainer, checkpoint, run_dir, log,
-                    log_file, started)
-    except GeotranslateError:
-        if ctx.is_main and checkpoint is None and not checkpoint_path(run_dir).exists():
-            _remove_new(run_dir, before, existed)
-        raise
-
-
-def _remove_new(run_dir: Path, before: set[str] | None, existed: bool) -> None:
-    """Undo what a failed fresh run created in RUN_DIR (and runs/latest pointing at it)."""
-    link = run_dir.parent / "latest"
-    with contextlib.suppress(OSError):
-        if link.is_symlink() and os.readlink(link) == run_dir.name:
-            link.unlink()
-    for name in (set(os.listdir(run_dir)) - (before or set())) if run_dir.is_dir() else ():
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
-    if not existed:
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()
-
-
-def _run(config, ctx, meta, train_set, val_set, trainer, checkpoint, run_dir, log, log_file,
-         started) -> Path:
     start_epoch, start_batch, iteration, elapsed = 0, 0, 0, 0.0
     last_losses: dict[str, float] = {}
-    device, precision = trainer.device, trainer.precision
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint, checkpoint_path(run_dir))
         start_epoch, start_batch = int(checkpoint["epoch"]), int(checkpoint["epoch_batch"])
@@ -720,6 +710,10 @@ def _run(config, ctx, meta, train_set, val_set, trainer, checkpoint, run_dir, lo
         if ctx.enabled:  # each rank continues its own dropout stream
             torch.manual_seed(config.seed + ctx.rank + iteration)
 
+    if ctx.is_main and checkpoint is None:  # removed again if it fails before a checkpoint
+        undo["run_dir"] = run_dir
+        undo["existed"] = run_dir.exists()
+        undo["before"] = set(os.listdir(run_dir)) if run_dir.exists() else set()
     if ctx.is_main:
         (run_dir / "previews").mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / CONFIG_NAME) as tmp:
