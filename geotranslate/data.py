@@ -9,6 +9,7 @@ is what makes ``--resume`` reproduce an uninterrupted run exactly.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -304,6 +305,31 @@ def _apply(data: np.ndarray, valid: np.ndarray, geometry: tuple[int, int, bool, 
     if rotations:
         data, valid = np.rot90(data, rotations, axes=(1, 2)), np.rot90(valid, rotations)
     return np.ascontiguousarray(data), np.ascontiguousarray(valid)
+
+
+class ErrorsAsItems(Dataset):
+    """``dataset[key]``, with a GeotranslateError returned as the item instead of raised.
+
+    A DataLoader worker turns a raised error into a message holding the worker's whole
+    traceback; returned, the error reaches the main process intact (the caller raises it).
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        try:
+            return self.dataset[key]
+        except GeotranslateError as e:
+            return e
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C is the main process's to handle (at step end)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class EpochSampler(Sampler):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -189,8 +191,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path,
 
     def interrupted_step(self, batch):
         calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
+        if calls["n"] == 4:  # Ctrl-C during the step: it finishes, then the run stops
+            os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, batch)
 
     monkeypatch.setattr(trainer_module.Trainer, "step", interrupted_step)
@@ -199,8 +201,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         train(config)
     state = checkpoint(tmp_path / "run")
-    assert state["iteration"] == 3 and state["epoch"] == 0 and state["epoch_batch"] == 3
-    assert "interrupted at iteration 3" in (tmp_path / "run" / "train.log").read_text()
+    assert state["iteration"] == 4 and state["epoch"] == 0 and state["epoch_batch"] == 4
+    assert "interrupted at iteration 4" in (tmp_path / "run" / "train.log").read_text()
     assert not (tmp_path / "run" / "model.json").exists()
     monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
     run = train(TrainConfig("CycleGAN", data_dir=str(unpaired_chips), resume=str(tmp_path / "run"),

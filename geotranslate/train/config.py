@@ -7,6 +7,7 @@ run with the settings it had.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, fields, replace
@@ -93,14 +94,28 @@ class TrainConfig:
             if value not in allowed:
                 raise GeotranslateError(f"{what} {value!r}: choose from {', '.join(allowed)}")
         positive = {"batch size": self.batch_size, "ngf": self.ngf, "ndf": self.ndf,
-                    "n-layers-d": self.n_layers_d}
+                    "n-layers-d": self.n_layers_d, "unet-depth": self.unet_depth}
         for what, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise GeotranslateError(f"{what} must be >= 1, got {value}")
+        not_negative = {"n-blocks": self.n_blocks, "workers": self.workers,
+                        "pool-size": self.pool_size, "seed": self.seed}
+        for what, value in not_negative.items():
+            if value is not None and value < 0:
+                raise GeotranslateError(f"{what} must be >= 0, got {value}")
+        weights = {"lambda-l1": self.lambda_l1, "lambda-a": self.lambda_a,
+                   "lambda-b": self.lambda_b, "lambda-identity": self.lambda_identity,
+                   "lambda-tv": self.lambda_tv}
+        for what, value in weights.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise GeotranslateError(f"{what} must be a finite number >= 0, got {value}")
+        for what, value in (("beta1", self.beta1), ("beta2", self.beta2)):
+            if not 0 <= value < 1:
+                raise GeotranslateError(f"{what} must be in [0, 1), got {value}")
         if self.epochs < 0 or self.epochs_decay < 0 or self.epochs + self.epochs_decay < 1:
             raise GeotranslateError("epochs + epochs-decay must be >= 1 (and neither negative)")
-        if self.lr <= 0:
-            raise GeotranslateError(f"learning rate must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise GeotranslateError(f"learning rate must be a finite number > 0, got {self.lr}")
         if self.crop_size is not None and self.crop_size < 4:
             raise GeotranslateError(f"crop size must be >= 4 px, got {self.crop_size}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -67,6 +67,17 @@ def ranks_agree(nets: dict[str, torch.nn.Module], ctx: DistContext) -> list[str]
     return [n for i, n in enumerate(names) if any(g[i] != gathered[0][i] for g in gathered)]
 
 
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when ``flag`` is true on any (e.g. a Ctrl-C seen by one process)."""
+    if not ctx.enabled:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

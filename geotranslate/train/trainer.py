@@ -15,7 +15,10 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +29,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from geotranslate.data import ChipDataset, EpochSampler, has_split, read_meta
+from geotranslate.data import (
+    ChipDataset,
+    EpochSampler,
+    ErrorsAsItems,
+    has_split,
+    ignore_sigint,
+    read_meta,
+)
 from geotranslate.device import autocast, resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.metrics import MetricsAccumulator
@@ -213,6 +223,7 @@ class Trainer:
         def lr_factor(epoch: int) -> float:  # constant, then linear to 0 (reference schedule)
             return 1.0 - max(0, epoch + 1 - epochs) / float(decay + 1)
 
+        self.lr_factor = lr_factor
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_factor)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -231,6 +242,33 @@ class Trainer:
                 ids = [device.index] if device.type == "cuda" else None
                 wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
             self.run_nets[name] = wrapped
+        self._check_fits()
+
+    def _check_fits(self) -> None:
+        """Refuse networks that cannot run on these chips, before any file is written.
+
+        A dry run on the meta device (shapes only, no memory, no computation).
+        """
+        c, size = self.config, self.chip_size
+        for name, net in self.nets.items():
+            probe = copy.deepcopy(net).to("meta")
+            x = torch.empty(c.batch_size, net.in_channels, size, size, device="meta")
+            try:
+                probe(x)
+            except (RuntimeError, ValueError) as e:
+                if name.startswith("d_"):
+                    fits = [n for n in range(c.n_layers_d - 1, 0, -1)
+                            if _fits(build_discriminator(net.in_channels, 1, n, c.net_norm), x)]
+                    hint = (f"; use --n-layers-d {fits[0]} or less" if fits
+                            else "; use larger chips")
+                    raise GeotranslateError(
+                        f"--n-layers-d {c.n_layers_d}: the discriminator does not fit "
+                        f"{size} px chips at batch size {c.batch_size}{hint} ({first_line(e)})"
+                    ) from None
+                raise GeotranslateError(
+                    f"the {c.resolved_generator()} generator does not fit {size} px chips at "
+                    f"batch size {c.batch_size} ({first_line(e)})"
+                ) from None
 
     def _build_generator(self, in_channels: int, out_channels: int) -> nn.Module:
         c = self.config
@@ -251,6 +289,11 @@ class Trainer:
         except (ValueError, RuntimeError, KeyError) as e:
             raise GeotranslateError(f"--generator {arch}: {e}") from None
         stride = int(getattr(net, "total_stride", 1))
+        if self.chip_size < stride:
+            raise GeotranslateError(
+                f"chip size {self.chip_size} px is smaller than {stride}, the stride of the "
+                f"{arch} generator; use a smaller --unet-depth or larger chips"
+            )
         if self.chip_size % stride:
             fit = self.chip_size // stride * stride
             hint = (
@@ -425,6 +468,22 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as e:
             raise GeotranslateError(f"{path}: checkpoint does not fit this run ({first_line(e)})") \
                 from None
+        # the schedule of these settings (--lr, --epochs, --epochs-decay may have changed): the
+        # restored one would keep a finished run at learning rate 0
+        for scheduler in (self.sched_g, self.sched_d):
+            scheduler.base_lrs = [self.config.lr] * len(scheduler.base_lrs)
+            for group in scheduler.optimizer.param_groups:
+                group["initial_lr"] = self.config.lr
+                group["lr"] = self.config.lr * self.lr_factor(scheduler.last_epoch)
+            scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+    def non_finite(self) -> str | None:
+        """The first weight that is NaN or infinite, as ``net.param``; None if all are finite."""
+        for name, net in self.nets.items():
+            for key, value in unwrap(net).state_dict().items():
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    return f"{name}.{key}"
+        return None
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -436,6 +495,58 @@ class Trainer:
                 return net(x.to(self.device)).float()
         finally:
             net.train()
+
+
+def _fits(net: nn.Module, x: torch.Tensor) -> bool:
+    try:
+        net.to("meta")(x)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+class _InterruptAtStepEnd:
+    """Ctrl-C during training takes effect between steps, so a checkpoint never mixes two.
+
+    The first SIGINT sets ``requested`` (checked between steps); a second one, in a single
+    process, raises KeyboardInterrupt at once (no checkpoint is saved then). Under DDP every
+    SIGINT is deferred (torchrun forwards the terminal's) and the ranks stop together.
+    Installed only over Python's default handler, in the main thread.
+    """
+
+    def __init__(self, ctx: distributed.DistContext):
+        self.ctx = ctx
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> _InterruptAtStepEnd:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and not self.ctx.enabled:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def pending(self) -> bool:
+        return distributed.any_rank(self.requested, self.ctx)
+
+
+def _check_separate(run_dir: Path, data_dir: str) -> None:
+    """Refuse a run directory that is, holds or lies inside the chip folder."""
+    run, data = run_dir.resolve(), Path(data_dir).resolve()
+    if run == data or data in run.parents or run in data.parents:
+        raise GeotranslateError(
+            f"{run_dir}: the run directory would mix with the chips in {data_dir}; "
+            "choose an --out outside the chip folder"
+        )
 
 
 def _short(value) -> str:
@@ -511,19 +622,43 @@ def _model_domains(meta: dict, dataset: ChipDataset) -> dict[str, DomainSpec]:
     return out
 
 
+
+def _remove_new(run_dir: Path, before: set[str], existed: bool) -> None:
+    """Undo what a failed fresh run created in RUN_DIR (and runs/latest pointing at it)."""
+    link = run_dir.parent / "latest"
+    with contextlib.suppress(OSError):
+        if link.is_symlink() and os.readlink(link) == run_dir.name:
+            link.unlink()
+    for name in (set(os.listdir(run_dir)) - before) if run_dir.is_dir() else ():
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if not existed:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+
+
 def train(config: TrainConfig) -> Path:
     """Train a Pix2Pix or CycleGAN translator; returns the run directory (see docs/formats.md)."""
     config.validate()
     ctx = distributed.setup(resolve_device(config.device).type)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    undo: dict = {}  # what a fresh run adds to RUN_DIR (_train fills it)
     try:
-        return _train(config, ctx)
+        return _train(config, ctx, undo)
+    except GeotranslateError:
+        if undo and not checkpoint_path(undo["run_dir"]).exists():
+            _remove_new(undo["run_dir"], undo["before"], undo["existed"])
+        raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         distributed.teardown(ctx)
 
 
-def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
+def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Path:
     started = time.time()
     # an absolute data path keeps config.json usable for --resume from another directory
     config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).absolute()))
@@ -546,10 +681,12 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
     # run directory: rank 0 decides, everyone agrees
     if config.resume:
         run_dir = Path(config.resume)
+        _check_separate(run_dir, config.data_dir)
         checkpoint = load_checkpoint(run_dir)
     else:
         checkpoint = None
         run_dir = Path(config.out) if config.out else _default_run_dir(config.dataset_type)
+        _check_separate(run_dir, config.data_dir)
         if run_dir.exists() and (
                 checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
             raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
@@ -579,6 +716,10 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
         if ctx.enabled:  # each rank continues its own dropout stream
             torch.manual_seed(config.seed + ctx.rank + iteration)
 
+    if ctx.is_main and checkpoint is None:  # removed again if it fails before a checkpoint
+        undo["run_dir"] = run_dir
+        undo["existed"] = run_dir.exists()
+        undo["before"] = set(os.listdir(run_dir)) if run_dir.exists() else set()
     if ctx.is_main:
         (run_dir / "previews").mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / CONFIG_NAME) as tmp:
@@ -599,10 +740,10 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
                            world_size=ctx.world_size)
     workers = config.workers if config.workers is not None else (
         0 if train_set.cached else min(4, os.cpu_count() or 1))
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+    loader = DataLoader(ErrorsAsItems(train_set), batch_size=config.batch_size, sampler=sampler,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, generator=torch.Generator(),
-                        collate_fn=_collate)
+                        collate_fn=_collate, worker_init_fn=ignore_sigint)
     batches_per_epoch = math.ceil(sampler.per_rank / config.batch_size)
     metrics = None
     if ctx.is_main:
@@ -619,6 +760,10 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
         """Save where the run stands, unless that very state is already on disk."""
         position = (epoch, epoch_batch, iteration)
         if ctx.is_main and saved_at[-1:] != [position]:
+            bad = trainer.non_finite()
+            if bad is not None:
+                raise _diverged(f"weight {bad} is not finite", iteration, run_dir, saved_at)
+            metrics.flush()  # the rows up to this checkpoint survive a kill
             saved_at[:] = [position]
             save_checkpoint({**trainer.state_dict(),
                              "epoch": epoch, "epoch_batch": epoch_batch,
@@ -644,6 +789,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
                       run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
 
     stopped = config.max_steps is not None and iteration >= config.max_steps
+    interrupt = _InterruptAtStepEnd(ctx).__enter__()
+    mid_step = False  # a KeyboardInterrupt while True would leave a half-updated state
     try:
         if ctx.is_main and val_set is not None and iteration == 0:
             scores = validate(trainer, val_set, config.batch_size)  # the untrained baseline
@@ -656,11 +803,20 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
                        disable=not (ctx.is_main and config.progress), leave=False,
                        dynamic_ncols=True)
             for batch in loader:
+                if isinstance(batch, GeotranslateError):  # a chip failed in a worker
+                    raise batch
+                mid_step = True
                 losses = trainer.step(batch)
                 iteration += 1
                 epoch_batch += 1
+                mid_step = False
                 values = dict(zip(losses, torch.stack(list(losses.values())).float().tolist(),
                                   strict=True))
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if distributed.any_rank(bool(bad), ctx):  # all ranks stop together
+                    what = (f"loss {bad[0]} is {values[bad[0]]}" if bad
+                            else "a loss is not finite on another rank")
+                    raise _diverged(what, iteration, run_dir, saved_at)
                 last_losses = values
                 if metrics is not None:
                     metrics.log(epoch + 1, iteration, {"lr": trainer.lr, **values})
@@ -672,6 +828,8 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
                 if config.max_steps is not None and iteration >= config.max_steps:
                     stopped = True
                     break
+                if interrupt.pending():
+                    raise KeyboardInterrupt
             bar.close()
             if stopped and epoch_batch < batches_per_epoch:
                 # stopped mid-epoch (--max-steps): show where it got to; the checkpoint says
@@ -688,15 +846,30 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
                 log(f"epoch {epoch}/{config.total_epochs} done, iteration {iteration}: " +
                     ", ".join(f"{k} {v:.4g}" for k, v in last_losses.items()))
             checkpoint_now()
+            if interrupt.pending():
+                raise KeyboardInterrupt
         checkpoint_now()
+        if interrupt.pending():
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
-        checkpoint_now()
-        log(f"interrupted at iteration {iteration}; checkpoint saved, continue with "
-            f"--resume {run_dir}")
+        if mid_step:  # a second Ctrl-C inside a step: its state is half updated, not saved
+            last = (f"the last checkpoint (iteration {saved_at[0][2]})" if saved_at
+                    else "no checkpoint from this session")
+            log(f"interrupted again inside iteration {iteration + 1}; not saved, {last} "
+                f"is kept in {run_dir}")
+        else:
+            checkpoint_now()
+            log(f"interrupted at iteration {iteration}; checkpoint saved, continue with "
+                f"--resume {run_dir}")
         if metrics is not None:
             metrics.close()
         raise
+    finally:
+        interrupt.__exit__()
 
+    if ctx.is_main and trainer.non_finite() is not None:
+        raise _diverged(f"weight {trainer.non_finite()} is not finite", iteration, run_dir,
+                        saved_at)
     if ctx.enabled:
         differing = distributed.ranks_agree(trainer.nets, ctx)
         if differing:
@@ -732,7 +905,20 @@ def _train(config: TrainConfig, ctx: distributed.DistContext) -> Path:
     return run_dir
 
 
-def _collate(items: list[dict]) -> dict:
+def _diverged(what: str, iteration: int, run_dir: Path, saved_at: list) -> GeotranslateError:
+    kept = (f"the last good checkpoint (iteration {saved_at[0][2]}) is kept in {run_dir}"
+            if saved_at else f"its earlier checkpoint is kept in {run_dir}"
+            if checkpoint_path(run_dir).exists() else "no checkpoint was saved")
+    return GeotranslateError(
+        f"training diverged at iteration {iteration}: {what}; no model written, {kept}; "
+        "lower --lr or the loss weights"
+    )
+
+
+def _collate(items: list[dict]) -> dict | GeotranslateError:
+    for item in items:
+        if isinstance(item, GeotranslateError):
+            return item
     out = {k: torch.stack([it[k] for it in items]) for k in ("a", "b", "valid_a", "valid_b")}
     out["name_a"] = [it["name_a"] for it in items]
     out["name_b"] = [it["name_b"] for it in items]
