@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT, LEGACY_AUGMENT
 from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
 
@@ -55,7 +56,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many iterations in total
     # data
     crop_size: int | None = None
-    augment: bool = True
+    augment: str = DEFAULT_AUGMENT  # none | hflip | vflip | rot180 | d4 (geotranslate/augment.py)
     norm_method: str = "percentile"
     cache: bool | None = None  # None: cache normalized chips in memory when they fit in 2 GB
     workers: int | None = None  # None: 0 when cached, else min(4, cpus)
@@ -73,6 +74,10 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # when the tensorboard package is installed
 
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # augment=True/False of earlier versions
+            self.augment = LEGACY_AUGMENT[self.augment]
+
     def validate(self) -> None:
         """Refuse impossible settings before any file is read."""
         if self.dataset_type not in DATASET_TYPES:
@@ -87,6 +92,7 @@ class TrainConfig:
         if self.gan_mode is not None:
             checks.append(("GAN mode", self.gan_mode, GAN_MODES))
         check_device_name(self.device)
+        checks.append(("augment", self.augment, tuple(AUGMENTS)))
         for what, value, allowed in checks:
             if value not in allowed:
                 raise GeotranslateError(f"{what} {value!r}: choose from {', '.join(allowed)}")
@@ -122,7 +128,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        # config.json before --augment MODE: a boolean, absent meaning the old default (True)
+        values.setdefault("augment", True)
+        return cls(**values)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, **overrides) -> TrainConfig:
