@@ -201,7 +201,7 @@ def test_unpaired_tiles_domains_independently(make_raster, tmp_path):
 def test_invalid_pixels_nodata_nan_alpha_and_padding(make_raster, tmp_path):
     data = np.full((1, 128, 128), 5.0, dtype="float32")
     data[0, :20, :64] = -9999.0  # 20 / 64 rows of chip (0, 0) are nodata: skipped
-    data[0, 64:70, :64] = np.nan  # 6 rows of chip (64, 0): under 10 %, kept with NaN → nodata
+    data[0, 64:70, :64] = np.nan  # 6 rows of chip (64, 0): under 10 %, kept, NaN (invalid)
     src = make_raster("f.tif", data, nodata=-9999.0)
     out = tmp_path / "f"
     summary = export([src], out_dir=out, tile_size=64)

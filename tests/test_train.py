@@ -362,6 +362,19 @@ def test_validation_reports_a_flat_image_baseline_and_augment_is_recorded(tmp_pa
     # config.json and model.json record the augmentation
     assert json.loads((run / "config.json").read_text())["augment"] == "hflip"
     assert load_model(run).training["augment"] == "hflip"
+    # a run whose metrics.csv predates the val_flat_* columns keeps its rows when resumed
+    with open(run / "metrics.csv", newline="") as f:
+        old = [{k: v for k, v in r.items() if not k.startswith("val_flat")}
+               for r in csv.DictReader(f)]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    assert main(["train", "--resume", str(run), "--epochs", "6", "--no-progress"]) == 0
+    val_after = [r for r in read_metrics(run) if r["val_l1"]]
+    assert [r["val_l1"] for r in val_after[:6]] == [r["val_l1"] for r in val]
+    assert all(r["val_flat_l1"] == "" for r in val_after[:6])
+    assert float(val_after[6]["val_flat_l1"]) == pytest.approx(by_hand["l1"], rel=1e-5)
     # --no-augment still works (the same as the default, --augment none); a contradiction fails
     run2 = tmp_path / "run2"
     base = [*args[:args.index("--out")], "--out", str(run2), "--ngf", "4", "--ndf", "4",
