@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from geotranslate import __version__
+from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
@@ -253,11 +254,18 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               help="Further epochs with the learning rate decaying linearly to 0.")
 @click.option("--max-steps", type=int, help="Stop after this many iterations in total.")
 @click.option("--crop-size", type=int, help="Random crops of this size  [default: whole chips]")
-@click.option("--augment/--no-augment", default=True, help="Random flips and 90° rotations.")
 @click.option("--norm-method", type=click.Choice(["robust", "percentile", "minmax", "meanstd"]),
               default="robust", help="Band scaling to [-1, 1] from meta.json statistics "
               "(robust: min-max, clipped only at far outliers beyond the 0.1/99.9th "
               "percentiles; percentile: 2nd-98th percentile range, clipped).")
+@click.option("--augment", type=click.Choice(list(AUGMENTS)), default=DEFAULT_AUGMENT,
+              help="Random flips/rotations, applied to A and B alike: " + "; ".join(
+                  f"{name}: {what}" for name, what in AUGMENTS.items()) + ". Keep none when "
+              "the mapping depends on directions (a hillshade on the sun's azimuth, shadows on "
+              "the sun, SAR layover on the look direction): a rotated pair teaches the wrong "
+              "light. d4 suits rotation-invariant mappings (land-cover style maps).")
+@click.option("--no-augment", is_flag=True, hidden=True,
+              help="Deprecated: the same as --augment none (now the default).")
 @click.option("--cache/--no-cache", default=None,
               help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
 @click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 when "
@@ -292,6 +300,10 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
     from geotranslate.train import TrainConfig, train
 
     options["compile"] = compile_
+    no_augment = options.pop("no_augment")
+    if no_augment:  # the former switch: geometry kept
+        if options["augment"] != "none":
+            raise GeotranslateError(f"--no-augment contradicts --augment {options['augment']}")
     if resume:
         # the run's own settings, overridden only by options typed on this command line
         typed = {
@@ -299,6 +311,8 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
             if ctx.get_parameter_source("compile_" if name == "compile" else name).name
             not in ("DEFAULT", "DEFAULT_MAP")
         }
+        if no_augment:
+            typed["augment"] = "none"
         config = TrainConfig.from_run(resume, **typed)
     else:
         if not options.get("dataset_type"):

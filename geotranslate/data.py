@@ -19,6 +19,7 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset, Sampler
 
 from geotranslate import schema as sc
+from geotranslate.augment import DEFAULT_AUGMENT, augment_mode, draw_transform
 from geotranslate.dirlock import LOCK_NAME, lock_state
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import open_raster, read_window, spectral_bands
@@ -120,8 +121,10 @@ class ChipDataset(Dataset):
     """Normalized chips of domains A and B; items are dicts of (C,H,W) float32 tensors.
 
     ``paired``: A and B chips share names and are returned together (Pix2Pix). Otherwise the
-    B chip is drawn at random (CycleGAN). Items: ``a``, ``b`` in [-1, 1] (invalid pixels 0),
-    ``valid_a``, ``valid_b`` (1,H,W; 1 = valid), ``name_a``, ``name_b``.
+    B chip is drawn at random (CycleGAN). ``augment``: a mode of
+    :data:`geotranslate.augment.AUGMENTS` (a legacy boolean: True = d4, False = none).
+    Items: ``a``, ``b`` in [-1, 1] (invalid pixels 0), ``valid_a``, ``valid_b`` (1,H,W;
+    1 = valid), ``name_a``, ``name_b``.
     Index the dataset with an int or an ``(epoch, index)`` key (what :class:`EpochSampler`
     yields) so augmentations change per epoch.
     """
@@ -134,7 +137,7 @@ class ChipDataset(Dataset):
         paired: bool,
         norm_method: str = DEFAULT_NORM_METHOD,
         crop_size: int | None = None,
-        augment: bool = True,
+        augment: str | bool = DEFAULT_AUGMENT,
         random_crop: bool = True,
         cache: bool | None = None,
         seed: int = 0,
@@ -144,7 +147,10 @@ class ChipDataset(Dataset):
         self.meta = meta if meta is not None else read_meta(self.root)
         self.split = split
         self.paired = paired
-        self.augment = augment
+        try:
+            self.augment = augment_mode(augment)
+        except ValueError as e:
+            raise GeotranslateError(str(e)) from None
         self.random_crop = random_crop
         self.seed = int(seed)
         self.norm = normalizers(self.meta, norm_method)
@@ -284,15 +290,13 @@ class ChipDataset(Dataset):
         }
 
     def _draw_geometry(self, rng: np.random.Generator) -> tuple[int, int, bool, int]:
-        """(row, col) of the crop, horizontal flip, number of 90° rotations."""
+        """(row, col) of the crop, horizontal flip, number of 90° rotations (after the flip)."""
         slack = self.chip_size - self.crop_size
         if self.random_crop and slack > 0:
             row, col = (int(v) for v in rng.integers(0, slack + 1, size=2))
         else:
             row = col = slack // 2
-        if self.augment:
-            return row, col, bool(rng.integers(2)), int(rng.integers(4))
-        return row, col, False, 0
+        return (row, col, *draw_transform(self.augment, rng))
 
 
 def _apply(data: np.ndarray, valid: np.ndarray, geometry: tuple[int, int, bool, int],

@@ -15,8 +15,12 @@ windows see across tile borders. The data range is p98 - p2 of REF's valid pixel
 common area (from a bounded uniform sample when there are many), unless given.
 
 Both return an :class:`EvaluationReport`: a terminal table and a JSON document holding every
-figure and the settings. JSON has no infinity, so an infinite PSNR (identical images) is
-written as the string ``"inf"`` (``float("inf")`` parses it back) and a missing figure as null.
+figure and the settings, and beside the model's figures those of a flat image (each band at
+one value: the reference's mean) scored the same way, the trivial baseline a translation must
+beat. Raster mode: the mean of REF's pixels in the common area that are valid in both rasters;
+chip mode: the target domain's training mean (meta.json of the chip folder). JSON has no
+infinity, so an infinite PSNR (identical images) is written as the string ``"inf"``
+(``float("inf")`` parses it back) and a missing figure as null.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
-from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator
+from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image
 from geotranslate.raster.io import atomic_path, open_raster, read_window, spectral_bands
 from geotranslate.raster.warp import Grid, GridReader
 from geotranslate.raster.windows import own_extents, tile_offsets
-from geotranslate.stats import StatsAccumulator
+from geotranslate.stats import StatsAccumulator, stats_from_dict
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
 RASTER_TILE = 1024
@@ -52,12 +56,14 @@ class EvaluationReport:
     metrics: dict
     settings: dict
     notes: list[str] = field(default_factory=list)
+    #: the flat image: {"levels": per-band value, "levels_source": text, "metrics": as above}
+    baseline: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: +inf -> "inf", NaN -> null."""
         return _json_safe(
             {"mode": self.mode, "settings": self.settings, "metrics": self.metrics,
-             "notes": self.notes}
+             "baseline": self.baseline, "notes": self.notes}
         )
 
     def write_json(self, path: str | os.PathLike) -> None:
@@ -82,6 +88,12 @@ class EvaluationReport:
             f"{'overall':<16}{_fmt(o['mae']):>12}{_fmt(o['rmse']):>12}"
             f"{_fmt(o['psnr'], 2):>10}{_fmt(o['ssim'], 4):>8}"
         )
+        if self.baseline is not None:
+            f = self.baseline["metrics"]["overall"]
+            lines.append(
+                f"{'flat image':<16}{_fmt(f['mae']):>12}{_fmt(f['rmse']):>12}"
+                f"{_fmt(f['psnr'], 2):>10}{_fmt(f['ssim'], 4):>8}"
+            )
         if len(m["bands"]) >= 3:
             lines.append(
                 f"SAM {_fmt(o['sam_deg'], 3)} deg   ERGAS {_fmt(o['ergas'], 3)} "
@@ -89,6 +101,11 @@ class EvaluationReport:
             )
         lines.append(f"valid pixels: {m['valid_pixels']}")
         lines.append(f"data range (PSNR, SSIM): {self.settings['data_range_source']}")
+        if self.baseline is not None:
+            levels = ", ".join(_fmt(v) for v in self.baseline["levels"])
+            lines.append(f"flat image: each band at {self.baseline['levels_source']} ({levels})")
+            if o["psnr"] <= self.baseline["metrics"]["overall"]["psnr"]:
+                lines.append("the translation is no better than the flat image (PSNR)")
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -221,6 +238,8 @@ def evaluate_chips(
                                    f"the model's domain {tgt_name}")
         range_source = "given"
     acc = MetricsAccumulator(target.band_count, ranges)
+    levels, no_levels = _training_means(data_dir, tgt_name, target.band_count)
+    flat_acc = MetricsAccumulator(target.band_count, ranges) if levels is not None else None
 
     batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
     if progress:
@@ -247,6 +266,8 @@ def evaluate_chips(
                 for out, (_, tgt, valid) in zip(y, items, strict=True):
                     pred = normalizer.to_data(out, target.dtype)
                     acc.add(pred.astype(np.float64), tgt.astype(np.float64), valid)
+                    if flat_acc is not None:
+                        flat_acc.add(flat_image(levels, tgt.shape), tgt.astype(np.float64), valid)
     if acc.count == 0:
         raise GeotranslateError(
             f"{src_dir}, {tgt_dir}: no pixel is valid in both source and target chips"
@@ -267,7 +288,36 @@ def evaluate_chips(
         "data_range_source": range_source,
         "resolution_ratio": 1.0,
     }
-    return EvaluationReport("chips", metrics, settings)
+    notes, baseline = [], None
+    if flat_acc is None:
+        notes.append(f"no flat-image baseline: {no_levels}")
+    else:
+        baseline = {"levels": levels,
+                    "levels_source": f"the training mean of domain {tgt_name} (meta.json)",
+                    "metrics": flat_acc.result(target.band_descriptions)}
+    return EvaluationReport("chips", metrics, settings, notes, baseline)
+
+
+def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list | None, str]:
+    """Per-band mean of ``domain`` in the chip folder's meta.json, or None and why not."""
+    from geotranslate.data import META_NAME, read_meta
+
+    path = data_dir / META_NAME
+    if not path.exists():
+        return None, f"{path} is missing"
+    try:
+        has_domains = "domains" in json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise GeotranslateError(f"{path}: corrupt meta.json ({e})") from None
+    if not has_domains:
+        return None, f"{path} holds no domain statistics"
+    bands = stats_from_dict(read_meta(data_dir)["domains"][domain]["stats"])
+    if len(bands) != band_count:
+        raise GeotranslateError(
+            f"{data_dir / META_NAME}: domain {domain} has statistics of {len(bands)} bands, "
+            f"but the model's has {band_count}"
+        )
+    return [s.mean for s in bands], ""
 
 
 def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_name, device):
@@ -430,16 +480,18 @@ def evaluate_rasters(
 
         ranges = _parse_data_range(data_range, band_count, str(ref_path))
         range_source = "given"
+        # a first pass: REF's mean (the flat image's levels) and, unless given, its range
+        ref_stats = StatsAccumulator(band_count, max_samples=200_000 if ranges is None else 1)
+        for _, r, valid, _core in pairs(0):
+            ref_stats.add(r, valid)
+        if ref_stats.count == 0:
+            raise GeotranslateError(
+                f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
+                "(all nodata)"
+            )
+        stats = ref_stats.result()
+        levels = [s.mean for s in stats]
         if ranges is None:
-            ref_stats = StatsAccumulator(band_count, max_samples=200_000)
-            for _, r, valid, _core in pairs(0):
-                ref_stats.add(r, valid)
-            if ref_stats.count == 0:
-                raise GeotranslateError(
-                    f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
-                    "(all nodata)"
-                )
-            stats = ref_stats.result()
             ranges = [s.p98 - s.p2 if s.p98 > s.p2 else s.max - s.min for s in stats]
             ranges = [r if r > 0 else 1.0 for r in ranges]
             range_source = (
@@ -448,8 +500,10 @@ def evaluate_rasters(
                 "max - min, or 1, where that is 0)"
             )
         acc = MetricsAccumulator(band_count, ranges)
+        flat_acc = MetricsAccumulator(band_count, ranges)
         for p, r, valid, core in pairs(SSIM_MARGIN):
             acc.add(p.astype(np.float64), r.astype(np.float64), valid, core)
+            flat_acc.add(flat_image(levels, r.shape), r.astype(np.float64), valid, core)
         if acc.count == 0:
             raise GeotranslateError(
                 f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
@@ -476,7 +530,10 @@ def evaluate_rasters(
         notes = []
         if warped:
             notes.append(f"reference warped onto the prediction's grid ({resampling})")
-        return EvaluationReport("rasters", metrics, settings, notes)
+        baseline = {"levels": levels,
+                    "levels_source": "the mean of the reference's pixels valid in both rasters",
+                    "metrics": flat_acc.result(descriptions)}
+        return EvaluationReport("rasters", metrics, settings, notes, baseline)
     finally:
         if warper is not None:
             warper.close()

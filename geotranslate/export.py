@@ -44,6 +44,7 @@ from geotranslate.raster.io import (
     raster_info,
     read_window,
     source_of,
+    valid_from_data,
     write_failed,
 )
 from geotranslate.raster.sources import parse_source
@@ -989,7 +990,12 @@ def _write_chip(
     nodata: float | None,
     descriptions: Sequence[str | None],
 ) -> None:
-    """One chip GeoTIFF; invalid pixels become nodata, or an internal mask when there is none."""
+    """One chip GeoTIFF holding the source's values unchanged (every band, every pixel).
+
+    Readers derive validity from the values (nodata in any band, NaN) as from the source; the
+    invalid pixels the values do not show (alpha, masks, padding without nodata) are kept in
+    an internal mask, which then holds the whole validity.
+    """
     count, height, width = data.shape
     profile = {
         "driver": "GTiff",
@@ -1008,10 +1014,7 @@ def _write_chip(
     }
     if min(height, width) >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    all_valid = bool(valid.all())
-    if nodata is not None and not all_valid:
-        data = data.copy()
-        data[:, ~valid] = nodata
+    needs_mask = bool((valid_from_data(data, nodata) & ~valid).any())
     # GDAL writes into memory and Python writes the file: a failed write (a full disk) then
     # raises, where GDAL's own flush at close only prints to stderr and leaves a truncated chip
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), MemoryFile() as memfile:
@@ -1020,7 +1023,7 @@ def _write_chip(
             for i, desc in enumerate(descriptions):
                 if desc:
                     dst.set_band_description(i + 1, desc)
-            if nodata is None and not all_valid:
+            if needs_mask:
                 dst.write_mask(valid.astype(np.uint8) * 255)
         encoded = memfile.read()
     with open(path, "wb") as f:

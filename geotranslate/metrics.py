@@ -178,6 +178,13 @@ class MetricsAccumulator:
         }
 
 
+def flat_image(levels: Sequence[float], shape: tuple[int, ...]) -> np.ndarray:
+    """A (bands, rows, cols) image holding one value per band: the trivial baseline a model
+    must beat (``levels`` = the target's mean), scored with the same metrics as the model."""
+    levels = np.asarray(levels, dtype=np.float64).reshape(-1, 1, 1)
+    return np.broadcast_to(levels, shape)
+
+
 def compute_metrics(
     pred: np.ndarray,
     ref: np.ndarray,

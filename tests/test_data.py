@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from conftest import write_raster
 
@@ -219,3 +220,114 @@ def test_pix2pix_refuses_chips_marked_unpaired(tmp_path):
     with pytest.raises(GeotranslateError, match="use --dataset-type CycleGAN"):
         ChipDataset(root, paired=True)
     assert len(ChipDataset(root, paired=False)) == 2
+
+
+# ---- geometric augmentation (--augment) ---------------------------------------------------------
+
+def _symmetries() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The 8 symmetries of the square on (..., rows, cols) arrays, written out independently."""
+    return {
+        "identity": lambda x: x,
+        "left-right": lambda x: x[..., ::-1],
+        "up-down": lambda x: x[..., ::-1, :],
+        "half turn": lambda x: x[..., ::-1, ::-1],
+        "transpose": lambda x: np.swapaxes(x, -1, -2),
+        "anti-transpose": lambda x: np.swapaxes(x, -1, -2)[..., ::-1, ::-1],
+        "quarter turn left": lambda x: np.swapaxes(x, -1, -2)[..., ::-1, :],
+        "quarter turn right": lambda x: np.swapaxes(x, -1, -2)[..., :, ::-1],
+    }
+
+
+def _raw_items(root: Path, split: str = "train") -> list[dict[str, np.ndarray]]:
+    """The chips as files hold them, normalized by hand (percentile range), with validity.
+
+    Datasets compared with these items are built with ``norm_method="percentile"``."""
+    meta = json.loads((root / "meta.json").read_text())
+    out = []
+    for path in sorted((root / f"{split}_a").glob("*.tif")):
+        item = {}
+        for d in ("a", "b"):
+            with rasterio.open(root / f"{split}_{d}" / path.name) as ds:
+                data = ds.read().astype(np.float64)
+            valid = (data != NODATA).all(axis=0)
+            bands = meta["domains"][d]["stats"]["bands"]
+            low = np.array([b["p2"] for b in bands])[:, None, None]
+            high = np.array([b["p98"] for b in bands])[:, None, None]
+            item[d] = np.clip((data - low) / (high - low) * 2 - 1, -1, 1) * valid
+            item["valid_" + d] = valid.astype(np.float64)[None]
+        out.append(item)
+    return out
+
+
+def test_default_augment_keeps_every_chip_pixel_for_pixel(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=4, nodata_holes=True)
+    raw = _raw_items(root)
+    ds = ChipDataset(root, paired=True, cache=False, norm_method="percentile")
+    assert ds.augment == "none"
+    for epoch in range(5):
+        for index in range(len(ds)):
+            item = ds[(epoch, index)]
+            for key in ("a", "b", "valid_a", "valid_b"):
+                np.testing.assert_allclose(item[key].numpy(), raw[index][key], atol=2e-6)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("none", {"identity"}),
+    ("hflip", {"identity", "left-right"}),
+    ("vflip", {"identity", "up-down"}),
+    ("rot180", {"identity", "half turn"}),
+    ("d4", set(_symmetries())),
+])
+def test_augment_modes_give_exactly_their_symmetries_to_a_b_and_masks(tmp_path, mode, expected):
+    root = make_chips(tmp_path / "chips", n_train=6, nodata_holes=True)
+    raw = _raw_items(root)
+    symmetries = _symmetries()
+    # the chips and their masks (holes in one corner) change under each of the 8 symmetries
+    for key in ("a", "valid_a", "valid_b"):
+        images = [f(raw[0][key]) for f in symmetries.values()]
+        assert all(not np.array_equal(images[i], images[j])
+                   for i in range(8) for j in range(i + 1, 8))
+    ds = ChipDataset(root, paired=True, augment=mode, cache=False, seed=3,
+                     norm_method="percentile")
+    seen = set()
+    for epoch in range(12):
+        for index in range(len(ds)):
+            item = ds[(epoch, index)]
+            found = {}
+            for key in ("a", "b", "valid_a", "valid_b"):
+                got = item[key].numpy()
+                found[key] = {name for name, f in symmetries.items()
+                              if np.allclose(got, f(raw[index][key]), atol=2e-6)}
+            # one transform, the same for A, B and both validity masks (masks without a
+            # hole are symmetric: they fit every transform)
+            assert len(found["a"]) == 1 and found["a"] == found["b"], found
+            masks = found["valid_a"] & found["valid_b"]
+            holes = not raw[index]["valid_a"].all()
+            assert masks == found["a"] if holes else found["a"] <= masks, found
+            seen |= found["a"]
+    assert seen == expected
+    if mode == "d4":  # the draws of the former augment=True: old runs resume identically
+        legacy = ChipDataset(root, paired=True, augment=True, cache=False, seed=3,
+                             norm_method="percentile")
+        for key in [(0, 0), (3, 5), (11, 2)]:
+            torch.testing.assert_close(legacy[key]["a"], ds[key]["a"])
+
+
+def test_augment_with_random_crops_and_bad_mode(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=2)
+    raw = _raw_items(root)
+    ds = ChipDataset(root, paired=True, crop_size=20, cache=False,  # crops, geometry kept
+                     norm_method="percentile")
+    offsets = set()
+    for epoch in range(6):
+        item = ds[(epoch, 1)]
+        hits = [(r, c) for r in range(13) for c in range(13)
+                if np.allclose(item["b"].numpy(), raw[1]["b"][:, r:r + 20, c:c + 20], atol=2e-6)]
+        assert len(hits) == 1
+        np.testing.assert_allclose(item["a"].numpy(),
+                                   raw[1]["a"][:, hits[0][0]:hits[0][0] + 20,
+                                               hits[0][1]:hits[0][1] + 20], atol=2e-6)
+        offsets.add(hits[0])
+    assert len(offsets) > 1  # random crops stay available
+    with pytest.raises(GeotranslateError, match="augment 'rot90': choose from none, hflip"):
+        ChipDataset(root, paired=True, augment="rot90")

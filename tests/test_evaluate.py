@@ -306,3 +306,121 @@ def test_cli_chip_mode(chip_model, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["mode"] == "chips" and doc["settings"]["direction"] == "a2b"
     assert len(doc["metrics"]["bands"]) == 3
+
+
+# ---- the flat-image baseline -------------------------------------------------------------------
+
+
+def _flat_by_hand(levels, ref, valid, ranges) -> dict:
+    """MAE, RMSE, PSNR, SSIM of a flat image at ``levels`` against ``ref`` (numpy, skimage)."""
+    flat = np.asarray(levels, dtype=np.float64)[:, None, None] * np.ones(ref.shape)
+    err = (flat - ref)[:, valid]
+    mse = (err**2).mean(axis=1)
+    ssim = []
+    for k in range(len(ref)):
+        _, ssim_map = structural_similarity(
+            flat[k], np.where(valid, ref[k], ref[k][valid].mean()),
+            data_range=float(ranges[k]), win_size=7, full=True)
+        ssim.append(ssim_map[valid].mean())
+    return {"mae": np.abs(err).mean(), "rmse": np.sqrt(mse.mean()),
+            "psnr": 10 * np.log10(1 / (mse / np.asarray(ranges) ** 2).mean()),
+            "ssim": np.mean(ssim)}
+
+
+def test_raster_mode_reports_the_flat_image_at_the_reference_mean(make_raster, tmp_path,
+                                                                   capsys):
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:48, 0:56]
+    ref = np.stack([100 + 40 * np.sin(xx / 7.0) + yy, 20 + 0.5 * xx * np.cos(yy / 5.0)])
+    ref = (ref + rng.normal(0, 2, ref.shape)).astype(np.float32)
+    pred = (ref + rng.normal(0, 6, ref.shape)).astype(np.float32)
+    ref[:, :6, :9] = -9999.0  # nodata in REF
+    pred[:, 30:34, 40:] = np.nan  # NaN in PRED
+    valid = np.ones((48, 56), dtype=bool)
+    valid[:6, :9] = False
+    valid[30:34, 40:] = False
+    ref_path = make_raster("ref.tif", ref, nodata=-9999.0)
+    pred_path = make_raster("pred.tif", pred)
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(pred_path), str(ref_path), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    ref64 = ref.astype(np.float64)
+    levels = [ref64[k][valid].mean() for k in range(2)]
+    np.testing.assert_allclose(doc["baseline"]["levels"], levels, rtol=1e-12)
+    ranges = [np.subtract(*np.percentile(ref64[k][valid], [98, 2])) for k in range(2)]
+    by_hand = _flat_by_hand(levels, ref64, valid, ranges)
+    flat = doc["baseline"]["metrics"]["overall"]
+    for key in ("mae", "rmse", "psnr", "ssim"):
+        assert flat[key] == pytest.approx(by_hand[key], rel=1e-6), key
+    assert doc["baseline"]["metrics"]["valid_pixels"] == valid.sum()
+    assert flat["psnr"] < doc["metrics"]["overall"]["psnr"]  # a noisy copy beats it
+    row = next(line for line in table.splitlines() if line.startswith("flat image "))
+    assert f"{by_hand['psnr']:.2f}" in row and f"{by_hand['ssim']:.4f}" in row
+    assert "the mean of the reference" in table and "no better than" not in table
+    # a given data range is used for the baseline too; a flat prediction beside the mean is
+    # worse than it
+    flat = (np.asarray(levels)[:, None, None] + 1.0) * np.ones((2, 48, 56))
+    flat[:, 30:34, 40:] = np.nan
+    flat_pred = make_raster("flatpred.tif", flat.astype(np.float32))
+    report = evaluate_rasters(flat_pred, ref_path, data_range=50.0)
+    assert report.baseline["metrics"]["overall"]["psnr"] == pytest.approx(
+        _flat_by_hand(levels, ref64, valid, [50.0, 50.0])["psnr"], rel=1e-5)
+    assert "no better than the flat image" in report.format_table()
+
+
+def _write_meta(chips, means_b) -> None:
+    """A complete meta.json for the chip fixture; B's training means are ``means_b``."""
+    def stats(means):
+        return {"method": "exact", "sample_size": 10, "valid_pixels": 10,
+                "bands": [{"min": 0.0, "max": 1.0, "mean": m, "std": 1.0, "p2": 0.0,
+                           "p98": 1.0, "count": 10} for m in means]}
+    def domain(dtype, means):
+        return {"sources": ["x.tif"], "bands": list(range(1, len(means) + 1)),
+                "band_count": len(means), "dtype": dtype, "stats": stats(means)}
+    meta = {"format": "geotranslate-chips", "format_version": 1, "tile_size": CHIP,
+            "dataset_type": "paired",
+            "domains": {"a": domain("float32", [-12, -12]), "b": domain("uint16", means_b)}}
+    (chips / "meta.json").write_text(json.dumps(meta))
+
+
+def test_chip_mode_reports_the_flat_image_at_the_training_mean(chip_model, tmp_path, capsys):
+    import rasterio
+
+    chips, run_dir, _, model = chip_model
+    report = evaluate_chips(run_dir, chips, split="val")
+    assert report.baseline is None and "no flat-image baseline" in report.notes[0]
+    means = [1900.0, 2100.5, 1750.25]
+    _write_meta(chips, means)
+    out = tmp_path / "chips.json"
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(chips), "--json",
+                 str(out)]) == 0
+    table = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["baseline"]["levels"] == means
+    refs, valids = [], []
+    for path in sorted((chips / "val_b").glob("*.tif")):
+        with rasterio.open(chips / "val_a" / path.name) as ds:
+            valid = (ds.read() != -9999.0).all(axis=0)
+        with rasterio.open(path) as ds:
+            b = ds.read().astype(np.float64)
+        refs.append(b)
+        valids.append(valid & (b != 0).all(axis=0))
+    ranges = [h - lo for lo, h in zip(model.domains["b"].normalizer.low,
+                                      model.domains["b"].normalizer.high, strict=True)]
+    # pooled over the chips: errors over all valid pixels, SSIM maps summed per chip
+    err = np.concatenate([(np.asarray(means)[:, None] - r[:, v]) for r, v in
+                          zip(refs, valids, strict=True)], axis=1)
+    mse = (err**2).mean(axis=1)
+    ssim_sum = sum(_flat_by_hand(means, r, v, ranges)["ssim"] * v.sum()
+                   for r, v in zip(refs, valids, strict=True))
+    flat = doc["baseline"]["metrics"]["overall"]
+    assert flat["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-9)
+    assert flat["rmse"] == pytest.approx(np.sqrt(mse.mean()), rel=1e-9)
+    assert flat["psnr"] == pytest.approx(
+        10 * np.log10(1 / (mse / np.asarray(ranges) ** 2).mean()), rel=1e-9)
+    assert flat["ssim"] == pytest.approx(ssim_sum / sum(v.sum() for v in valids), rel=1e-6)
+    assert "training mean of domain b" in table and "flat image " in table
+    _write_meta(chips, means[:2])
+    with pytest.raises(GeotranslateError, match="statistics of 2 bands, but the model's has 3"):
+        evaluate_chips(run_dir, chips, split="val")

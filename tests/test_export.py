@@ -201,7 +201,7 @@ def test_unpaired_tiles_domains_independently(make_raster, tmp_path):
 def test_invalid_pixels_nodata_nan_alpha_and_padding(make_raster, tmp_path):
     data = np.full((1, 128, 128), 5.0, dtype="float32")
     data[0, :20, :64] = -9999.0  # 20 / 64 rows of chip (0, 0) are nodata: skipped
-    data[0, 64:70, :64] = np.nan  # 6 rows of chip (64, 0): under 10 %, kept with NaN → nodata
+    data[0, 64:70, :64] = np.nan  # 6 rows of chip (64, 0): under 10 %, kept, NaN (invalid)
     src = make_raster("f.tif", data, nodata=-9999.0)
     out = tmp_path / "f"
     summary = export([src], out_dir=out, tile_size=64)
@@ -499,3 +499,53 @@ def test_real_storm_lake_offset_grids(real_data, tmp_path):
                 b_rows, b_cols = rasterio.transform.rowcol(src_b.transform, xs.ravel(), ys.ravel())
                 expected = src_b.read(1)[np.array(b_rows), np.array(b_cols)]
                 np.testing.assert_array_equal(chip.read(1)[rows, cols].ravel(), expected)
+
+
+def _assert_chips_equal_source(src_path: Path, out: Path, tile: int) -> int:
+    """Every chip holds the source window's values, and reads back with its validity."""
+    chips = chips_in(out, "train", "a")
+    with rasterio.open(src_path) as src:
+        bands = [b for b in range(1, src.count + 1)
+                 if src.colorinterp[b - 1] != rasterio.enums.ColorInterp.alpha]
+        for name, path in chips.items():
+            row, col = offsets_of(name)
+            window = rasterio.windows.Window(col, row, tile, tile)
+            with rasterio.open(path) as chip:
+                np.testing.assert_array_equal(chip.read(), src.read(bands, window=window),
+                                              err_msg=name)
+                _, valid = read_window(chip, rasterio.windows.Window(0, 0, tile, tile), bands)
+            _, src_valid = read_window(src, window, bands)
+            np.testing.assert_array_equal(valid, src_valid, err_msg=name)
+    return len(chips)
+
+
+def test_chips_of_per_band_nodata_hold_the_source_values(make_raster, tmp_path):
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 256, size=(3, 96, 128)).astype("uint8")
+    data[:, :10, :] = 0  # a collar: 0 in every band
+    one_band = rng.random((96, 128)) < 0.05  # pixels 0 in one band only
+    band = rng.integers(0, 3, size=(96, 128))
+    for b in range(3):
+        data[b][one_band & (band == b)] = 0
+    src = make_raster("rgb.tif", data, nodata=0)
+    out = tmp_path / "chips"
+    export([src], out_dir=out, tile_size=32, max_nodata=1.0)
+    assert _assert_chips_equal_source(src, out, 32) == 12
+    with rasterio.open(out / "train_a" / "rgb_32_32.tif") as chip:
+        _, valid = read_window(chip, rasterio.windows.Window(0, 0, 32, 32), [1, 2, 3])
+        # a pixel 0 in any band is invalid, as training has always read it
+        np.testing.assert_array_equal(valid, (data[:, 32:64, 32:64] != 0).all(axis=0))
+        assert (~valid).any() and chip.nodata == 0
+    # with an alpha band too: the values under alpha 0 are kept, the alpha becomes a mask
+    alpha = np.full((96, 128), 255, dtype="uint8")
+    alpha[40:50, 20:90] = 0
+    src = make_raster("rgba.tif", data, nodata=0, alpha=alpha)
+    export([src], out_dir=tmp_path / "rgba", tile_size=32, max_nodata=1.0)
+    assert _assert_chips_equal_source(src, tmp_path / "rgba", 32) == 12
+
+
+def test_real_rgb_byte_chips_equal_their_source_windows(real_data, tmp_path):
+    src = real_data / "rasterio" / "RGB.byte.tif"  # nodata 0 per band
+    out = tmp_path / "rgb"
+    export([src], out_dir=out, tile_size=200, max_nodata=1.0)
+    assert _assert_chips_equal_source(src, out, 200) == 16

@@ -179,7 +179,7 @@ def test_crop_smaller_than_the_generator_stride_gets_a_possible_hint(tmp_path, c
             "--no-preview", "--device", "cpu"]
     assert main(args) == 1
     err = one_line_error(capsys, "16 px", "32")
-    assert "--crop-size 0" not in err and "multiple of 32" in err
+    assert "--crop-size 0" not in err and "smaller than 32" in err
 
 
 # ---- 19: evaluate rasters without georeference -------------------------------------------------

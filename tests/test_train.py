@@ -301,3 +301,125 @@ def test_rgb_bands_option():
     assert trainer_module.parse_rgb_bands("a:1;b:3,2,1") == {"a": [1], "b": [3, 2, 1]}
     with pytest.raises(GeotranslateError, match="--rgb-bands 'c:1'"):
         trainer_module.parse_rgb_bands("c:1")
+
+
+def _flat_baseline_by_hand(chips: Path) -> dict[str, float]:
+    """L1, PSNR and SSIM of a flat image at B's training mean on the val chips, in model
+    units, computed here from the chip files and meta.json (not through geotranslate)."""
+    import rasterio
+    from skimage.metrics import structural_similarity
+
+    meta = json.loads((chips / "meta.json").read_text())
+    bands = meta["domains"]["b"]["stats"]["bands"]
+    low = np.array([b["p2"] for b in bands])[:, None, None]
+    high = np.array([b["p98"] for b in bands])[:, None, None]
+    mean = np.array([b["mean"] for b in bands])[:, None, None]
+    flat = np.clip((mean - low) / (high - low) * 2 - 1, -1, 1)
+    abs_sum, sq_sum, ssim_sum, count = np.zeros(3), np.zeros(3), np.zeros(3), 0
+    for path in sorted((chips / "val_b").glob("*.tif")):
+        with rasterio.open(chips / "val_a" / path.name) as ds:
+            valid = (ds.read() != -9999.0).all(axis=0)
+        with rasterio.open(path) as ds:
+            raw = ds.read().astype(np.float64)
+        valid &= (raw != -9999.0).all(axis=0)
+        real = np.clip((raw - low) / (high - low) * 2 - 1, -1, 1) * valid
+        err = (flat - real)[:, valid]
+        abs_sum += np.abs(err).sum(axis=1)
+        sq_sum += (err**2).sum(axis=1)
+        for k in range(3):
+            _, ssim_map = structural_similarity(
+                np.full(real[k].shape, flat[k, 0, 0]),
+                np.where(valid, real[k], real[k][valid].mean()), data_range=2.0, win_size=7,
+                full=True)
+            ssim_sum[k] += ssim_map[valid].sum()
+        count += int(valid.sum())
+    mse = sq_sum / count
+    return {"l1": float((abs_sum / count).mean()),
+            "psnr": float(10 * np.log10(1 / (mse / 4).mean())),
+            "ssim": float((ssim_sum / count).mean())}
+
+
+def test_validation_reports_a_flat_image_baseline_and_augment_is_recorded(tmp_path, capsys):
+    chips = make_chips(tmp_path / "chips", n_train=4, n_val=3, nodata_holes=True, seed=4)
+    run = tmp_path / "run"
+    args = ["train", str(chips), "--dataset-type", "Pix2Pix", "--out", str(run), "--ngf", "4",
+            "--ndf", "4", "--n-layers-d", "1", "--epochs", "5", "--epochs-decay", "0",
+            "--batch-size", "4", "--lr", "1e-9", "--augment", "hflip", "--no-progress",
+            "--no-preview", "--norm-method", "percentile"]  # the range _flat_baseline_by_hand uses
+    assert main(args) == 0
+    by_hand = _flat_baseline_by_hand(chips)
+    val = [r for r in read_metrics(run) if r["val_l1"]]
+    assert [int(r["epoch"]) for r in val] == [0, 1, 2, 3, 4, 5]
+    for row in val:  # the same chips and pixels every epoch: the same bar
+        assert float(row["val_flat_l1"]) == pytest.approx(by_hand["l1"], rel=1e-5)
+        assert float(row["val_flat_psnr"]) == pytest.approx(by_hand["psnr"], rel=1e-5)
+        assert float(row["val_flat_ssim"]) == pytest.approx(by_hand["ssim"], rel=1e-4, abs=1e-6)
+    log = (run / "train.log").read_text()
+    assert "augment hflip" in log
+    lines = [line for line in log.splitlines() if "validation:" in line]
+    assert len(lines) == 6 and lines[0].startswith("untrained model validation: L1 ")
+    assert f"(flat image at the target mean: L1 {by_hand['l1']:.4f}, PSNR " \
+        f"{by_hand['psnr']:.2f} dB" in lines[-1]
+    # an (almost) untrained model: flagged after 5 epochs exactly when it is not above the bar
+    beaten = float(val[-1]["val_psnr"]) > float(val[-1]["val_flat_psnr"])
+    assert ("no better than a flat image after 5 epochs: check --augment" in lines[-1]) \
+        == (not beaten)
+    # config.json and model.json record the augmentation
+    assert json.loads((run / "config.json").read_text())["augment"] == "hflip"
+    assert load_model(run).training["augment"] == "hflip"
+    # a run whose metrics.csv predates the val_flat_* columns keeps its rows when resumed
+    with open(run / "metrics.csv", newline="") as f:
+        old = [{k: v for k, v in r.items() if not k.startswith("val_flat")}
+               for r in csv.DictReader(f)]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    assert main(["train", "--resume", str(run), "--epochs", "6", "--no-progress"]) == 0
+    val_after = [r for r in read_metrics(run) if r["val_l1"]]
+    assert [r["val_l1"] for r in val_after[:6]] == [r["val_l1"] for r in val]
+    assert all(r["val_flat_l1"] == "" for r in val_after[:6])
+    assert float(val_after[6]["val_flat_l1"]) == pytest.approx(by_hand["l1"], rel=1e-5)
+    # --no-augment still works (the same as the default, --augment none); a contradiction fails
+    run2 = tmp_path / "run2"
+    base = [*args[:args.index("--out")], "--out", str(run2), "--ngf", "4", "--ndf", "4",
+            "--n-layers-d", "1", "--max-steps", "1", "--no-progress", "--no-preview"]
+    assert main([*base, "--no-augment"]) == 0
+    assert json.loads((run2 / "config.json").read_text())["augment"] == "none"
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "run3"), "--no-augment", "--augment", "d4"]) == 1
+    assert "--no-augment contradicts --augment d4" in capsys.readouterr().err
+
+
+def test_validation_line_flags_a_model_no_better_than_the_flat_image():
+    scores = {"val_l1": 0.3, "val_psnr": 14.0, "val_ssim": 0.2,
+              "val_flat_l1": 0.25, "val_flat_psnr": 14.8, "val_flat_ssim": 0.1}
+    line = trainer_module.validation_line(5, scores)
+    assert line.startswith("epoch 5 validation: L1 0.3000, PSNR 14.00 dB, SSIM 0.2000 (flat "
+                           "image at the target mean: L1 0.2500, PSNR 14.80 dB, SSIM 0.1000)")
+    assert "no better than a flat image after 5 epochs" in line
+    early = trainer_module.validation_line(2, scores)
+    assert "not yet better than a flat image" in early and "after" not in early
+    better = trainer_module.validation_line(9, {**scores, "val_psnr": 16.6})
+    assert "flat image at the target mean" in better and "better than" not in better
+
+
+def test_old_config_json_keeps_its_augmentation(paired_chips, tmp_path, capsys):
+    """Runs made before --augment MODE flipped and rotated (augment: true, the old default)."""
+    assert main(["train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "[default: none]" in help_text and "sun's azimuth" in help_text
+    assert "rotation-invariant mappings" in help_text
+    assert TrainConfig("Pix2Pix").augment == "none"
+    assert TrainConfig.from_dict({"dataset_type": "Pix2Pix"}).augment == "d4"
+    assert TrainConfig.from_dict({"dataset_type": "Pix2Pix", "augment": True}).augment == "d4"
+    assert TrainConfig.from_dict({"dataset_type": "Pix2Pix", "augment": False}).augment == "none"
+    run = tmp_path / "old"
+    run.mkdir()
+    old = TrainConfig("Pix2Pix", data_dir=str(paired_chips)).to_dict()
+    del old["augment"]
+    (run / "config.json").write_text(json.dumps(old))
+    assert TrainConfig.from_run(run).augment == "d4"
+    assert TrainConfig.from_run(run, augment="none").augment == "none"
+    with pytest.raises(GeotranslateError, match="augment 'rot90': choose from none, hflip"):
+        TrainConfig("Pix2Pix", augment="rot90").validate()

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from geotranslate import schema as sc
+from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT, LEGACY_AUGMENT
 from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
 
@@ -58,7 +59,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many iterations in total
     # data
     crop_size: int | None = None
-    augment: bool = True
+    augment: str = DEFAULT_AUGMENT  # none | hflip | vflip | rot180 | d4 (geotranslate/augment.py)
     norm_method: str = "robust"  # see stats.robust_range
     cache: bool | None = None  # None: cache normalized chips in memory when they fit in 2 GB
     workers: int | None = None  # None: 0 when cached, else min(4, cpus)
@@ -76,6 +77,10 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # when the tensorboard package is installed
 
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # augment=True/False of earlier versions
+            self.augment = LEGACY_AUGMENT[self.augment]
+
     def validate(self) -> None:
         """Refuse impossible settings before any file is read."""
         if self.dataset_type not in DATASET_TYPES:
@@ -90,6 +95,7 @@ class TrainConfig:
         if self.gan_mode is not None:
             checks.append(("GAN mode", self.gan_mode, GAN_MODES))
         check_device_name(self.device)
+        checks.append(("augment", self.augment, tuple(AUGMENTS)))
         for what, value, allowed in checks:
             if value not in allowed:
                 raise GeotranslateError(f"{what} {value!r}: choose from {', '.join(allowed)}")
@@ -142,7 +148,10 @@ class TrainConfig:
         naming ``source`` and the field); unknown keys are ignored."""
         sc.validate(d, config_schema(), source)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        # config.json before --augment MODE: a boolean, absent meaning the old default (True)
+        values.setdefault("augment", True)
+        return cls(**values)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, **overrides) -> TrainConfig:
@@ -162,6 +171,8 @@ def config_schema() -> sc.Obj:
     hints = typing.get_type_hints(TrainConfig)
     optional = {}
     for f in fields(TrainConfig):
+        if f.name == "augment":
+            continue  # a mode, or the boolean of earlier versions: __post_init__/validate()
         hint = hints[f.name]
         args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
         kinds = [_SCALARS[a] for a in args if a in _SCALARS]

@@ -39,7 +39,7 @@ from geotranslate.data import (
 )
 from geotranslate.device import autocast, resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.metrics import MetricsAccumulator
+from geotranslate.metrics import MetricsAccumulator, flat_image
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
 from geotranslate.models import (
     GANLoss,
@@ -53,6 +53,7 @@ from geotranslate.models import (
     unwrap,
 )
 from geotranslate.raster.io import atomic_path
+from geotranslate.stats import stats_from_dict
 from geotranslate.train import distributed
 from geotranslate.train.checkpoint import (
     checkpoint_path,
@@ -65,7 +66,9 @@ from geotranslate.train.config import CONFIG_NAME, TrainConfig
 
 #: settings that fix the networks' shapes or the meaning of the run: a resume must match them.
 ARCHITECTURE_KEYS = ("dataset_type", "generator_specs", "discriminator_specs", "gan_mode")
-VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim")
+VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim", "val_flat_l1", "val_flat_psnr", "val_flat_ssim")
+#: after this many epochs a model whose validation PSNR is not above the flat image is flagged.
+FLAT_PATIENCE_EPOCHS = 5
 LOG_NAME = "train.log"
 #: small chips are enlarged (nearest neighbour) to at least this many pixels in previews.
 PREVIEW_MIN_PX = 128
@@ -131,8 +134,12 @@ class _Metrics:
             with open(path, newline="") as f:
                 reader = csv.reader(f)
                 header = next(reader, None)
-                if header == self.columns:  # drop rows logged after the checkpoint
-                    rows = [r for r in reader if r and int(r[1]) <= resume_iteration]
+                if header and header[:2] == self.columns[:2] and set(header) <= set(self.columns):
+                    # drop rows logged after the checkpoint; a run of an earlier version may
+                    # lack columns (val_flat_*): its rows get them empty
+                    at = [header.index(c) if c in header else None for c in self.columns]
+                    rows = [[r[i] if i is not None else "" for i in at] for r in reader
+                            if r and int(r[1]) <= resume_iteration]
         self.file = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
         self.writer = csv.writer(self.file)
         self.writer.writerow(self.columns)
@@ -560,8 +567,13 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
 
     Figures are in the model's [-1, 1] range (data range 2), pooled over all chips by
     :class:`geotranslate.metrics.MetricsAccumulator`, the same definitions as ``evaluate``.
+    ``val_flat_*``: the same figures of a flat image at domain B's training mean (meta.json
+    statistics, normalized like the chips) on the same chips and pixels: the bar to clear.
     """
+    means = [s.mean for s in stats_from_dict(dataset.meta["domains"]["b"]["stats"])]
+    flat_b = dataset.norm["b"].to_model(np.asarray(means).reshape(-1, 1, 1))
     accumulator: MetricsAccumulator | None = None
+    baseline: MetricsAccumulator | None = None
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         a = torch.stack([it["a"] for it in items])
@@ -571,14 +583,42 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
             valid = (item["valid_a"][0] * item["valid_b"][0]).numpy() > 0
             if accumulator is None:
                 accumulator = MetricsAccumulator(real.shape[0], data_range=2.0)
+                baseline = MetricsAccumulator(real.shape[0], data_range=2.0)
             accumulator.add(fake, real, valid)
+            baseline.add(flat_image(flat_b[:, 0, 0], real.shape), real, valid)
     if accumulator is None or accumulator.count == 0:
         return {}
-    overall = accumulator.result()["overall"]
-    figures = {"val_l1": overall["mae"], "val_psnr": min(overall["psnr"], 100.0)}
-    if overall["ssim"] is not None:  # chips under 7 px have no SSIM
-        figures["val_ssim"] = overall["ssim"]
+    figures = {}
+    for prefix, acc in (("val_", accumulator), ("val_flat_", baseline)):
+        overall = acc.result()["overall"]
+        figures.update({prefix + "l1": overall["mae"],
+                        prefix + "psnr": min(overall["psnr"], 100.0)})
+        if overall["ssim"] is not None:  # chips under 7 px have no SSIM
+            figures[prefix + "ssim"] = overall["ssim"]
     return figures
+
+
+def validation_line(epoch: int, scores: dict[str, float]) -> str:
+    """The log line of one validation: the model's figures, the flat image's, and a plain
+    warning when, after FLAT_PATIENCE_EPOCHS epochs, the model's PSNR is not above it."""
+
+    def figures(prefix: str) -> str:
+        text = f"L1 {scores[prefix + 'l1']:.4f}, PSNR {scores[prefix + 'psnr']:.2f} dB"
+        if prefix + "ssim" in scores:
+            text += f", SSIM {scores[prefix + 'ssim']:.4f}"
+        return text
+
+    when = f"epoch {epoch}" if epoch else "untrained model"
+    line = (f"{when} validation: {figures('val_')} (flat image at the target mean: "
+            f"{figures('val_flat_')})")
+    if scores["val_psnr"] <= scores["val_flat_psnr"]:
+        if epoch >= FLAT_PATIENCE_EPOCHS:
+            line += (f"; no better than a flat image after {epoch} epochs: check --augment "
+                     "(flips/rotations break direction-dependent mappings), the normalization "
+                     "(--norm-method) and the pairing of A and B")
+        elif epoch:
+            line += "; not yet better than a flat image"
+    return line
 
 
 def write_preview(trainer: Trainer, item: dict, norm: dict, meta: dict, rgb: dict,
@@ -731,6 +771,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Pat
         f" (crops of {train_set.crop_size})"
     world = f", world size {ctx.world_size}" if ctx.enabled else ""
     log(f"{config.dataset_type} on {len(train_set)} chips of {train_set.chip_size} px{crops}, "
+        f"augment {train_set.augment}, "
         f"{trainer.bands['a']} -> {trainer.bands['b']} bands, device {device}, {precision}"
         f"{world}; run dir {run_dir}")
     if checkpoint is not None:
@@ -778,8 +819,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Pat
             scores = validate(trainer, val_set, config.batch_size)
             if scores:
                 metrics.log(done_epoch, iteration, scores)
-                log(f"epoch {done_epoch} validation: L1 {scores['val_l1']:.4f}, PSNR "
-                    f"{scores['val_psnr']:.2f} dB, SSIM {scores['val_ssim']:.4f}")
+                log(validation_line(done_epoch, scores))
         if config.preview:
             _preview(done_epoch)
         metrics.flush()
@@ -796,6 +836,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Pat
             scores = validate(trainer, val_set, config.batch_size)  # the untrained baseline
             if scores:
                 metrics.log(0, 0, scores)
+                log(validation_line(0, scores))
         while epoch < config.total_epochs and not stopped:
             sampler.set_epoch(epoch, start=epoch_batch * config.batch_size)
             bar = tqdm(total=batches_per_epoch, initial=epoch_batch,
@@ -892,6 +933,7 @@ def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Pat
             "batch_size": config.batch_size, "world_size": ctx.world_size,
             "gan_mode": trainer.gan_mode, "lambda_identity": trainer.lambda_identity,
             "pretrained": config.pretrained, "norm_method": config.norm_method,
+            "augment": config.augment,
             "data_dir": config.data_dir,
             "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         }
