@@ -26,7 +26,12 @@ from geotranslate.predict.pipeline import (
     run_pipeline,
 )
 from geotranslate.predict.provenance import provenance_tags, weights_sha256
-from geotranslate.predict.resume import open_partial, remaining_strips, remove_partial
+from geotranslate.predict.resume import (
+    keep_partial,
+    open_partial,
+    remaining_strips,
+    remove_partial,
+)
 from geotranslate.raster.io import (
     atomic_path,
     check_not_input,
@@ -183,7 +188,7 @@ def predict_raster(
     with atomic_path(out, overwrite=overwrite) as tmp_final:
         tmp_tiff, checkpoint = open_partial(out, key, profile, resume=resume,
                                             overwrite=overwrite)
-        todo = remaining_strips(plan, checkpoint.start, tile, out_rows[0],
+        todo = remaining_strips(plan, checkpoint and checkpoint.start, tile, out_rows[0],
                                 out_rows[1])
         try:
             counts = run_pipeline(
@@ -200,11 +205,12 @@ def predict_raster(
             else:
                 os.replace(tmp_tiff, tmp_final)
         except (KeyboardInterrupt, SystemExit):
-            raise  # the partial result stays for --resume
-        except BaseException:
-            remove_partial(out)
+            keep_partial(tmp_tiff, checkpoint)  # the partial result stays for --resume
             raise
-        remove_partial(out)
+        except BaseException:
+            remove_partial(out, tmp_tiff, checkpoint)
+            raise
+        remove_partial(out, tmp_tiff, checkpoint)
     seconds = time.perf_counter() - started
     return PredictSummary(
         input=str(in_path), output=str(out), direction=direction,

@@ -29,7 +29,7 @@ import rasterio
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
 from geotranslate.predict.grid import Strip
-from geotranslate.raster.io import display_path
+from geotranslate.raster.io import display_path, temp_path
 
 PROGRESS_FORMAT = "geotranslate-predict-progress"
 #: most seconds between two checkpoints (closing, syncing and recording the partial file).
@@ -49,9 +49,13 @@ def partial_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f".{name}.resume.tif"), out.with_name(f".{name}.resume.json")
 
 
-def _pid_alive(pid: int) -> bool:
+#: progress files that runs in this process are writing now
+_WRITING: set[Path] = set()
+
+
+def _writer_alive(pid: int, progress: Path) -> bool:
     if pid == os.getpid():
-        return False
+        return progress.resolve() in _WRITING  # a run inside another, in this process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,20 +97,25 @@ class Checkpoint:
 
 
 def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
-                 overwrite: bool) -> tuple[Path, Checkpoint]:
+                 overwrite: bool) -> tuple[Path, Checkpoint | None]:
     """The partial file to write and its checkpoint state (``start`` set when resuming).
 
-    Refuses a partial of a live run, a progress file that does not match ``key`` or is
-    corrupt, and (without ``resume`` or ``overwrite``) a partial that an interrupted run left.
+    Refuses a progress file that does not match ``key`` or is corrupt, and (without
+    ``resume`` or ``overwrite``) a partial that an interrupted run left. While another live
+    run writes the partial, this one writes a temporary file of its own, not resumable
+    (checkpoint None): the first to finish gets the name.
     """
     tiff, progress = partial_paths(out)
     checkpoint = Checkpoint(progress, key)
     if progress.exists():
         meta = sc.load_json(progress)
         sc.validate(meta, _PROGRESS_SCHEMA, progress)
-        if _pid_alive(meta["pid"]):
-            raise GeotranslateError(
-                f"{out}: another run (process {meta['pid']}) is writing it; wait for it to end")
+        if _writer_alive(meta["pid"], progress):
+            if resume:
+                raise GeotranslateError(
+                    f"{out}: another run (process {meta['pid']}) is writing it; nothing to "
+                    "resume while it runs")
+            return temp_path(out, ".gtiff.part"), None
         if resume:
             checkpoint.start = _check_resumable(out, tiff, progress, meta, key, profile)
         elif not overwrite:
@@ -120,6 +129,7 @@ def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
         with contextlib.suppress(FileNotFoundError):
             tiff.unlink()
     checkpoint._write(meta["done"] if checkpoint.start is not None else None)
+    _WRITING.add(progress.resolve())
     return tiff, checkpoint
 
 
@@ -144,10 +154,21 @@ def _check_resumable(out, tiff, progress, meta, key, profile) -> tuple[int, int]
     return meta["done"]["chunk_col"], meta["done"]["row"]
 
 
-def remove_partial(out: Path) -> None:
-    for p in partial_paths(out):
+def remove_partial(out: Path, tiff: Path, checkpoint: Checkpoint | None) -> None:
+    """Remove what this run wrote: its partial and progress file, or its temporary file."""
+    keep_partial(tiff, checkpoint)
+    for p in partial_paths(out) if checkpoint is not None else (tiff,):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def keep_partial(tiff: Path, checkpoint: Checkpoint | None) -> None:
+    """This run stops writing: its partial stays for --resume (a temporary file is removed)."""
+    if checkpoint is None:
+        with contextlib.suppress(FileNotFoundError):
+            tiff.unlink()
+    else:
+        _WRITING.discard(checkpoint.progress.resolve())
 
 
 def remaining_strips(plan: list[Strip], start: tuple[int, int] | None, tile: int,
