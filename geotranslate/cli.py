@@ -351,6 +351,19 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
         raise click.exceptions.Exit(1)
 
 
+@cli.command("model-stac")
+@click.argument("run", type=click.Path())
+@click.option("--out", "out_path", required=True, type=click.Path(),
+              help="The STAC item (JSON) to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def model_stac_cmd(run, out_path, overwrite) -> None:
+    """Write RUN's model (a run directory or its model.json) as a STAC item with the Machine
+    Learning Model extension, for catalogues."""
+    from geotranslate.stac import write_model_stac
+
+    click.echo(str(write_model_stac(run, out_path, overwrite=overwrite)))
+
+
 # ---- evaluate and preview (geotranslate/evaluate.py, geotranslate/render.py) -------------------
 
 

@@ -226,3 +226,32 @@ def test_job_array_ranks_share_the_inputs(tmp_path, make_raster, capsys):
         if rank == 1:
             assert names == ["scene1_translated.tif"]
     assert names == [f"scene{i}_translated.tif" for i in range(3)]
+
+
+# ---- the model as a STAC item ---------------------------------------------------------------
+
+
+def test_model_stac_item_with_the_mlm_extension(tmp_path, capsys):
+    import pystac
+
+    from geotranslate.stac import MLM_SCHEMA
+
+    run = make_model(tmp_path, bands_a=2, bands_b=3)
+    assert cli_main(["model-stac", str(run), "--out", str(tmp_path / "item.json")]) == 0
+    d = json.loads((tmp_path / "item.json").read_text())
+    item = pystac.Item.from_dict(d)
+    assert item.to_dict(include_self_link=False, transform_hrefs=False) == d  # round trip
+    assert MLM_SCHEMA in item.stac_extensions
+    props = item.properties
+    assert props["mlm:framework"] == "pytorch"
+    assert props["mlm:name"] and "resnet" in props["mlm:architecture"]
+    (inp,), (out,) = props["mlm:input"], props["mlm:output"]
+    assert inp["bands"] == ["a0", "a1"] and inp["input"]["shape"] == [-1, 2, 64, 64]
+    assert out["bands"] == ["b0", "b1", "b2"] and out["result"]["shape"] == [-1, 3, 64, 64]
+    assert [v["minimum"] for v in inp["value_scaling"]] == [-1.0, -1.0]
+    weights = json.loads((run / "model.json").read_text())["weights"]["sha256"]
+    assert item.assets["weights"].extra_fields["geotranslate:sha256"] == weights
+    assert "mlm:model" in item.assets["weights"].roles
+    # never over the model's own files
+    assert cli_main(["model-stac", str(run), "--out", str(run / "model.json")]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
