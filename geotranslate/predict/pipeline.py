@@ -201,7 +201,7 @@ class Writer(threading.Thread):
         return dst
 
     def _finish(self, acc: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        y = acc / np.maximum(weight, 1e-12)
+        y = np.divide(acc, np.maximum(weight, 1e-12), out=acc)  # acc is this writer's copy
         values = self.out.target.normalizer.to_data(y, self.out.profile["dtype"])
         return apply_nodata(values, valid, self.out.nodata)
 
