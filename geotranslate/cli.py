@@ -16,10 +16,51 @@ import click
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import OUTPUT_ERRNOS, check_not_input, not_utf8
+from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+class ListOptionsCommand(click.Command):
+    """A command whose list options take every value that follows them, up to the next option.
+
+    ``export-tiles s1_*.tif --b s2_*.tif`` gives all the shell's B files to ``--b``: click
+    options take one value each, so the arguments are rewritten to ``--b X --b Y`` before
+    click parses them. Repeating the option keeps working; ``--`` ends the list.
+    """
+
+    list_options: tuple[str, ...] = ()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_list_options(args, self.list_options))
+
+
+def expand_list_options(args: list[str], names: tuple[str, ...]) -> list[str]:
+    """``[--b, x, y, --out, d]`` -> ``[--b, x, --b, y, --out, d]`` for the options ``names``."""
+    out: list[str] = []
+    current: str | None = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            return out
+        if arg.startswith("-") and arg != "-":
+            current = arg if arg in names else None
+            if current is None:
+                out.append(arg)
+            continue
+        if current is not None:
+            out.extend([current, arg])
+        else:
+            out.append(arg)
+    if current is not None:  # "--b" with no value: let click say so
+        out.append(current)
+    return out
+
+
+def list_command(*names: str) -> type[ListOptionsCommand]:
+    """A :class:`ListOptionsCommand` class whose options ``names`` take many values."""
+    return type("ListCommand", (ListOptionsCommand,), {"list_options": names})
 
 
 @click.group(context_settings=CONTEXT)
@@ -105,10 +146,11 @@ def _printable(message: str) -> str:
 # ---- export-tiles (geotranslate/export.py) --------------------------------------------------
 
 
-@cli.command("export-tiles")
+@cli.command("export-tiles", cls=list_command("--b"))
 @click.argument("a_rasters", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--b", "b_rasters", multiple=True, type=click.Path(path_type=str),
-              help="Domain-B raster (repeat for several scenes: --b B1.tif --b B2.tif).")
+              help="Domain-B rasters: every raster after --b up to the next option "
+                   "(--b s2_*.tif), or --b repeated.")
 @click.option("--out", "out_dir", default="chips", type=click.Path(path_type=str),
               help="Output directory; a run into an existing one adds to it.")
 @click.option("--tile-size", default=256, type=int, help="Chip width and height in pixels.")
@@ -149,6 +191,10 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
       geotranslate export-tiles sar.tif --b optical.tif --out chips
       geotranslate export-tiles s1_*.tif --b s2_*.tif --val-fraction 0.1
       geotranslate export-tiles dsm.tif --domain a --out chips   (then --domain b)
+
+    A raster is a file, a URL (https://, s3://), a GDAL name (/vsizip/..., /vsicurl/...),
+    band files (stack:B02.tif,B03.tif,B04.tif) or a STAC item with asset keys
+    (item.json:B04,B03,B02); the same holds for predict-raster, evaluate and preview.
 
     A raster smaller than the tile gives one chip padded with nodata (its padding counts as
     invalid pixels for --max-nodata). Complex and 64-bit integer rasters are refused (convert
@@ -210,9 +256,10 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
 @click.option("--max-steps", type=int, help="Stop after this many iterations in total.")
 @click.option("--crop-size", type=int, help="Random crops of this size  [default: whole chips]")
 @click.option("--augment/--no-augment", default=True, help="Random flips and 90° rotations.")
-@click.option("--norm-method", type=click.Choice(["percentile", "minmax", "meanstd"]),
-              default="percentile", help="Band scaling to [-1, 1] from meta.json statistics "
-              "(percentile: 2nd-98th percentile range, clipped).")
+@click.option("--norm-method", type=click.Choice(["robust", "percentile", "minmax", "meanstd"]),
+              default="robust", help="Band scaling to [-1, 1] from meta.json statistics "
+              "(robust: min-max, clipped only at far outliers beyond the 0.1/99.9th "
+              "percentiles; percentile: 2nd-98th percentile range, clipped).")
 @click.option("--cache/--no-cache", default=None,
               help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
 @click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 when "
@@ -288,9 +335,13 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
 @click.option("--tile-size", type=int, default=None,
               help="Tile size in pixels. Default: the model's chip size.")
 @click.option("--overlap", type=int, default=None,
-              help="Overlap between tiles in pixels. Default: a quarter of the tile size.")
+              help="Overlap between tiles in pixels. Default: half the generator's receptive "
+              "field, within a quarter to a half of the tile size.")
 @click.option("--blend", type=click.Choice(["hann", "linear", "none"]), default="hann",
               help="Window that merges overlapping tiles (none: hard seams, for comparison).")
+@click.option("--norm-stats", type=click.Choice(["scene", "tile"]), default="scene",
+              help="Instance-norm statistics: of a sample of the whole scene, so the result "
+              "does not depend on the tile size (scene), or of each tile (tile).")
 @click.option("--batch-size", type=int, default=4, help="Tiles per forward pass.")
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
@@ -311,10 +362,13 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
               help="Number of processes for --rank [default: WORLD_SIZE or 1].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, split_mpx,
-                       direction, tile_size, overlap, blend, batch_size, device, precision,
-                       channels_last, cog, overwrite, window, rank, world_size,
+                       direction, tile_size, overlap, blend, norm_stats, batch_size, device,
+                       precision, channels_last, cog, overwrite, window, rank, world_size,
                        progress) -> None:
     """Translate the raster IN with a trained model into a seamless GeoTIFF.
+
+    IN may be a file, a URL, a GDAL name, stack: band files or a STAC item (see export-tiles);
+    the default OUT of a remote IN is written in the working directory.
 
     The raster is streamed in overlapping tiles that are blended, so memory stays bounded
     whatever its size. To split a huge raster over several GPUs or machines, run the same
@@ -328,6 +382,7 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
     from geotranslate.predict.batch import predict_rasters, resolve_rank
 
     options = dict(direction=direction, tile_size=tile_size, overlap=overlap, blend=blend,
+                   norm_stats=norm_stats,
                    batch_size=batch_size, device=device, precision=precision,
                    channels_last=channels_last, cog=cog, overwrite=overwrite, window=window,
                    progress=progress, resume=resume)
@@ -371,11 +426,14 @@ def _parse_data_range_option(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
+        values = []
+    if not values:
         raise GeotranslateError(
             f"--data-range {text!r}: expected a number or a comma-separated list"
-        ) from None
+        )
+    return values
 
 
 def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
@@ -400,6 +458,9 @@ def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
               help="Chip mode: translation direction (b2a needs a CycleGAN model).")
 @click.option("--device", default="auto", help="Chip mode: torch device (auto, cpu, cuda, cuda:1).")
 @click.option("--batch-size", type=int, default=8, help="Chip mode: chips per forward pass.")
+@click.option("--norm-stats", type=click.Choice(["scene", "tile"]), default="scene",
+              help="Chip mode: instance-norm statistics of a sample of the split's chips, as "
+              "predict-raster uses them (scene), or of each chip (tile).")
 @click.option("--resampling", type=click.Choice(RESAMPLING_NAMES),
               default="bilinear", help="Raster mode: how REF is warped onto PRED's grid.")
 @click.option("--data-range", "data_range",
@@ -417,6 +478,7 @@ def evaluate_command(
     direction: str,
     device: str,
     batch_size: int,
+    norm_stats: str,
     resampling: str,
     data_range: str | None,
     allow_no_crs: bool,
@@ -434,13 +496,14 @@ def evaluate_command(
 
     ranges = _parse_data_range_option(data_range)
     if json_path:
+        check_file_output(json_path)  # before the work, not after it
         check_not_input(json_path, _evaluate_inputs(rasters, model_path, data_dir))
     if model_path is not None:
         if rasters:
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
         report = evaluate_chips(
             model_path, data_dir, split, direction, device=device, batch_size=batch_size,
-            data_range=ranges, progress=True,
+            data_range=ranges, progress=True, norm_stats=norm_stats,
         )
     else:
         if len(rasters) != 2:
@@ -457,7 +520,7 @@ def evaluate_command(
         click.echo(f"wrote {json_path}")
 
 
-@cli.command("preview")
+@cli.command("preview", cls=list_command("--title"))
 @click.argument("rasters", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_png", default="preview.png", type=click.Path(),
               help="PNG to write (panels side by side).")
@@ -470,7 +533,8 @@ def evaluate_command(
               help="Longest side of each panel in pixels (larger rasters are decimated).")
 @click.option("--columns", type=int, help="Panels per row (default: all in one row).")
 @click.option("--title", "titles", multiple=True,
-              help="Panel title, once per raster (default: file names).")
+              help="Panel titles, one per raster (--title SAR translated optical) "
+                   "[default: file names].")
 @click.option("--db", is_flag=True, help="Show 10*log10 of the values (linear SAR power).")
 def preview_command(
     rasters: tuple[str, ...],

@@ -18,9 +18,10 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset, Sampler
 
 from geotranslate import schema as sc
+from geotranslate.dirlock import LOCK_NAME, lock_state
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import open_raster, read_window, spectral_bands
-from geotranslate.stats import Normalizer, stats_from_dict
+from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
 
 META_NAME = "meta.json"
 CHIP_SUFFIXES = (".tif", ".tiff")
@@ -70,6 +71,17 @@ def read_meta(data_dir: str | Path) -> dict:
         raise GeotranslateError(f"{root}: is a file; give the chip directory made by export-tiles")
     if not root.is_dir():
         raise GeotranslateError(f"{root}: no such chip directory (make one with export-tiles)")
+    state, holder = lock_state(root)
+    if state == "held":
+        raise GeotranslateError(
+            f"{root}: export-tiles ({holder}) is writing into it now; wait for it to finish"
+        )
+    if state == "unfinished":
+        raise GeotranslateError(
+            f"{root}: an export-tiles run into it did not finish ({holder}; {LOCK_NAME} is left), "
+            "so meta.json does not describe all its chips; re-run the same export-tiles "
+            "command to complete it"
+        )
     path = root / META_NAME
     if not path.exists():
         raise GeotranslateError(f"{path}: missing (is {root} a folder written by export-tiles?)")
@@ -119,7 +131,7 @@ class ChipDataset(Dataset):
         split: str = "train",
         *,
         paired: bool,
-        norm_method: str = "percentile",
+        norm_method: str = DEFAULT_NORM_METHOD,
         crop_size: int | None = None,
         augment: bool = True,
         random_crop: bool = True,
@@ -148,6 +160,7 @@ class ChipDataset(Dataset):
             self.paths[d] = chip_paths(folder)
             if not self.paths[d]:
                 raise GeotranslateError(f"{folder}: no chips (*.tif) — domain {d.upper()} is empty")
+            self._check_described(folder, d)
         if paired:
             self._check_pairs()
         with open_raster(self.paths["a"][0], allow_no_crs=True) as ds:
@@ -171,6 +184,23 @@ class ChipDataset(Dataset):
                         self._check_chip(ds, d)
 
     # -- checks -------------------------------------------------------------------------------
+    def _check_described(self, folder: Path, domain: str) -> None:
+        """Refuse more chips than meta.json counts: they come from a run that did not finish,
+        so the statistics and counts in meta.json do not cover them (fewer is fine: chips the
+        user deleted)."""
+        counts = self.meta.get("chips")
+        split_counts = counts.get(self.split) if isinstance(counts, dict) else None
+        described = split_counts.get(domain) if isinstance(split_counts, dict) else None
+        if not isinstance(described, int) or isinstance(described, bool):
+            return
+        found = len(self.paths[domain])
+        if found > described:
+            raise GeotranslateError(
+                f"{folder}: {found} chips, but {self.root / META_NAME} describes {described}; "
+                "the others come from an export-tiles run that did not finish: re-run that "
+                "export-tiles command to complete the dataset"
+            )
+
     def _check_pairs(self) -> None:
         names_a = {p.name for p in self.paths["a"]}
         names_b = {p.name for p in self.paths["b"]}

@@ -3,8 +3,10 @@
 Chip mode (:func:`evaluate_chips`) runs a model's generator on the source chips of a split and
 compares its output, decoded to data units with the model's target-domain normalizer (and
 cast to the target dtype, as ``predict-raster`` writes it), with the real target chips of the
-same name. PSNR and SSIM use the target domain's normalization range (high - low of the
-model's normalizer, e.g. p98 - p2 of the training statistics) as data range.
+same name. As in ``predict-raster``, instance norms use scene statistics by default: those of
+a bounded sample of the split's source chips spread over it (``norm_stats="tile"``: each
+chip's own, as in training). PSNR and SSIM use the target domain's normalization range
+(high - low of the model's normalizer, e.g. p98 - p2 of the training statistics) as data range.
 
 Raster mode (:func:`evaluate_rasters`) compares PRED with REF over their common area on
 PRED's grid; REF is warped onto that grid (bilinear by default) when CRS, transform or size
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator
@@ -118,15 +120,18 @@ def _json_safe(obj: object) -> object:
     return obj
 
 
-def _parse_data_range(data_range: float | Sequence[float] | None, band_count: int):
+def _parse_data_range(data_range: float | Sequence[float] | None, band_count: int,
+                      source: str = "the target"):
     if data_range is None:
         return None
-    values = np.broadcast_to(np.atleast_1d(np.asarray(data_range, dtype=np.float64)), (band_count,))
-    if values.size != band_count or np.any(~np.isfinite(values)) or np.any(values <= 0):
+    values = np.atleast_1d(np.asarray(data_range, dtype=np.float64)).ravel()
+    # the count is checked before broadcasting one value to every band
+    if values.size not in (1, band_count) or np.any(~np.isfinite(values)) or np.any(values <= 0):
         raise GeotranslateError(
-            f"data range {data_range!r}: give one positive value or one per band ({band_count})"
+            f"data range {data_range!r}: give one positive value or one per band "
+            f"({source} has {band_count})"
         )
-    return values.tolist()
+    return np.broadcast_to(values, (band_count,)).tolist()
 
 
 # ---- chip mode ---------------------------------------------------------------------------------
@@ -153,6 +158,7 @@ def evaluate_chips(
     batch_size: int = 8,
     data_range: float | Sequence[float] | None = None,
     progress: bool = False,
+    norm_stats: str = "scene",
 ) -> EvaluationReport:
     """Run ``model``'s ``direction`` generator on the ``split`` chips and compare with the targets.
 
@@ -200,6 +206,9 @@ def evaluate_chips(
             f"{src_dir} and {tgt_dir}: no chip names in common (chip mode needs paired chips)"
         )
 
+    generator, norm_label = _chip_scene_generator(
+        generator, norm_stats, src_dir, names, source, src_name, device
+    )
     normalizer = target.normalizer
     if data_range is None:
         ranges = [h - lo for lo, h in zip(normalizer.low, normalizer.high, strict=True)]
@@ -208,7 +217,8 @@ def evaluate_chips(
             f"({normalizer.method}: high - low)"
         )
     else:
-        ranges = _parse_data_range(data_range, target.band_count)
+        ranges = _parse_data_range(data_range, target.band_count,
+                                   f"the model's domain {tgt_name}")
         range_source = "given"
     acc = MetricsAccumulator(target.band_count, ranges)
 
@@ -251,12 +261,37 @@ def evaluate_chips(
         "chips": len(names),
         "device": str(device),
         "batch_size": batch_size,
+        "norm_stats": norm_label,
         "target_dtype": target.dtype,
         "data_range": [float(r) for r in ranges],
         "data_range_source": range_source,
         "resolution_ratio": 1.0,
     }
     return EvaluationReport("chips", metrics, settings)
+
+
+def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_name, device):
+    """The generator with scene statistics from chips spread over the split, and the label."""
+    from contextlib import nullcontext
+
+    from geotranslate.predict.scene import (
+        SAMPLE_PIXELS,
+        SAMPLE_TILES,
+        sample_offsets,
+        scene_generator,
+    )
+
+    def sample() -> np.ndarray:
+        first, _ = _read_chip(src_dir / names[0], source.band_count, src_name)
+        count = max(1, min(SAMPLE_TILES, SAMPLE_PIXELS // (first.shape[1] * first.shape[2])))
+        chips = []
+        for i in sample_offsets(len(names), 1, count):
+            data, valid = _read_chip(src_dir / names[i], source.band_count, src_name)
+            if data.shape == first.shape:  # one batch: one shape
+                chips.append(source.normalizer.to_model(data, valid))
+        return np.stack(chips)
+
+    return scene_generator(generator, norm_stats, sample, device, nullcontext)
 
 
 # ---- raster mode -------------------------------------------------------------------------------
@@ -275,28 +310,51 @@ def _reference_reader(pred, ref, bands: list[int], resampling: str):
     if _same_grid(pred, ref):
         return (lambda window: read_window(ref, window, bands)), None
     if pred.crs is None or ref.crs is None:
-        raise GeotranslateError(
-            f"{ref.name}: cannot align with {pred.name} without a CRS on both "
-            "(rasters without CRS must have the same size and transform)"
-        )
+        shift = _pixel_shift(pred, ref)
+        if shift is None:
+            raise GeotranslateError(
+                f"{ref.name}: cannot align with {pred.name} without a CRS on both "
+                "(rasters without CRS must share pixel size and orientation, shifted by whole "
+                "pixels at most)"
+            )
+        d_row, d_col = shift
+
+        def read_shifted(window: Window):
+            return read_window(ref, Window(window.col_off + d_col, window.row_off + d_row,
+                                           window.width, window.height), bands)
+
+        return read_shifted, None
     warper = GridReader([ref], bands, Grid(pred.crs, pred.transform, pred.width, pred.height),
                         resampling)
     return warper.read, warper
 
 
+def _pixel_shift(pred, ref) -> tuple[int, int] | None:
+    """(rows, cols) from a PRED pixel to the same pixel of REF, for grids that differ by a
+    whole-pixel shift only (same pixel size and orientation); None otherwise."""
+    p, r = pred.transform, ref.transform
+    if not all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+               for x, y in zip((p.a, p.b, p.d, p.e), (r.a, r.b, r.d, r.e), strict=True)):
+        return None
+    col, row = ~r * (p.c, p.f)  # PRED's origin in REF's pixels
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
+
+
 def _common_window(pred, ref) -> Window:
-    """Part of PRED's grid that REF covers; error when they do not overlap."""
-    left, bottom, right, top = pred.bounds
+    """Part of PRED's grid that REF covers; error when they do not overlap.
+
+    Computed in PRED's pixel coordinates, so any axis orientation works: north-up maps, and
+    the identity transform (south-up) of PNGs and GeoTIFFs without georeference.
+    """
+    r_left, r_bottom, r_right, r_top = ref.bounds
     if pred.crs is not None and ref.crs is not None and ref.crs != pred.crs:
         r_left, r_bottom, r_right, r_top = transform_bounds(ref.crs, pred.crs, *ref.bounds)
-    else:
-        r_left, r_bottom, r_right, r_top = ref.bounds
-    box = (max(left, r_left), max(bottom, r_bottom), min(right, r_right), min(top, r_top))
-    if box[0] >= box[2] or box[1] >= box[3]:
-        raise GeotranslateError(f"{pred.name} and {ref.name}: the rasters do not overlap")
-    win = from_bounds(*box, transform=pred.transform)
-    r0, r1 = sorted((win.row_off, win.row_off + win.height))
-    c0, c1 = sorted((win.col_off, win.col_off + win.width))
+    inverse = ~pred.transform
+    corners = [inverse * (x, y) for x in (r_left, r_right) for y in (r_bottom, r_top)]
+    c0, c1 = min(c for c, _ in corners), max(c for c, _ in corners)
+    r0, r1 = min(r for _, r in corners), max(r for _, r in corners)
     c0, r0 = max(0, math.floor(c0 + 1e-6)), max(0, math.floor(r0 + 1e-6))
     c1, r1 = min(pred.width, math.ceil(c1 - 1e-6)), min(pred.height, math.ceil(r1 - 1e-6))
     if c1 <= c0 or r1 <= r0:
@@ -370,7 +428,7 @@ def evaluate_rasters(
                 r, r_valid = read_reference(read)
                 yield p, r, p_valid & r_valid, core
 
-        ranges = _parse_data_range(data_range, band_count)
+        ranges = _parse_data_range(data_range, band_count, str(ref_path))
         range_source = "given"
         if ranges is None:
             ref_stats = StatsAccumulator(band_count, max_samples=200_000)

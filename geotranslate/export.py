@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections import deque
@@ -32,7 +33,9 @@ from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
 from geotranslate.data import check_meta
+from geotranslate.dirlock import DirectoryLock
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.memory import check_memory
 from geotranslate.raster.io import (
     GDAL_CACHE_BYTES,
     atomic_path,
@@ -40,8 +43,10 @@ from geotranslate.raster.io import (
     parse_bands,
     raster_info,
     read_window,
+    source_of,
     write_failed,
 )
+from geotranslate.raster.sources import parse_source
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
@@ -86,6 +91,7 @@ class ExportSummary:
     already_present: int = 0
     constant: dict[str, int] = field(default_factory=dict)  # domain -> chips of one value
     constant_example: str = ""  # "NAME (value V)" of the first one
+    val_note: str = ""  # why the validation fraction could not be met, if it was not
     padded_sources: list[str] = field(default_factory=list)
     stats_methods: dict[str, str] = field(default_factory=dict)
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -116,6 +122,8 @@ class ExportSummary:
                 + ", ".join(self.padded_sources)
                 + "."
             )
+        if self.val_note:
+            text += f" Warning: {self.val_note}."
         if self.constant:
             counts = ", ".join(f"{n} {d} chips" for d, n in sorted(self.constant.items()))
             text += (
@@ -151,6 +159,7 @@ class _Job:
     stats_only: bool = False
     windows: list[Window] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "train" | "val" | "buffer"
+    survives: list[bool] | None = None  # passes the filters (known after a survey pass)
 
     @property
     def padded(self) -> bool:
@@ -227,7 +236,7 @@ def export_tiles(
     b_paths = list(b_paths or [])
     a_paths = list(a_paths)
     mode, run_domains = _resolve_mode(a_paths, b_paths, mode, domain)
-    stride = stride or tile_size
+    stride = tile_size if stride is None else stride
     _check_numbers(tile_size, stride, max_nodata, val_fraction)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -252,7 +261,10 @@ def export_tiles(
             specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
         bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
         domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
+        check_memory(_window_bytes(tile_size, domain_meta) * (WRITER_QUEUE + WRITER_THREADS + 3),
+                     f"--tile-size {tile_size}", "use a smaller --tile-size")
         _check_stems(datasets)
+        lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
         meta_old = _read_meta(out)
         _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
 
@@ -270,15 +282,23 @@ def export_tiles(
             job.splits = ["train"] * len(job.windows)
             if job.padded and not job.stats_only:
                 summary.padded_sources.append(job.stem)
-        _assign_validation(jobs, val_fraction, seed, tile_size, stride)
 
         stats = {
             d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
             for d in run_domains
         }
         run = _Run(out, summary, max_nodata, filters, domain_meta)
+        lock_state["run"] = run
         try:
-            _process(jobs, stats, run, tile_size, progress)
+            if val_fraction > 0:
+                # validation blocks are drawn over the chips that pass the filters, so the
+                # filters run first (reading every window once, with the statistics), then
+                # only the surviving windows are read again and written
+                _process(jobs, stats, run, tile_size, progress, survey=True)
+                summary.val_note = _assign_validation(jobs, val_fraction, seed, tile_size)
+                _process(jobs, None, run, tile_size, progress)
+            else:
+                _process(jobs, stats, run, tile_size, progress)
             run.finish()
             _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
                         tile_size, stride, pairs_new, a_paths + b_paths)
@@ -303,7 +323,10 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
     for d in run_domains:
         stats[d].flush()
         if stats[d].accumulator.count == 0:
-            raise GeotranslateError(f"domain {d}: no valid pixels in its sources")
+            raise GeotranslateError(
+                f"{', '.join(domain_meta[d]['sources'])}: no valid pixel in domain {d}'s "
+                "sources (all nodata, NaN or alpha = 0)"
+            )
         domain_meta[d]["stats"] = stats[d].accumulator.to_dict()
         domain_meta[d]["stats"]["pixel_step"] = stats[d].step
         if stats[d].step > 1:
@@ -319,6 +342,55 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
         if layers:
             with atomic_path(out / INDEX_NAME) as index_tmp:
                 _write_index(layers, index_tmp, out / INDEX_NAME)
+
+
+def _window_bytes(tile_size: int, domain_meta: dict) -> int:
+    """Memory of one window read in every domain (data and validity). Up to WRITER_QUEUE +
+    WRITER_THREADS of them wait for the chip writers; reading, the statistics' copy and the
+    chip's encoding take about three more."""
+    per_pixel = sum(
+        m["band_count"] * np.dtype(m["dtype"]).itemsize + 1 for m in domain_meta.values()
+    )
+    return tile_size * tile_size * per_pixel
+
+
+def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
+    """Create ``out`` if needed and take its lock until ``stack`` closes (see dirlock.py).
+
+    The lock file is removed when the directory is left consistent: the run finished, or it
+    failed and rolled back (unless an earlier run was unfinished), or it was interrupted
+    before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
+    state the caller completes with ``"run"`` (the _Run, once chips may be written).
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(out)
+    previous = lock.acquire()
+    if previous is not None:
+        print(
+            f"geotranslate: note: {out}: an earlier export-tiles run ({previous}) did not "
+            "finish; this run takes over its lock and completes the directory",
+            file=sys.stderr,
+        )
+    state: dict = {"run": None}
+
+    def release(exc_type, exc, tb) -> bool:
+        run = state["run"]
+        wrote = run is not None and bool(run.written)
+        if exc_type is None:
+            consistent = True
+        elif issubclass(exc_type, KeyboardInterrupt):
+            consistent = previous is None and not wrote  # complete chips of this run stay
+        else:
+            consistent = previous is None  # rolled back to the state before this run
+        lock.release(remove=consistent)
+        if consistent and created and exc_type is not None:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if the failed run left it empty
+        return False
+
+    stack.push(release)
+    return state
 
 
 # ---- options and sources ---------------------------------------------------------------------
@@ -385,7 +457,7 @@ def _domain_meta(datasets, bands: list[int]) -> dict:
         if crs not in crss:
             crss.append(crs)
     return {
-        "sources": [str(Path(ds.name).resolve()) for ds in datasets],
+        "sources": [source_of(ds).record() for ds in datasets],
         "bands": list(bands),
         "band_count": len(bands),
         "dtype": info.dtype,
@@ -401,7 +473,7 @@ def _check_stems(datasets: dict[str, list]) -> None:
     for dss in datasets.values():
         seen: dict[str, str] = {}
         for ds in dss:
-            stem = Path(ds.name).stem
+            stem = source_of(ds).stem
             if stem in seen and seen[stem] != ds.name:
                 raise GeotranslateError(
                     f"{ds.name}: same file name stem as {seen[stem]}; chip names would collide "
@@ -484,7 +556,7 @@ def _grid_of(ds, tile_size: int) -> Grid:
 def _job(ds, grid: Grid, readers: dict[str, Reader], sources: dict[str, str],
          stats_only: bool = False) -> _Job:
     """A tiling of ``ds`` on ``grid`` (its own, or padded up to one tile)."""
-    return _Job(Path(ds.name).stem, grid, ds.height, ds.width, readers, sources, stats_only)
+    return _Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, stats_only)
 
 
 def _direct_reader(ds, bands: list[int], grid: Grid) -> Reader:
@@ -510,8 +582,8 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
             jobs.append(_job(a_ds, grid, readers, sources))
             pairs_new.append(
                 {
-                    "a": str(Path(a_ds.name).resolve()),
-                    "b": [str(Path(ds.name).resolve()) for ds in b_dss],
+                    "a": source_of(a_ds).record(),
+                    "b": [source_of(ds).record() for ds in b_dss],
                 }
             )
         return jobs
@@ -534,7 +606,7 @@ def _stats_only_jobs(
         if old is None:
             continue
         if mode == "paired" and d == "b":
-            current_pairs = {str(Path(ds.name).resolve()) for ds in datasets.get("a", [])}
+            current_pairs = {source_of(ds).record() for ds in datasets.get("a", [])}
             todo = [p for p in meta_old.get("pairs", []) if p["a"] not in current_pairs]
             for pair in todo:
                 a_ds = stack.enter_context(_open_old(pair["a"], allow_no_crs))
@@ -544,7 +616,7 @@ def _stats_only_jobs(
                 stack.callback(reader.close)
                 jobs.append(_job(a_ds, grid, {"b": reader.read}, {}, stats_only=True))
             continue
-        current = {str(Path(ds.name).resolve()) for ds in datasets[d]}
+        current = {source_of(ds).record() for ds in datasets[d]}
         for path in old["sources"]:
             if path in current:
                 continue
@@ -556,7 +628,7 @@ def _stats_only_jobs(
 
 
 def _open_old(path: str, allow_no_crs: bool):
-    if not Path(path).exists():
+    if parse_source(path).local and not Path(path).exists():
         raise GeotranslateError(
             f"{path}: listed in meta.json as a source but missing; its statistics cannot be "
             "recomputed (restore it or use another --out)"
@@ -567,47 +639,117 @@ def _open_old(path: str, allow_no_crs: bool):
 # ---- spatial validation split ----------------------------------------------------------------
 
 
-def _assign_validation(
-    jobs: list[_Job], val_fraction: float, seed: int, tile: int, stride: int
-) -> None:
-    """Mark whole blocks of windows "val", then train windows touching them "buffer".
+#: how far the realized validation fraction may miss the requested one before smaller blocks
+#: are tried (and, at the smallest, a warning says it could not be met).
+VAL_TOLERANCE = 0.05
 
-    Blocks are squares of k x k windows, k chosen so that a source has about 2 / val_fraction
-    blocks (at least one window per block). Blocks of all sources of a group (paired jobs, or
-    each domain in unpaired mode) are drawn in a seeded random order until the group has
-    about ``val_fraction`` of its windows in validation.
+
+def _assign_validation(jobs: list[_Job], val_fraction: float, seed: int, tile: int) -> str:
+    """Mark whole blocks of surviving windows "val", then train windows touching them "buffer".
+
+    Only windows that pass the filters (``job.survives``, from the survey pass) count, so an
+    AOI or nodata does not change the fraction. Blocks are squares of k x k windows, k chosen
+    so that a source has about 2 / val_fraction blocks. The blocks of a group (paired jobs,
+    or each domain in unpaired mode) are taken in a seeded random order, and the prefix of
+    that order whose realized fraction val / (val + train), after the buffer, is closest to
+    ``val_fraction`` is kept. When that misses by more than VAL_TOLERANCE, smaller blocks are
+    tried, down to single windows. Returns a warning when the fraction still cannot be met.
     """
     if val_fraction <= 0:
-        return
-    rng = np.random.default_rng(seed)
+        return ""
     groups: dict[tuple[str, ...], list[_Job]] = {}
     for job in jobs:
         if not job.stats_only:
             groups.setdefault(tuple(sorted(job.readers)), []).append(job)
-    for group in groups.values():
-        blocks = []  # (job index, block key, window indexes)
-        for ji, job in enumerate(group):
-            n = len(job.windows)
-            k = max(1, int(round(math.sqrt(n * val_fraction / 2.0))))
-            rows = sorted({int(w.row_off) for w in job.windows})
-            cols = sorted({int(w.col_off) for w in job.windows})
-            by_block: dict[tuple[int, int], list[int]] = {}
-            for wi, w in enumerate(job.windows):
-                key = (rows.index(int(w.row_off)) // k, cols.index(int(w.col_off)) // k)
-                by_block.setdefault(key, []).append(wi)
-            blocks += [(ji, key, idx) for key, idx in sorted(by_block.items())]
-        total = sum(len(job.windows) for job in group)
-        target = val_fraction * total
-        chosen = 0
-        for bi in rng.permutation(len(blocks)):
-            if chosen >= target:
+    notes = []
+    for key, group in groups.items():
+        survivors = [[wi for wi, ok in enumerate(job.survives or []) if ok] for job in group]
+        total = sum(len(s) for s in survivors)
+        if total == 0:
+            continue
+        neighbours = [_neighbours(job, s, tile) for job, s in zip(group, survivors, strict=True)]
+        k0 = [max(1, int(round(math.sqrt(len(s) * val_fraction / 2.0)))) for s in survivors]
+        best: tuple[float, list, float, int] | None = None
+        for level in range(max(k0)):
+            ks = [max(1, k - level) for k in k0]
+            blocks = _blocks(group, survivors, ks)
+            order = np.random.default_rng([seed, level]).permutation(len(blocks))
+            chosen, fraction = _closest_prefix(blocks, order, neighbours, total, val_fraction)
+            error = abs(fraction - val_fraction)
+            if best is None or error < best[0] - 1e-12:
+                best = (error, chosen, fraction, len(blocks))
+            if error <= VAL_TOLERANCE or all(k == 1 for k in ks):
                 break
-            ji, _, idx = blocks[bi]
-            for wi in idx:
-                group[ji].splits[wi] = "val"
-            chosen += len(idx)
+        assert best is not None
+        error, chosen, fraction, n_blocks = best
+        for ji, wi in chosen:
+            group[ji].splits[wi] = "val"
         for job in group:
             _mark_buffer(job, tile)
+        if error > VAL_TOLERANCE:
+            what = "/".join(key)
+            notes.append(
+                f"--val-fraction {val_fraction:g} cannot be met for domain {what}: "
+                f"{len(chosen)} of the {total} chips that pass the filters went to validation "
+                f"({fraction:.0%}; {n_blocks} blocks, and the buffer dropped around them); "
+                "export a larger area, or use a smaller --tile-size or a stride equal to it"
+            )
+    return "; ".join(notes)
+
+
+def _neighbours(job: _Job, survivors: list[int], tile: int) -> dict[int, list[int]]:
+    """For each surviving window, the other surviving windows sharing a pixel with it."""
+    at = {(int(job.windows[wi].row_off), int(job.windows[wi].col_off)): wi for wi in survivors}
+    rows = sorted({r for r, _ in at})
+    cols = sorted({c for _, c in at})
+    row_nbrs = {r: [q for q in rows if abs(q - r) < tile] for r in rows}
+    col_nbrs = {c: [q for q in cols if abs(q - c) < tile] for c in cols}
+    return {
+        wi: [at[q, p] for q in row_nbrs[r] for p in col_nbrs[c]
+             if (q, p) in at and (q, p) != (r, c)]
+        for (r, c), wi in at.items()
+    }
+
+
+def _blocks(group: list[_Job], survivors: list[list[int]], ks: list[int]) -> list[list]:
+    """Blocks of k x k grid positions of each job's surviving windows, as [(job, window)]."""
+    blocks = []
+    for ji, (job, indexes, k) in enumerate(zip(group, survivors, ks, strict=True)):
+        rows = sorted({int(w.row_off) for w in job.windows})
+        cols = sorted({int(w.col_off) for w in job.windows})
+        row_pos = {r: i for i, r in enumerate(rows)}
+        col_pos = {c: i for i, c in enumerate(cols)}
+        by_block: dict[tuple[int, int], list] = {}
+        for wi in indexes:
+            w = job.windows[wi]
+            key = (row_pos[int(w.row_off)] // k, col_pos[int(w.col_off)] // k)
+            by_block.setdefault(key, []).append((ji, wi))
+        blocks += [members for _, members in sorted(by_block.items())]
+    return blocks
+
+
+def _closest_prefix(blocks, order, neighbours, total: int, target: float) -> tuple[list, float]:
+    """The prefix of ``order`` whose val / (val + train after the buffer) is closest to
+    ``target``: (its windows, that fraction)."""
+    val: set = set()
+    buffered: set = set()
+    best_len, best_fraction = 0, 0.0
+    taken: list = []
+    for bi in order:
+        for member in blocks[bi]:
+            val.add(member)
+            buffered.discard(member)
+            ji, wi = member
+            for n in neighbours[ji][wi]:
+                if (ji, n) not in val:
+                    buffered.add((ji, n))
+        taken += blocks[bi]
+        fraction = len(val) / max(1, total - len(buffered))
+        if abs(fraction - target) < abs(best_fraction - target):
+            best_len, best_fraction = len(taken), fraction
+        if fraction >= target:
+            break
+    return taken[:best_len], best_fraction
 
 
 def _mark_buffer(job: _Job, tile: int) -> None:
@@ -710,43 +852,69 @@ def _stats_step(jobs: list[_Job], domain: str) -> int:
     return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
 
 
-def _process(jobs: list[_Job], stats: dict, run: _Run, tile: int, progress: bool) -> None:
-    total = sum(len(job.windows) for job in jobs)
-    with tqdm(
-        total=total, unit="window", disable=not progress, desc="export-tiles", leave=False
-    ) as bar:
+def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool,
+             survey: bool = False) -> None:
+    """Read every window: statistics (``stats``), then filters and chip writing.
+
+    ``survey``: only record which windows pass the filters (``job.survives``), writing
+    nothing. A later pass with ``stats`` None then reads and writes only the survivors.
+    """
+    if not survey and stats is None:
+        jobs = [job for job in jobs if not job.stats_only]
+    total = sum(
+        len(job.windows) if job.survives is None or survey else sum(job.survives) for job in jobs
+    )
+    desc = "export-tiles (filters)" if survey else "export-tiles"
+    with tqdm(total=total, unit="window", disable=not progress, desc=desc, leave=False) as bar:
         for job in jobs:
+            if survey:
+                job.survives = [False] * len(job.windows)
             row_ends = own_extents(
                 tile_offsets(job.grid.height, tile, run.summary.stride), job.height, tile
             )
             col_ends = own_extents(
                 tile_offsets(job.grid.width, tile, run.summary.stride), job.width, tile
             )
-            for window, split in zip(job.windows, job.splits, strict=True):
+            for wi, (window, split) in enumerate(zip(job.windows, job.splits, strict=True)):
+                if not survey and job.survives is not None and not job.survives[wi]:
+                    continue
                 reads = {d: reader(window) for d, reader in job.readers.items()}
                 row, col = int(window.row_off), int(window.col_off)
                 own_h, own_w = row_ends[row] - row, col_ends[col] - col
                 for d, (data, valid) in reads.items():
-                    if d in stats:
+                    if stats is not None and d in stats:
                         stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
-                if not job.stats_only:
+                if survey:
+                    if not job.stats_only:
+                        job.survives[wi] = _passes_filters(job, window, reads, run)
+                elif not job.stats_only:
                     _handle_window(job, window, split, reads, run)
                 bar.update(1)
+
+
+def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:
+    """AOI, exclude and invalid-fraction filters; a window that fails is counted as skipped."""
+    summary = run.summary
+    footprint = window_footprint(job.grid.transform, window)
+    if run.filters["aoi"] and not run.filters["aoi"].intersects(footprint, job.grid.crs):
+        summary.skipped_aoi += 1
+        return False
+    if run.filters["exclude"] and run.filters["exclude"].intersects(footprint, job.grid.crs):
+        summary.skipped_exclude += 1
+        return False
+    invalid = [1.0 - np.count_nonzero(valid) / valid.size for _, valid in reads.values()]
+    if max(invalid) > run.max_nodata:
+        summary.skipped_nodata += 1
+        return False
+    return True
 
 
 def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run) -> None:
     summary = run.summary
     footprint = window_footprint(job.grid.transform, window)
-    if run.filters["aoi"] and not run.filters["aoi"].intersects(footprint, job.grid.crs):
-        summary.skipped_aoi += 1
-        return
-    if run.filters["exclude"] and run.filters["exclude"].intersects(footprint, job.grid.crs):
-        summary.skipped_exclude += 1
+    if job.survives is None and not _passes_filters(job, window, reads, run):
         return
     invalid = {d: 1.0 - np.count_nonzero(valid) / valid.size for d, (_, valid) in reads.items()}
-    if max(invalid.values()) > run.max_nodata:
-        summary.skipped_nodata += 1
-        return
     if split == "buffer":
         summary.dropped_buffer += 1
         return

@@ -5,7 +5,9 @@ SHA-256 of the weights so a tampered or truncated file is refused rather than ha
 
 ``model.json`` holds: format name and version, dataset type, for each direction (``a2b``,
 ``b2a``) the generator spec to rebuild it, for each domain (``a``, ``b``) band count, dtype,
-band descriptions, nodata and the normalizer, the chip size, and a training summary.
+band descriptions, nodata and the normalizer, the chip size, a training summary and, per
+direction, the generator's ``receptive_field`` in input pixels (computed from its layers when
+saving; files written before it existed get it computed when loaded).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.methods import METHODS
 from geotranslate.raster.io import atomic_path, write_failed
 from geotranslate.stats import NORM_METHODS, Normalizer
 
@@ -42,7 +45,7 @@ _DOMAIN = sc.Obj(
 )
 #: what load_model needs of model.json (other keys are allowed: newer optional fields)
 MODEL_SCHEMA = sc.Obj(
-    {"dataset_type": sc.Str(("Pix2Pix", "CycleGAN")),
+    {"dataset_type": sc.Str(tuple(METHODS)),
      "generators": sc.Map(sc.Obj({"arch": sc.Str(), "in_channels": sc.Int(min=1),
                                   "out_channels": sc.Int(min=1)},
                                  optional={"kwargs": sc.Obj()}),
@@ -88,12 +91,21 @@ class DomainSpec:
 class TranslationModel:
     """Generators by direction plus what is needed to feed them rasters and decode their output."""
 
-    dataset_type: str  # "Pix2Pix" or "CycleGAN"
+    dataset_type: str  # a key of geotranslate.methods.METHODS
     generators: dict[str, torch.nn.Module]  # "a2b" -> g_ab, "b2a" -> g_ba
     generator_specs: dict[str, dict]  # direction -> GeneratorSpec.to_dict()
     domains: dict[str, DomainSpec]  # "a", "b"
     chip_size: int
     training: dict = field(default_factory=dict)
+    receptive_fields: dict[str, int] = field(default_factory=dict)  # direction -> input px
+
+    def receptive_field(self, direction: str) -> int:
+        """Receptive field of the ``direction`` generator in input pixels (computed once)."""
+        if direction not in self.receptive_fields:
+            from geotranslate.models.receptive import receptive_field
+
+            self.receptive_fields[direction] = receptive_field(self.generator(direction))
+        return self.receptive_fields[direction]
 
     def generator(self, direction: str) -> torch.nn.Module:
         if direction not in DIRECTIONS:
@@ -120,6 +132,7 @@ class TranslationModel:
             "domains": {k: v.to_dict() for k, v in self.domains.items()},
             "chip_size": self.chip_size,
             "training": self.training,
+            "receptive_field": {d: self.receptive_field(d) for d in sorted(self.generators)},
             "weights": {"file": WEIGHTS_NAME, "sha256": weights_sha256},
         }
 
@@ -275,6 +288,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         domains=domains,
         chip_size=int(meta["chip_size"]),
         training=meta.get("training", {}),
+        receptive_fields=_receptive_fields(meta.get("receptive_field"), generators),
     )
 
 
@@ -298,3 +312,11 @@ def _finish_interrupted_save(meta_path: Path, weights_path: Path, digest: str) -
         f"{weights_path}: weights do not match {meta_path.name} (truncated or modified file, "
         "and no interrupted save to complete)"
     )
+def _receptive_fields(value: object, generators: dict) -> dict[str, int]:
+    """model.json's ``receptive_field`` entries that are sound (others are recomputed)."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        d: int(v) for d, v in value.items()
+        if d in generators and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    }

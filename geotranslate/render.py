@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import numpy as np
 import rasterio
@@ -198,6 +198,8 @@ def parse_window(spec: str | None) -> DisplayWindow | None:
         row, col, height, width = parse_pixel_window(text)
         if height <= 0 or width <= 0:
             raise GeotranslateError(f"window {spec!r}: height and width must be positive")
+        if row < 0 or col < 0:
+            raise GeotranslateError(f"window {spec!r}: row and column offsets must be >= 0")
         return DisplayWindow("pixel", (col, row, width, height))
     try:
         values = tuple(float(v) for v in text[4:].replace(" ", "").split(","))
@@ -270,8 +272,8 @@ def read_for_display(
     """
     if max_size < 1:
         raise GeotranslateError(f"max size must be at least 1 px, got {max_size}")
-    path = Path(path)
-    ds = open_raster(path, allow_no_crs=True)  # display needs no georeference
+    ds = open_raster(path, allow_no_crs=True)  # display needs no georeference; any source
+    path = ds.name
     try:
         spectral = parse_bands(None, ds)
         if rgb_bands:
@@ -300,7 +302,7 @@ def read_for_display(
             positive = (data > 0).all(axis=0)
             data = np.where(data > 0, 10.0 * np.log10(data.astype(np.float64)), np.nan)
         valid = valid & positive
-    name = title if title is not None else path.name
+    name = title if title is not None else PurePosixPath(path.split("?")[0]).name or path
     note = f" (1:{scale:.3g})" if out_shape is not None else ""
     room = TITLE_CHARS - len(note)
     if len(name) > room:  # keep both ends of long file names: dates and extensions matter
@@ -354,6 +356,8 @@ def render_rasters(
     if titles is not None and len(titles) != len(sources):
         raise GeotranslateError(f"preview: {len(titles)} titles for {len(sources)} rasters")
     check_not_input(out_png, [s for s in sources if isinstance(s, (str, os.PathLike))])
+    if columns is not None and columns < 1:
+        raise GeotranslateError(f"--columns {columns}: must be at least 1")
     if isinstance(window, str):
         window = parse_window(window)
     if window is not None and window.kind == "map" and window.crs is None:

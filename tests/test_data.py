@@ -127,6 +127,21 @@ def test_cache_gives_the_same_items(tmp_path):
             torch.testing.assert_close(cached[key][k], uncached[key][k])
 
 
+def test_meta_json_without_the_new_percentiles_still_loads(tmp_path):
+    root = make_chips(tmp_path / "chips", n_train=2)
+    new = ChipDataset(root, paired=True, norm_method="robust")
+    meta = json.loads((root / "meta.json").read_text())
+    for domain in meta["domains"].values():
+        for band in domain["stats"]["bands"]:
+            assert {"p0_1", "p99_9"} <= band.keys()
+            del band["p0_1"], band["p99_9"]  # as written by earlier versions
+    (root / "meta.json").write_text(json.dumps(meta))
+    old = ChipDataset(root, paired=True, norm_method="robust")
+    for d in ("a", "b"):  # smooth fields have no far tails: min/max either way
+        assert old.norm[d] == new.norm[d]
+    torch.testing.assert_close(old[(0, 0)]["a"], new[(0, 0)]["a"])
+
+
 def test_nodata_pixels_are_invalid_and_zero(tmp_path):
     root = make_chips(tmp_path / "chips", n_train=2, nodata_holes=True)
     item = ChipDataset(root, paired=True, augment=False)[0]

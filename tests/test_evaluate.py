@@ -237,7 +237,9 @@ def _by_hand(chips, g_ab, model):
 
 def test_chip_mode_matches_hand_computation(chip_model):
     chips, run_dir, g_ab, model = chip_model
-    report = evaluate_chips(run_dir, chips, split="val", direction="a2b", batch_size=2)
+    report = evaluate_chips(run_dir, chips, split="val", direction="a2b", batch_size=2,
+                            norm_stats="tile")
+    assert report.settings["norm_stats"] == "per-tile"
     err, ssim, count = _by_hand(chips, g_ab, model)
     m = report.metrics
     assert m["valid_pixels"] == count == 3 * CHIP * CHIP - CHIP * 5 - 4 * 6
@@ -256,6 +258,30 @@ def test_chip_mode_matches_hand_computation(chip_model):
     train = evaluate_chips(run_dir, chips, split="train", batch_size=4)
     assert train.metrics["valid_pixels"] == 2 * CHIP * CHIP - CHIP * 5 - 4 * 6
     assert train.metrics["overall"]["mae"] != m["overall"]["mae"]
+
+
+def test_chip_mode_scene_statistics_are_those_of_the_split(chip_model):
+    # by default instance norms get the statistics of (a bounded sample of) the split's
+    # source chips, as predict-raster gives them those of the scene: here all 3 val chips
+    import rasterio
+
+    from geotranslate.models.norms import scene_normalized
+
+    chips, run_dir, g_ab, model = chip_model
+    src_norm = model.domains["a"].normalizer
+    sample = []
+    for path in sorted((chips / "val_a").glob("*.tif")):
+        with rasterio.open(path) as ds:
+            a = ds.read()
+        sample.append(src_norm.to_model(a, (a != -9999.0).all(axis=0)))
+    frozen, _ = scene_normalized(g_ab, torch.from_numpy(np.stack(sample)))
+    report = evaluate_chips(run_dir, chips, split="val", batch_size=2)
+    assert report.settings["norm_stats"] == f"scene-sample 3 tiles of {CHIP} px"
+    err, _, _ = _by_hand(chips, frozen, model)
+    np.testing.assert_allclose([b["mae"] for b in report.metrics["bands"]],
+                               np.abs(err).mean(axis=1), rtol=1e-5)
+    per_chip = evaluate_chips(run_dir, chips, split="val", batch_size=2, norm_stats="tile")
+    assert per_chip.metrics["overall"]["mae"] != report.metrics["overall"]["mae"]
 
 
 def test_chip_mode_errors(chip_model, tmp_path):

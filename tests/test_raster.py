@@ -273,7 +273,7 @@ def test_stats_accumulator_sample_bounds_memory_and_stays_close():
         StatsAccumulator(2).result()
 
 
-@pytest.mark.parametrize("method", ["percentile", "minmax", "meanstd"])
+@pytest.mark.parametrize("method", ["robust", "percentile", "minmax", "meanstd"])
 def test_normalizer_round_trip(method):
     rng = np.random.default_rng(4)
     data = rng.uniform(100, 200, (2, 16, 16))
@@ -289,6 +289,65 @@ def test_normalizer_round_trip(method):
     assert again == norm
     valid = np.zeros((16, 16), dtype=bool)
     assert (norm.to_model(data, valid) == 0).all()
+
+
+def _dem_like(size: int = 200) -> np.ndarray:
+    """Rolling terrain around 700 m with one cone rising to 3400 m: a long, genuine tail
+    (the cone is ~1.5 % of the pixels)."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    terrain = 700 + 150 * np.sin(cols / 13.0) * np.cos(rows / 17.0)
+    r = np.hypot(rows - size / 2, cols - size / 2)
+    cone = np.clip(1 - r / 15.0, 0, None) * 2700
+    return (terrain + cone)[None]
+
+
+def test_robust_normalization_keeps_a_genuine_tail():
+    dem = _dem_like()
+    acc = StatsAccumulator(1)
+    acc.add(dem, np.ones(dem.shape[1:], dtype=bool))
+    stats = acc.result()
+    robust = Normalizer.from_stats(stats, "robust")
+    assert (robust.low[0], robust.high[0]) == (dem.min(), dem.max())  # nothing clipped
+    x = robust.to_model(dem)
+    np.testing.assert_allclose(robust.from_model(x), dem, rtol=1e-5)  # summit comes back
+    # the old default flattens the summit into a plateau
+    percentile = Normalizer.from_stats(stats, "percentile")
+    summit = dem[0] > percentile.high[0]
+    assert summit.mean() > 0.01
+    assert np.ptp(percentile.from_model(percentile.to_model(dem))[0][summit]) == 0
+
+
+def test_robust_normalization_clips_only_far_outliers():
+    rng = np.random.default_rng(5)
+    data = rng.normal(1000, 100, (1, 100, 100))
+    data[0, 0, :3] = 1e6  # undeclared fill values / spikes: 0.03 % of the pixels
+    acc = StatsAccumulator(1)
+    acc.add(data, np.ones((100, 100), dtype=bool))
+    (s,) = acc.result()
+    norm = Normalizer.from_stats([s], "robust")
+    assert norm.low[0] == s.min  # the genuine low tail is kept
+    assert norm.high[0] == pytest.approx(np.percentile(data, 99.9))
+    assert norm.high[0] < 2000  # the spikes are cut, not the data
+    x = norm.to_model(data)
+    assert (x[0, 0, :3] == 1).all()
+    rest = data < 1e6
+    inside = rest & (x < 1)
+    assert inside.sum() >= rest.sum() - 10  # only the top 0.1 % of real values clip
+    np.testing.assert_allclose(norm.to_data(x, "float64")[inside], data[inside], rtol=1e-6)
+
+
+def test_band_stats_of_old_meta_json_still_load():
+    old = {"min": 0.0, "max": 1000.0, "mean": 300.0, "std": 90.0, "p2": 100.0, "p98": 600.0,
+           "count": 50}
+    s = stats_from_dict({"bands": [old]})[0]
+    assert s.p0_1 is None and s.p99_9 is None
+    # without the 0.1/99.9 percentiles robust judges the tails against the 2/98 range:
+    # the tail 600..1000 (0.8 of 100..600) is genuine, so min/max are kept
+    norm = Normalizer.from_stats([s], "robust")
+    assert (norm.low, norm.high) == ((0.0,), (1000.0,))
+    far = stats_from_dict({"bands": [{**old, "max": 1e5}]})[0]
+    assert Normalizer.from_stats([far], "robust").high == (600.0,)
+    assert Normalizer.from_stats([s], "percentile").high == (600.0,)
 
 
 def test_normalizer_constant_band_and_cast_to_dtype():

@@ -15,6 +15,7 @@ from test_data import make_chips
 from geotranslate import load_model
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
+from geotranslate.stats import BandStats, robust_range
 from geotranslate.train import TrainConfig, train
 from geotranslate.train import trainer as trainer_module
 
@@ -74,10 +75,12 @@ def test_pix2pix_learns_a_known_mapping(paired_chips, tmp_path):
             fake = model.generator("a2b")(item["a"][None])[0]
         errors.append(float((fake - item["b"]).abs().mean()))
     assert np.mean(errors) == pytest.approx(trained, rel=1e-3)
-    # domains come from meta.json; the normalizer is its percentile range
+    # domains come from meta.json; the default normalizer is its robust range
     meta = json.loads((paired_chips / "meta.json").read_text())
     assert model.domains["b"].band_count == 3 and model.domains["b"].nodata == -9999.0
-    assert model.domains["a"].normalizer.low[0] == meta["domains"]["a"]["stats"]["bands"][0]["p2"]
+    band = BandStats.from_dict(meta["domains"]["a"]["stats"]["bands"][0])
+    assert model.domains["a"].normalizer.method == "robust"
+    assert model.domains["a"].normalizer.low[0] == robust_range(band)[0]
     # the saved weights are the checkpoint's generator
     weights = load_file(run / "model.safetensors")
     for name, value in checkpoint(run)["nets"]["g_ab"].items():

@@ -12,7 +12,12 @@ from typing import Any
 
 from torch import nn
 
-from .discriminators import PatchDiscriminator
+from .discriminators import (
+    MultiScaleDiscriminator,
+    PatchDiscriminator,
+    max_num_d,
+    patch_output_size,
+)
 from .generators import (
     PretrainedWeightsUnavailableError,
     ResnetGenerator,
@@ -21,23 +26,37 @@ from .generators import (
 )
 from .image_pool import ImagePool
 from .init import init_weights
-from .losses import GANLoss, masked_l1, total_variation
+from .losses import GANLoss, PatchNCELoss, feature_matching_loss, masked_l1, total_variation
+from .nce import PatchSampleMLP, default_nce_layers, encoder_features, layer_channels
+from .perceptual import VGGLoss, load_vgg19_features
 
 __all__ = [
     "GENERATOR_ARCHS",
     "GANLoss",
     "GeneratorSpec",
     "ImagePool",
+    "MultiScaleDiscriminator",
     "PatchDiscriminator",
+    "PatchNCELoss",
+    "PatchSampleMLP",
     "PretrainedWeightsUnavailableError",
     "ResnetGenerator",
     "SmpUnetGenerator",
     "UnetGenerator",
+    "VGGLoss",
     "build_discriminator",
     "build_generator",
+    "build_multiscale_discriminator",
+    "default_nce_layers",
+    "encoder_features",
+    "feature_matching_loss",
     "generator_spec",
     "init_weights",
+    "layer_channels",
+    "load_vgg19_features",
     "masked_l1",
+    "max_num_d",
+    "patch_output_size",
     "total_variation",
     "unet_depth_for",
     "unwrap",
@@ -91,6 +110,22 @@ def build_discriminator(
 ) -> PatchDiscriminator:
     """Build the PatchGAN discriminator (``in_channels`` = input bands [+ condition bands])."""
     net = PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, norm=norm)
+    if init:
+        init_weights(net)
+    return net
+
+
+def build_multiscale_discriminator(
+    in_channels: int,
+    ndf: int = 64,
+    n_layers: int = 3,
+    norm: str = "instance",
+    num_d: int = 3,
+    *,
+    init: bool = True,
+) -> MultiScaleDiscriminator:
+    """Build pix2pixHD's ``num_d`` PatchGANs at halving scales."""
+    net = MultiScaleDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, norm=norm, num_d=num_d)
     if init:
         init_weights(net)
     return net

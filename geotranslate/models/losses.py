@@ -109,3 +109,59 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     vertical_term = vertical.mean() if vertical.numel() else zero
     horizontal_term = horizontal.mean() if horizontal.numel() else zero
     return vertical_term + horizontal_term
+
+
+def feature_matching_loss(
+    fake_features: list[list[torch.Tensor]],
+    real_features: list[list[torch.Tensor]],
+    n_layers: int,
+) -> torch.Tensor:
+    """pix2pixHD's discriminator feature matching: L1 between fake and real stage outputs.
+
+    ``*_features`` are a :class:`MultiScaleDiscriminator`'s outputs (per scale, the stage
+    outputs with the logits last, which are left out). Each term is weighted
+    ``1 / num_d * 4 / (n_layers + 1)`` as in NVIDIA's code; real features are detached.
+    """
+    if len(fake_features) != len(real_features):
+        raise ValueError(f"{len(fake_features)} fake scales, {len(real_features)} real ones")
+    weight = 1.0 / len(fake_features) * 4.0 / (n_layers + 1)
+    total = fake_features[0][0].float().sum() * 0
+    for fake_scale, real_scale in zip(fake_features, real_features, strict=True):
+        for fake, real in zip(fake_scale[:-1], real_scale[:-1], strict=True):
+            total = total + weight * F.l1_loss(fake.float(), real.detach().float())
+    return total
+
+
+class PatchNCELoss(nn.Module):
+    """PatchNCE (Park et al. 2020): each output patch must pick its own input patch.
+
+    ``query`` (B, P, C) are features of P patches of the output, ``key`` (B, P, C) of the
+    input at the same P locations (both L2-normalised). For patch i of image b the logits are
+    ``query[b, i] . key[b, j] / temperature`` over the P locations j of the same image; the
+    positive is j = i, the others are the negatives. The loss is the cross-entropy, averaged
+    over patches. Keys are detached (the reference does the same).
+    """
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def logits(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """(B, P, P) similarities / temperature; the diagonal holds the positives."""
+        if query.shape != key.shape or query.ndim != 3:
+            raise ValueError(f"query {tuple(query.shape)} and key {tuple(key.shape)} must be "
+                             "equal (B, P, C) shapes")
+        return torch.bmm(query.float(), key.detach().float().transpose(1, 2)) / self.temperature
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(query, key)
+        batch, patches = logits.shape[:2]
+        if patches == 0:
+            return query.float().sum() * 0
+        target = torch.arange(patches, device=logits.device).repeat(batch)
+        return F.cross_entropy(logits.reshape(batch * patches, patches), target)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
+import torch
 from torch import nn
 
 NormKind = Literal["instance", "batch", "none"]
@@ -34,3 +36,87 @@ def make_norm(norm: str, channels: int) -> nn.Module:
 def conv_bias_for(norm: str) -> bool:
     """Convs followed by BatchNorm need no bias (BN's shift replaces it); others keep one."""
     return check_norm(norm) != "batch"
+
+
+# ---- scene statistics: instance norm made independent of the tile --------------------------
+
+#: how a generator's normalization layers get their statistics at inference
+NORM_STATS_MODES: tuple[str, ...] = ("scene", "tile")
+
+
+class SceneNorm(nn.Module):
+    """Instance norm whose statistics are those of a whole scene instead of each input.
+
+    It replaces an ``nn.InstanceNorm2d`` at inference. While :attr:`calibrating` it normalizes
+    its batch with the scene's statistics and keeps them: the mean over the whole batch (every
+    sample tile, every pixel) and the mean of the tiles' own variances. The sample's tiles have
+    the training chips' size, so features keep the scale the network saw in training (the
+    variance of the tiles' means is left out: with it, features shrink and the error against
+    the truth grows, measured in tools/bench_tiledep.py). Afterwards it normalizes every input
+    with the kept statistics, so the output no longer depends on how the scene was cut into
+    tiles. A forward pass over the
+    sample in calibration mode calibrates all layers at once, each layer seeing the earlier
+    layers already normalized with their scene statistics, which is what progressive
+    layer-by-layer freezing gives.
+    """
+
+    def __init__(self, norm: nn.InstanceNorm2d) -> None:
+        super().__init__()
+        self.eps = float(norm.eps)
+        self.weight = norm.weight if norm.affine else None
+        self.bias = norm.bias if norm.affine else None
+        self.register_buffer("mean", torch.zeros(norm.num_features))
+        self.register_buffer("var", torch.ones(norm.num_features))
+        self.calibrating = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            xf = x.float()
+            self.mean = xf.mean(dim=(0, 2, 3))
+            self.var = xf.var(dim=(2, 3), unbiased=False).mean(dim=0)
+        scale = torch.rsqrt(self.var + self.eps)
+        shift = -self.mean * scale
+        if self.weight is not None:
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
+
+
+def norm_layer_kinds(net: nn.Module) -> set[str]:
+    """Which kinds of normalization layers ``net`` holds: a subset of {"instance", "batch"}."""
+    kinds = set()
+    for module in net.modules():
+        if isinstance(module, (nn.InstanceNorm2d, SceneNorm)):
+            kinds.add("instance")
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            kinds.add("batch")
+    return kinds
+
+
+def _swap_instance_norms(module: nn.Module) -> int:
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.InstanceNorm2d) and not child.track_running_stats:
+            setattr(module, name, SceneNorm(child))
+            count += 1
+        else:
+            count += _swap_instance_norms(child)
+    return count
+
+
+def scene_normalized(net: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, int]:
+    """A copy of ``net`` whose instance norms use the statistics of ``sample`` (N, C, H, W).
+
+    Returns (the copy, in eval mode, and how many layers were calibrated; 0 means the network
+    has no instance norm and the copy behaves as ``net``). ``net`` itself is left unchanged.
+    The whole sample is one batch, so its size bounds the memory the calibration takes.
+    """
+    frozen = copy.deepcopy(net).eval()
+    layers = _swap_instance_norms(frozen)
+    if layers:
+        with torch.inference_mode():
+            frozen(sample)
+        for module in frozen.modules():
+            if isinstance(module, SceneNorm):
+                module.calibrating = False
+                module.mean, module.var = module.mean.clone(), module.var.clone()
+    return frozen, layers

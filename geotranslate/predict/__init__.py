@@ -30,6 +30,13 @@ each pixel to the tile whose centre is nearest (hard seams, for comparison). Wit
 without normalization layers and a tile stride that is a multiple of its total stride, the
 blended result equals one forward pass over the whole (mirrored) image.
 
+Tile independence. Instance norm would normalize each tile by its own statistics, so the
+result would change with the tiling; by default its layers get the statistics of a bounded
+sample of tiles spread over the whole region, computed once before the tiled pass
+(:mod:`geotranslate.predict.scene`). The default overlap is the generator's receptive field
+(:func:`geotranslate.predict.grid.default_overlap`), so blended pixels saw their whole field.
+The output's tags record the normalization statistics, tile size, overlap and receptive field.
+
 Nodata. Pixels invalid in the input (nodata, NaN, alpha 0, masked) are nodata in the output.
 The output's nodata is the target domain's nodata; when the domain has none, 0 for unsigned
 integers, the dtype's minimum for signed integers and NaN for floats. Valid outputs that would

@@ -15,11 +15,13 @@ import torch
 from geotranslate.device import autocast as device_autocast
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
+from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
-from geotranslate.predict.grid import CHUNK_WIDTH, plan_strips, rank_window
+from geotranslate.predict.grid import CHUNK_WIDTH, default_overlap, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
 from geotranslate.predict.pipeline import (
+    READ_AHEAD,
     PipelineCompute,
     PipelineInput,
     PipelineOutput,
@@ -32,13 +34,16 @@ from geotranslate.predict.resume import (
     remaining_strips,
     remove_partial,
 )
+from geotranslate.predict.scene import scene_generator, scene_sample
 from geotranslate.raster.io import (
     atomic_path,
+    check_file_output,
     check_not_input,
     open_raster,
     spectral_bands,
     verify_geotiff,
 )
+from geotranslate.raster.sources import parse_source
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -58,6 +63,8 @@ class PredictSummary:
     tile_size: int
     overlap: int
     blend: str
+    receptive_field: int  # of the generator, in input pixels
+    norm_stats: str  # what the normalization layers used (the GEOTRANSLATE_NORM_STATS tag)
     tiles: int
     tiles_skipped: int
     batch_size: int
@@ -78,7 +85,9 @@ class PredictSummary:
             f"wrote {self.output}: {self.width}x{self.height} px, {self.bands_out} band(s) "
             f"{self.dtype}{' (COG)' if self.cog else ''} in {self.seconds:.1f} s "
             f"({self.megapixels_per_second:.2f} Mpx/s; {self.tiles} tiles of {self.tile_size} px, "
-            f"overlap {self.overlap}, {self.blend} blend; {self.device}, {self.precision}; "
+            f"overlap {self.overlap}, {self.blend} blend; receptive field "
+            f"{self.receptive_field} px; norm stats: {self.norm_stats}; "
+            f"{self.device}, {self.precision}; "
             f"compute waited {self.input_wait_seconds:.1f} s for reading, "
             f"{self.output_wait_seconds:.1f} s for writing)"
         )
@@ -97,6 +106,20 @@ def _check_region(window, ds) -> tuple[int, int, int, int]:
     return row0, col0, height, width
 
 
+def _working_set(tile: int, batch_size: int, bands_in: int, bands_out: int) -> int:
+    """A lower bound of the host memory of a run with ``tile`` px tiles (network activations
+    not counted): the blend window (built in float64), the batches in and out in float32,
+    the strips read ahead and the blending accumulator (float32, tile rows x a chunk)."""
+    px = tile * tile
+    strip = tile * max(CHUNK_WIDTH, tile)
+    return (
+        px * 12
+        + batch_size * (bands_in + bands_out) * px * 4
+        + (READ_AHEAD + 1) * bands_in * strip * 4
+        + (bands_out * 4 + 5) * strip
+    )
+
+
 def predict_raster(
     in_path: str | os.PathLike,
     model: TranslationModel | str | os.PathLike,
@@ -106,6 +129,7 @@ def predict_raster(
     tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = "hann",
+    norm_stats: str = "scene",
     batch_size: int = 4,
     device: str = "auto",
     precision: str = "fp32",
@@ -124,6 +148,10 @@ def predict_raster(
     Writes ``out_path`` (default ``<IN stem>_translated.tif``) atomically and returns a summary.
     ``resume``: continue the partial result an interrupted run left (predict/resume.py).
     See the module docstring for the tiling, blending, nodata and scale-out rules.
+    ``norm_stats`` ``"scene"`` (default) gives instance norms the statistics of a sample of the
+    whole region (:mod:`geotranslate.predict.scene`), so the result does not depend on the
+    tiling; ``"tile"`` normalizes each tile by its own statistics. ``overlap`` defaults to
+    :func:`geotranslate.predict.grid.default_overlap` of the generator's receptive field.
     """
     started = time.perf_counter()
     if blend not in BLEND_MODES:
@@ -133,8 +161,9 @@ def predict_raster(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     autocast = partial(device_autocast, dev, precision)
-    in_path = Path(in_path)
-    with open_raster(in_path, allow_no_crs=True) as ds:
+    in_source = parse_source(in_path)  # a file, a URL, band files …: see raster/sources.py
+    in_path = in_source.name
+    with open_raster(in_source, allow_no_crs=True) as ds:
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, device=dev)
         generator = model.generator(direction)
@@ -157,34 +186,59 @@ def predict_raster(
         elif world_size != 1:
             raise GeotranslateError(f"world size {world_size}: give --rank too (0..N-1)")
         divisor = int(getattr(generator, "total_stride", 1))
-        tile = int(tile_size or model.chip_size)
+        tile = int(model.chip_size if tile_size is None else tile_size)
         if tile < divisor or tile % divisor:
             raise GeotranslateError(
                 f"tile size {tile}: must be a positive multiple of {divisor} for this generator"
             )
-        overlap = tile // 4 if overlap is None else int(overlap)
+        field = model.receptive_field(direction)
+        if overlap is None:
+            overlap = default_overlap(tile, field, divisor)
+        overlap = int(overlap)
         if not 0 <= overlap < tile:
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
+        check_memory(_working_set(tile, batch_size, source.band_count, target.band_count),
+                     f"--tile-size {tile}", "use a smaller --tile-size (or --batch-size)")
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
-    out = Path(out_path) if out_path else default_output(in_path, rank, world_size)
-    check_not_input(out, [in_path])
+    if out_path:
+        check_file_output(out_path)
+    out = Path(out_path) if out_path else default_output(in_source, rank, world_size)
+    if in_source.local:
+        check_not_input(out, [in_source.gdal_name])
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
 
     generator = generator.to(dev).eval()
+    sample_tile = int(model.chip_size)
+    if sample_tile % divisor:
+        sample_tile = max(divisor, sample_tile // divisor * divisor)
+    generator, norm_label = scene_generator(
+        generator, norm_stats,
+        lambda: scene_sample(in_path, bands, source, grid_region, sample_tile),
+        dev, autocast,
+    )
     use_channels_last = dev.type == "cuda" if channels_last is None else channels_last
     if use_channels_last:
         generator = generator.to(memory_format=torch.channels_last)
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
-    plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows)
-    digest = weights_sha256(generator)
-    tags = provenance_tags(model, direction, in_path.name, digest=digest, tile=tile,
-                           overlap=overlap, blend=blend)
+    plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows,
+                       align=divisor)
+    digest = weights_sha256(model.generator(direction))  # the weights, not the scene stats
+    tags = provenance_tags(model, direction,
+                           Path(in_path).name if in_source.local else in_path,
+                           digest=digest, tile=tile, overlap=overlap, blend=blend)
+    tags.update({
+        "GEOTRANSLATE_NORM_STATS": norm_label,
+        "GEOTRANSLATE_TILE_SIZE": str(tile),
+        "GEOTRANSLATE_OVERLAP": str(overlap),
+        "GEOTRANSLATE_RECEPTIVE_FIELD": str(field),
+    })
     key = {"input": str(in_path), "weights_sha256": digest, "direction": direction,
            "region": list(region), "grid": list(grid_region), "tile": tile, "overlap": overlap,
-           "blend": blend, "batch_size": batch_size, "device": dev.type, "precision": precision,
-           "chunk_width": chunk_width, "version": tags["GEOTRANSLATE_VERSION"]}
+           "blend": blend, "norm_stats": norm_label, "batch_size": batch_size,
+           "device": dev.type, "precision": precision, "chunk_width": chunk_width,
+           "version": tags["GEOTRANSLATE_VERSION"]}
     with atomic_path(out, overwrite=overwrite) as tmp_final:
         tmp_tiff, checkpoint = open_partial(out, key, profile, resume=resume,
                                             overwrite=overwrite)
@@ -217,7 +271,8 @@ def predict_raster(
         width=region[3], height=region[2], bands_in=source.band_count,
         bands_out=target.band_count, dtype=target.dtype,
         nodata=None if math.isnan(nodata) else nodata, tile_size=tile, overlap=overlap,
-        blend=blend, tiles=counts[0], tiles_skipped=counts[1], batch_size=batch_size,
+        blend=blend, receptive_field=field, norm_stats=norm_label, tiles=counts[0],
+        tiles_skipped=counts[1], batch_size=batch_size,
         input_wait_seconds=counts[2], output_wait_seconds=counts[3],
         device=str(dev), precision=precision, seconds=seconds,
         megapixels_per_second=region[2] * region[3] / 1e6 / max(seconds, 1e-9),

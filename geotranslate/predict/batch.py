@@ -35,6 +35,7 @@ from geotranslate.predict.api import PredictSummary, predict_raster
 from geotranslate.predict.grid import OUT_BLOCK
 from geotranslate.predict.output import to_cog
 from geotranslate.raster.io import atomic_path, display_path, open_raster
+from geotranslate.raster.sources import parse_source
 from geotranslate.raster.vrt import write_vrt
 
 #: inputs of at least this many pixels are split over the processes by row bands.
@@ -92,9 +93,12 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def output_stem(name: str) -> str:
-    """The stem of an input path or GDAL dataset name (``/vsis3/b/x.tif`` -> ``x``)."""
-    last = str(name).rstrip("/").replace("\\", "/").split("/")[-1].split("?")[0]
-    return Path(last).stem or "raster"
+    """The stem of an input (a path, URL, GDAL name or band-file stack: raster/sources.py)."""
+    try:
+        return parse_source(name).stem
+    except GeotranslateError:  # reported when the unit runs
+        last = str(name).rstrip("/").replace("\\", "/").split("/")[-1].split("?")[0]
+        return Path(last).stem or "raster"
 
 
 def plan_units(inputs: list[str], out_dir: Path, world_size: int,
@@ -191,8 +195,9 @@ def predict_rasters(
     started = time.perf_counter()
     rank, world_size = resolve_rank(rank, world_size)
     out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise GeotranslateError(f"{out_dir}: output directory does not exist")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GeotranslateError(f"{out_dir}: is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
     inputs = [os.fspath(i) for i in inputs]
     if not inputs:
         raise GeotranslateError("no input rasters given")

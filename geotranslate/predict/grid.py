@@ -31,6 +31,20 @@ class Strip:
     finish: tuple[int, int]  # output rows final after this strip
 
 
+def default_overlap(tile: int, receptive_field: int, stride: int = 1) -> int:
+    """The overlap ``predict-raster`` uses unless told: enough context for the generator.
+
+    The receptive field (so pixels with more than a small blending weight see their whole
+    field, not the padding beyond the tile),
+    at least a quarter of the tile and at most half of it; rounded up to a multiple of the
+    generator's total ``stride`` when that stays within half the tile, so tiles start on the
+    stride lattice and see the scene with the same phase.
+    """
+    want = min(max(tile // 4, receptive_field), tile // 2)
+    aligned = math.ceil(want / stride) * stride
+    return aligned if aligned <= tile // 2 else want
+
+
 def plan_strips(
     height: int,
     width: int,
@@ -38,6 +52,7 @@ def plan_strips(
     overlap: int,
     chunk_width: int,
     rows_out: tuple[int, int] | None = None,
+    align: int = 1,
 ) -> list[Strip]:
     """Every tile row of every column chunk, in processing order, with the rows it finishes.
 
@@ -45,11 +60,20 @@ def plan_strips(
     ``rows_out`` restricts the output to a band of rows of the grid (``--rank``): only the
     tile rows touching it are planned, on the same grid as a whole run, so the parts of a
     split run are exactly the corresponding rows of the whole run.
+
+    ``align`` (the generator's total stride): when the tile stride and the overlap are
+    multiples of it, the last tile is not moved flush with the edge but reaches beyond it
+    (into the mirrored margin), so every tile starts on the ``align`` lattice and a network
+    that is equivariant only to shifts by its total stride sees every tile in the same phase.
     """
     out_start, out_stop = rows_out or (0, height)
     stride = tile - overlap
-    rows = tile_offsets(height + overlap, tile, stride, start=-overlap)
-    cols = tile_offsets(width + overlap, tile, stride, start=-overlap)
+    if align > 1 and stride % align == 0 and overlap % align == 0:
+        rows = _lattice_offsets(height + overlap, tile, stride, -overlap)
+        cols = _lattice_offsets(width + overlap, tile, stride, -overlap)
+    else:
+        rows = tile_offsets(height + overlap, tile, stride, start=-overlap)
+        cols = tile_offsets(width + overlap, tile, stride, start=-overlap)
     chunk_width = max(OUT_BLOCK, chunk_width // OUT_BLOCK * OUT_BLOCK)
     bounds = list(range(0, width, chunk_width)) + [width]
     strips = []
@@ -64,6 +88,14 @@ def plan_strips(
                 strips.append(Strip(chunk, r, (a, b), tile_cols, finish))
             done = max(done, end)
     return strips
+
+
+def _lattice_offsets(length: int, tile: int, stride: int, start: int) -> list[int]:
+    """Offsets ``start + k * stride`` until a tile reaches ``length``."""
+    offsets = [start]
+    while offsets[-1] + tile < length:
+        offsets.append(offsets[-1] + stride)
+    return offsets
 
 
 def rank_window(

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.predict.grid import OUT_BLOCK
 from geotranslate.raster.io import GDAL_CACHE_BYTES
+from geotranslate.raster.sources import RasterSource, parse_source
 
 
 def output_nodata(dtype: str, declared: float | None) -> float:
@@ -117,8 +118,12 @@ def to_cog(src: Path, dst: Path, profile: dict) -> None:
         raise GeotranslateError(f"{dst}: writing the COG failed ({first_line(e)})") from None
 
 
-def default_output(in_path: str | os.PathLike, rank: int | None = None, world: int = 1) -> Path:
-    """``<IN stem>_translated.tif`` beside the input (``.partRofN`` added for a rank)."""
-    p = Path(in_path)
+def default_output(
+    in_path: str | os.PathLike | RasterSource, rank: int | None = None, world: int = 1
+) -> Path:
+    """``<IN stem>_translated.tif`` beside the input, or in the working directory for a URL or
+    band files (``.partRofN`` added for a rank)."""
+    source = in_path if isinstance(in_path, RasterSource) else parse_source(in_path)
     part = f".part{rank}of{world}" if rank is not None and world > 1 else ""
-    return p.with_name(f"{p.stem}_translated{part}.tif")
+    name = f"{source.stem}_translated{part}.tif"
+    return Path(source.name).with_name(name) if source.local else Path(name)

@@ -34,7 +34,7 @@ from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.predict.output import apply_nodata
 from geotranslate.predict.queues import Stop, get, put
 from geotranslate.predict.resume import Checkpoint
-from geotranslate.raster.io import GDAL_CACHE_BYTES, read_window
+from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window
 from geotranslate.raster.windows import reflect_pad
 
 #: strips read ahead / row windows waiting to be written.
@@ -48,7 +48,7 @@ IO_NICENESS = 5
 class PipelineInput:
     """What the reader reads: the input raster's bands in a region of the tile grid."""
 
-    path: Path
+    path: str | Path  # any raster source (raster/sources.py)
     bands: list[int]
     source: DomainSpec  # the input domain (its normalizer)
     region: tuple[int, int, int, int]  # the grid's (row, col, height, width) in the raster
@@ -94,7 +94,10 @@ class Reader(threading.Thread):
     def run(self) -> None:
         _lower_priority()
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(self.inp.path) as ds:
+            with (
+                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+                open_raster(self.inp.path, allow_no_crs=True) as ds,
+            ):
                 for strip in self.inp.plan:
                     put(self.out_q, (strip, *self._read(ds, strip)), self.stop)
             put(self.out_q, None, self.stop)

@@ -23,9 +23,16 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.raster.sources import (
+    REMOTE_OPEN_DEFAULTS,
+    RasterSource,
+    apply_remote_config,
+    parse_source,
+)
 
 #: GDAL block cache for export and prediction: small and fixed, because GDAL's default (5 %
 #: of RAM) would make memory grow with the raster's size.
@@ -60,34 +67,124 @@ class RasterInfo:
     pixel_size: tuple[float, float]
 
 
-def open_raster(path: str | os.PathLike, *, allow_no_crs: bool = False) -> rasterio.DatasetReader:
+class SourceDataset(DatasetReader):
+    """A dataset that carries the name its user gave it (a URL, ``stack:…``), not GDAL's."""
+
+    source: RasterSource | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.name if self.source is not None else super().name
+
+
+def open_raster(
+    path: str | os.PathLike | RasterSource, *, allow_no_crs: bool = False
+) -> rasterio.DatasetReader:
     """Open a raster for reading, refusing what the toolkit cannot use, with a one-line error.
 
-    Refused: a missing or unreadable file, complex and 64-bit integer dtypes, and (unless
-    ``allow_no_crs``) a raster without a CRS or georeferenced only by GCPs or RPCs.
+    ``path`` is any source of :mod:`geotranslate.raster.sources`: a local file, a URL, a GDAL
+    dataset name, ``stack:`` band files or a STAC item with asset keys; the dataset's ``name``
+    is the source as given. Refused: a missing or unreadable source, complex and 64-bit
+    integer dtypes, and (unless ``allow_no_crs``) a raster without a CRS or georeferenced
+    only by GCPs or RPCs.
     """
-    p = Path(path)
-    if not p.exists():
-        raise GeotranslateError(f"{p}: no such file")
-    if p.is_dir():
-        raise GeotranslateError(f"{p}: is a directory, not a raster")
-    if not os.access(p, os.R_OK):
-        raise GeotranslateError(f"{p}: not readable (permission denied)")
+    source = path if isinstance(path, RasterSource) else parse_source(path)
+    ds = open_dataset(source)
     try:
-        ds = rasterio.open(p)
-    except RasterioError as e:
-        raise GeotranslateError(f"{p}: cannot open as a raster ({first_line(e)})") from None
-    except UnicodeEncodeError:
-        raise not_utf8(p) from None
-    try:
-        _validate(ds, p, allow_no_crs)
+        _validate(ds, source.name, allow_no_crs)
     except GeotranslateError:
         ds.close()
         raise
     return ds
 
 
-def _validate(ds: rasterio.DatasetReader, p: Path, allow_no_crs: bool) -> None:
+def source_of(ds: rasterio.DatasetReader) -> RasterSource:
+    """The source a dataset was opened from (a plain rasterio dataset: its file)."""
+    source = getattr(ds, "source", None)
+    return source if source is not None else parse_source(str(ds.name))
+
+
+def open_dataset(source: RasterSource) -> SourceDataset:
+    """Open a source with GDAL, without the toolkit's checks; failures as one line."""
+    if source.local:
+        p = Path(source.gdal_name)
+        if not p.exists():
+            raise GeotranslateError(f"{source.name}: no such file")
+        if p.is_dir():
+            raise GeotranslateError(f"{source.name}: is a directory, not a raster")
+        if not os.access(p, os.R_OK):
+            raise GeotranslateError(f"{source.name}: not readable (permission denied)")
+    config = {}
+    if not source.local:
+        config = dict(REMOTE_OPEN_DEFAULTS)
+        apply_remote_config()
+    try:
+        with rasterio.Env(**{k: v for k, v in config.items() if k not in os.environ}):
+            ds = SourceDataset(source.gdal_name)
+    except RasterioError as e:
+        raise GeotranslateError(f"{source.name}: {open_failure(source, e)}") from None
+    except UnicodeEncodeError:
+        raise not_utf8(source.gdal_name) from None
+    ds.source = source
+    return ds
+
+
+def open_failure(source: RasterSource, error: Exception) -> str:
+    """Why a source could not be opened, in the user's terms (HTTP status, credentials)."""
+    message = first_line(error)
+    if source.local and not source.gdal_name.startswith("<"):
+        return f"cannot open as a raster ({message})"
+    text = str(error)
+    http = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
+    s3 = "/vsis3/" in source.gdal_name
+    if re.search(r"NoSuchBucket|bucket does not exist", text):
+        return "cannot open: no such bucket"
+    if re.search(r"AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|InvalidAccessKeyId|"
+                 r"SignatureDoesNotMatch|AccessDenied|credentials", text) or (
+            s3 and http and http[1] == "403"):
+        return "cannot open: access denied: check AWS credentials (AWS_ACCESS_KEY_ID, " \
+            "AWS_SECRET_ACCESS_KEY)"
+    if re.search(r"timed out|Timeout", text, re.IGNORECASE):
+        return "cannot open: timed out"
+    if re.search(r"Couldn't connect|Connection refused|Could not resolve|Failed to connect",
+                 text):
+        return f"cannot open: unreachable ({message})"
+    if http:
+        return f"cannot open: HTTP {http[1]}"
+    status = _http_status(source) if "/vsicurl/" in source.gdal_name else None
+    if status is not None:
+        return status
+    if "does not exist in the file system" in text or "key does not exist" in text:
+        return "cannot open: not found" + (" (no such key)" if s3 else "")
+    return f"cannot open as a raster ({message})"
+
+
+def _http_status(source: RasterSource) -> str | None:
+    """GDAL hides an HTTP failure behind "does not exist": ask the server once, briefly."""
+    import urllib.error
+    import urllib.request
+
+    url = source.gdal_name.split("/vsicurl/", 1)[1]
+    if not url.startswith(("http://", "https://")):
+        return None
+    timeout = float(os.environ.get("GDAL_HTTP_TIMEOUT", "30") or 30)
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as e:
+        return f"cannot open: HTTP {e.code}"
+    except TimeoutError:
+        return "cannot open: timed out"
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            return "cannot open: timed out"
+        why = first_line(reason) if isinstance(reason, BaseException) else str(reason)
+        return f"cannot open: unreachable ({why})"
+
+
+def _validate(ds: rasterio.DatasetReader, p: str, allow_no_crs: bool) -> None:
     dtype = ds.dtypes[0]
     if dtype in REFUSED_DTYPES:
         raise GeotranslateError(f"{p}: dtype {dtype} is not supported ({REFUSED_DTYPES[dtype]})")
@@ -117,8 +214,16 @@ def alpha_index(ds: rasterio.DatasetReader) -> int | None:
 
 
 def spectral_bands(ds: rasterio.DatasetReader) -> list[int]:
-    """1-based indexes of the bands that carry data: an alpha band is a mask, not a band."""
-    return [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+    """1-based indexes of the bands that carry data: an alpha band is a mask, not a band.
+
+    A raster whose only bands are alpha holds no data: refused here, for every reader.
+    """
+    bands = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+    if not bands:
+        raise GeotranslateError(
+            f"{ds.name}: has no data band (its {ds.count} band(s) are alpha, a mask)"
+        )
+    return bands
 
 
 def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) -> list[int]:
@@ -224,7 +329,7 @@ def read_window(
         raise GeotranslateError(
             f"{ds.name}: read failed at rows {int(window.row_off)}..."
             f"{int(window.row_off + window.height)}, cols {int(window.col_off)}..."
-            f"{int(window.col_off + window.width)} ({first_line(e)})"
+            f"{int(window.col_off + window.width)} ({first_line(e.__cause__ or e)})"
         ) from None
     return data, valid
 
@@ -353,6 +458,19 @@ def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                 f"{display_path(out_path)}: {what} would overwrite the input "
                 f"{display_path(source)}; choose another name"
             )
+def check_file_output(path: str | os.PathLike) -> None:
+    """Refuse an output file named like a directory: ``newdir/`` or an existing directory.
+
+    ``Path("newdir/")`` drops the slash, so the check runs on the name as given.
+    """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        raise GeotranslateError(
+            f"{text}: ends with '/' (a directory) but names an output file; give the file's "
+            f"name, e.g. {text}NAME"
+        )
+    if Path(text).is_dir():
+        raise GeotranslateError(f"{text}: is a directory; give the output file's name")
 
 
 @contextlib.contextmanager
@@ -364,6 +482,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     With ``overwrite=False`` the promise holds against a concurrent run too: the result is
     linked to its name, which fails if the name appeared meanwhile.
     """
+    check_file_output(path)
     final = Path(path)
     if final.exists() and not overwrite:
         raise GeotranslateError(f"{final}: already exists (pass --overwrite to replace it)")

@@ -64,6 +64,13 @@ def read_vector(path: Path, option: str) -> gpd.GeoDataFrame:
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if len(frame) == 0:
         raise GeotranslateError(f"{path}: {option} file holds no geometries")
+    kinds = sorted(set(frame.geometry.geom_type) - {"Polygon", "MultiPolygon"})
+    if kinds:
+        # a point or a line covers no area: it would select (or exclude) almost nothing
+        raise GeotranslateError(
+            f"{path}: {option} needs polygons, but the file holds {', '.join(kinds)} "
+            "geometries (buffer them into polygons first, e.g. with geopandas .buffer())"
+        )
     if frame.crs is None:
         raise GeotranslateError(f"{path}: {option} file has no CRS; assign one (ogr2ogr -a_srs)")
     return frame

@@ -19,7 +19,7 @@ from geotranslate.errors import GeotranslateError
 CONFIG_NAME = "config.json"
 DATASET_TYPES = ("Pix2Pix", "CycleGAN")
 NETWORK_NORMS = ("instance", "batch", "none")
-NORM_METHODS = ("percentile", "minmax", "meanstd")
+NORM_METHODS = ("robust", "percentile", "minmax", "meanstd")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 
 
@@ -58,7 +58,7 @@ class TrainConfig:
     # data
     crop_size: int | None = None
     augment: bool = True
-    norm_method: str = "percentile"
+    norm_method: str = "robust"  # see stats.robust_range
     cache: bool | None = None  # None: cache normalized chips in memory when they fit in 2 GB
     workers: int | None = None  # None: 0 when cached, else min(4, cpus)
     # running

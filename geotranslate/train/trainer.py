@@ -252,9 +252,15 @@ class Trainer:
             raise GeotranslateError(f"--generator {arch}: {e}") from None
         stride = int(getattr(net, "total_stride", 1))
         if self.chip_size % stride:
+            fit = self.chip_size // stride * stride
+            hint = (
+                f"use --crop-size {fit}" if fit else
+                f"use chips (or a --crop-size) of a multiple of {stride} px, or a generator "
+                "with fewer down-samplings"
+            )
             raise GeotranslateError(
                 f"chip size {self.chip_size} px is not divisible by {stride}, which the {arch} "
-                f"generator needs; use --crop-size {self.chip_size // stride * stride}"
+                f"generator needs; {hint}"
             )
         return net
 

@@ -1,0 +1,57 @@
+"""Pix2Pix (Isola et al. 2017): a conditional GAN on (A, B) pairs plus an L1 loss to B."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from geotranslate.models import masked_l1, total_variation, unwrap
+
+from .base import Method
+
+
+class Pix2Pix(Method):
+    """g_ab translates A to B; d_b judges (A, B) pairs, real or generated."""
+
+    name = "Pix2Pix"
+    directions = ("a2b",)
+    paired = True
+    DEFAULTS = {"lambda_l1": 100.0}
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        g_ab = self.generator(self.bands["a"], self.bands["b"])
+        d_b = self.discriminator(self.bands["b"] + self.bands["a"])
+        return {"g_ab": g_ab, "d_b": d_b}
+
+    def loss_names(self) -> list[str]:
+        return ["d_b", "g_ab_gan", "g_ab_l1"] + (["tv"] if self.config.lambda_tv > 0 else [])
+
+    def optimize(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        c, g_ab, d_b = self.config, self.run_nets["g_ab"], self.run_nets["d_b"]
+        real_a, real_b = b["a"], b["b"]
+        valid = b["valid_a"] * b["valid_b"]
+        with self.autocast():
+            fake_b = g_ab(real_a)
+        # discriminator: (A, real B) then (A, fake B), the same conditioning for both
+        self.zero_grad("d")
+        with self.autocast():
+            pred_real = d_b(torch.cat([real_a, real_b], 1))
+            pred_fake = d_b(torch.cat([real_a, fake_b.detach()], 1))
+        loss_d = 0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False))
+        self.backward_step(loss_d, "d")
+        # generator: D is frozen and called without its DDP wrapper (no gradient sync for it)
+        self.zero_grad("g")
+        d_plain = unwrap(d_b)
+        d_plain.requires_grad_(False)
+        with self.autocast():
+            pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
+        loss_gan = self.gan_loss(pred_fake, True, for_discriminator=False)
+        loss_l1 = masked_l1(fake_b, real_b, valid) * self.option("lambda_l1")
+        loss_g = loss_gan + loss_l1
+        losses = {"d_b": loss_d, "g_ab_gan": loss_gan, "g_ab_l1": loss_l1}
+        if c.lambda_tv > 0:
+            losses["tv"] = total_variation(fake_b) * c.lambda_tv
+            loss_g = loss_g + losses["tv"]
+        self.backward_step(loss_g, "g")
+        d_plain.requires_grad_(True)
+        return losses

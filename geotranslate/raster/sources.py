@@ -1,0 +1,242 @@
+"""Raster sources: the names a user may give for a raster, and what GDAL opens for each.
+
+A source is one of
+
+- a local file (``scene.tif``, ``mosaic.vrt``);
+- a GDAL dataset name: ``/vsicurl/https://…``, ``/vsis3/bucket/key.tif``, ``/vsizip/a.zip/b.tif``;
+- a URL: ``http(s)://…`` (read as ``/vsicurl/``, windowed reads fetch byte ranges) and
+  ``s3://bucket/key`` (read as ``/vsis3/``, with the usual AWS environment variables);
+- a scene as band files: ``stack:B02.tif,B03.tif,B04.tif`` (each file any of the above),
+  stacked in that order on the finest file's grid, coarser bands resampled bilinearly, as an
+  in-memory VRT (nothing written);
+- a STAC item and asset keys: ``item.json:B04,B03,B02`` (a file or a URL), the same as a
+  ``stack:`` of those assets' hrefs, each band described by its key.
+
+:func:`parse_source` turns the string into a :class:`RasterSource`; ``open_raster`` (io.py)
+opens it. Errors are one line, naming the source as the user wrote it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+from xml.sax.saxutils import escape
+
+from geotranslate.errors import GeotranslateError, first_line
+
+STACK_PREFIX = "stack:"
+#: ``item.json:B04,B03`` — a STAC item (file or URL) followed by asset keys
+STAC_PATTERN = re.compile(r"^(?P<item>.+\.json):(?P<keys>[^/:]+)$", re.IGNORECASE)
+#: URL schemes and the GDAL virtual file system that reads them
+URL_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
+#: resampling of band files coarser than the finest one, onto its grid
+STACK_RESAMPLING = "bilinear"
+#: GDAL settings while a remote source is opened, unless the user's environment sets them: no
+#: directory listing (one request per file instead of listing a bucket or a web folder)
+REMOTE_OPEN_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """A raster as named by the user (``name``) and as opened by GDAL (``gdal_name``)."""
+
+    name: str
+    gdal_name: str  # a path, a /vsi… name, or a VRT document
+    stem: str  # for chip names and default output names
+    local: bool  # a plain file on this machine
+
+    def record(self) -> str:
+        """How meta.json records the source: a local file's absolute path, else the name."""
+        return str(Path(self.name).resolve()) if self.local else self.name
+
+
+def parse_source(source: str | os.PathLike) -> RasterSource:
+    """Interpret a raster name (see the module docstring); nothing is opened except STAC items
+    and the band files of a ``stack:``, whose grids the stack needs."""
+    if isinstance(source, os.PathLike):
+        return _local(os.fspath(source))
+    text = str(source)
+    if text.startswith(STACK_PREFIX):
+        parts = [p for p in text[len(STACK_PREFIX):].split(",") if p]
+        if not parts:
+            raise GeotranslateError(f"{text}: no band files after {STACK_PREFIX}")
+        return _stack(text, [single_source(p) for p in parts], None)
+    stac = STAC_PATTERN.match(text)
+    if stac:
+        return _stac_cached(text, stac["item"], tuple(k for k in stac["keys"].split(",") if k))
+    return single_source(text)
+
+
+def single_source(text: str) -> RasterSource:
+    """A source that is one dataset: a local path, a URL or a GDAL dataset name."""
+    scheme = urlparse(text).scheme.lower()
+    if scheme in URL_SCHEMES:
+        rest = text.split("://", 1)[1]
+        vsi = URL_SCHEMES[scheme] + (text if scheme.startswith("http") else rest)
+        return RasterSource(text, vsi, _stem_of(urlparse(text).path), local=False)
+    if text.startswith("/vsi"):
+        return RasterSource(text, text, _stem_of(text), local=False)
+    return _local(text)
+
+
+def is_remote(source: RasterSource) -> bool:
+    """True when GDAL reads the source over the network."""
+    return any(v in source.gdal_name for v in ("/vsicurl/", "/vsis3/", "/vsigs/"))
+
+
+#: environment variables :func:`apply_remote_config` set (and may update when the user's change)
+_DERIVED: dict[str, str] = {}
+
+
+def remote_config(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """GDAL settings for remote reads: ``AWS_ENDPOINT_URL`` (the AWS tools' variable)
+    translated into GDAL's own, where the environment does not set those."""
+    env = dict(os.environ if environ is None else environ)
+    user = {k: v for k, v in env.items() if _DERIVED.get(k) != v}  # the user's own settings
+    config = {}
+    endpoint = user.get("AWS_ENDPOINT_URL_S3") or user.get("AWS_ENDPOINT_URL")
+    if endpoint and "AWS_S3_ENDPOINT" not in user:
+        parsed = urlparse(endpoint)
+        config["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
+        if "AWS_HTTPS" not in user:
+            config["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
+        if "AWS_VIRTUAL_HOSTING" not in user:
+            config["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    return config
+
+
+def apply_remote_config() -> None:
+    """Put :func:`remote_config` into the environment, where GDAL reads it on every request
+    (from every thread); settings it put there earlier follow the user's current ones."""
+    config = remote_config()
+    for key in [k for k in _DERIVED if k not in config]:
+        if os.environ.get(key) == _DERIVED.pop(key):
+            del os.environ[key]
+    for key, value in config.items():
+        os.environ[key] = _DERIVED[key] = value
+
+
+def _local(text: str) -> RasterSource:
+    return RasterSource(text, text, Path(text).stem, local=True)
+
+
+def _stem_of(path: str) -> str:
+    name = PurePosixPath(path.rstrip("/")).name
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+# ---- band files -> one multiband VRT ----------------------------------------------------------
+
+
+def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None) -> RasterSource:
+    """Stack single-band sources in order on the finest one's grid, as a VRT document."""
+    from geotranslate.raster.io import open_dataset
+
+    infos = []
+    for part in parts:
+        with open_dataset(part) as ds:
+            if ds.count != 1:
+                raise GeotranslateError(
+                    f"{part.name}: has {ds.count} bands; {STACK_PREFIX} takes single-band files"
+                )
+            t = ds.transform
+            if t.b or t.d:
+                raise GeotranslateError(f"{part.name}: rotated grid; cannot stack it")
+            infos.append((part, ds.crs, t, ds.width, ds.height, ds.dtypes[0], ds.nodata,
+                          ds.descriptions[0]))
+    first = infos[0]
+    for part, crs, _, _, _, dtype, nodata, _ in infos[1:]:
+        if crs != first[1]:
+            raise GeotranslateError(
+                f"{name}: {part.name} is in {crs} but {first[0].name} in {first[1]}; "
+                "band files must share a CRS"
+            )
+        if dtype != first[5]:
+            raise GeotranslateError(
+                f"{name}: {part.name} is {dtype} but {first[0].name} is {first[5]}; "
+                "band files must share a dtype"
+            )
+        if nodata != first[6] and not (nodata != nodata and first[6] != first[6]):
+            raise GeotranslateError(
+                f"{name}: {part.name} has nodata {nodata} but {first[0].name} has {first[6]}"
+            )
+    finest = min(infos, key=lambda i: abs(i[2].a * i[2].e))
+    _, crs, grid, width, height, dtype, nodata, _ = finest
+    stems = [p.stem for p in parts]
+    prefix = os.path.commonprefix(stems) if len(stems) > 1 else ""
+    prefix = prefix[: max(prefix.rfind(c) for c in "_-. ") + 1]  # whole words: keep "B02"
+    descriptions = list(keys) if keys else [s[len(prefix):] or s for s in stems]
+    stem = prefix.rstrip("_-. ") or f"{stems[0]}_stack"
+    bands = []
+    for i, (part, _, t, w, h, _, _, _) in enumerate(infos):
+        x0, y0 = (t.c - grid.c) / grid.a, (t.f - grid.f) / grid.e
+        xs, ys = w * t.a / grid.a, h * t.e / grid.e
+        if x0 >= width or y0 >= height or x0 + xs <= 0 or y0 + ys <= 0:
+            raise GeotranslateError(
+                f"{name}: {part.name} does not overlap {finest[0].name}; band files must "
+                "cover the same ground"
+            )
+        bands.append(_vrt_band(i + 1, part.gdal_name, dtype, nodata, descriptions[i],
+                               (w, h), (x0, y0, xs, ys)))
+    gdal_transform = ", ".join(repr(float(v)) for v in grid.to_gdal())
+    srs = f"<SRS>{escape(crs.to_wkt())}</SRS>" if crs else ""
+    xml = (
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
+        f"<GeoTransform>{gdal_transform}</GeoTransform>{''.join(bands)}</VRTDataset>"
+    )
+    return RasterSource(name, xml, stem, local=False)
+
+
+def _vrt_band(index, gdal_name, dtype, nodata, description, size, dst) -> str:
+    from rasterio.dtypes import _gdal_typename
+
+    nodata_xml = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
+    source_nodata = "" if nodata is None else f"<NODATA>{nodata!r}</NODATA>"
+    x0, y0, xs, ys = (repr(float(v)) for v in dst)
+    return (
+        f'<VRTRasterBand dataType="{_gdal_typename(dtype)}" band="{index}">'
+        f"<Description>{escape(description or '')}</Description>{nodata_xml}"
+        f'<ComplexSource resampling="{STACK_RESAMPLING}">'
+        f'<SourceFilename relativeToVRT="0">{escape(gdal_name)}</SourceFilename>'
+        f"<SourceBand>1</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{size[0]}" ySize="{size[1]}"/>'
+        f'<DstRect xOff="{x0}" yOff="{y0}" xSize="{xs}" ySize="{ys}"/>'
+        f"{source_nodata}</ComplexSource></VRTRasterBand>"
+    )
+
+
+# ---- STAC items --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)  # an item is read once per process (predict opens twice)
+def _stac_cached(name: str, item_href: str, keys: tuple[str, ...]) -> RasterSource:
+    import pystac
+
+    if not keys:
+        raise GeotranslateError(f"{name}: no asset keys after the item (item.json:B04,B03)")
+    try:
+        item = pystac.Item.from_file(item_href)
+    except FileNotFoundError:
+        raise GeotranslateError(f"{item_href}: no such file") from None
+    except Exception as e:  # urllib, JSON and STAC errors all say the item is unusable
+        raise GeotranslateError(
+            f"{item_href}: cannot read as a STAC item ({first_line(e)})"
+        ) from None
+    hrefs = []
+    for key in keys:
+        asset = item.assets.get(key)
+        if asset is None:
+            raise GeotranslateError(
+                f"{item_href}: no asset {key!r} (the item has {', '.join(sorted(item.assets))})"
+            )
+        hrefs.append(asset.get_absolute_href() or asset.href)
+    parts = [single_source(h) for h in hrefs]
+    if len(parts) == 1:
+        return RasterSource(name, parts[0].gdal_name, parts[0].stem, local=False)
+    stacked = _stack(name, parts, keys)
+    return RasterSource(name, stacked.gdal_name, item.id or stacked.stem, local=False)

@@ -1,0 +1,86 @@
+"""tools/bench_quality.py: its hillshade target and its table (the benchmark itself is not run
+here: it trains for minutes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench_quality.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+def _plane(dz_east: float, dz_north: float, size: int = 9, res: float = 30.0) -> np.ndarray:
+    """A north-up DEM plane: height rises by dz_east per metre east, dz_north per metre north
+    (row 0 is the north edge)."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    return 1000.0 + dz_east * cols * res - dz_north * rows * res
+
+
+def _expected(dz_east: float, dz_north: float, azimuth: float, altitude: float) -> float:
+    """1 + 254 * cos(angle between the surface normal and the sun), from slope and aspect
+    (the textbook formula, independent of the implementation's vector form)."""
+    slope = math.atan(math.hypot(dz_east, dz_north))
+    zenith = math.radians(90 - altitude)
+    # aspect: compass direction the slope faces (downhill), clockwise from north
+    aspect = math.atan2(-dz_east, -dz_north)
+    cos_i = (math.cos(zenith) * math.cos(slope) +
+             math.sin(zenith) * math.sin(slope) * math.cos(math.radians(azimuth) - aspect))
+    return 1 + 254 * max(cos_i, 0.0)
+
+
+def test_hillshade_of_planes_matches_the_analytic_values(bench):
+    flat = bench.hillshade(_plane(0, 0), 30.0, 30.0)
+    assert flat.dtype == np.uint8
+    assert (flat == round(1 + 254 * math.sin(math.radians(45)))).all()  # 181
+    # a 45° plane facing the sun (NW, down towards 315°) is lit head-on
+    g = math.sqrt(0.5)
+    facing = bench.hillshade(_plane(g, -g), 30.0, 30.0)
+    assert (facing == 255).all()
+    # facing away (SE) at 45°: the sun grazes it, no direct light
+    assert (bench.hillshade(_plane(-g, g), 30.0, 30.0) == 1).all()
+    # a north-facing slope of 20° against other sun positions
+    dz = -math.tan(math.radians(20))
+    for azimuth, altitude in [(315, 45), (0, 30), (90, 60), (200, 10)]:
+        got = bench.hillshade(_plane(0.0, dz), 30.0, 30.0, azimuth=azimuth, altitude=altitude)
+        assert np.abs(got.astype(int) - _expected(0.0, dz, azimuth, altitude)).max() <= 0.5 + 1e-9
+
+
+def test_hillshade_uses_the_pixel_size_and_marks_invalid_neighbourhoods(bench):
+    g = math.sqrt(0.5)
+    dem = _plane(g, -g, size=12, res=10.0)  # 45° at 10 m pixels
+    assert (bench.hillshade(dem, 10.0, 10.0) == 255).all()
+    # the same heights read as 30 m pixels are a gentler slope: less light
+    assert (bench.hillshade(dem, 30.0, 30.0) < 255).all()
+    valid = np.ones(dem.shape, dtype=bool)
+    valid[5, 5] = False
+    shade = bench.hillshade(dem, 10.0, 10.0, valid)
+    assert (shade[4:7, 4:7] == bench.NODATA_SHADE).all()
+    assert (shade[valid] > 0).sum() == valid.sum() - 8
+
+
+def test_table_reports_skipped_tasks_and_the_gain_over_flat(bench):
+    figures = {"psnr": 20.0, "ssim": 0.5, "sam_deg": None}
+    result = {"task": "hillshade", "what": "DEM -> hillshade", "chips": 10, "tile_size": 128,
+              "iterations": 5, "train_seconds": 3.0, "tile_dependence_8bit": 0.25,
+              "model": figures, "flat": {**figures, "psnr": 14.5}, "untrained": figures}
+    table = bench.format_table([result, {"task": "naip_nir", "skipped": "data absent"}])
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(line.count("|") == 10 for line in lines)
+    assert "| +5.50 | 0.25 |" in lines[2]
+    assert "naip_nir | skipped: data absent" in lines[3]

@@ -1,0 +1,465 @@
+"""Benchmark what a user gets from ``geotranslate`` with its defaults, on real paired rasters.
+
+Each task cuts a real co-registered pair from ``/work/shared/data/real`` into a training area
+and a spatially held-out test area (never seen in training: the training chips are exported
+from crops that exclude it), then
+
+1. export-tiles on the training crops (library ``export_tiles``),
+2. ``train`` Pix2Pix with the tool's defaults for a fixed number of iterations (``--budget``),
+   so the figures do not depend on machine load (the wall time is reported too),
+3. ``predict_raster`` on the held-out input at tile 256 and tile 128,
+4. metrics (``geotranslate.metrics.compute_metrics``, what ``evaluate`` uses) of the model,
+   of the flat baseline (the mean target of the training area as a flat image) and of the
+   untrained model (same network, initial weights) against the held-out truth, over the same
+   pixels and with the same data range (the training target's min-max, from meta.json, so
+   figures of runs with different settings compare).
+
+Tile dependence is the mean |prediction at tile 128 - at tile 256| in 8-bit units of that
+range (255 * difference / range).
+
+Tasks (a task whose data is absent is skipped):
+
+* ``hillshade``: Mt Hood LANDFIRE DEM (30 m) -> its hillshade (Horn's gradient, sun azimuth
+  315°, altitude 45°, uint8 1-255, 0 = nodata); held out: a strip east of the summit.
+* ``naip_nir``: NAIP RGB -> NIR; training on the west of 4 dates, test on the east of a 5th.
+* ``sen12ms_s1s2``: SEN12MS-CR S1 (VV, VH) -> cloud-free S2 RGB; training on the north half
+  of two patches, test on the south half of one.
+* ``floods_s1s2``: Sen1Floods11 S1 (VV, VH) -> S2 RGB; test on the south quarter.
+* ``dsm_ortho``: drone DSM (0.25 m) -> RGB ortho mosaic; test on the middle of the east
+  quarter.
+
+Expected run time on 2 free CPU cores at the default budget (200 iterations; the default
+Pix2Pix, U-Net ngf 64, takes about 1 CPU-core second per iteration on 128 px chips): about
+3-4 minutes per task, 15-20 minutes for all five. The figures depend only on the budget, not on
+the machine's load; the wall and CPU times are reported next to them. Everything temporary
+goes to one temporary directory, removed at the end (``--keep`` keeps it and prints where).
+
+    nice -n 5 python tools/bench_quality.py                      # all tasks, default budget
+    nice -n 5 python tools/bench_quality.py --tasks hillshade --budget 100 --out table.md
+    python tools/bench_quality.py --tasks hillshade --set norm_method=percentile   # compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REAL = Path(os.environ.get("GEOTRANSLATE_REAL_DATA", "/work/shared/data/real"))
+DEFAULT_BUDGET = 200
+NODATA_SHADE = 0
+
+
+# ---- hillshade -------------------------------------------------------------------------------
+
+
+def hillshade(dem: np.ndarray, x_res: float, y_res: float, valid: np.ndarray | None = None, *,
+              azimuth: float = 315.0, altitude: float = 45.0) -> np.ndarray:
+    """Hillshade of a north-up DEM as uint8: 1 (no direct light) to 255 (facing the sun),
+    0 where the 3 x 3 neighbourhood has an invalid pixel.
+
+    Gradients are Horn's (1981) 3 x 3 weights (as gdaldem); beyond the edges the surface is
+    extrapolated linearly (odd reflection), so a plane shades evenly up to its border.
+    The value is 1 + 254 * max(0, n · s), n the unit surface normal, s the unit vector to the
+    sun (``azimuth`` clockwise from north, ``altitude`` above the horizon, in degrees).
+    ``x_res``/``y_res`` are the pixel width and height in the DEM's height units.
+    """
+    z = np.pad(np.asarray(dem, dtype=np.float64), 1, mode="reflect", reflect_type="odd")
+    if valid is None:
+        valid = np.ones(dem.shape, dtype=bool)
+    v = np.pad(valid, 1, mode="edge")
+    z = np.where(v, z, 0.0)
+
+    def at(dr: int, dc: int) -> np.ndarray:
+        return z[1 + dr: z.shape[0] - 1 + dr, 1 + dc: z.shape[1] - 1 + dc]
+
+    dz_east = ((at(-1, 1) + 2 * at(0, 1) + at(1, 1)) -
+               (at(-1, -1) + 2 * at(0, -1) + at(1, -1))) / (8 * x_res)
+    dz_north = ((at(-1, -1) + 2 * at(-1, 0) + at(-1, 1)) -
+                (at(1, -1) + 2 * at(1, 0) + at(1, 1))) / (8 * y_res)
+    az, alt = math.radians(azimuth), math.radians(altitude)
+    sun = (math.cos(alt) * math.sin(az), math.cos(alt) * math.cos(az), math.sin(alt))
+    lit = (-dz_east * sun[0] - dz_north * sun[1] + sun[2]) / np.sqrt(
+        dz_east**2 + dz_north**2 + 1.0)
+    shade = np.rint(1 + 254 * np.clip(lit, 0.0, 1.0)).astype(np.uint8)
+    all_valid = np.ones(dem.shape, dtype=bool)
+    rows, cols = dem.shape
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            all_valid &= v[1 + dr: 1 + dr + rows, 1 + dc: 1 + dc + cols]
+    shade[~all_valid] = NODATA_SHADE
+    return shade
+
+
+# ---- raster crops ----------------------------------------------------------------------------
+
+
+def write_crop(src: Path, window, dst: Path, bands: list[int] | None = None,
+               data: np.ndarray | None = None, nodata=None) -> Path:
+    """``window`` of ``src`` (``bands``, 1-based; or ``data`` on src's grid) as a GeoTIFF."""
+    import rasterio
+
+    with rasterio.open(src) as ds:
+        bands = bands or list(range(1, ds.count + 1))
+        if data is None:
+            values = ds.read(bands, window=window)
+            nodata = ds.nodata if nodata is None else nodata
+        else:
+            values = data[:, window.row_off: window.row_off + window.height,
+                          window.col_off: window.col_off + window.width]
+        profile = {"driver": "GTiff", "width": int(window.width), "height": int(window.height),
+                   "count": values.shape[0], "dtype": values.dtype.name, "crs": ds.crs,
+                   "transform": ds.window_transform(window), "nodata": nodata}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(values)
+    return dst
+
+
+@dataclasses.dataclass
+class Prepared:
+    train: list[tuple[Path, Path]]  # (A, B) crops of the training area
+    test: tuple[Path, Path]  # (A, B) of the held-out area
+    tile_size: int
+    stride: int
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    what: str
+    files: list[str]  # relative to REAL; the task is skipped when one is missing
+    prepare: Callable[[Path], Prepared]
+
+    def available(self) -> bool:
+        return all((REAL / f).exists() for f in self.files)
+
+
+def _w(col_off, row_off, width, height):
+    from rasterio.windows import Window
+
+    return Window(col_off, row_off, width, height)
+
+
+def _size(path: Path) -> tuple[int, int]:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.width, ds.height
+
+
+def _split_pair(tmp: Path, a: Path, b: Path, bands_a, bands_b, train_windows, test_window,
+                tag: str, b_data: np.ndarray | None = None, b_nodata=None) -> tuple[list, tuple]:
+    pairs = []
+    for i, window in enumerate(train_windows):
+        pairs.append((write_crop(a, window, tmp / "train_a" / f"{tag}_{i}.tif", bands_a),
+                      write_crop(a if b_data is not None else b, window,
+                                 tmp / "train_b" / f"{tag}_{i}.tif", bands_b, b_data, b_nodata)))
+    test = None
+    if test_window is not None:
+        test = (write_crop(a, test_window, tmp / "test" / f"{tag}_a.tif", bands_a),
+                write_crop(a if b_data is not None else b, test_window,
+                           tmp / "test" / f"{tag}_b.tif", bands_b, b_data, b_nodata))
+    return pairs, test
+
+
+MT_HOOD = "gdalraster/lf_elev_220_mt_hood_utm.tif"
+
+
+def _prepare_hillshade(tmp: Path) -> Prepared:
+    import rasterio
+
+    src = REAL / MT_HOOD
+    with rasterio.open(src) as ds:
+        dem, valid = ds.read(1), ds.read_masks(1) > 0
+        shade = hillshade(dem, ds.res[0], ds.res[1], valid)[None]
+    width, height = _size(src)
+    test = _w(560, 0, 253, height)  # east of the summit (row 401, col 502): high flanks
+    train = [_w(0, 0, 560, height), _w(813, 0, width - 813, height)]
+    pairs, test_pair = _split_pair(tmp, src, src, None, None, train, test, "mthood",
+                                   b_data=shade, b_nodata=NODATA_SHADE)
+    return Prepared(pairs, test_pair, 128, 64)
+
+
+NAIP = "naip_rgbnir_opengeos/m_4709963_se_14_1_{}.tif"
+NAIP_TRAIN = ("20090818", "20120731", "20150926", "20180716")
+NAIP_TEST = "20200831"
+
+
+def _prepare_naip(tmp: Path) -> Prepared:
+    pairs = []
+    for date in NAIP_TRAIN:
+        src = REAL / NAIP.format(date)
+        width, height = _size(src)
+        got, _ = _split_pair(tmp, src, src, [1, 2, 3], [4], [_w(0, 0, 700, height)], None,
+                             f"naip{date}")
+        pairs += got
+    src = REAL / NAIP.format(NAIP_TEST)
+    width, height = _size(src)
+    _, test = _split_pair(tmp, src, src, [1, 2, 3], [4], [], _w(700, 0, width - 700, height),
+                          f"naip{NAIP_TEST}")
+    return Prepared(pairs, test, 128, 128)
+
+
+SEN12 = ("ROIs1970_fall_139_p839", "ROIs2017_winter_112_p797")
+
+
+def _prepare_sen12(tmp: Path) -> Prepared:
+    pairs, test = [], None
+    for i, roi in enumerate(SEN12):
+        a = REAL / f"sen12mscr_glfcr/s1__{roi}.tif"
+        b = REAL / f"sen12mscr_glfcr/s2_cloudfree__{roi}.tif"
+        got, held = _split_pair(tmp, a, b, [1, 2], [4, 3, 2], [_w(0, 0, 256, 128)],
+                                _w(0, 128, 256, 128) if i == 0 else None, f"sen12_{i}")
+        pairs += got
+        test = test or held
+    return Prepared(pairs, test, 64, 32)
+
+
+FLOODS = "sen1floods11_sample/Spain_7370579_{}.tif"
+
+
+def _prepare_floods(tmp: Path) -> Prepared:
+    a, b = REAL / FLOODS.format("S1Hand"), REAL / FLOODS.format("S2Hand")
+    pairs, test = _split_pair(tmp, a, b, [1, 2], [4, 3, 2], [_w(0, 0, 512, 384)],
+                              _w(0, 384, 512, 128), "floods")
+    return Prepared(pairs, test, 128, 64)
+
+
+DRONE = "odm_tuniu_dsm_ortho_orthority/{}.tif"
+
+
+def _prepare_drone(tmp: Path) -> Prepared:
+    a, b = REAL / DRONE.format("dsm_0.25m_bilinear"), REAL / DRONE.format("ortho_rgb_0.25m")
+    width, height = _size(a)
+    pairs, test = _split_pair(tmp, a, b, [1], [1, 2, 3], [_w(0, 0, 1170, height)],
+                              _w(1170, height // 4, width - 1170, height // 2), "drone")
+    return Prepared(pairs, test, 128, 128)
+
+
+TASKS = {
+    t.name: t for t in [
+        Task("hillshade", "DEM -> hillshade (Mt Hood, 30 m)", [MT_HOOD], _prepare_hillshade),
+        Task("naip_nir", "RGB -> NIR (NAIP, 4 dates -> a 5th)",
+             [NAIP.format(d) for d in (*NAIP_TRAIN, NAIP_TEST)], _prepare_naip),
+        Task("sen12ms_s1s2", "S1 -> S2 RGB (SEN12MS-CR)",
+             [f"sen12mscr_glfcr/{k}__{r}.tif" for r in SEN12 for k in ("s1", "s2_cloudfree")],
+             _prepare_sen12),
+        Task("floods_s1s2", "S1 -> S2 RGB (Sen1Floods11)",
+             [FLOODS.format("S1Hand"), FLOODS.format("S2Hand")], _prepare_floods),
+        Task("dsm_ortho", "drone DSM -> RGB ortho",
+             [DRONE.format("dsm_0.25m_bilinear"), DRONE.format("ortho_rgb_0.25m")],
+             _prepare_drone),
+    ]
+}
+
+
+# ---- one task --------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(bands, rows, cols) float64 values and the (rows, cols) mask valid in every band."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        data = ds.read().astype(np.float64)
+        valid = (ds.read_masks() > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+    return data, valid
+
+
+def _untrained_model(run: Path, out: Path, seed: int) -> Path:
+    import torch
+
+    from geotranslate import load_model
+    from geotranslate.modelfile import save_model
+    from geotranslate.models import GeneratorSpec
+
+    model = load_model(run)
+    torch.manual_seed(seed)
+    spec = GeneratorSpec.from_dict(model.generator_specs["a2b"])
+    model.generators = {"a2b": spec.build(init=True)}
+    model.generator_specs = {"a2b": model.generator_specs["a2b"]}
+    save_model(model, out)
+    return out
+
+
+def default_overrides() -> dict:
+    """Settings the benchmark sets on top of the defaults: none, except ``augment=False``
+    while the default is still the old flips-and-rotations (a bool that defaults to True)."""
+    from geotranslate.train import TrainConfig
+
+    field = TrainConfig.__dataclass_fields__["augment"]
+    return {"augment": False} if field.default is True else {}
+
+
+def run_task(task: Task, work: Path, budget: int, overrides: dict, log) -> dict:
+    from geotranslate.export import export_tiles
+    from geotranslate.metrics import compute_metrics
+    from geotranslate.predict import predict_raster
+    from geotranslate.stats import stats_from_dict
+    from geotranslate.train import TrainConfig, train
+
+    prep = task.prepare(work / "data")
+    t0 = time.perf_counter()
+    summary = export_tiles([a for a, _ in prep.train], [b for _, b in prep.train],
+                           work / "chips", tile_size=prep.tile_size, stride=prep.stride,
+                           progress=False)
+    chips = summary.written["train"]["a"]
+    log(f"{task.name}: {chips} training chips of {prep.tile_size} px")
+    settings = {**default_overrides(), **overrides}
+    config = TrainConfig("Pix2Pix", data_dir=str(work / "chips"), out=str(work / "run"),
+                         max_steps=budget, preview=False, progress=False, tensorboard=False,
+                         **settings)
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    run = train(config)
+    train_seconds = time.perf_counter() - t1
+    train_cpu_seconds = time.process_time() - cpu1
+    # the data range: the training target's min-max, whatever the settings compared
+    meta = json.loads((work / "chips" / "meta.json").read_text())
+    target_stats = stats_from_dict(meta["domains"]["b"]["stats"])
+    data_range = np.array([max(s.max - s.min, 1e-12) for s in target_stats])
+
+    test_a, test_b = prep.test
+    preds = {}
+    untrained = _untrained_model(run, work / "untrained", config.seed)
+    for key, model_dir, tile in [("model", run, 256), ("tile128", run, 128),
+                                 ("untrained", untrained, 256)]:
+        out = work / f"pred_{key}.tif"
+        predict_raster(test_a, model_dir, out, tile_size=tile, device="cpu", progress=False)
+        preds[key] = _read(out)
+    truth, valid = _read(test_b)
+    valid &= preds["model"][1] & preds["tile128"][1]
+
+    train_targets = [_read(b) for _, b in prep.train]
+    total = sum(v.sum() for _, v in train_targets)
+    mean = sum(d[:, v].sum(axis=1) for d, v in train_targets) / total
+    flat = np.broadcast_to(mean[:, None, None], truth.shape)
+
+    result = {"task": task.name, "what": task.what, "chips": chips, "tile_size": prep.tile_size,
+              "iterations": budget, "train_seconds": train_seconds,
+              "train_cpu_seconds": train_cpu_seconds,
+              "total_seconds": None, "test_pixels": int(valid.sum()), "settings": settings}
+    for key, pred in [("model", preds["model"][0]), ("flat", flat),
+                      ("untrained", preds["untrained"][0])]:
+        overall = compute_metrics(pred, truth, valid, data_range)["overall"]
+        result[key] = {k: overall[k] for k in ("psnr", "ssim", "sam_deg")}
+    diff = np.abs(preds["model"][0] - preds["tile128"][0])[:, valid].mean(axis=1)
+    result["tile_dependence_8bit"] = float((255 * diff / data_range).mean())
+    result["total_seconds"] = time.perf_counter() - t0
+    return result
+
+
+# ---- table -----------------------------------------------------------------------------------
+
+
+def _f(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(results: list[dict]) -> str:
+    header = ("| task | chips | iterations | train s | PSNR dB model / flat / untrained "
+              "| SSIM model / flat / untrained | SAM ° model / flat / untrained "
+              "| model − flat dB | tile 128 vs 256 (8-bit) |")
+    lines = [header, "|" + "---|" * 9]
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['task']} | skipped: {r['skipped']} |" + " |" * 7)
+            continue
+        trio = {m: " / ".join(_f(r[k][m], d) for k in ("model", "flat", "untrained"))
+                for m, d in (("psnr", 2), ("ssim", 3), ("sam_deg", 1))}
+        gain = r["model"]["psnr"] - r["flat"]["psnr"]
+        lines.append(
+            f"| {r['what']} | {r['chips']} × {r['tile_size']} px | {r['iterations']} "
+            f"| {r['train_seconds']:.0f} | {trio['psnr']} | {trio['ssim']} "
+            f"| {trio['sam_deg'] if r['model']['sam_deg'] is not None else '–'} "
+            f"| {gain:+.2f} | {r['tile_dependence_8bit']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _parse_set(items: list[str]) -> dict:
+    from geotranslate.train import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    out = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        if key not in fields or not text:
+            raise SystemExit(f"bench_quality: error: --set {item!r}: expected FIELD=VALUE with "
+                             "a TrainConfig field")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Expected time on 2 free CPU cores at the default budget: 3-4 min per task, "
+               "15-20 min for all five.",
+    )
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated, from {', '.join(TASKS)} (default: all)")
+    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                        help="training iterations per task (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (chips, runs, predictions)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainConfig default, e.g. norm_method=percentile "
+                             "(for comparisons; repeatable)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or args.budget < 1:
+        parser.error(f"unknown task(s) {', '.join(unknown)}" if unknown else "budget must be >= 1")
+    overrides = _parse_set(args.set)
+
+    def log(message: str) -> None:
+        print(f"[bench_quality] {message}", file=sys.stderr, flush=True)
+
+    results = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_quality_"))
+    try:
+        for name in names:
+            task = TASKS[name]
+            if not task.available():
+                log(f"{name}: data absent under {REAL}, skipped")
+                results.append({"task": name, "skipped": "data absent"})
+                continue
+            log(f"{name}: {task.what}, {args.budget} iterations")
+            result = run_task(task, tmp / name, args.budget, overrides, log)
+            log(f"{name}: PSNR {result['model']['psnr']:.2f} dB (flat {result['flat']['psnr']:.2f},"
+                f" untrained {result['untrained']['psnr']:.2f}); trained in "
+                f"{result['train_seconds']:.0f} s ({result['train_cpu_seconds']:.0f} CPU s), task "
+                f"{result['total_seconds']:.0f} s")
+            results.append(result)
+    finally:
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    table = format_table(results)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
