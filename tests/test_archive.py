@@ -256,3 +256,15 @@ def test_model_stac_item_with_the_mlm_extension(tmp_path, capsys):
     # never over the model's own files
     assert cli_main(["model-stac", str(run), "--out", str(run / "model.json")]) == 1
     assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_weights_digest_covers_batch_norm_buffers():
+    from geotranslate.models import build_generator
+    from geotranslate.predict.provenance import weights_sha256
+
+    torch.manual_seed(0)
+    g = build_generator("resnet", 2, 3, ngf=4, n_blocks=1, norm="batch", init=False)
+    before = weights_sha256(g)
+    assert before == weights_sha256(g)
+    next(m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean += 1
+    assert weights_sha256(g) != before
