@@ -14,7 +14,9 @@ import contextlib
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -53,7 +55,13 @@ from geotranslate.chips.writer import _write_chip_atomic
 from geotranslate.dirlock import DirectoryLock
 from geotranslate.errors import GeotranslateError
 from geotranslate.memory import check_memory
-from geotranslate.raster.io import GDAL_CACHE_BYTES, atomic_path, open_raster
+from geotranslate.raster.io import (
+    GDAL_CACHE_BYTES,
+    atomic_path,
+    open_dataset,
+    open_raster,
+    source_of,
+)
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 from geotranslate.stats import StatsAccumulator
@@ -67,6 +75,8 @@ STATS_PIXEL_BUDGET = 1_000_000
 #: many may wait: bounds memory to a few chips.
 WRITER_THREADS = 2
 WRITER_QUEUE = 8
+#: windows read ahead per worker (``workers`` > 1): bounds memory to a few windows per worker
+READ_AHEAD = 2
 
 
 @dataclass
@@ -201,12 +211,15 @@ def export_tiles(
     allow_no_crs: bool = False,
     seed: int = 0,
     progress: bool = True,
+    workers: int | None = None,
 ) -> ExportSummary:
     """Cut ``a_paths`` (and ``b_paths``) into chips under ``out_dir``; see docs/formats.md.
 
     With ``b_paths`` the default mode is "paired" (B warped onto each A's grid); "unpaired"
     tiles A and B independently. Without ``b_paths`` one domain is exported (``domain``,
-    default "a"). Raises GeotranslateError for bad input, leaving no chip of this run behind.
+    default "a"). ``workers`` threads read windows in parallel (default: the usable cores); the
+    chips, meta.json and index.gpkg are the same for any number. Raises GeotranslateError for
+    bad input, leaving no chip of this run behind.
     """
     started = time.perf_counter()
     b_paths = list(b_paths or [])
@@ -214,6 +227,9 @@ def export_tiles(
     mode, run_domains = _resolve_mode(a_paths, b_paths, mode, domain)
     stride = tile_size if stride is None else stride
     _check_numbers(tile_size, stride, max_nodata, val_fraction)
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise GeotranslateError(f"--workers {workers}: must be at least 1")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GeotranslateError(f"{out}: exists and is not a directory")
@@ -237,8 +253,12 @@ def export_tiles(
             specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
         bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
         domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
-        check_memory(_window_bytes(tile_size, domain_meta) * (WRITER_QUEUE + WRITER_THREADS + 3),
-                     f"--tile-size {tile_size}", "use a smaller --tile-size")
+        writers = max(WRITER_THREADS, workers)
+        in_flight = WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
+        with_workers = f" with --workers {workers}" if workers > 1 else ""
+        check_memory(_window_bytes(tile_size, domain_meta) * in_flight,
+                     f"--tile-size {tile_size}{with_workers}",
+                     "use a smaller --tile-size" + (" or fewer --workers" if workers > 1 else ""))
         _check_stems(datasets)
         lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
         meta_old = _read_meta(out)
@@ -263,18 +283,20 @@ def export_tiles(
             d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
             for d in run_domains
         }
-        run = _Run(out, summary, max_nodata, filters, domain_meta)
+        run = _Run(out, summary, max_nodata, filters, domain_meta, writers)
         lock_state["run"] = run
+        reader = _WindowReader(workers)
+        stack.callback(reader.close)
         try:
             if val_fraction > 0:
                 # validation blocks are drawn over the chips that pass the filters, so the
                 # filters run first (reading every window once, with the statistics), then
                 # only the surviving windows are read again and written
-                _process(jobs, stats, run, tile_size, progress, survey=True)
+                _process(jobs, stats, run, tile_size, progress, reader, survey=True)
                 summary.val_note = _assign_validation(jobs, val_fraction, seed, tile_size)
-                _process(jobs, None, run, tile_size, progress)
+                _process(jobs, None, run, tile_size, progress, reader)
             else:
-                _process(jobs, stats, run, tile_size, progress)
+                _process(jobs, stats, run, tile_size, progress, reader)
             run.finish()
             _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
                         tile_size, stride, pairs_new, a_paths + b_paths)
@@ -377,7 +399,8 @@ class _Run:
     """Chip writing of one run, with what it wrote (for rollback) and the index rows."""
 
     def __init__(
-        self, out: Path, summary: ExportSummary, max_nodata: float, filters: dict, domain_meta: dict
+        self, out: Path, summary: ExportSummary, max_nodata: float, filters: dict,
+        domain_meta: dict, writers: int = WRITER_THREADS,
     ):
         self.out = out
         self.summary = summary
@@ -387,7 +410,7 @@ class _Run:
         self.written: list[Path] = []
         self.created_dirs: list[Path] = []
         self.index_rows: list[dict] = []
-        self._pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="chip-writer")
+        self._pool = ThreadPoolExecutor(writers, thread_name_prefix="chip-writer")
         self._pending: deque[Future] = deque()
         self._present: dict[str, set[str]] = {}
 
@@ -450,43 +473,135 @@ def _stats_step(jobs: list[_Job], domain: str) -> int:
 
 
 def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool,
-             survey: bool = False) -> None:
+             reader: _WindowReader, survey: bool = False) -> None:
     """Read every window: statistics (``stats``), then filters and chip writing.
 
     ``survey``: only record which windows pass the filters (``job.survives``), writing
     nothing. A later pass with ``stats`` None then reads and writes only the survivors.
+    Reads come back in window order, whatever the number of workers.
     """
     if not survey and stats is None:
         jobs = [job for job in jobs if not job.stats_only]
-    total = sum(
-        len(job.windows) if job.survives is None or survey else sum(job.survives) for job in jobs
-    )
-    desc = "export-tiles (filters)" if survey else "export-tiles"
-    with tqdm(total=total, unit="window", disable=not progress, desc=desc, leave=False) as bar:
+    todo = [
+        (job, wi)
+        for job in jobs
+        for wi in range(len(job.windows))
+        if survey or job.survives is None or job.survives[wi]
+    ]
+    if survey:
         for job in jobs:
+            job.survives = [False] * len(job.windows)
+    desc = "export-tiles (filters)" if survey else "export-tiles"
+    extents: dict[int, tuple[dict, dict]] = {}
+    with tqdm(total=len(todo), unit="window", disable=not progress, desc=desc, leave=False) as bar:
+        for (job, wi), reads in reader.read(todo):
+            if id(job) not in extents:
+                extents[id(job)] = (
+                    own_extents(
+                        tile_offsets(job.grid.height, tile, run.summary.stride), job.height, tile
+                    ),
+                    own_extents(
+                        tile_offsets(job.grid.width, tile, run.summary.stride), job.width, tile
+                    ),
+                )
+            row_ends, col_ends = extents[id(job)]
+            window, split = job.windows[wi], job.splits[wi]
+            row, col = int(window.row_off), int(window.col_off)
+            own_h, own_w = row_ends[row] - row, col_ends[col] - col
+            for d, (data, valid) in reads.items():
+                if stats is not None and d in stats:
+                    stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
             if survey:
-                job.survives = [False] * len(job.windows)
-            row_ends = own_extents(
-                tile_offsets(job.grid.height, tile, run.summary.stride), job.height, tile
-            )
-            col_ends = own_extents(
-                tile_offsets(job.grid.width, tile, run.summary.stride), job.width, tile
-            )
-            for wi, (window, split) in enumerate(zip(job.windows, job.splits, strict=True)):
-                if not survey and job.survives is not None and not job.survives[wi]:
+                if not job.stats_only:
+                    job.survives[wi] = _passes_filters(job, window, reads, run)
+            elif not job.stats_only:
+                _handle_window(job, window, split, reads, run)
+            bar.update(1)
+
+
+class _WindowReader:
+    """Reads the windows of a pass, in ``workers`` threads when more than one (GDAL reads and
+    warps without the GIL), and hands the reads back in the order asked, so statistics, chips
+    and the index do not depend on the scheduling. Each thread reads through its own dataset
+    handles (a rasterio dataset is not thread-safe), opened and closed in that thread; at most
+    READ_AHEAD reads per worker wait.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def read(self, todo: list[tuple[_Job, int]]):
+        """Yield ((job, window index), {domain: (data, valid)}) for each of ``todo``, in order."""
+        if self.workers == 1:
+            for job, wi in todo:
+                yield (job, wi), {d: read(job.windows[wi]) for d, read in job.readers.items()}
+            return
+        while len(self._threads) < self.workers:
+            thread = threading.Thread(target=self._work, name="window-reader", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        pending: deque = deque()
+        try:
+            for item in todo:
+                future: Future = Future()
+                self._tasks.put((future, *item))
+                pending.append((item, future))
+                if len(pending) >= READ_AHEAD * self.workers:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()  # not started: dropped
+
+    def _work(self) -> None:
+        """One worker thread: its own handles on the datasets, closed when it stops."""
+        with contextlib.ExitStack() as stack:
+            handles: dict[int, object] = {}
+            readers: dict[int, dict] = {}
+
+            def handle(ds):
+                if id(ds) not in handles:
+                    handles[id(ds)] = stack.enter_context(open_dataset(source_of(ds)))
+                return handles[id(ds)]
+
+            while (task := self._tasks.get()) is not None:
+                future, job, wi = task
+                if not future.set_running_or_notify_cancel():
                     continue
-                reads = {d: reader(window) for d, reader in job.readers.items()}
-                row, col = int(window.row_off), int(window.col_off)
-                own_h, own_w = row_ends[row] - row, col_ends[col] - col
-                for d, (data, valid) in reads.items():
-                    if stats is not None and d in stats:
-                        stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
-                if survey:
-                    if not job.stats_only:
-                        job.survives[wi] = _passes_filters(job, window, reads, run)
-                elif not job.stats_only:
-                    _handle_window(job, window, split, reads, run)
-                bar.update(1)
+                try:
+                    if id(job) not in readers:
+                        readers[id(job)] = job.make_readers(stack, handle)
+                    future.set_result(
+                        {d: read(job.windows[wi]) for d, read in readers[id(job)].items()}
+                    )
+                except BaseException as e:  # handed to the main thread, which raises it
+                    future.set_exception(e)
+
+    def close(self) -> None:
+        """Stop the threads once their current reads end; they close their handles."""
+        with contextlib.suppress(queue.Empty):
+            while True:  # reads not started are dropped
+                task = self._tasks.get_nowait()
+                if task is not None:
+                    task[0].cancel()
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:

@@ -3,9 +3,11 @@ when paired), and the statistics-only passes over sources of earlier runs."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
@@ -16,6 +18,10 @@ from geotranslate.raster.sources import parse_source
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
+#: builds a job's readers (closed with the ExitStack); the callable maps each of the job's
+#: datasets to the handle read: the dataset itself, or another handle on it for a worker thread
+#: (a rasterio dataset is not thread-safe)
+ReaderFactory = Callable[[contextlib.ExitStack, Callable[[Any], Any]], dict[str, Reader]]
 
 
 @dataclass
@@ -28,6 +34,7 @@ class _Job:
     width: int
     readers: dict[str, Reader]
     sources: dict[str, str]  # domain -> source path(s) for the index
+    make_readers: ReaderFactory | None = None  # more readers, e.g. one set per worker thread
     stats_only: bool = False
     windows: list[Window] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "train" | "val" | "buffer"
@@ -44,10 +51,30 @@ def _grid_of(ds, tile_size: int) -> Grid:
     return Grid(ds.crs, ds.transform, max(ds.width, tile_size), max(ds.height, tile_size))
 
 
-def _job(ds, grid: Grid, readers: dict[str, Reader], sources: dict[str, str],
-         stats_only: bool = False) -> _Job:
+def _job(ds, grid: Grid, make_readers: ReaderFactory, stack: contextlib.ExitStack,
+         sources: dict[str, str], stats_only: bool = False) -> _Job:
     """A tiling of ``ds`` on ``grid`` (its own, or padded up to one tile)."""
-    return _Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, stats_only)
+    readers = make_readers(stack, lambda dataset: dataset)
+    return _Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, make_readers,
+                stats_only)
+
+
+def _readers(grid: Grid, resampling: str, direct: dict | None = None,
+             warped: dict | None = None) -> ReaderFactory:
+    """A job's readers: ``direct`` {domain: (dataset, bands)} read on its own pixel grid,
+    ``warped`` {domain: (datasets, bands)} mosaicked and warped onto ``grid``."""
+
+    def make(stack: contextlib.ExitStack, handle: Callable[[Any], Any]) -> dict[str, Reader]:
+        readers = {}
+        for d, (ds, bands) in (direct or {}).items():
+            readers[d] = _direct_reader(handle(ds), bands, grid)
+        for d, (dss, bands) in (warped or {}).items():
+            reader = GridReader([handle(ds) for ds in dss], bands, grid, resampling)
+            stack.callback(reader.close)
+            readers[d] = reader.read
+        return readers
+
+    return make
 
 
 def _direct_reader(ds, bands: list[int], grid: Grid) -> Reader:
@@ -66,11 +93,10 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
         for a_ds, b_indexes in zip(datasets["a"], pairing, strict=True):
             grid = _grid_of(a_ds, tile_size)
             b_dss = [datasets["b"][j] for j in b_indexes]
-            b_reader = GridReader(b_dss, bands["b"], grid, resampling)
-            stack.callback(b_reader.close)
-            readers = {"a": _direct_reader(a_ds, bands["a"], grid), "b": b_reader.read}
+            readers = _readers(grid, resampling, direct={"a": (a_ds, bands["a"])},
+                               warped={"b": (b_dss, bands["b"])})
             sources = {"a": str(a_ds.name), "b": ";".join(str(ds.name) for ds in b_dss)}
-            jobs.append(_job(a_ds, grid, readers, sources))
+            jobs.append(_job(a_ds, grid, readers, stack, sources))
             pairs_new.append(
                 {
                     "a": source_of(a_ds).record(),
@@ -81,7 +107,8 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
     for d, dss in datasets.items():
         for ds in dss:
             grid = _grid_of(ds, tile_size)
-            jobs.append(_job(ds, grid, {d: _direct_reader(ds, bands[d], grid)}, {d: str(ds.name)}))
+            readers = _readers(grid, resampling, direct={d: (ds, bands[d])})
+            jobs.append(_job(ds, grid, readers, stack, {d: str(ds.name)}))
     return jobs
 
 
@@ -103,9 +130,8 @@ def _stats_only_jobs(
                 a_ds = stack.enter_context(_open_old(pair["a"], allow_no_crs))
                 b_dss = [stack.enter_context(_open_old(p, allow_no_crs)) for p in pair["b"]]
                 grid = _grid_of(a_ds, tile_size)
-                reader = GridReader(b_dss, old["bands"], grid, resampling)
-                stack.callback(reader.close)
-                jobs.append(_job(a_ds, grid, {"b": reader.read}, {}, stats_only=True))
+                readers = _readers(grid, resampling, warped={"b": (b_dss, old["bands"])})
+                jobs.append(_job(a_ds, grid, readers, stack, {}, stats_only=True))
             continue
         current = {source_of(ds).record() for ds in datasets[d]}
         for path in old["sources"]:
@@ -113,8 +139,8 @@ def _stats_only_jobs(
                 continue
             ds = stack.enter_context(_open_old(path, allow_no_crs))
             grid = _grid_of(ds, tile_size)
-            readers = {d: _direct_reader(ds, old["bands"], grid)}
-            jobs.append(_job(ds, grid, readers, {}, stats_only=True))
+            readers = _readers(grid, resampling, direct={d: (ds, old["bands"])})
+            jobs.append(_job(ds, grid, readers, stack, {}, stats_only=True))
     return jobs
 
 
