@@ -1,6 +1,6 @@
 """The ``geotranslate`` command line: parses options and calls the library functions.
 
-Each subcommand is a thin wrapper; the work happens in export.py, train/, predict/,
+Each subcommand is a thin wrapper; the work happens in chips/, train/, predict/,
 evaluate.py and render.py, which are usable from Python too. A GeotranslateError (bad input)
 is printed as one line, without a traceback, and exits with status 1; Ctrl-C exits with 130.
 """

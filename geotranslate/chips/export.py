@@ -5,7 +5,9 @@ raster size): every window is read once, fed to the per-domain statistics, and w
 chip when it passes the filters (AOI, exclude, invalid fraction, validation buffer). Paired
 B chips are read through a WarpedVRT onto A's grid, so a pair shares name, size, CRS and
 transform. Each chip is written atomically; meta.json and index.gpkg are rewritten at the end
-from everything in the output directory, so a re-run adds to it.
+from everything in the output directory, so a re-run adds to it. With ``workers`` > 1 the
+windows are read in threads and consumed in window order, so the output does not depend on
+the number of workers.
 """
 
 from __future__ import annotations
