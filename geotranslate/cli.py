@@ -1,6 +1,6 @@
 """The ``geotranslate`` command line: parses options and calls the library functions.
 
-Each subcommand is a thin wrapper; the work happens in export.py, train/, predict/,
+Each subcommand is a thin wrapper; the work happens in chips/, train/, predict/,
 evaluate.py and render.py, which are usable from Python too. A GeotranslateError (bad input)
 is printed as one line, without a traceback, and exits with status 1; Ctrl-C exits with 130.
 """
@@ -144,7 +144,7 @@ def _printable(message: str) -> str:
         return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-# ---- export-tiles (geotranslate/export.py) --------------------------------------------------
+# ---- export-tiles (geotranslate/chips/) -----------------------------------------------------
 
 
 @cli.command("export-tiles", cls=list_command("--b"))
@@ -181,10 +181,13 @@ def _printable(message: str) -> str:
 @click.option("--allow-no-crs", is_flag=True,
               help="Accept rasters without a CRS (or with only GCPs/RPCs): pixel-space chips.")
 @click.option("--seed", default=0, type=int, help="Seed of the validation block draw.")
+@click.option("--workers", default=None, type=int,
+              help="Threads reading windows in parallel; the output is the same for any number "
+                   "[default: the usable cores].")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode, domain, bands_a,
                          bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
-                         allow_no_crs, seed, no_progress) -> None:
+                         allow_no_crs, seed, workers, no_progress) -> None:
     """Cut rasters into georeferenced GeoTIFF chips: DIR/train_a, train_b, meta.json, index.gpkg.
 
     \b
@@ -207,7 +210,7 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
         list(a_rasters), list(b_rasters) or None, out_dir, tile_size=tile_size, stride=stride,
         mode=mode, domain=domain, bands_a=bands_a, bands_b=bands_b, resampling=resampling,
         max_nodata=max_nodata, aoi=aoi, exclude=exclude, val_fraction=val_fraction,
-        allow_no_crs=allow_no_crs, seed=seed, progress=not no_progress,
+        allow_no_crs=allow_no_crs, seed=seed, progress=not no_progress, workers=workers,
     )
     click.echo(str(summary))
 

@@ -403,9 +403,10 @@ def test_read_failure_midway_removes_the_chips_of_the_run(make_raster, tmp_path)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("workers", ["1", "3"])
 @pytest.mark.parametrize("failing", ["chips", "index"])
 def test_full_disk_fails_in_one_line_and_rolls_back(make_raster, small_disk, tmp_path, capsys,
-                                                    failing):
+                                                    failing, workers):
     # a real ENOSPC on a tiny tmpfs, with room for about half the chips, then for all of them
     # but not the index: the run stops with one line naming the file, and what it wrote is
     # removed (GDAL alone would print a failed chip write to stderr and leave the chip
@@ -418,7 +419,7 @@ def test_full_disk_fails_in_one_line_and_rolls_back(make_raster, small_disk, tmp
     room = sum(-(-p.stat().st_size // 4096) * 4096 for p in chips) + 4 * 4096  # pages + dirs
     out = small_disk(room // 2 if failing == "chips" else room + 16 * 4096) / "chips"
     capsys.readouterr()
-    status = main(["export-tiles", *args, "--out", str(out)])
+    status = main(["export-tiles", *args, "--workers", workers, "--out", str(out)])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("geotranslate")]
     assert status == 1 and len(lines) == 1 and len(lines[0]) < 300, err
@@ -549,3 +550,106 @@ def test_real_rgb_byte_chips_equal_their_source_windows(real_data, tmp_path):
     out = tmp_path / "rgb"
     export([src], out_dir=out, tile_size=200, max_nodata=1.0)
     assert _assert_chips_equal_source(src, out, 200) == 16
+
+
+# ---- workers: the same output for any number ---------------------------------------------------
+
+
+def snapshot(out: Path) -> dict:
+    """Everything an export leaves: every file's bytes but the index (SQLite pages differ with
+    nothing but timestamps), meta.json parsed, and index.gpkg's rows in file order."""
+    files = {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in ("index.gpkg", "meta.json")
+    }
+    rows = {}
+    for layer, _ in pyogrio.list_layers(out / "index.gpkg"):
+        frame = gpd.read_file(out / "index.gpkg", layer=layer)
+        rows[layer] = [
+            (*(r[k] for k in frame.columns if k != "geometry"), r.geometry.wkb)
+            for _, r in frame.iterrows()
+        ]
+    return {"files": files, "meta": json.loads((out / "meta.json").read_text()), "index": rows}
+
+
+def test_workers_give_byte_identical_chips_meta_and_index(make_raster, tmp_path):
+    # paired across grids (B warped) with nodata in both and a validation split; then unpaired
+    # with overlapping windows: 2 and 3 workers give what 1 gives, byte for byte
+    noise = np.random.default_rng(1).integers(1, 60000, (2, 160, 224)).astype("uint16")
+    noise[:, 40:90, 100:170] = 0  # a nodata hole: some windows are skipped, others kept
+    a = make_raster("a.tif", noise, nodata=0)
+    b_data = np.random.default_rng(2).random((3, 130, 170)).astype("float32")
+    b_data[:, :20, :] = np.nan
+    b = make_raster("b.tif", b_data,
+                    transform=from_origin(ORIGIN[0] - 45, ORIGIN[1] + 37, 13.7, 13.7))
+    c = make_raster("c.tif", ramp(3, 150, 120, dtype="uint8"), crs="EPSG:4326",
+                    transform=from_origin(10.0, 50.0, 0.001, 0.001))
+    runs = {
+        "paired": dict(a_paths=[a], b_paths=[b], tile_size=32, stride=24, val_fraction=0.2,
+                       max_nodata=0.3),
+        "unpaired": dict(a_paths=[a], b_paths=[c], tile_size=32, stride=24, mode="unpaired"),
+    }
+    for kind, kwargs in runs.items():
+        results = {}
+        for workers in (1, 2, 3):
+            out = tmp_path / f"{kind}{workers}"
+            summary = export(out_dir=out, workers=workers, **kwargs)
+            results[workers] = snapshot(out)
+            counts = (summary.written, summary.skipped_nodata, summary.dropped_buffer)
+            if workers == 1:
+                first = counts
+            assert counts == first, (kind, workers)
+        assert len(results[1]["files"]) > 20 and results[1]["index"], kind
+        if kind == "paired":
+            assert first[1] > 0 and first[0]["val"]["a"] > 0 and first[2] > 0  # all kinds occur
+        for workers in (2, 3):
+            assert results[workers]["files"] == results[1]["files"], (kind, workers)
+            assert results[workers]["meta"] == results[1]["meta"], (kind, workers)
+            assert results[workers]["index"] == results[1]["index"], (kind, workers)
+
+
+def test_workers_zero_or_negative_are_refused(make_raster, tmp_path, capsys):
+    src = make_raster("a.tif", ramp(1, 64, 64))
+    for workers in ("0", "-2"):
+        out = tmp_path / "out"
+        assert main(["export-tiles", str(src), "--workers", workers, "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"geotranslate: error: --workers {workers}: must be at least 1", err
+        assert not out.exists()
+
+
+def test_interrupt_with_workers_keeps_complete_chips_and_resumes(make_raster, tmp_path,
+                                                                 monkeypatch):
+    # Ctrl-C in the middle of a 3-worker export: the chips on disk are complete (no temporary
+    # file left), the directory is marked unfinished, and a re-run completes it to exactly
+    # what one uninterrupted run gives
+    import geotranslate.chips.export as chips_export
+
+    noise = np.random.default_rng(3).integers(1, 60000, (2, 192, 192)).astype("uint16")
+    a = make_raster("a.tif", noise)
+    b = make_raster("b.tif", noise[:1] // 2)
+    whole = tmp_path / "whole"
+    export([a], [b], whole, tile_size=32, workers=1)
+    real, calls = chips_export._handle_window, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chips_export, "_handle_window", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        export([a], [b], out, tile_size=32, workers=3)
+    kept = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tif"))
+    assert 0 < len(kept) < 2 * 36 and not list(out.rglob("*.part")), kept
+    for name in kept:
+        assert (out / name).read_bytes() == (whole / name).read_bytes()
+    assert not (out / "meta.json").exists() and (out / "export.lock").exists()
+    monkeypatch.setattr(chips_export, "_handle_window", real)
+    export([a], [b], out, tile_size=32, workers=3)
+    again, fresh = snapshot(out), snapshot(whole)
+    assert again["files"] == fresh["files"] and again["index"] == fresh["index"]
+    assert again["meta"] == fresh["meta"]

@@ -1,6 +1,11 @@
 """Benchmark of ``export-tiles``: chips/s, time vs one plain read, and peak memory vs raster size.
 
-Usage: ``python tools/bench_export.py [--speed-size 8192] [--sizes 4096 16384] [--tile 256]``
+Usage: ``python tools/bench_export.py [--speed-size 8192] [--sizes 4096 16384] [--tile 256]
+[--workers 1 2] [--repeat 2]``
+
+At the speed size, export runs with each ``--workers`` count (default 1, 2 and all usable
+cores), ``--repeat`` times each (the fastest counts): time / plain read, the speed-up over
+one worker and per added worker, and peak RSS. The other sizes run with all cores.
 
 Each measurement runs in its own subprocess (generation too), so memory figures are not
 polluted by the parent or by earlier runs. The child reports its own peak RSS
@@ -33,10 +38,10 @@ def plain_read(path: Path) -> None:
             ds.read(window=window)
 
 
-def export(path: Path, out: Path, tile: int) -> int:
+def export(path: Path, out: Path, tile: int, workers: int | None = None) -> int:
     from geotranslate.export import export_tiles
 
-    summary = export_tiles([path], out_dir=out, tile_size=tile, progress=False)
+    summary = export_tiles([path], out_dir=out, tile_size=tile, progress=False, workers=workers)
     return summary.chips_written
 
 
@@ -50,7 +55,8 @@ def child(argv: list[str]) -> None:
     elif task == "read":
         plain_read(path)
     elif task == "export":
-        result["chips"] = export(path, Path(argv[2]), int(argv[3]))
+        workers = int(argv[4]) if len(argv) > 4 else None
+        result["chips"] = export(path, Path(argv[2]), int(argv[3]), workers)
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mib()
     print(json.dumps(result))
@@ -67,10 +73,18 @@ def main() -> None:
         help="rasters whose peak memory is compared",
     )
     parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="worker counts at the speed size [default: 1, 2, all cores]")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per worker count")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
+    from geotranslate.chips.export import default_workers
+
+    cores = default_workers()
+    worker_counts = args.workers or sorted({1, 2, cores})
     tmp = Path(tempfile.mkdtemp(prefix="bench_export_"))
     rows = []
+    sweep = []
     try:
         for size in sorted({args.speed_size, *args.sizes}):
             raster = tmp / f"r{size}.tif"
@@ -79,6 +93,18 @@ def main() -> None:
             exp = run_child(__file__, "export", raster, tmp / f"chips{size}", args.tile)
             read_b = run_child(__file__, "read", raster)
             read_s = min(read_a["seconds"], read_b["seconds"])
+            if size == args.speed_size:
+                for workers in worker_counts:
+                    runs = []
+                    for _ in range(args.repeat):
+                        shutil.rmtree(tmp / "sweep", ignore_errors=True)
+                        runs.append(run_child(__file__, "export", raster, tmp / "sweep",
+                                              args.tile, workers))
+                    best = min(runs, key=lambda r: r["seconds"])
+                    sweep.append({"workers": workers, "export_s": best["seconds"],
+                                  "all_s": [r["seconds"] for r in runs], "ratio":
+                                  best["seconds"] / read_s, "rss_mb": best["peak_rss_mb"]})
+                shutil.rmtree(tmp / "sweep", ignore_errors=True)
             rows.append(
                 {
                     "size": size,
@@ -112,9 +138,21 @@ def main() -> None:
         ratio = by_size[large]["export_rss_mb"] / by_size[small]["export_rss_mb"]
         print(f"peak RSS {large}² / {small}²: {ratio:.2f}x (target <= 1.2x, < 1024 MB)")
     print(
-        f"export / plain read at {args.speed_size}²: {by_size[args.speed_size]['ratio']:.2f} "
-        "(target <= 2.0)"
+        f"export / plain read at {args.speed_size}² ({cores} workers): "
+        f"{by_size[args.speed_size]['ratio']:.2f} (target <= 2.0)"
     )
+    if sweep:
+        one = next((s for s in sweep if s["workers"] == 1), sweep[0])
+        print(f"\nat {args.speed_size}² (plain read {by_size[args.speed_size]['read_s']:.2f} s; "
+              f"{cores} usable cores; fastest of {args.repeat}):")
+        print(f"{'workers':>7} {'export s':>9} {'runs s':>16} {'export/read':>11} "
+              f"{'speed-up':>8} {'per added':>9} {'peak RSS MB':>11}")
+        for s in sweep:
+            speedup = one["export_s"] / s["export_s"]
+            added = (speedup - 1) / (s["workers"] - 1) if s["workers"] > 1 else float("nan")
+            runs = ", ".join(f"{x:.2f}" for x in s["all_s"])
+            print(f"{s['workers']:>7} {s['export_s']:>9.2f} {runs:>16} {s['ratio']:>11.2f} "
+                  f"{speedup:>8.2f} {added:>9.2f} {s['rss_mb']:>11.0f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,707 @@
+"""Cut georeferenced rasters into GeoTIFF chips for training: ``geotranslate export-tiles``.
+
+One pass over each source, window by window (memory is bounded by a few chips whatever the
+raster size): every window is read once, fed to the per-domain statistics, and written as a
+chip when it passes the filters (AOI, exclude, invalid fraction, validation buffer). Paired
+B chips are read through a WarpedVRT onto A's grid, so a pair shares name, size, CRS and
+transform. Each chip is written atomically; meta.json and index.gpkg are rewritten at the end
+from everything in the output directory, so a re-run adds to it. With ``workers`` > 1 the
+windows are read in threads and consumed in window order, so the output does not depend on
+the number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from tqdm import tqdm
+
+from geotranslate.chips.grid import _Job, _make_jobs, _stats_only_jobs
+from geotranslate.chips.index import INDEX_NAME, _index_layers, _write_index
+from geotranslate.chips.meta import (
+    DOMAINS,
+    META_NAME,
+    SPLITS,
+    _check_against_existing,
+    _count_chips,
+    _merge_meta,
+    _read_meta,
+)
+from geotranslate.chips.sources import (
+    _check_numbers,
+    _check_stems,
+    _domain_bands,
+    _domain_meta,
+    _resolve_mode,
+)
+from geotranslate.chips.split import _assign_validation
+from geotranslate.chips.writer import _write_chip_atomic
+from geotranslate.dirlock import DirectoryLock
+from geotranslate.errors import GeotranslateError
+from geotranslate.memory import check_memory
+from geotranslate.raster.io import (
+    GDAL_CACHE_BYTES,
+    atomic_path,
+    open_dataset,
+    open_raster,
+    source_of,
+)
+from geotranslate.raster.vector import VectorFilter, window_footprint
+from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
+from geotranslate.stats import StatsAccumulator
+
+#: valid pixels buffered before they are handed to the statistics (bounds memory, amortises).
+STATS_BUFFER_PIXELS = 1 << 20
+#: above this many pixels per domain, statistics use a regular lattice of every k-th row and
+#: column (k chosen to stay under it): the pass stays cheap next to reading and writing.
+STATS_PIXEL_BUDGET = 1_000_000
+#: chips written in parallel threads (GDAL compresses and writes without the GIL), and how
+#: many may wait: bounds memory to a few chips.
+WRITER_THREADS = 2
+WRITER_QUEUE = 8
+#: windows read ahead per worker (``workers`` > 1): bounds memory to a few windows per worker
+READ_AHEAD = 2
+
+
+@dataclass
+class ExportSummary:
+    """What one export run did; ``str()`` is the paragraph the CLI prints."""
+
+    out_dir: str
+    dataset_type: str
+    tile_size: int
+    stride: int
+    written: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {s: {d: 0 for d in DOMAINS} for s in SPLITS}
+    )
+    skipped_nodata: int = 0
+    skipped_aoi: int = 0
+    skipped_exclude: int = 0
+    dropped_buffer: int = 0
+    already_present: int = 0
+    constant: dict[str, int] = field(default_factory=dict)  # domain -> chips of one value
+    constant_example: str = ""  # "NAME (value V)" of the first one
+    val_note: str = ""  # why the validation fraction could not be met, if it was not
+    padded_sources: list[str] = field(default_factory=list)
+    stats_methods: dict[str, str] = field(default_factory=dict)
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def chips_written(self) -> int:
+        return sum(sum(d.values()) for d in self.written.values())
+
+    def __str__(self) -> str:
+        per_split = "; ".join(
+            f"{split}: " + ", ".join(f"{d} {n}" for d, n in counts.items() if n or split == "train")
+            for split, counts in self.written.items()
+            if any(counts.values()) or split == "train"
+        )
+        text = (
+            f"Exported {self.chips_written} chips into {self.out_dir} in {self.seconds:.1f} s "
+            f"({self.dataset_type}, {self.tile_size} px tiles, stride {self.stride}) — "
+            f"{per_split}. "
+            f"Skipped {self.skipped_nodata} windows over the invalid-pixel limit, "
+            f"{self.skipped_aoi} outside the AOI, {self.skipped_exclude} excluded, "
+            f"{self.dropped_buffer} dropped as buffer around validation blocks; "
+            f"{self.already_present} already present."
+        )
+        if self.padded_sources:
+            text += (
+                f" Padded with nodata to one tile (smaller than {self.tile_size} px): "
+                + ", ".join(self.padded_sources)
+                + "."
+            )
+        if self.val_note:
+            text += f" Warning: {self.val_note}."
+        if self.constant:
+            counts = ", ".join(f"{n} {d} chips" for d, n in sorted(self.constant.items()))
+            text += (
+                f" Warning: {counts} hold a single value in every band "
+                f"(e.g. {self.constant_example}): if that value is a fill, declare it as the "
+                "source's nodata (gdal_edit.py -a_nodata VALUE) and export again."
+            )
+        if self.stats_methods:
+            text += " Statistics: " + ", ".join(
+                f"{d} {m}" for d, m in sorted(self.stats_methods.items())
+            )
+            text += "."
+        if self.totals:
+            text += " Now in the directory: " + "; ".join(
+                f"{s} " + ", ".join(f"{d} {n}" for d, n in c.items())
+                for s, c in self.totals.items()
+                if any(c.values())
+            )
+            text += "."
+        return text
+
+
+
+class _StatsBuffer:
+    """Collects valid pixels and feeds them to a StatsAccumulator in bounded batches.
+
+    With ``step`` > 1 only pixels whose source row and column are multiples of ``step`` are
+    used (a regular lattice, the same whatever the tiling).
+    """
+
+    def __init__(self, band_count: int, seed: int, step: int = 1):
+        self.accumulator = StatsAccumulator(band_count, seed=seed)
+        self.step = step
+        self._parts: list[np.ndarray] = []
+        self._size = 0
+
+    def add(self, data: np.ndarray, valid: np.ndarray, row0: int = 0, col0: int = 0) -> None:
+        if self.step > 1:
+            r, c = (-row0) % self.step, (-col0) % self.step
+            data, valid = (
+                data[:, r :: self.step, c :: self.step],
+                valid[r :: self.step, c :: self.step],
+            )
+        values = data[:, valid]
+        if values.shape[1] == 0:
+            return
+        self._parts.append(values)
+        self._size += values.shape[1]
+        if self._size >= STATS_BUFFER_PIXELS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        values = np.concatenate(self._parts, axis=1)
+        self._parts, self._size = [], 0
+        self.accumulator.add(values[:, None, :], np.ones((1, values.shape[1]), dtype=bool))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def export_tiles(
+    a_paths: Sequence[str | Path],
+    b_paths: Sequence[str | Path] | None = None,
+    out_dir: str | Path = "chips",
+    *,
+    tile_size: int = 256,
+    stride: int | None = None,
+    mode: str | None = None,
+    domain: str | None = None,
+    bands_a: str | Sequence[int] | None = None,
+    bands_b: str | Sequence[int] | None = None,
+    resampling: str = "bilinear",
+    max_nodata: float = 0.1,
+    aoi: str | Path | None = None,
+    exclude: str | Path | None = None,
+    val_fraction: float = 0.0,
+    allow_no_crs: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> ExportSummary:
+    """Cut ``a_paths`` (and ``b_paths``) into chips under ``out_dir``; see docs/formats.md.
+
+    With ``b_paths`` the default mode is "paired" (B warped onto each A's grid); "unpaired"
+    tiles A and B independently. Without ``b_paths`` one domain is exported (``domain``,
+    default "a"). ``workers`` threads read windows in parallel (default: the usable cores); the
+    chips, meta.json and index.gpkg are the same for any number. Raises GeotranslateError for
+    bad input, leaving no chip of this run behind.
+    """
+    started = time.perf_counter()
+    b_paths = list(b_paths or [])
+    a_paths = list(a_paths)
+    mode, run_domains = _resolve_mode(a_paths, b_paths, mode, domain)
+    stride = tile_size if stride is None else stride
+    _check_numbers(tile_size, stride, max_nodata, val_fraction)
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise GeotranslateError(f"--workers {workers}: must be at least 1")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GeotranslateError(f"{out}: exists and is not a directory")
+    dataset_type = "paired" if mode == "paired" else "unpaired"
+    summary = ExportSummary(str(out), dataset_type, tile_size, stride)
+    summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        # one list of sources per domain; "a" holds the single list when --domain b is given
+        lists = {"a": a_paths, "b": b_paths} if b_paths else {run_domains[0]: a_paths}
+        datasets = {
+            d: [stack.enter_context(open_raster(p, allow_no_crs=allow_no_crs)) for p in paths]
+            for d, paths in lists.items()
+        }
+        if b_paths:
+            specs = {"a": bands_a, "b": bands_b}
+        else:  # one list: --bands selects its bands, whichever domain it is exported as
+            specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
+        bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
+        domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
+        writers = max(WRITER_THREADS, workers)
+        in_flight = WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
+        with_workers = f" with --workers {workers}" if workers > 1 else ""
+        check_memory(_window_bytes(tile_size, domain_meta) * in_flight,
+                     f"--tile-size {tile_size}{with_workers}",
+                     "use a smaller --tile-size" + (" or fewer --workers" if workers > 1 else ""))
+        _check_stems(datasets)
+        lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
+        meta_old = _read_meta(out)
+        _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
+
+        filters = {
+            "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
+            "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
+        }
+        pairs_new: list[dict] = []
+        jobs = _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack)
+        jobs += _stats_only_jobs(
+            meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs
+        )
+        for job in jobs:
+            job.windows = list(tile_windows(job.grid.height, job.grid.width, tile_size, stride))
+            job.splits = ["train"] * len(job.windows)
+            if job.padded and not job.stats_only:
+                summary.padded_sources.append(job.stem)
+
+        stats = {
+            d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
+            for d in run_domains
+        }
+        run = _Run(out, summary, max_nodata, filters, domain_meta, writers)
+        lock_state["run"] = run
+        reader = _WindowReader(workers)
+        stack.callback(reader.close)
+        try:
+            if val_fraction > 0:
+                # validation blocks are drawn over the chips that pass the filters, so the
+                # filters run first (reading every window once, with the statistics), then
+                # only the surviving windows are read again and written
+                _process(jobs, stats, run, tile_size, progress, reader, survey=True)
+                summary.val_note = _assign_validation(jobs, val_fraction, seed, tile_size)
+                _process(jobs, None, run, tile_size, progress, reader)
+            else:
+                _process(jobs, stats, run, tile_size, progress, reader)
+            run.finish()
+            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
+                        tile_size, stride, pairs_new, a_paths + b_paths)
+        except KeyboardInterrupt:
+            run.finish(cancel=True)  # complete chips stay: a re-run resumes
+            raise
+        except BaseException:
+            # a bad input, no valid pixel, a full disk: no chip of this run is left behind,
+            # and meta.json and the index stay as they were
+            run.rollback()
+            raise
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type, tile_size,
+                stride, pairs_new, paths) -> None:
+    """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
+    summary = run.summary
+    if summary.chips_written + summary.already_present == 0:
+        raise GeotranslateError(_zero_chips_message(paths, summary, run.max_nodata))
+    for d in run_domains:
+        stats[d].flush()
+        if stats[d].accumulator.count == 0:
+            raise GeotranslateError(
+                f"{', '.join(domain_meta[d]['sources'])}: no valid pixel in domain {d}'s "
+                "sources (all nodata, NaN or alpha = 0)"
+            )
+        domain_meta[d]["stats"] = stats[d].accumulator.to_dict()
+        domain_meta[d]["stats"]["pixel_step"] = stats[d].step
+        if stats[d].step > 1:
+            domain_meta[d]["stats"]["method"] = "sample"
+        summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
+    meta = _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
+    meta["chips"] = _count_chips(out)
+    summary.totals = meta["chips"]
+    layers = _index_layers(out, run.index_rows)
+    # both files are written before either is renamed: a failure leaves both as they were
+    with atomic_path(out / META_NAME) as meta_tmp:
+        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        if layers:
+            with atomic_path(out / INDEX_NAME) as index_tmp:
+                _write_index(layers, index_tmp, out / INDEX_NAME)
+
+
+def _window_bytes(tile_size: int, domain_meta: dict) -> int:
+    """Memory of one window read in every domain (data and validity). Up to WRITER_QUEUE +
+    WRITER_THREADS of them wait for the chip writers; reading, the statistics' copy and the
+    chip's encoding take about three more."""
+    per_pixel = sum(
+        m["band_count"] * np.dtype(m["dtype"]).itemsize + 1 for m in domain_meta.values()
+    )
+    return tile_size * tile_size * per_pixel
+
+
+def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
+    """Create ``out`` if needed and take its lock until ``stack`` closes (see dirlock.py).
+
+    The lock file is removed when the directory is left consistent: the run finished, or it
+    failed and rolled back (unless an earlier run was unfinished), or it was interrupted
+    before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
+    state the caller completes with ``"run"`` (the _Run, once chips may be written).
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(out)
+    previous = lock.acquire()
+    if previous is not None:
+        print(
+            f"geotranslate: note: {out}: an earlier export-tiles run ({previous}) did not "
+            "finish; this run takes over its lock and completes the directory",
+            file=sys.stderr,
+        )
+    state: dict = {"run": None}
+
+    def release(exc_type, exc, tb) -> bool:
+        run = state["run"]
+        wrote = run is not None and bool(run.written)
+        if exc_type is None:
+            consistent = True
+        elif issubclass(exc_type, KeyboardInterrupt):
+            consistent = previous is None and not wrote  # complete chips of this run stay
+        else:
+            consistent = previous is None  # rolled back to the state before this run
+        lock.release(remove=consistent)
+        if consistent and created and exc_type is not None:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if the failed run left it empty
+        return False
+
+    stack.push(release)
+    return state
+
+
+
+# ---- the pass --------------------------------------------------------------------------------
+
+
+class _Run:
+    """Chip writing of one run, with what it wrote (for rollback) and the index rows."""
+
+    def __init__(
+        self, out: Path, summary: ExportSummary, max_nodata: float, filters: dict,
+        domain_meta: dict, writers: int = WRITER_THREADS,
+    ):
+        self.out = out
+        self.summary = summary
+        self.max_nodata = max_nodata
+        self.filters = filters
+        self.domain_meta = domain_meta
+        self.written: list[Path] = []
+        self.created_dirs: list[Path] = []
+        self.index_rows: list[dict] = []
+        self._pool = ThreadPoolExecutor(writers, thread_name_prefix="chip-writer")
+        self._pending: deque[Future] = deque()
+        self._present: dict[str, set[str]] = {}
+
+    def present(self, domain: str, name: str) -> bool:
+        """Whether a chip of this name already exists in any split of ``domain`` (resume).
+
+        The folders are listed once per run instead of one ``stat`` per chip and split.
+        """
+        if domain not in self._present:
+            names: set[str] = set()
+            for split in SPLITS:
+                folder = self.out / f"{split}_{domain}"
+                if folder.is_dir():
+                    names.update(os.listdir(folder))
+            self._present[domain] = names
+        return name in self._present[domain]
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        """Write in a worker thread; wait for the oldest writes when too many are queued."""
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+        while len(self._pending) > WRITER_QUEUE:
+            self._pending.popleft().result()
+
+    def finish(self, cancel: bool = False) -> None:
+        """Wait for every queued write (re-raising the first failure) and stop the threads."""
+        try:
+            if not cancel:
+                while self._pending:
+                    self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pending.clear()
+
+    def ensure_dir(self, path: Path) -> None:
+        if path.is_dir():
+            return
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        path.mkdir(parents=True)
+        self.created_dirs += reversed(missing)
+
+    def rollback(self) -> None:
+        self.finish(cancel=True)
+        for chip in self.written:
+            with contextlib.suppress(FileNotFoundError):
+                chip.unlink()
+        for d in reversed(self.created_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
+        self.written = []
+
+
+def _stats_step(jobs: list[_Job], domain: str) -> int:
+    """Lattice step k so that the statistics of a domain see at most STATS_PIXEL_BUDGET pixels."""
+    total = sum(job.height * job.width for job in jobs if domain in job.readers)
+    return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
+
+
+def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool,
+             reader: _WindowReader, survey: bool = False) -> None:
+    """Read every window: statistics (``stats``), then filters and chip writing.
+
+    ``survey``: only record which windows pass the filters (``job.survives``), writing
+    nothing. A later pass with ``stats`` None then reads and writes only the survivors.
+    Reads come back in window order, whatever the number of workers.
+    """
+    if not survey and stats is None:
+        jobs = [job for job in jobs if not job.stats_only]
+    todo = [
+        (job, wi)
+        for job in jobs
+        for wi in range(len(job.windows))
+        if survey or job.survives is None or job.survives[wi]
+    ]
+    if survey:
+        for job in jobs:
+            job.survives = [False] * len(job.windows)
+    desc = "export-tiles (filters)" if survey else "export-tiles"
+    extents: dict[int, tuple[dict, dict]] = {}
+    with tqdm(total=len(todo), unit="window", disable=not progress, desc=desc, leave=False) as bar:
+        for (job, wi), reads in reader.read(todo):
+            if id(job) not in extents:
+                extents[id(job)] = (
+                    own_extents(
+                        tile_offsets(job.grid.height, tile, run.summary.stride), job.height, tile
+                    ),
+                    own_extents(
+                        tile_offsets(job.grid.width, tile, run.summary.stride), job.width, tile
+                    ),
+                )
+            row_ends, col_ends = extents[id(job)]
+            window, split = job.windows[wi], job.splits[wi]
+            row, col = int(window.row_off), int(window.col_off)
+            own_h, own_w = row_ends[row] - row, col_ends[col] - col
+            for d, (data, valid) in reads.items():
+                if stats is not None and d in stats:
+                    stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
+            if survey:
+                if not job.stats_only:
+                    job.survives[wi] = _passes_filters(job, window, reads, run)
+            elif not job.stats_only:
+                _handle_window(job, window, split, reads, run)
+            bar.update(1)
+
+
+class _WindowReader:
+    """Reads the windows of a pass, in ``workers`` threads when more than one (GDAL reads and
+    warps without the GIL), and hands the reads back in the order asked, so statistics, chips
+    and the index do not depend on the scheduling. Each thread reads through its own dataset
+    handles (a rasterio dataset is not thread-safe), opened and closed in that thread; at most
+    READ_AHEAD reads per worker wait.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def read(self, todo: list[tuple[_Job, int]]):
+        """Yield ((job, window index), {domain: (data, valid)}) for each of ``todo``, in order."""
+        if self.workers == 1:
+            for job, wi in todo:
+                yield (job, wi), {d: read(job.windows[wi]) for d, read in job.readers.items()}
+            return
+        while len(self._threads) < self.workers:
+            thread = threading.Thread(target=self._work, name="window-reader", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        pending: deque = deque()
+        try:
+            for item in todo:
+                future: Future = Future()
+                self._tasks.put((future, *item))
+                pending.append((item, future))
+                if len(pending) >= READ_AHEAD * self.workers:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()  # not started: dropped
+
+    def _work(self) -> None:
+        """One worker thread: its own handles on the datasets, closed when it stops."""
+        with contextlib.ExitStack() as stack:
+            handles: dict[int, object] = {}
+            readers: dict[int, dict] = {}
+
+            def handle(ds):
+                if id(ds) not in handles:
+                    handles[id(ds)] = stack.enter_context(open_dataset(source_of(ds)))
+                return handles[id(ds)]
+
+            while (task := self._tasks.get()) is not None:
+                future, job, wi = task
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    if id(job) not in readers:
+                        readers[id(job)] = job.make_readers(stack, handle)
+                    future.set_result(
+                        {d: read(job.windows[wi]) for d, read in readers[id(job)].items()}
+                    )
+                except BaseException as e:  # handed to the main thread, which raises it
+                    future.set_exception(e)
+
+    def close(self) -> None:
+        """Stop the threads once their current reads end; they close their handles."""
+        with contextlib.suppress(queue.Empty):
+            while True:  # reads not started are dropped
+                task = self._tasks.get_nowait()
+                if task is not None:
+                    task[0].cancel()
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:
+    """AOI, exclude and invalid-fraction filters; a window that fails is counted as skipped."""
+    summary = run.summary
+    footprint = window_footprint(job.grid.transform, window)
+    if run.filters["aoi"] and not run.filters["aoi"].intersects(footprint, job.grid.crs):
+        summary.skipped_aoi += 1
+        return False
+    if run.filters["exclude"] and run.filters["exclude"].intersects(footprint, job.grid.crs):
+        summary.skipped_exclude += 1
+        return False
+    invalid = [1.0 - np.count_nonzero(valid) / valid.size for _, valid in reads.values()]
+    if max(invalid) > run.max_nodata:
+        summary.skipped_nodata += 1
+        return False
+    return True
+
+
+def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run) -> None:
+    summary = run.summary
+    footprint = window_footprint(job.grid.transform, window)
+    if job.survives is None and not _passes_filters(job, window, reads, run):
+        return
+    invalid = {d: 1.0 - np.count_nonzero(valid) / valid.size for d, (_, valid) in reads.items()}
+    if split == "buffer":
+        summary.dropped_buffer += 1
+        return
+    name = f"{job.stem}_{int(window.row_off)}_{int(window.col_off)}.tif"
+    targets = {d: run.out / f"{split}_{d}" / name for d in reads}
+    present = all(run.present(d, name) for d in reads)
+    if present:
+        summary.already_present += 1
+    else:
+        transform = window_transform(window, job.grid.transform)
+        for d, (data, valid) in reads.items():
+            _count_if_constant(summary, d, name, data, valid)
+            run.ensure_dir(targets[d].parent)
+            meta = run.domain_meta[d]
+            run.written.append(targets[d])
+            run.submit(
+                _write_chip_atomic,
+                targets[d],
+                data,
+                valid,
+                crs=job.grid.crs,
+                transform=transform,
+                nodata=meta["nodata"],
+                descriptions=meta["band_descriptions"],
+            )
+            summary.written[split][d] += 1
+    crs = job.grid.crs
+    for d in reads:
+        run.index_rows.append(
+            {
+                "name": name,
+                "domain": d,
+                "split": split,
+                "source": job.sources[d],
+                "invalid_fraction": round(invalid[d], 6),
+                "row": int(window.row_off),
+                "col": int(window.col_off),
+                "crs": crs.to_wkt() if crs else None,
+                "geometry": footprint,
+            }
+        )
+
+
+def _count_if_constant(summary: ExportSummary, domain: str, name: str, data: np.ndarray,
+                       valid: np.ndarray) -> None:
+    """Count a chip whose valid pixels hold one value per band: usually an undeclared fill
+    (a black collar without nodata), which a GAN learns nothing from."""
+    if not valid.any():
+        return
+    values = data.reshape(len(data), -1) if valid.all() else data[:, valid]
+    low, high = values.min(axis=1), values.max(axis=1)
+    if not (low == high).all():
+        return
+    summary.constant[domain] = summary.constant.get(domain, 0) + 1
+    if not summary.constant_example:
+        value = low[0].item()
+        summary.constant_example = f"{name} in {domain}, value {value:g}"
+
+
+def _zero_chips_message(paths, summary: ExportSummary, max_nodata: float) -> str:
+    names = ", ".join(str(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+    reasons = []
+    if summary.skipped_nodata:
+        reasons.append(
+            f"{summary.skipped_nodata} windows had more than {max_nodata:.0%} invalid pixels "
+            "(nodata, NaN, alpha = 0" + (", padding" if summary.padded_sources else "") + ")"
+        )
+    if summary.skipped_aoi:
+        reasons.append(f"{summary.skipped_aoi} lay outside the AOI")
+    if summary.skipped_exclude:
+        reasons.append(f"{summary.skipped_exclude} were excluded")
+    if summary.dropped_buffer:
+        reasons.append(f"{summary.dropped_buffer} were dropped as validation buffer")
+    hint = " (try a smaller --tile-size or a higher --max-nodata)" if summary.padded_sources else ""
+    return f"{names}: zero chips exported, nothing written: " + "; ".join(reasons) + hint
+

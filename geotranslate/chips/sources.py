@@ -1,0 +1,95 @@
+"""Options and sources of an export: mode, numbers, each domain's bands and metadata."""
+
+from __future__ import annotations
+
+import math
+
+from geotranslate.errors import GeotranslateError
+from geotranslate.raster.io import parse_bands, raster_info, source_of
+
+
+def _resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
+    if not a_paths:
+        raise GeotranslateError("no input raster given")
+    if mode not in (None, "paired", "unpaired"):
+        raise GeotranslateError(f"mode {mode!r}: choose paired or unpaired")
+    if domain not in (None, "a", "b"):
+        raise GeotranslateError(f"domain {domain!r}: choose a or b")
+    if b_paths:
+        if domain is not None:
+            raise GeotranslateError(
+                "--domain exports a single raster list; do not combine with --b"
+            )
+        return mode or "paired", ["a", "b"]
+    if mode == "paired":
+        raise GeotranslateError("--mode paired needs B rasters (--b B.tif)")
+    return "single", [domain or "a"]
+
+
+def _check_numbers(tile_size: int, stride: int, max_nodata: float, val_fraction: float) -> None:
+    if tile_size < 8:
+        raise GeotranslateError(f"tile size {tile_size}: must be at least 8 pixels")
+    if stride < 1:
+        raise GeotranslateError(f"stride {stride}: must be a positive number of pixels")
+    if not 0.0 <= max_nodata <= 1.0:
+        raise GeotranslateError(f"max-nodata {max_nodata}: must be between 0 and 1")
+    if not 0.0 <= val_fraction < 1.0:
+        raise GeotranslateError(f"val-fraction {val_fraction}: must be in [0, 1)")
+
+
+def _domain_bands(datasets, spec) -> list[int]:
+    """Selected bands, identical for every source of a domain (band count and dtype agree)."""
+    bands = [parse_bands(spec, ds) for ds in datasets]
+    first = datasets[0]
+    for ds, b in zip(datasets[1:], bands[1:], strict=True):
+        if len(b) != len(bands[0]) or ds.dtypes[b[0] - 1] != first.dtypes[bands[0][0] - 1]:
+            raise GeotranslateError(
+                f"{ds.name}: {len(b)} bands of {ds.dtypes[b[0] - 1]}, but {first.name} has "
+                f"{len(bands[0])} bands of {first.dtypes[bands[0][0] - 1]}; a domain's rasters "
+                "must agree"
+            )
+        if ds.nodata != first.nodata and not (
+            ds.nodata is not None
+            and first.nodata is not None
+            and math.isnan(ds.nodata)
+            and math.isnan(first.nodata)
+        ):
+            raise GeotranslateError(
+                f"{ds.name}: nodata {ds.nodata} differs from {first.name} ({first.nodata}); "
+                "a domain's rasters must agree (gdal_edit.py -a_nodata)"
+            )
+    return bands[0]
+
+
+def _domain_meta(datasets, bands: list[int]) -> dict:
+    info = raster_info(datasets[0], bands)
+    crss = []
+    for ds in datasets:
+        crs = ds.crs.to_string() if ds.crs else None
+        if crs not in crss:
+            crss.append(crs)
+    return {
+        "sources": [source_of(ds).record() for ds in datasets],
+        "bands": list(bands),
+        "band_count": len(bands),
+        "dtype": info.dtype,
+        "band_descriptions": list(info.band_descriptions),
+        "nodata": info.nodata,
+        "crs": info.crs,
+        "crs_all": crss,
+        "pixel_size": list(info.pixel_size),
+    }
+
+
+def _check_stems(datasets: dict[str, list]) -> None:
+    for dss in datasets.values():
+        seen: dict[str, str] = {}
+        for ds in dss:
+            stem = source_of(ds).stem
+            if stem in seen and seen[stem] != ds.name:
+                raise GeotranslateError(
+                    f"{ds.name}: same file name stem as {seen[stem]}; chip names would collide "
+                    "(rename one)"
+                )
+            seen[stem] = ds.name
+
