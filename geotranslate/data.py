@@ -20,51 +20,15 @@ from torch.utils.data import Dataset, Sampler
 
 from geotranslate import schema as sc
 from geotranslate.augment import DEFAULT_AUGMENT, augment_mode, draw_transform
+from geotranslate.chips.meta import META_NAME, check_meta
 from geotranslate.dirlock import LOCK_NAME, lock_state
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import open_raster, read_window, spectral_bands
 from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
 
-META_NAME = "meta.json"
 CHIP_SUFFIXES = (".tif", ".tiff")
 #: default ceiling of the in-memory cache (normalized float32 + masks).
 CACHE_LIMIT_BYTES = 2 * 1024**3
-
-_META_DOMAIN = sc.Obj(
-    {"sources": sc.List(sc.Str()), "bands": sc.List(sc.Int(min=1), 1),
-     "band_count": sc.Int(min=1), "dtype": sc.DTYPE,
-     "stats": sc.Obj({"bands": sc.List(sc.BAND_STATS, 1)})},
-    optional={"band_descriptions": sc.Opt(sc.List(sc.Opt(sc.Str()))),
-              "nodata": sc.Opt(sc.Num(finite=False)), "crs": sc.Opt(sc.Str()),
-              "crs_all": sc.List(sc.Opt(sc.Str())), "pixel_size": sc.List(sc.Num())},
-)
-#: what the tool reads of meta.json (other keys are allowed: newer optional fields)
-META_SCHEMA = sc.Obj(
-    {"dataset_type": sc.Str(("paired", "unpaired")), "tile_size": sc.Int(min=1),
-     "domains": sc.Map(_META_DOMAIN, keys=("a", "b"))},
-    optional={"stride": sc.Int(min=1),
-              "pairs": sc.List(sc.Obj({"a": sc.Str(), "b": sc.List(sc.Str())})),
-              "chips": sc.Obj()},
-)
-
-
-def check_meta(meta: object, path: Path, domains: tuple[str, ...] = ("a", "b")) -> dict:
-    """Refuse a meta.json (already parsed) that does not fit :data:`META_SCHEMA`, or lacks
-    one of ``domains``; returns it."""
-    sc.validate(meta, META_SCHEMA, path)
-    for d in domains:
-        if d not in meta["domains"]:
-            raise sc.invalid(path, f"domains.{d}", f"missing (domain {d.upper()} has no chips "
-                             "yet: export its rasters into this folder)")
-    for d, dom in meta["domains"].items():
-        where = f"domains.{d}"
-        for key, n in (("bands", len(dom["bands"])), ("stats.bands", len(dom["stats"]["bands"]))):
-            if n != dom["band_count"]:
-                raise sc.invalid(path, f"{where}.{key}",
-                                 f"{n} entries for band_count {dom['band_count']}")
-        sc.check_nodata(path, f"{where}.nodata", dom.get("nodata"), dom["dtype"])
-    return meta
-
 
 def read_meta(data_dir: str | Path) -> dict:
     """The chip folder's meta.json, checked for what training needs."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import rasterio
 
-from geotranslate.data import check_meta
+from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
 from geotranslate.schema import load_json
 
@@ -17,6 +17,41 @@ FORMAT = "geotranslate-chips"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 DOMAINS = ("a", "b")
+
+_META_DOMAIN = sc.Obj(
+    {"sources": sc.List(sc.Str()), "bands": sc.List(sc.Int(min=1), 1),
+     "band_count": sc.Int(min=1), "dtype": sc.DTYPE,
+     "stats": sc.Obj({"bands": sc.List(sc.BAND_STATS, 1)})},
+    optional={"band_descriptions": sc.Opt(sc.List(sc.Opt(sc.Str()))),
+              "nodata": sc.Opt(sc.Num(finite=False)), "crs": sc.Opt(sc.Str()),
+              "crs_all": sc.List(sc.Opt(sc.Str())), "pixel_size": sc.List(sc.Num())},
+)
+#: what the tool reads of meta.json (other keys are allowed: newer optional fields)
+META_SCHEMA = sc.Obj(
+    {"dataset_type": sc.Str(("paired", "unpaired")), "tile_size": sc.Int(min=1),
+     "domains": sc.Map(_META_DOMAIN, keys=("a", "b"))},
+    optional={"stride": sc.Int(min=1),
+              "pairs": sc.List(sc.Obj({"a": sc.Str(), "b": sc.List(sc.Str())})),
+              "chips": sc.Obj()},
+)
+
+
+def check_meta(meta: object, path: Path, domains: tuple[str, ...] = ("a", "b")) -> dict:
+    """Refuse a meta.json (already parsed) that does not fit :data:`META_SCHEMA`, or lacks
+    one of ``domains``; returns it."""
+    sc.validate(meta, META_SCHEMA, path)
+    for d in domains:
+        if d not in meta["domains"]:
+            raise sc.invalid(path, f"domains.{d}", f"missing (domain {d.upper()} has no chips "
+                             "yet: export its rasters into this folder)")
+    for d, dom in meta["domains"].items():
+        where = f"domains.{d}"
+        for key, n in (("bands", len(dom["bands"])), ("stats.bands", len(dom["stats"]["bands"]))):
+            if n != dom["band_count"]:
+                raise sc.invalid(path, f"{where}.{key}",
+                                 f"{n} entries for band_count {dom['band_count']}")
+        sc.check_nodata(path, f"{where}.nodata", dom.get("nodata"), dom["dtype"])
+    return meta
 
 
 def _read_meta(out: Path) -> dict | None:
