@@ -124,7 +124,7 @@ def test_resume_refuses_a_partial_changed_after_its_checkpoint(tmp_path, make_ra
                                                               monkeypatch):
     run = make_model(tmp_path, seed=3)
     src = make_raster("in.tif", _smooth_field(2, 1100, 100, seed=5))
-    opts = dict(tile_size=64, overlap=16, batch_size=4, progress=False)
+    opts = dict(tile_size=64, overlap=16, batch_size=4, cog=True, progress=False)
     monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 1)
     _interrupt_at(monkeypatch, 14)
     out = tmp_path / "out.tif"

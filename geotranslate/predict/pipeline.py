@@ -27,14 +27,14 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import first_line
 from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.predict.output import apply_nodata
 from geotranslate.predict.queues import Stop, get, put
 from geotranslate.predict.resume import Checkpoint
-from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window
+from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window, write_failed
 from geotranslate.raster.windows import reflect_pad
 
 #: strips read ahead / row windows waiting to be written.
@@ -172,8 +172,8 @@ class Writer(threading.Thread):
                     dst.close()
         except Stop:
             return
-        except RasterioError as e:
-            self.error = GeotranslateError(f"{self.out.shown_as}: write failed ({first_line(e)})")
+        except (RasterioError, OSError) as e:  # OSError: syncing a checkpoint
+            self.error = write_failed(self.out.shown_as, first_line(e))
         except BaseException as e:
             self.error = e
         if self.error is not None:
