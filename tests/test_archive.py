@@ -24,8 +24,11 @@ from geotranslate.predict.resume import partial_paths
 # ---- resume ---------------------------------------------------------------------------------
 
 
+_real_call = torch.nn.Module.__call__
+
+
 def _interrupt_at(monkeypatch, call: int) -> None:
-    real_forward = torch.nn.Module.__call__
+    real_forward = _real_call
     calls = {"n": 0}
 
     def interrupting(self, *args, **kwargs):
@@ -43,8 +46,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, make_rast
     run = make_model(tmp_path, norm="instance", smooth=True, seed=3)
     src = make_raster("in.tif", _smooth_field(2, 1100, 300, seed=5))
     opts = dict(tile_size=64, overlap=16, batch_size=4, chunk_width=256, progress=False)
+    monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 256 * 512)  # every 2nd block row
     predict_raster(src, run, tmp_path / "whole.tif", **opts)
-    monkeypatch.setattr(resume_mod, "CHECKPOINT_SECONDS", 0.0)
     _interrupt_at(monkeypatch, 40)
     out = tmp_path / "out.tif"
     with pytest.raises(KeyboardInterrupt):
@@ -53,8 +56,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, make_rast
     tiff, progress = partial_paths(out)
     done = json.loads(progress.read_text())["done"]
     assert done is not None and done != {"chunk_col": 0, "row": 0}
-    assert done["row"] % 256 == 0 or done["row"] == 1100  # a block row, or a chunk's end
-    monkeypatch.undo()
+    assert done["row"] % 512 == 0 or done["row"] == 1100  # a checkpoint row, or a chunk's end
+    monkeypatch.setattr(torch.nn.Module, "__call__", _real_call)
     # another run without --resume does not throw the partial away
     with pytest.raises(GeotranslateError, match="pass --resume"):
         predict_raster(src, run, out, **opts)
@@ -70,6 +73,77 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, make_rast
         pa, pb = dict(a.profile), dict(b.profile)
         assert np.isnan(pa.pop("nodata")) and np.isnan(pb.pop("nodata")) and pa == pb
     assert not tiff.exists() and not progress.exists()
+    # byte for byte: the resumed file, and two uninterrupted runs
+    whole = (tmp_path / "whole.tif").read_bytes()
+    assert out.read_bytes() == whole
+    assert (tmp_path / "again.tif").read_bytes() == whole
+
+
+_KILLED_CHILD = """
+import os, signal, sys
+from geotranslate.predict import predict_raster, resume
+resume.CHECKPOINT_PIXELS = 128 * 512  # every 2nd block row
+real_fsync, calls = os.fsync, [0]
+def killing_fsync(fd):  # SIGKILL in the 2nd checkpoint: closed, its record not yet written
+    calls[0] += 1
+    if calls[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+os.fsync = killing_fsync
+predict_raster(sys.argv[1], sys.argv[2], sys.argv[3], tile_size=64, overlap=16, batch_size=4,
+               progress=False)
+"""
+
+
+def test_sigkilled_run_resumes_byte_for_byte(tmp_path, make_raster, monkeypatch):
+    import signal
+
+    run = make_model(tmp_path, norm="instance", smooth=True, seed=4)
+    src = make_raster("in.tif", _smooth_field(2, 1300, 128, seed=6))
+    opts = dict(tile_size=64, overlap=16, batch_size=4, progress=False)
+    out = tmp_path / "out.tif"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(src), str(run), str(out)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    tiff, progress = partial_paths(out)
+    done = json.loads(progress.read_text())["done"]
+    assert done["row"] == 512 and not out.exists()
+    assert tiff.stat().st_size > done["size"]  # blocks written after the checkpoint
+    with rasterio.open(tiff) as ds:  # and the directory lists them
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_0_3", "TIFF", bidx=1))
+    assert done["size"] <= offset < tiff.stat().st_size
+    monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 128 * 512)
+    s = predict_raster(src, run, out, resume=True, **opts)
+    whole = predict_raster(src, run, tmp_path / "whole.tif", **opts)
+    assert s.tiles < whole.tiles
+    assert out.read_bytes() == (tmp_path / "whole.tif").read_bytes()
+
+
+def test_resume_refuses_a_partial_changed_after_its_checkpoint(tmp_path, make_raster,
+                                                              monkeypatch):
+    run = make_model(tmp_path, seed=3)
+    src = make_raster("in.tif", _smooth_field(2, 1100, 100, seed=5))
+    opts = dict(tile_size=64, overlap=16, batch_size=4, cog=True, progress=False)
+    monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 1)
+    _interrupt_at(monkeypatch, 14)
+    out = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_raster(src, run, out, **opts)
+    monkeypatch.setattr(torch.nn.Module, "__call__", _real_call)
+    tiff, progress = partial_paths(out)
+    size = json.loads(progress.read_text())["done"]["size"]
+    data = tiff.read_bytes()[:size]
+    tiff.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(GeotranslateError, match="differs from the one recorded"):
+        predict_raster(src, run, out, resume=True, **opts)
+    tiff.write_bytes(data[: size - 10])
+    with pytest.raises(GeotranslateError, match="shorter than the"):
+        predict_raster(src, run, out, resume=True, **opts)
+    tiff.write_bytes(data + b"blocks the killed run wrote")
+    predict_raster(src, run, out, resume=True, **opts)
+    predict_raster(src, run, tmp_path / "whole.tif", **opts)
+    assert out.read_bytes() == (tmp_path / "whole.tif").read_bytes()
 
 
 def test_resume_without_partial_starts_over_with_a_warning(tmp_path, make_raster, capsys):

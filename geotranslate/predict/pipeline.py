@@ -27,14 +27,14 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import first_line
 from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.predict.output import apply_nodata
 from geotranslate.predict.queues import Stop, get, put
 from geotranslate.predict.resume import Checkpoint
-from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window
+from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window, write_failed
 from geotranslate.raster.windows import reflect_pad
 
 #: strips read ahead / row windows waiting to be written.
@@ -149,6 +149,7 @@ class Writer(threading.Thread):
         self.out = out
         self.in_q, self.stop = in_q, stop
         self.error: BaseException | None = None
+        self._pending: list | None = None  # (chunk column, block row, its rows, rows filled)
 
     def run(self) -> None:
         _lower_priority()
@@ -171,8 +172,8 @@ class Writer(threading.Thread):
                     dst.close()
         except Stop:
             return
-        except RasterioError as e:
-            self.error = GeotranslateError(f"{self.out.shown_as}: write failed ({first_line(e)})")
+        except (RasterioError, OSError) as e:  # OSError: syncing a checkpoint
+            self.error = write_failed(self.out.shown_as, first_line(e))
         except BaseException as e:
             self.error = e
         if self.error is not None:
@@ -189,18 +190,44 @@ class Writer(threading.Thread):
         return dst
 
     def _write_checkpointed(self, dst, values: np.ndarray, window: Window, checkpoint):
-        """Write ``values``, cut at block rows; at a block row, checkpoint when one is due."""
+        """Gather ``values`` into whole block rows; write each one block at a time and, at the
+        rows :meth:`Checkpoint.due` names (a function of the grid only), checkpoint.
+
+        Every block is written once, complete and in one call, in the same order in every run,
+        so GDAL appends the same bytes in the same order: the file's layout is a function of
+        the grid, whatever the timing of the other threads (and of evictions from GDAL's
+        shared block cache).
+        """
         row0, stop, height = window.row_off, window.row_off + window.height, dst.height
-        cuts = [r for r in range((row0 // OUT_BLOCK + 1) * OUT_BLOCK, stop, OUT_BLOCK)]
+        col0, width = window.col_off, window.width
+        pending = self._pending
+        if pending is None or pending[0] != col0:
+            band = row0 // OUT_BLOCK * OUT_BLOCK
+            rows = min(OUT_BLOCK, height - band)
+            pending = self._pending = [col0, band, np.empty(
+                (values.shape[0], rows, width), dtype=values.dtype), row0]
         start = row0
-        for cut in [*cuts, stop]:
-            part = Window(window.col_off, start, window.width, cut - start)
-            dst.write(values[:, start - row0 : cut - row0], window=part)
-            start = cut
-            if (cut % OUT_BLOCK == 0 or cut == height) and checkpoint.due():
-                dst.close()  # the file's directory now lists every block written
-                checkpoint.record(self.out.path, window.col_off, cut)
-                dst = self._open("r+")
+        while start < stop:
+            _, band, buf, filled = pending
+            if start != filled:
+                raise RuntimeError(f"writer: rows {start}.. arrive before {filled}")
+            cut = min(stop, band + buf.shape[1])
+            buf[:, start - band : cut - band] = values[:, start - row0 : cut - row0]
+            pending[3] = start = cut
+            if cut == band + buf.shape[1]:  # a whole block row
+                for c in range(0, width, OUT_BLOCK):
+                    w = min(OUT_BLOCK, width - c)
+                    dst.write(buf[:, :, c : c + w],
+                              window=Window(col0 + c, band, w, buf.shape[1]))
+                if checkpoint.due(cut, height, width):
+                    dst.close()  # the file's directory now lists every block written
+                    checkpoint.record(self.out.path, col0, cut)
+                    dst = self._open("r+")
+                if cut < height:
+                    pending[1:] = [cut, np.empty((values.shape[0], min(OUT_BLOCK, height - cut),
+                                                  width), dtype=values.dtype), cut]
+                else:
+                    self._pending = None  # the chunk is done
         return dst
 
     def _finish(self, acc: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
 """Resumable prediction: the partial GeoTIFF, its progress file and what is left to do.
 
 While a raster is translated, the output is written under a fixed hidden name beside the final
-one (``.OUT.resume.tif``), never under the final name. Each time the writer has finished a band
-of whole output blocks (every :data:`CHECKPOINT_SECONDS` at most), it closes the file (so its
-directory on disk lists every block written so far), syncs it and records in
-``.OUT.resume.json`` how far it got (column chunk and output row). Blocks before that point are
-never written again, so after an interruption, even a SIGKILL, the file holds them intact.
+one (``.OUT.resume.tif``), never under the final name. The writer writes whole rows of output
+blocks, each block once and in grid order; at rows fixed by the grid (:func:`checkpoint_rows`
+and each chunk's end) it closes the file (so its directory on disk lists every block written
+so far), syncs it and records in ``.OUT.resume.json`` how far it got (column chunk and output
+row) and the file's size and the SHA-256 of its end. Blocks before that point are never
+written again, so after an interruption, even a SIGKILL, the file holds them intact;
+``--resume`` cuts it back to the recorded size, dropping what came after.
 
 ``--resume`` checks the progress file (format, the same input, model weights and options) and
 the partial file, then computes only the tiles that touch the rows not yet recorded, on the
@@ -17,29 +19,35 @@ removes them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import rasterio
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
-from geotranslate.predict.grid import Strip
+from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.raster.io import display_path, temp_path
 
 PROGRESS_FORMAT = "geotranslate-predict-progress"
-#: most seconds between two checkpoints (closing, syncing and recording the partial file).
-CHECKPOINT_SECONDS = 10.0
+#: output pixels written between two checkpoints (closing, syncing and recording the
+#: partial file) at least; checkpoints fall on whole block rows and at every chunk's end.
+CHECKPOINT_PIXELS = 16 * 2**20
+#: bytes at the end of the partial file whose SHA-256 the progress file records
+TAIL_BYTES = 64 * 2**10
 
 _PROGRESS_SCHEMA = sc.Obj({
     "format": sc.Str((PROGRESS_FORMAT,)),
     "key": sc.Obj(),
     "pid": sc.Int(min=0),
-    "done": sc.Opt(sc.Obj({"chunk_col": sc.Int(min=0), "row": sc.Int(min=0)})),
+    "done": sc.Opt(sc.Obj({"chunk_col": sc.Int(min=0), "row": sc.Int(min=0),
+                           "size": sc.Int(min=0), "data_start": sc.Int(min=0),
+                           "tail_sha256": sc.Str()})),
 })
 
 
@@ -65,29 +73,61 @@ def _writer_alive(pid: int, progress: Path) -> bool:
     return True
 
 
+def checkpoint_rows(chunk_width: int) -> int:
+    """Output rows between two checkpoints in a chunk ``chunk_width`` wide: whole block rows
+    holding at least :data:`CHECKPOINT_PIXELS`."""
+    blocks = math.ceil(CHECKPOINT_PIXELS / (max(1, chunk_width) * OUT_BLOCK))
+    return OUT_BLOCK * max(1, blocks)
+
+
+def _tail_sha256(path: Path, size: int, data_start: int) -> str:
+    """SHA-256 of the last :data:`TAIL_BYTES` of the file's first ``size`` bytes, not reaching
+    before ``data_start`` (the first block's data: the directory before it is rewritten in
+    place at every close)."""
+    start = min(size, max(data_start, size - TAIL_BYTES))
+    with path.open("rb") as f:
+        f.seek(start)
+        return hashlib.sha256(f.read(size - start)).hexdigest()
+
+
+def _data_start(tiff: Path) -> int:
+    """Where the first block's data starts (the first block written, so the lowest)."""
+    with rasterio.open(tiff) as ds:
+        return int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1) or 0)
+
+
 @dataclass
 class Checkpoint:
-    """The writer's side: when to checkpoint and how to record it."""
+    """The writer's side: where to checkpoint and how to record it.
+
+    Checkpoints fall at rows that depend on the grid alone (:func:`checkpoint_rows`, and each
+    chunk's end), never on the clock, so an uninterrupted run and one resumed from any of its
+    checkpoints close and reopen the file at the same points and write the same bytes.
+    """
 
     progress: Path
     key: dict
     start: tuple[int, int] | None = None  # (chunk's first column, output row) already done
-    every: float | None = None  # seconds between checkpoints [CHECKPOINT_SECONDS]
-    _last: float = field(default_factory=time.monotonic)
+    data_start: int | None = None  # the first block's offset in the partial file
 
-    def due(self) -> bool:
-        every = CHECKPOINT_SECONDS if self.every is None else self.every
-        return time.monotonic() - self._last >= every
+    def due(self, row: int, height: int, chunk_width: int) -> bool:
+        """Whether to checkpoint once the rows of a chunk above ``row`` are written."""
+        return row == height or row % checkpoint_rows(chunk_width) == 0
 
     def record(self, tiff: Path, chunk_col: int, row: int) -> None:
-        """Sync the (closed) partial file, then record that it is complete up to ``row``."""
+        """Sync the (closed) partial file, then record that it is complete up to ``row``, with
+        its size and the SHA-256 of its last :data:`TAIL_BYTES` (what ``--resume`` checks)."""
         fd = os.open(tiff, os.O_RDONLY)
         try:
             os.fsync(fd)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        self._write({"chunk_col": chunk_col, "row": row})
-        self._last = time.monotonic()
+        if self.data_start is None:
+            self.data_start = _data_start(tiff)
+        self._write({"chunk_col": chunk_col, "row": row, "size": size,
+                     "data_start": self.data_start,
+                     "tail_sha256": _tail_sha256(tiff, size, self.data_start)})
 
     def _write(self, done: dict | None) -> None:
         body = {"format": PROGRESS_FORMAT, "key": self.key, "pid": os.getpid(), "done": done}
@@ -118,6 +158,8 @@ def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
             return temp_path(out, ".gtiff.part"), None
         if resume:
             checkpoint.start = _check_resumable(out, tiff, progress, meta, key, profile)
+            if checkpoint.start is not None:
+                checkpoint.data_start = meta["done"]["data_start"]
         elif not overwrite:
             raise GeotranslateError(
                 f"{out}: an interrupted run left a partial result ({progress.name}); pass "
@@ -141,6 +183,7 @@ def _check_resumable(out, tiff, progress, meta, key, profile) -> tuple[int, int]
             "rerun with the same model and options, or with --overwrite to start again")
     if meta["done"] is None:
         return None
+    _restore_checkpoint(tiff, meta["done"])
     try:
         with rasterio.open(tiff) as ds:
             shape = (ds.width, ds.height, ds.count, ds.dtypes[0])
@@ -152,6 +195,37 @@ def _check_resumable(out, tiff, progress, meta, key, profile) -> tuple[int, int]
         raise GeotranslateError(f"{tiff}: partial result is {shape}, expected {want}; rerun "
                                 "with --overwrite to start again")
     return meta["done"]["chunk_col"], meta["done"]["row"]
+
+
+def _restore_checkpoint(tiff: Path, done: dict) -> None:
+    """Cut the partial file back to its size at the recorded checkpoint, after checking it.
+
+    A run killed after that checkpoint may have appended blocks (it never rewrites the data
+    before them); they are dropped, so the resumed run goes on from the data an uninterrupted
+    run had there. The directory at the head of the file (which a run interrupted during or
+    after a later close has rewritten in place) lists those blocks at the very offsets and
+    sizes the resumed run gives them again, since it writes the same blocks in the same order;
+    its close rewrites the directory whole.
+    """
+    size = done["size"]
+    try:
+        actual = tiff.stat().st_size
+        if actual < size:
+            raise GeotranslateError(
+                f"{tiff}: partial result is {actual} bytes, shorter than the {size} recorded "
+                "at its last checkpoint; rerun with --overwrite to start again")
+        if _tail_sha256(tiff, size, done["data_start"]) != done["tail_sha256"]:
+            raise GeotranslateError(
+                f"{tiff}: partial result differs from the one recorded at its last checkpoint; "
+                "rerun with --overwrite to start again")
+        if actual > size:
+            with tiff.open("r+b") as f:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise GeotranslateError(f"{tiff}: partial result unreadable ({e.strerror or e}); "
+                                "rerun with --overwrite to start again") from None
 
 
 def remove_partial(out: Path, tiff: Path, checkpoint: Checkpoint | None) -> None:
