@@ -1,7 +1,8 @@
 """Benchmark ``geotranslate train``: iterations/s and peak memory against the bare network step.
 
-For CycleGAN (ResNet generators) and Pix2Pix (U-Net) with the default networks at 256 px, at
-each batch size and precision, it measures
+For CycleGAN, CUT, FastCUT (ResNet generators), Pix2Pix (U-Net) and Pix2PixHD (ResNet,
+multi-scale discriminator) with the default networks at 256 px, at each batch size and
+precision, it measures
 
 * trainer: the full training loop (data loader, loss logging to metrics.csv, progress bar),
   timed between the starts of successive iterations, and
@@ -20,6 +21,7 @@ halves that).
 
     python tools/bench_train.py                       # all 8 configurations, few iterations
     python tools/bench_train.py --models pix2pix --batch-sizes 1 --iters 3
+    python tools/bench_train.py --models cyclegan,cut,fastcut,pix2pix,pix2pixhd --batch-sizes 1
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import peak_rss_mib
+
+#: --models names -> dataset types
+MODELS = {"cyclegan": "CycleGAN", "pix2pix": "Pix2Pix", "pix2pixhd": "Pix2PixHD", "cut": "CUT",
+          "fastcut": "FastCUT"}
 
 
 def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3) -> Path:
@@ -58,7 +64,8 @@ def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3
                 dst.write(data)
     meta = {"format": "geotranslate-chips", "format_version": 1, "dataset_type": "paired",
             "tile_size": size, "stride": size,
-            "domains": {d: {"band_count": b, "dtype": "float32", "nodata": None,
+            "domains": {d: {"sources": [f"bench_{d}.tif"], "bands": list(range(1, b + 1)),
+                            "band_count": b, "dtype": "float32", "nodata": None,
                             "band_descriptions": [None] * b, "stats": acc[d].to_dict()}
                         for d, b in (("a", bands_a), ("b", bands_b))}}
     (root / "meta.json").write_text(json.dumps(meta))
@@ -81,7 +88,9 @@ def run_one(spec: dict) -> dict:
     from geotranslate.train import trainer as trainer_module
 
     torch.set_num_threads(spec["threads"]) if spec["threads"] else None
-    dataset_type = "CycleGAN" if spec["model"] == "cyclegan" else "Pix2Pix"
+    from geotranslate.methods import METHODS
+
+    dataset_type = MODELS[spec["model"]]
     steps = spec["warmup"] + spec["iters"] + 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
@@ -119,7 +128,8 @@ def run_one(spec: dict) -> dict:
             from geotranslate.train.distributed import DistContext
 
             meta = read_meta(chips)
-            dataset = ChipDataset(chips, paired=dataset_type == "Pix2Pix", cache=True, meta=meta)
+            dataset = ChipDataset(chips, paired=METHODS[dataset_type].paired, cache=True,
+                                  meta=meta)
             device = resolve_device(spec["device"])
             precision = resolve_precision(spec["precision"], device)
             trainer = trainer_module.Trainer(config, meta, dataset.chip_size, device, precision,
@@ -127,7 +137,7 @@ def run_one(spec: dict) -> dict:
             items = [dataset[i] for i in range(spec["batch"])]
             batch = {k: torch.stack([it[k] for it in items]) for k in
                      ("a", "b", "valid_a", "valid_b")}
-            batch = trainer._to_device(batch)  # already in memory (and on the device)
+            batch = trainer.method.to_device(batch)  # already in memory (and on the device)
             for _ in range(steps):
                 sync()
                 starts.append(time.perf_counter())
