@@ -182,3 +182,25 @@ def test_patience_and_keep_best_need_a_validation_split(unpaired_chips, tmp_path
                    "1", "--out", str(tmp_path / "run"), *TINY_CLI])
     err = capsys.readouterr().err
     assert status == 1 and "--lambda-vgg needs a local VGG19 weights file" in err, err
+
+
+def test_old_config_json_loads_and_resume_checks_nce_layers(unpaired_chips, tmp_path, capsys):
+    run = train(TrainConfig("CUT", data_dir=str(unpaired_chips), out=str(tmp_path / "run"),
+                            epochs=1, epochs_decay=0, max_steps=1, num_patches=16,
+                            preview=False, **TINY))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["nce_layers"] is None and saved["lambda_nce"] is None
+    # a config.json of the previous version: none of the new fields, lambda_l1 a number
+    old = {k: v for k, v in saved.items() if k not in (
+        "num_d", "lambda_feat", "lambda_vgg", "vgg_weights", "lambda_gan", "lambda_nce",
+        "nce_idt", "nce_layers", "num_patches", "nce_temperature", "keep", "patience")}
+    old.update(dataset_type="Pix2Pix", lambda_l1=100.0)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    config = TrainConfig.from_run(tmp_path / "old")
+    config.validate()
+    assert config.lambda_l1 == 100.0 and config.num_patches == 256 and config.keep == "last"
+    # resuming with other NCE layers would mix two losses: refused in one line
+    status = main(["train", "--resume", str(run), "--nce-layers", "0,4", "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert status == 1 and "cannot resume: the run has nce layers" in err, err
