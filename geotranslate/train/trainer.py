@@ -54,6 +54,7 @@ from geotranslate.train.checkpoint import (
     set_rng_state,
 )
 from geotranslate.train.config import CONFIG_NAME, TrainConfig
+from geotranslate.train.loop import train_loop
 
 #: settings that fix the networks' shapes or the meaning of the run: a resume must match them.
 ARCHITECTURE_KEYS = ("dataset_type", "generator_specs", "discriminator_specs", "gan_mode",
@@ -530,308 +531,360 @@ def train(config: TrainConfig) -> Path:
 
 
 def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Path:
-    started = time.time()
-    # an absolute data path keeps config.json usable for --resume from another directory
-    config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).absolute()))
-    device = resolve_device(config.device, ctx.local_rank if ctx.enabled else None)
-    precision = resolve_precision(config.precision, device)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    meta = read_meta(config.data_dir)
-    paired = METHODS[config.dataset_type].paired
-    train_set = ChipDataset(config.data_dir, "train", paired=paired, norm_method=config.norm_method,
-                            crop_size=config.crop_size, augment=config.augment,
-                            cache=config.cache, seed=config.seed, meta=meta)
-    val_set = None
-    if paired and has_split(config.data_dir, "val"):
-        val_set = ChipDataset(config.data_dir, "val", paired=True,
-                              norm_method=config.norm_method, crop_size=config.crop_size,
-                              augment=False, random_crop=False, cache=config.cache,
-                              seed=config.seed, meta=meta)
-    if (config.keep == "best" or config.patience) and val_set is None:
-        what = "--keep best" if config.keep == "best" else "--patience"
-        raise GeotranslateError(
-            f"{config.data_dir}: {what} needs a validation split of paired chips "
-            f"({config.dataset_type} on {'these chips' if paired else 'unpaired data'} has "
-            "none; export-tiles --val-fraction makes one)")
+    run = _Run(config, ctx, undo)
+    with run.interrupts():
+        train_loop(run.trainer, run)
+    return run.write_model()
 
-    # run directory: rank 0 decides, everyone agrees
-    if config.resume:
-        run_dir = Path(config.resume)
-        _check_separate(run_dir, config.data_dir)
-        checkpoint = load_checkpoint(run_dir)
-    else:
-        checkpoint = None
-        run_dir = Path(config.out) if config.out else _default_run_dir(config.dataset_type)
-        _check_separate(run_dir, config.data_dir)
-        if run_dir.exists() and (
-                checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
-            raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
-                                    "--resume or choose another --out")
-    run_dir = Path(distributed.broadcast(str(run_dir), ctx))
-    log_lines: list[str] = []  # kept until RUN_DIR exists, then appended to train.log
-    log_file: list[Path] = []
 
-    def log(message: str) -> None:
+class _Run:
+    """One run's directory, data, metrics, checkpoints and outputs (rank 0 writes them).
+
+    :func:`geotranslate.train.loop.train_loop` drives it: ``batches`` / ``log_step`` /
+    ``step_done`` per step, ``end_epoch`` per epoch, ``finish`` at the end; ``interrupts()``
+    defers Ctrl-C to step boundaries and saves a checkpoint when one stops the run.
+    """
+
+    def __init__(self, config: TrainConfig, ctx: distributed.DistContext, undo: dict):
+        self.started = time.time()
+        # an absolute data path keeps config.json usable for --resume from another directory
+        config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).absolute()))
+        self.config, self.ctx = config, ctx
+        device = resolve_device(config.device, ctx.local_rank if ctx.enabled else None)
+        self.device = device
+        self.precision = precision = resolve_precision(config.precision, device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.meta = meta = read_meta(config.data_dir)
+        paired = METHODS[config.dataset_type].paired
+        self.train_set = train_set = ChipDataset(
+            config.data_dir, "train", paired=paired, norm_method=config.norm_method,
+            crop_size=config.crop_size, augment=config.augment, cache=config.cache,
+            seed=config.seed, meta=meta)
+        self.val_set = None
+        if paired and has_split(config.data_dir, "val"):
+            self.val_set = ChipDataset(config.data_dir, "val", paired=True,
+                                       norm_method=config.norm_method,
+                                       crop_size=config.crop_size, augment=False,
+                                       random_crop=False, cache=config.cache,
+                                       seed=config.seed, meta=meta)
+        if (config.keep == "best" or config.patience) and self.val_set is None:
+            what = "--keep best" if config.keep == "best" else "--patience"
+            raise GeotranslateError(
+                f"{config.data_dir}: {what} needs a validation split of paired chips "
+                f"({config.dataset_type} on {'these chips' if paired else 'unpaired data'} "
+                "has none; export-tiles --val-fraction makes one)")
+
+        # run directory: rank 0 decides, everyone agrees
+        if config.resume:
+            run_dir = Path(config.resume)
+            _check_separate(run_dir, config.data_dir)
+            checkpoint = load_checkpoint(run_dir)
+        else:
+            checkpoint = None
+            run_dir = Path(config.out) if config.out else _default_run_dir(config.dataset_type)
+            _check_separate(run_dir, config.data_dir)
+            if run_dir.exists() and (
+                    checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
+                raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
+                                        "--resume or choose another --out")
+        self.run_dir = run_dir = Path(distributed.broadcast(str(run_dir), ctx))
+        self.log_lines: list[str] = []  # kept until RUN_DIR exists, then appended to train.log
+        self.log_file: Path | None = None
+
+        self.trainer = trainer = Trainer(config, meta, train_set.crop_size, device, precision,
+                                         ctx, self.log)
+        self.epoch, self.epoch_batch, self.iteration, self.elapsed = 0, 0, 0, 0.0
+        self.last_losses: dict[str, float] = {}
+        self.best: dict = {}  # {"psnr", "epoch"} of the best validation (the model in best/)
+        self.best_weights: dict = {}  # direction -> that epoch's generator state (rank 0, CPU)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint, checkpoint_path(run_dir))
+            self.epoch, self.epoch_batch = (int(checkpoint["epoch"]),
+                                            int(checkpoint["epoch_batch"]))
+            self.iteration = int(checkpoint["iteration"])
+            self.elapsed = float(checkpoint.get("elapsed_s", 0))
+            self.last_losses = dict(checkpoint.get("last_losses", {}))
+            self.best = dict(checkpoint.get("best", {}))
+            self.best_weights = self.best.pop("generators", {})
+            set_rng_state(checkpoint["rng"])
+            if ctx.enabled:  # each rank continues its own dropout stream
+                torch.manual_seed(config.seed + ctx.rank + self.iteration)
+
+        if ctx.is_main and checkpoint is None:  # removed again if it fails before a checkpoint
+            undo["run_dir"] = run_dir
+            undo["existed"] = run_dir.exists()
+            undo["before"] = set(os.listdir(run_dir)) if run_dir.exists() else set()
         if ctx.is_main:
+            (run_dir / "previews").mkdir(parents=True, exist_ok=True)
+            with atomic_path(run_dir / CONFIG_NAME) as tmp:
+                tmp.write_text(json.dumps(config.to_dict(), indent=2))
+            if not config.out and not config.resume:
+                _point_latest(run_dir)
+            self.log_file = run_dir / LOG_NAME
+        crops = "" if train_set.crop_size == train_set.chip_size else \
+            f" (crops of {train_set.crop_size})"
+        world = f", world size {ctx.world_size}" if ctx.enabled else ""
+        self.log(f"{config.dataset_type} on {len(train_set)} chips of {train_set.chip_size} px"
+                 f"{crops}, augment {train_set.augment}, "
+                 f"{trainer.bands['a']} -> {trainer.bands['b']} bands, device {device}, "
+                 f"{precision}{world}; run dir {run_dir}")
+        if checkpoint is not None:
+            self.log(f"resuming at epoch {self.epoch + 1}, iteration {self.iteration}")
+
+        self.sampler = EpochSampler(len(train_set), seed=config.seed, rank=ctx.rank,
+                                    world_size=ctx.world_size)
+        workers = config.workers if config.workers is not None else (
+            0 if train_set.cached else min(4, os.cpu_count() or 1))
+        self.loader = DataLoader(
+            ErrorsAsItems(train_set), batch_size=config.batch_size, sampler=self.sampler,
+            num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, generator=torch.Generator(), collate_fn=_collate,
+            worker_init_fn=ignore_sigint)
+        self.total_epochs = config.total_epochs
+        self.max_steps = config.max_steps
+        self.batches_per_epoch = math.ceil(self.sampler.per_rank / config.batch_size)
+        self.metrics = None
+        if ctx.is_main:
+            self.metrics = _Metrics(run_dir / "metrics.csv", trainer.loss_names(),
+                                    self.iteration if checkpoint is not None else None,
+                                    config.tensorboard)
+        self.rgb = parse_rgb_bands(config.rgb_bands)
+        self.preview_set = self.val_set or train_set
+        self.t_run = time.time()
+        self.saved_at: list[tuple[int, int, int]] = []  # (epoch, batch, iteration) last saved
+        self.stopped = self.max_steps is not None and self.iteration >= self.max_steps
+        self.interrupt = _InterruptAtStepEnd(ctx)
+        self.mid_step = False  # a KeyboardInterrupt while True would leave a half-updated state
+
+    def log(self, message: str) -> None:
+        if self.ctx.is_main:
             tqdm.write(f"geotranslate train: {message}", file=sys.stderr)
-            log_lines.append(message)
-            if log_file:
-                with open(log_file[0], "a") as f:
-                    f.writelines(line + "\n" for line in log_lines)
-                log_lines.clear()
+            self.log_lines.append(message)
+            if self.log_file is not None:
+                with open(self.log_file, "a") as f:
+                    f.writelines(line + "\n" for line in self.log_lines)
+                self.log_lines.clear()
 
-    trainer = Trainer(config, meta, train_set.crop_size, device, precision, ctx, log)
-    start_epoch, start_batch, iteration, elapsed = 0, 0, 0, 0.0
-    last_losses: dict[str, float] = {}
-    best: dict = {}  # {"psnr", "epoch"} of the best validation so far (the model in best/)
-    best_weights: dict = {}  # direction -> the best epoch's generator state (rank 0, on CPU)
-    if checkpoint is not None:
-        trainer.load_state_dict(checkpoint, checkpoint_path(run_dir))
-        start_epoch, start_batch = int(checkpoint["epoch"]), int(checkpoint["epoch_batch"])
-        iteration, elapsed = int(checkpoint["iteration"]), float(checkpoint.get("elapsed_s", 0))
-        last_losses = dict(checkpoint.get("last_losses", {}))
-        best = dict(checkpoint.get("best", {}))
-        best_weights = best.pop("generators", {})
-        set_rng_state(checkpoint["rng"])
-        if ctx.enabled:  # each rank continues its own dropout stream
-            torch.manual_seed(config.seed + ctx.rank + iteration)
+    # -- what the loop calls -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def interrupts(self):
+        """Ctrl-C at step boundaries: saves a checkpoint (not when it comes twice in a step)."""
+        self.interrupt.__enter__()
+        try:
+            if self.ctx.is_main and self.val_set is not None and self.iteration == 0:
+                self.validate_now(0)  # the untrained baseline
+            if self.epoch < self.total_epochs and self.patience_spent():
+                self.stopped = True
+            yield self
+        except KeyboardInterrupt:
+            if self.mid_step:  # a second Ctrl-C inside a step: half updated, not saved
+                last = (f"the last checkpoint (iteration {self.saved_at[0][2]})"
+                        if self.saved_at else "no checkpoint from this session")
+                self.log(f"interrupted again inside iteration {self.iteration + 1}; not saved, "
+                         f"{last} is kept in {self.run_dir}")
+            else:
+                self.checkpoint_now()
+                self.log(f"interrupted at iteration {self.iteration}; checkpoint saved, "
+                         f"continue with --resume {self.run_dir}")
+            if self.metrics is not None:
+                self.metrics.close()
+            raise
+        finally:
+            self.interrupt.__exit__()
 
-    if ctx.is_main and checkpoint is None:  # removed again if it fails before a checkpoint
-        undo["run_dir"] = run_dir
-        undo["existed"] = run_dir.exists()
-        undo["before"] = set(os.listdir(run_dir)) if run_dir.exists() else set()
-    if ctx.is_main:
-        (run_dir / "previews").mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(config.to_dict(), indent=2))
-        if not config.out and not config.resume:
-            _point_latest(run_dir)
-        log_file.append(run_dir / LOG_NAME)
-    crops = "" if train_set.crop_size == train_set.chip_size else \
-        f" (crops of {train_set.crop_size})"
-    world = f", world size {ctx.world_size}" if ctx.enabled else ""
-    log(f"{config.dataset_type} on {len(train_set)} chips of {train_set.chip_size} px{crops}, "
-        f"augment {train_set.augment}, "
-        f"{trainer.bands['a']} -> {trainer.bands['b']} bands, device {device}, {precision}"
-        f"{world}; run dir {run_dir}")
-    if checkpoint is not None:
-        log(f"resuming at epoch {start_epoch + 1}, iteration {iteration}")
+    def should_stop(self) -> bool:
+        return self.stopped
 
-    sampler = EpochSampler(len(train_set), seed=config.seed, rank=ctx.rank,
-                           world_size=ctx.world_size)
-    workers = config.workers if config.workers is not None else (
-        0 if train_set.cached else min(4, os.cpu_count() or 1))
-    loader = DataLoader(ErrorsAsItems(train_set), batch_size=config.batch_size, sampler=sampler,
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, generator=torch.Generator(),
-                        collate_fn=_collate, worker_init_fn=ignore_sigint)
-    batches_per_epoch = math.ceil(sampler.per_rank / config.batch_size)
-    metrics = None
-    if ctx.is_main:
-        metrics = _Metrics(run_dir / "metrics.csv", trainer.loss_names(),
-                           iteration if checkpoint is not None else None, config.tensorboard)
-    rgb = parse_rgb_bands(config.rgb_bands)
-    preview_set = val_set or train_set
-    epoch, epoch_batch = start_epoch, start_batch
-    t_run = time.time()
+    def batches(self, epoch: int, start_batch: int):
+        """This epoch's batches from ``start_batch`` on (a worker's chip error is raised)."""
+        c = self.config
+        self.sampler.set_epoch(epoch, start=start_batch * c.batch_size)
+        bar = tqdm(total=self.batches_per_epoch, initial=start_batch,
+                   desc=f"epoch {epoch + 1}/{c.total_epochs}", unit="it",
+                   disable=not (self.ctx.is_main and c.progress), leave=False,
+                   dynamic_ncols=True)
+        self.bar = bar
+        try:
+            for batch in self.loader:
+                if isinstance(batch, GeotranslateError):  # a chip failed in a worker
+                    raise batch
+                self.mid_step = True
+                yield batch
+        finally:
+            bar.close()
 
-    saved_at: list[tuple[int, int, int]] = []  # (epoch, batch, iteration) of the last save
+    def log_step(self, values: dict[str, float]) -> None:
+        """After a step: stop on a non-finite loss (all ranks), else a metrics row."""
+        self.mid_step = False
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if distributed.any_rank(bool(bad), self.ctx):  # all ranks stop together
+            what = (f"loss {bad[0]} is {values[bad[0]]}" if bad
+                    else "a loss is not finite on another rank")
+            raise _diverged(what, self.iteration, self.run_dir, self.saved_at)
+        self.last_losses = values
+        if self.metrics is not None:
+            self.metrics.log(self.epoch + 1, self.iteration, {"lr": self.trainer.lr, **values})
+        self.bar.update(1)
+        if self.iteration % 10 == 0 or self.epoch_batch == self.batches_per_epoch:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
 
-    def checkpoint_now() -> None:
+    def step_done(self) -> None:
+        c = self.config
+        if c.save_every and self.iteration % c.save_every == 0:
+            self.checkpoint_now()
+        if c.max_steps is not None and self.iteration >= c.max_steps:
+            self.stopped = True
+            if self.epoch_batch < self.batches_per_epoch and self.ctx.is_main and c.preview:
+                # stopped mid-epoch (--max-steps): show where it got to; the checkpoint says
+                # where to continue (no validation row: a resumed run's metrics stay equal
+                # to an uninterrupted run's)
+                self.preview(self.epoch + 1)
+        elif self.interrupt.pending():
+            raise KeyboardInterrupt
+
+    def end_epoch(self) -> None:
+        """After ``epoch`` was counted: schedule, validation, preview, checkpoint, patience."""
+        self.trainer.end_epoch()
+        self.epoch_batch = 0
+        if self.ctx.is_main:
+            if self.val_set is not None:
+                self.validate_now(self.epoch)
+            if self.config.preview:
+                self.preview(self.epoch)
+            self.metrics.flush()
+        self.best.update(distributed.broadcast(
+            {k: self.best[k] for k in ("psnr", "epoch") if k in self.best}, self.ctx))
+        if self.metrics is not None and self.last_losses:
+            self.log(f"epoch {self.epoch}/{self.total_epochs} done, iteration "
+                     f"{self.iteration}: " +
+                     ", ".join(f"{k} {v:.4g}" for k, v in self.last_losses.items()))
+        self.checkpoint_now()
+        if self.best.get("epoch") == self.epoch:
+            self.save_best()
+        if self.interrupt.pending():
+            raise KeyboardInterrupt
+        if self.epoch < self.total_epochs and self.patience_spent():
+            self.stopped = True
+
+    def finish(self) -> None:
+        self.checkpoint_now()
+        if self.interrupt.pending():
+            raise KeyboardInterrupt
+
+    # -- outputs -----------------------------------------------------------------------------
+    def checkpoint_now(self) -> None:
         """Save where the run stands, unless that very state is already on disk."""
-        position = (epoch, epoch_batch, iteration)
-        if ctx.is_main and saved_at[-1:] != [position]:
-            bad = trainer.non_finite()
+        position = (self.epoch, self.epoch_batch, self.iteration)
+        if self.ctx.is_main and self.saved_at[-1:] != [position]:
+            bad = self.trainer.non_finite()
             if bad is not None:
-                raise _diverged(f"weight {bad} is not finite", iteration, run_dir, saved_at)
-            metrics.flush()  # the rows up to this checkpoint survive a kill
-            saved_at[:] = [position]
-            save_checkpoint({**trainer.state_dict(),
-                             "epoch": epoch, "epoch_batch": epoch_batch,
-                             "iteration": iteration, "rng": rng_state(),
-                             "elapsed_s": elapsed + time.time() - t_run,
-                             "last_losses": dict(last_losses),
-                             **({"best": {**best, "generators": best_weights}}
-                                if best else {})}, run_dir)
+                raise _diverged(f"weight {bad} is not finite", self.iteration, self.run_dir,
+                                self.saved_at)
+            self.metrics.flush()  # the rows up to this checkpoint survive a kill
+            self.saved_at[:] = [position]
+            best = {"best": {**self.best, "generators": self.best_weights}} if self.best else {}
+            save_checkpoint({**self.trainer.state_dict(),
+                             "epoch": self.epoch, "epoch_batch": self.epoch_batch,
+                             "iteration": self.iteration, "rng": rng_state(),
+                             "elapsed_s": self.elapsed + time.time() - self.t_run,
+                             "last_losses": dict(self.last_losses), **best}, self.run_dir)
 
-    def end_of_epoch_outputs(done_epoch: int) -> None:
-        if ctx.is_main:
-            if val_set is not None:
-                scores = validate(trainer, val_set, config.batch_size)
-                if scores:
-                    metrics.log(done_epoch, iteration, scores)
-                    log(validation_line(done_epoch, scores))
-                    if not best or scores["val_psnr"] > best["psnr"]:
-                        best.update(psnr=scores["val_psnr"], epoch=done_epoch)
-                        best_weights.update({
-                            d: {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                            for d, net in trainer.method.generators().items()})
-            if config.preview:
-                _preview(done_epoch)
-            metrics.flush()
-        best.update(distributed.broadcast(dict(best), ctx))
+    def validate_now(self, epoch: int) -> None:
+        """A validation row and log line; a better PSNR (epoch >= 1) becomes the best."""
+        scores = validate(self.trainer, self.val_set, self.config.batch_size)
+        if not scores:
+            return
+        self.metrics.log(epoch, self.iteration, scores)
+        self.log(validation_line(epoch, scores))
+        if epoch and (not self.best or scores["val_psnr"] > self.best["psnr"]):
+            self.best.update(psnr=scores["val_psnr"], epoch=epoch)
+            self.best_weights.update({
+                d: {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                for d, net in self.trainer.method.generators().items()})
 
-    def patience_spent() -> bool:
+    def patience_spent(self) -> bool:
         """--patience epochs done since the best validation (or the start): stop (logged)."""
-        since = epoch - best.get("epoch", 0)
-        if not config.patience or val_set is None or since < config.patience:
+        patience, best = self.config.patience, self.best
+        since = self.epoch - best.get("epoch", 0)
+        if not patience or self.val_set is None or since < patience:
             return False
-        log(f"stopping at epoch {epoch}: validation PSNR has not improved for {since} "
-            f"epoch{'s' if since != 1 else ''} "
-            f"(--patience {config.patience}; best " +
-            (f"{best['psnr']:.2f} dB at epoch {best['epoch']})" if best else "none)"))
+        self.log(f"stopping at epoch {self.epoch}: validation PSNR has not improved for "
+                 f"{since} epoch{'s' if since != 1 else ''} (--patience {patience}; best " +
+                 (f"{best['psnr']:.2f} dB at epoch {best['epoch']})" if best else "none)"))
         return True
 
-    def save_best() -> dict:
-        """RUN_DIR/best/: the model file of the best epoch's generator (after its checkpoint,
-        which also holds it, so a kill in between loses nothing)."""
-        if not (ctx.is_main and best):
-            return {}
-        model = translation_model({"best_epoch": best["epoch"], "val_psnr": best["psnr"]})
-        model.generators = {d: copy.deepcopy(net) for d, net in model.generators.items()}
-        for d, net in model.generators.items():
-            net.load_state_dict(best_weights[d])
-        save_model(model, run_dir / BEST_DIR)
-        return model.generators
+    def preview(self, epoch_number: int) -> None:
+        write_preview(self.trainer, self.preview_set[0], self.preview_set.norm, self.meta,
+                      self.rgb, self.run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
 
-    def translation_model(summary: dict) -> TranslationModel:
+    def translation_model(self, summary: dict) -> TranslationModel:
         specs = {}
-        for direction, spec in trainer.generator_specs.items():
+        for direction, spec in self.trainer.generator_specs.items():
             spec = copy.deepcopy(spec)
             if "pretrained" in spec["kwargs"]:
                 spec["kwargs"]["pretrained"] = False  # weights come from the model file
             specs[direction] = spec
-        return TranslationModel(config.dataset_type, trainer.method.generators(), specs,
-                                _model_domains(meta, train_set), train_set.crop_size, summary)
+        return TranslationModel(self.config.dataset_type, self.trainer.method.generators(),
+                                specs, _model_domains(self.meta, self.train_set),
+                                self.train_set.crop_size, summary)
 
-    def _preview(epoch_number: int) -> None:
-        write_preview(trainer, preview_set[0], preview_set.norm, meta, rgb,
-                      run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
+    def save_best(self) -> dict:
+        """RUN_DIR/best/: the model file of the best epoch's generator (after its checkpoint,
+        which also holds it, so a kill in between loses nothing); returns its generators."""
+        if not (self.ctx.is_main and self.best):
+            return {}
+        model = self.translation_model({"best_epoch": self.best["epoch"],
+                                        "val_psnr": self.best["psnr"]})
+        model.generators = {d: copy.deepcopy(net) for d, net in model.generators.items()}
+        for d, net in model.generators.items():
+            net.load_state_dict(self.best_weights[d])
+        save_model(model, self.run_dir / BEST_DIR)
+        return model.generators
 
-    stopped = config.max_steps is not None and iteration >= config.max_steps
-    stopped = stopped or (epoch < config.total_epochs and patience_spent())
-    interrupt = _InterruptAtStepEnd(ctx).__enter__()
-    mid_step = False  # a KeyboardInterrupt while True would leave a half-updated state
-    try:
-        if ctx.is_main and val_set is not None and iteration == 0:
-            scores = validate(trainer, val_set, config.batch_size)  # the untrained baseline
-            if scores:
-                metrics.log(0, 0, scores)
-                log(validation_line(0, scores))
-        while epoch < config.total_epochs and not stopped:
-            sampler.set_epoch(epoch, start=epoch_batch * config.batch_size)
-            bar = tqdm(total=batches_per_epoch, initial=epoch_batch,
-                       desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="it",
-                       disable=not (ctx.is_main and config.progress), leave=False,
-                       dynamic_ncols=True)
-            for batch in loader:
-                if isinstance(batch, GeotranslateError):  # a chip failed in a worker
-                    raise batch
-                mid_step = True
-                losses = trainer.step(batch)
-                iteration += 1
-                epoch_batch += 1
-                mid_step = False
-                values = dict(zip(losses, torch.stack(list(losses.values())).float().tolist(),
-                                  strict=True))
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if distributed.any_rank(bool(bad), ctx):  # all ranks stop together
-                    what = (f"loss {bad[0]} is {values[bad[0]]}" if bad
-                            else "a loss is not finite on another rank")
-                    raise _diverged(what, iteration, run_dir, saved_at)
-                last_losses = values
-                if metrics is not None:
-                    metrics.log(epoch + 1, iteration, {"lr": trainer.lr, **values})
-                bar.update(1)
-                if iteration % 10 == 0 or epoch_batch == batches_per_epoch:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-                if config.save_every and iteration % config.save_every == 0:
-                    checkpoint_now()
-                if config.max_steps is not None and iteration >= config.max_steps:
-                    stopped = True
-                    break
-                if interrupt.pending():
-                    raise KeyboardInterrupt
-            bar.close()
-            if stopped and epoch_batch < batches_per_epoch:
-                # stopped mid-epoch (--max-steps): show where it got to; the checkpoint says
-                # where to continue (no validation row: a resumed run's metrics stay equal to
-                # an uninterrupted run's)
-                if ctx.is_main and config.preview:
-                    _preview(epoch + 1)
-                break
-            trainer.end_epoch()
-            epoch += 1
-            epoch_batch = 0
-            end_of_epoch_outputs(epoch)
-            if metrics is not None and last_losses:
-                log(f"epoch {epoch}/{config.total_epochs} done, iteration {iteration}: " +
-                    ", ".join(f"{k} {v:.4g}" for k, v in last_losses.items()))
-            checkpoint_now()
-            if best.get("epoch") == epoch:
-                save_best()
-            if interrupt.pending():
-                raise KeyboardInterrupt
-            if epoch < config.total_epochs and patience_spent():
-                stopped = True
-        checkpoint_now()
-        if interrupt.pending():
-            raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        if mid_step:  # a second Ctrl-C inside a step: its state is half updated, not saved
-            last = (f"the last checkpoint (iteration {saved_at[0][2]})" if saved_at
-                    else "no checkpoint from this session")
-            log(f"interrupted again inside iteration {iteration + 1}; not saved, {last} "
-                f"is kept in {run_dir}")
-        else:
-            checkpoint_now()
-            log(f"interrupted at iteration {iteration}; checkpoint saved, continue with "
-                f"--resume {run_dir}")
-        if metrics is not None:
-            metrics.close()
-        raise
-    finally:
-        interrupt.__exit__()
-
-    if ctx.is_main and trainer.non_finite() is not None:
-        raise _diverged(f"weight {trainer.non_finite()} is not finite", iteration, run_dir,
-                        saved_at)
-    if ctx.enabled:
-        differing = distributed.ranks_agree(trainer.nets, ctx)
-        if differing:
-            raise RuntimeError(f"DDP ranks disagree on the weights of {', '.join(differing)}")
-        log(f"all {ctx.world_size} ranks hold identical weights")
-    if ctx.is_main:
-        seconds = elapsed + time.time() - t_run
-        summary = {
-            "epochs": epoch, "iterations": iteration, "final_losses": last_losses,
-            "seconds": round(seconds, 2), "device": str(device), "precision": precision,
-            "batch_size": config.batch_size, "world_size": ctx.world_size,
-            "gan_mode": trainer.gan_mode,
-            "lambda_identity": getattr(trainer.method, "lambda_identity", None),
-            "pretrained": config.pretrained, "norm_method": config.norm_method,
-            "augment": config.augment,
-            "data_dir": config.data_dir,
-            "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-        }
-        if best:
-            summary.update(best_epoch=best["epoch"], best_val_psnr=best["psnr"],
-                           kept=config.keep)
-        model = translation_model(summary)
-        best_generators = save_best()  # again: a resumed run may not have written it yet
-        if config.keep == "best" and best:
-            model.generators = best_generators
-        save_model(model, run_dir)
-        kept = (f" (the best validation, epoch {best['epoch']}; the last is not kept)"
-                if config.keep == "best" and best else
-                f"; the best validation (epoch {best['epoch']}) in {run_dir / BEST_DIR}"
-                if best else "")
-        log(f"done: {iteration} iterations in {seconds:.1f} s; model in {run_dir}{kept}")
-    if metrics is not None:
-        metrics.close()
-    distributed.barrier(ctx)
-    return run_dir
+    def write_model(self) -> Path:
+        """After the loop: weights checked, ranks agree, model.safetensors + model.json."""
+        ctx, config, best, run_dir = self.ctx, self.config, self.best, self.run_dir
+        if ctx.is_main and self.trainer.non_finite() is not None:
+            raise _diverged(f"weight {self.trainer.non_finite()} is not finite", self.iteration,
+                            run_dir, self.saved_at)
+        if ctx.enabled:
+            differing = distributed.ranks_agree(self.trainer.nets, ctx)
+            if differing:
+                raise RuntimeError(f"DDP ranks disagree on the weights of {', '.join(differing)}")
+            self.log(f"all {ctx.world_size} ranks hold identical weights")
+        if ctx.is_main:
+            seconds = self.elapsed + time.time() - self.t_run
+            summary = {
+                "epochs": self.epoch, "iterations": self.iteration,
+                "final_losses": self.last_losses, "seconds": round(seconds, 2),
+                "device": str(self.device), "precision": self.precision,
+                "batch_size": config.batch_size, "world_size": ctx.world_size,
+                "gan_mode": self.trainer.gan_mode,
+                "lambda_identity": getattr(self.trainer.method, "lambda_identity", None),
+                "pretrained": config.pretrained, "norm_method": config.norm_method,
+                "augment": config.augment,
+                "data_dir": config.data_dir,
+                "started": datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
+            }
+            if best:
+                summary.update(best_epoch=best["epoch"], best_val_psnr=best["psnr"],
+                               kept=config.keep)
+            model = self.translation_model(summary)
+            best_generators = self.save_best()  # again: a resumed run may not have written it
+            if config.keep == "best" and best:
+                model.generators = best_generators
+            save_model(model, run_dir)
+            kept = (f" (the best validation, epoch {best['epoch']}; the last is not kept)"
+                    if config.keep == "best" and best else
+                    f"; the best validation (epoch {best['epoch']}) in {run_dir / BEST_DIR}"
+                    if best else "")
+            self.log(f"done: {self.iteration} iterations in {seconds:.1f} s; model in "
+                     f"{run_dir}{kept}")
+        if self.metrics is not None:
+            self.metrics.close()
+        distributed.barrier(ctx)
+        return run_dir
 
 
 def _diverged(what: str, iteration: int, run_dir: Path, saved_at: list) -> GeotranslateError:
