@@ -100,7 +100,9 @@ def _one_line_warnings() -> None:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        cli.main(args=argv, prog_name="geotranslate", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="geotranslate", standalone_mode=False)
+        if isinstance(status, int) and status:
+            return status  # a command's click.exceptions.Exit(status)
     except GeotranslateError as e:
         click.echo(f"geotranslate: error: {_printable(str(e))}", err=True)
         return 1
@@ -352,11 +354,22 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
 
 
 @cli.command("predict-raster")
-@click.argument("in_path", metavar="IN", type=click.Path())
+@click.argument("in_paths", metavar="IN...", nargs=-1, required=True, type=str)
 @click.option("--model", "model_path", default="runs/latest", type=click.Path(),
               help="Run directory (or its model.json) of a trained model.")
 @click.option("--out", "out_path", type=click.Path(), default=None,
-              help="Output GeoTIFF. Default: <IN stem>_translated.tif beside IN.")
+              help="Output GeoTIFF (one IN). Default: <IN stem>_translated.tif beside IN.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Write <stem>_translated.tif for every IN into this directory (several IN, "
+                   "or several processes).")
+@click.option("--mosaic", type=click.Path(dir_okay=False), default=None,
+              help="Also write a VRT mosaic of all outputs (with --out-dir).")
+@click.option("--resume", is_flag=True,
+              help="Continue what an interrupted run left (partial rasters continue from "
+                   "their last written strip; with --out-dir, finished outputs are kept).")
+@click.option("--split-mpx", type=float, default=64.0,
+              help="With several processes, split inputs of at least this many megapixels "
+                   "over them by bands of rows (joined into <stem>_translated.vrt).")
 @click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
               help="Translation direction (CycleGAN models have both; Pix2Pix only a2b).")
 @click.option("--tile-size", type=int, default=None,
@@ -381,14 +394,17 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
               help="Translate only this part of IN, on its own tile grid (tiles at its edge "
                    "read context from outside it).")
 @click.option("--rank", type=int, default=None,
-              help="Translate the RANK-th (0-based) of --world-size bands of rows, on the "
-                   "whole run's tile grid; run one process per rank (GPU or machine) and join "
-                   "the parts with gdalbuildvrt: the result equals a single run.")
-@click.option("--world-size", type=int, default=1, help="Number of parts for --rank.")
+              help="This process's rank (0-based; e.g. $SLURM_ARRAY_TASK_ID) of --world-size. "
+                   "One IN without --out-dir: translate the RANK-th band of rows into its own "
+                   "part file, on the whole run's tile grid. With --out-dir: this process's "
+                   "share of the inputs. Default: RANK from the environment (torchrun).")
+@click.option("--world-size", type=int, default=None,
+              help="Number of processes for --rank [default: WORLD_SIZE or 1].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def predict_raster_cmd(in_path, model_path, out_path, direction, tile_size, overlap, blend,
-                       norm_stats, batch_size, device, precision, channels_last, cog, overwrite,
-                       window, rank, world_size, progress) -> None:
+def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, split_mpx,
+                       direction, tile_size, overlap, blend, norm_stats, batch_size, device,
+                       precision, channels_last, cog, overwrite, window, rank, world_size,
+                       progress) -> None:
     """Translate the raster IN with a trained model into a seamless GeoTIFF.
 
     IN may be a file, a URL, a GDAL name, stack: band files or a STAC item (see export-tiles);
@@ -398,17 +414,49 @@ def predict_raster_cmd(in_path, model_path, out_path, direction, tile_size, over
     whatever its size. To split a huge raster over several GPUs or machines, run the same
     command with --rank 0..N-1 --world-size N, one process each, and join the parts:
     gdalbuildvrt out.vrt IN_translated.part*.tif
+
+    Many rasters: IN... --out-dir DIR (one <stem>_translated.tif each, --mosaic for a VRT of
+    them all); under torchrun or a job array the processes share them (see README).
     """
     from geotranslate.predict import predict_raster
+    from geotranslate.predict.batch import predict_rasters, resolve_rank
 
-    summary = predict_raster(
-        in_path, model_path, out_path, direction=direction, tile_size=tile_size,
-        overlap=overlap, blend=blend, norm_stats=norm_stats, batch_size=batch_size,
-        device=device,
-        precision=precision, channels_last=channels_last, cog=cog, overwrite=overwrite,
-        window=window, rank=rank, world_size=world_size, progress=progress,
-    )
-    click.echo(str(summary))
+    options = dict(direction=direction, tile_size=tile_size, overlap=overlap, blend=blend,
+                   norm_stats=norm_stats,
+                   batch_size=batch_size, device=device, precision=precision,
+                   channels_last=channels_last, cog=cog, overwrite=overwrite, window=window,
+                   progress=progress, resume=resume)
+    if out_dir is None and mosaic is None and len(in_paths) == 1 and (
+            rank is not None or resolve_rank(None, world_size)[1] == 1):
+        summary = predict_raster(in_paths[0], model_path, out_path, rank=rank,
+                                 world_size=world_size or 1, **options)
+        click.echo(str(summary))
+        return
+    if out_dir is None or out_path is not None:
+        raise GeotranslateError("several inputs, --mosaic or several processes: give "
+                                "--out-dir DIR (and no --out)")
+    if window is not None:
+        raise GeotranslateError("--window: only with one IN and --out")
+    options.pop("window")
+    result = predict_rasters(list(in_paths), model_path, out_dir, mosaic=mosaic, rank=rank,
+                             world_size=world_size, split_pixels=int(split_mpx * 1e6),
+                             **options)
+    click.echo(f"total: {result}")
+    if result.failed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("model-stac")
+@click.argument("run", type=click.Path())
+@click.option("--out", "out_path", required=True, type=click.Path(),
+              help="The STAC item (JSON) to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def model_stac_cmd(run, out_path, overwrite) -> None:
+    """Write RUN's model (a run directory or its model.json) as a STAC item with the Machine
+    Learning Model extension, for catalogues."""
+    from geotranslate.stac import write_model_stac
+
+    click.echo(str(write_model_stac(run, out_path, overwrite=overwrite)))
 
 
 # ---- evaluate and preview (geotranslate/evaluate.py, geotranslate/render.py) -------------------

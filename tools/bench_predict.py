@@ -11,6 +11,14 @@ small U-Net on the CPU and reports:
   1.2x of the smallest).
 
     .venv/bin/python tools/bench_predict.py --sizes 2048 8192 --precisions fp32 bf16
+
+``--ceiling`` measures the pipeline's ceiling instead: the same path with a generator that
+costs nothing (it returns its input's first bands: same band counts, no arithmetic), in
+Mpx/s and in Mpx/s per CPU thread used
+(CPU seconds of all threads / wall seconds): what reading, normalization, blending, casting
+and compression can feed a GPU at most.
+
+    .venv/bin/python tools/bench_predict.py --ceiling --sizes 2048 16384 --precisions fp32
 """
 
 from __future__ import annotations
@@ -24,10 +32,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from benchlib import peak_rss_mib, run_child, write_test_raster
 
 BANDS = 4
 TILE = 256
+
+
+class FreeGenerator(torch.nn.Module):
+    """A generator that costs nothing: its input's first ``bands`` bands (the ceiling)."""
+
+    def __init__(self, bands: int):
+        super().__init__()
+        self.in_channels = self.out_channels = self.bands = bands
+
+    def forward(self, x):
+        return x[:, : self.bands]
 
 
 def make_model(run_dir: Path) -> None:
@@ -59,15 +79,31 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    if args.ceiling:
+        model.generators["a2b"] = FreeGenerator(BANDS)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime
     summary = predict_raster(
         args.raster, model, args.out, precision=args.precision, batch_size=args.batch_size,
         device="cpu", overwrite=True, progress=False,
+        # the ceiling keeps the usual quarter-tile overlap (a free generator has no context)
+        **({"overlap": TILE // 4} if args.ceiling else {}),
     )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = usage.ru_utime + usage.ru_stime - cpu_before  # all threads: compute + I/O
     peak_rss_mb = peak_rss_mib()
+    if args.ceiling:
+        threads_used = cpu_s / summary.seconds
+        print(json.dumps({
+            "size": summary.width, "precision": args.precision,
+            "tiles": summary.tiles - summary.tiles_skipped,
+            "seconds": round(summary.seconds, 2),
+            "mpx_per_s": round(summary.megapixels_per_second, 2),
+            "threads_used": round(threads_used, 2),
+            "mpx_per_s_per_thread": round(summary.megapixels_per_second / threads_used, 2),
+            "peak_rss_mb": round(peak_rss_mb, 1),
+        }))
+        return
     # the generator alone on real tiles already in memory, same batch size, precision and
     # CPU settings as predict_raster (flush-to-zero of denormals)
     import rasterio
@@ -109,6 +145,8 @@ def main() -> None:
     parser.add_argument("--sample-batches", type=int, default=25,
                         help="batches timed for the generator-only figure")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="a generator that costs nothing: the pipeline's ceiling")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--raster", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -134,10 +172,21 @@ def main() -> None:
                        "--precision", precision, "--batch-size", str(args.batch_size),
                        "--threads", str(args.threads),
                        "--sample-batches", str(args.sample_batches)]
+                if args.ceiling:
+                    cmd.append("--ceiling")
                 result = run_child(__file__, *cmd[3:])
                 results.append(result)
                 print(json.dumps(result), flush=True)
             raster.unlink()
+        if args.ceiling:
+            print("\n| size | precision | time (s) | Mpx/s | CPU threads used "
+                  "| Mpx/s per thread | peak RSS (MB) |")
+            print("|---|---|---|---|---|---|---|")
+            for r in results:
+                print(f"| {r['size']}² | {r['precision']} | {r['seconds']} | {r['mpx_per_s']} "
+                      f"| {r['threads_used']} | {r['mpx_per_s_per_thread']} "
+                      f"| {r['peak_rss_mb']} |")
+            return
         print("\n| size | precision | tiles | time (s) | Mpx/s | generator alone (s) | ratio "
               "| CPU (s, all threads) | waited for input (s) | waited for output (s) "
               "| peak RSS (MB) |")

@@ -22,6 +22,13 @@ halves that).
     python tools/bench_train.py                       # all 8 configurations, few iterations
     python tools/bench_train.py --models pix2pix --batch-sizes 1 --iters 3
     python tools/bench_train.py --models cyclegan,cut,fastcut,pix2pix,pix2pixhd --batch-sizes 1
+
+``--loader`` measures the data loader's ceiling instead: chips/s of one worker (one process
+calling ``ChipDataset.__getitem__``: read or take from the cache, normalize, crop, flip/rotate,
+to tensors) for 256-px paired chips, 4-band uint16 and 13-band uint16, with and without the
+in-memory cache. A DataLoader worker does exactly this, so N workers feed about N times this.
+
+    python tools/bench_train.py --loader
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ MODELS = {"cyclegan": "CycleGAN", "pix2pix": "Pix2Pix", "pix2pixhd": "Pix2PixHD"
           "fastcut": "FastCUT"}
 
 
-def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3) -> Path:
-    """n paired float32 chips of size px in the export-tiles layout."""
+def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3,
+               dtype: str = "float32") -> Path:
+    """n paired chips (float32 noise, or uint16 0..6000) of size px, export-tiles layout."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -56,16 +64,19 @@ def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3
     for d, bands in (("a", bands_a), ("b", bands_b)):
         (root / f"train_{d}").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            data = rng.normal(size=(bands, size, size)).astype(np.float32)
+            if dtype == "float32":
+                data = rng.normal(size=(bands, size, size)).astype(np.float32)
+            else:
+                data = rng.integers(0, 6000, (bands, size, size)).astype(dtype)
             acc[d].add(data, np.ones((size, size), bool))
             with rasterio.open(root / f"train_{d}" / f"chip_{i}_0.tif", "w", driver="GTiff",
-                               width=size, height=size, count=bands, dtype="float32",
+                               width=size, height=size, count=bands, dtype=dtype,
                                crs="EPSG:32633", transform=from_origin(0, 0, 10, 10)) as dst:
                 dst.write(data)
     meta = {"format": "geotranslate-chips", "format_version": 1, "dataset_type": "paired",
             "tile_size": size, "stride": size,
-            "domains": {d: {"sources": [f"bench_{d}.tif"], "bands": list(range(1, b + 1)),
-                            "band_count": b, "dtype": "float32", "nodata": None,
+            "domains": {d: {"band_count": b, "dtype": dtype, "nodata": None, "sources": [],
+                            "bands": list(range(1, b + 1)),
                             "band_descriptions": [None] * b, "stats": acc[d].to_dict()}
                         for d, b in (("a", bands_a), ("b", bands_b))}}
     (root / "meta.json").write_text(json.dumps(meta))
@@ -157,8 +168,32 @@ def run_one(spec: dict) -> dict:
             "peak_mb": round(peak_memory_mb(spec["device"]), 1)}
 
 
+def loader_ceiling(chips_n: int, seconds: float) -> None:
+    """Chips/s of one worker, cached and uncached, 4- and 13-band uint16 256-px pairs."""
+    from geotranslate.data import ChipDataset
+
+    print("| bands (A and B) | cache | chips/s (wall) | chips per CPU second (one worker's "
+          "ceiling on an idle core) |\n|---|---|---|---|")
+    for bands in (4, 13):
+        with tempfile.TemporaryDirectory() as tmp:
+            chips = make_chips(Path(tmp), chips_n, 256, bands, bands, dtype="uint16")
+            for cache in (True, False):
+                dataset = ChipDataset(chips, paired=True, cache=cache, crop_size=256)
+                n, start, cpu = 0, time.perf_counter(), time.process_time()
+                while time.perf_counter() - start < seconds:
+                    dataset[(0, n % len(dataset))]
+                    n += 1
+                rate = n / (time.perf_counter() - start)
+                per_cpu = n / (time.process_time() - cpu)
+                print(f"| {bands} | {'cached' if cache else 'uncached'} | {rate:.0f} | "
+                      f"{per_cpu:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--loader", action="store_true",
+                        help="the data loader's ceiling (chips/s per worker), no training")
+    parser.add_argument("--loader-seconds", type=float, default=3.0)
     parser.add_argument("--models", default="cyclegan,pix2pix")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--precisions", default="fp32,bf16",
@@ -174,6 +209,12 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.loader:
+        import torch
+
+        torch.set_num_threads(1)
+        loader_ceiling(64, args.loader_seconds)
+        return
     if args.one:
         print("RESULT " + json.dumps(run_one(json.loads(args.one))), flush=True)
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -28,6 +27,13 @@ from geotranslate.predict.pipeline import (
     PipelineOutput,
     run_pipeline,
 )
+from geotranslate.predict.provenance import provenance_tags, weights_sha256
+from geotranslate.predict.resume import (
+    keep_partial,
+    open_partial,
+    remaining_strips,
+    remove_partial,
+)
 from geotranslate.predict.scene import scene_generator, scene_sample
 from geotranslate.raster.io import (
     atomic_path,
@@ -35,7 +41,6 @@ from geotranslate.raster.io import (
     check_not_input,
     open_raster,
     spectral_bands,
-    temp_path,
     verify_geotiff,
 )
 from geotranslate.raster.sources import parse_source
@@ -136,10 +141,12 @@ def predict_raster(
     world_size: int = 1,
     chunk_width: int = CHUNK_WIDTH,
     progress: bool = True,
+    resume: bool = False,
 ) -> PredictSummary:
     """Translate ``in_path`` with ``model`` (a TranslationModel or a run directory / model.json).
 
     Writes ``out_path`` (default ``<IN stem>_translated.tif``) atomically and returns a summary.
+    ``resume``: continue the partial result an interrupted run left (predict/resume.py).
     See the module docstring for the tiling, blending, nodata and scale-out rules.
     ``norm_stats`` ``"scene"`` (default) gives instance norms the statistics of a sample of the
     whole region (:mod:`geotranslate.predict.scene`), so the result does not depend on the
@@ -217,36 +224,47 @@ def predict_raster(
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
     plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows,
                        align=divisor)
-    tags = {
-        "GEOTRANSLATE_SOURCE": Path(in_path).name if in_source.local else in_path,
-        "GEOTRANSLATE_DIRECTION": direction,
-        "GEOTRANSLATE_DATASET_TYPE": model.dataset_type,
+    digest = weights_sha256(model.generator(direction))  # the weights, not the scene stats
+    tags = provenance_tags(model, direction,
+                           Path(in_path).name if in_source.local else in_path,
+                           digest=digest, tile=tile, overlap=overlap, blend=blend)
+    tags.update({
         "GEOTRANSLATE_NORM_STATS": norm_label,
         "GEOTRANSLATE_TILE_SIZE": str(tile),
         "GEOTRANSLATE_OVERLAP": str(overlap),
         "GEOTRANSLATE_RECEPTIVE_FIELD": str(field),
-    }
+    })
+    key = {"input": str(in_path), "weights_sha256": digest, "direction": direction,
+           "region": list(region), "grid": list(grid_region), "tile": tile, "overlap": overlap,
+           "blend": blend, "norm_stats": norm_label, "batch_size": batch_size,
+           "device": dev.type, "precision": precision, "chunk_width": chunk_width,
+           "version": tags["GEOTRANSLATE_VERSION"]}
     with atomic_path(out, overwrite=overwrite) as tmp_final:
-        if cog:
-            tmp_tiff = temp_path(out, ".gtiff.part")
-        else:
-            tmp_tiff = tmp_final
+        tmp_tiff, checkpoint = open_partial(out, key, profile, resume=resume,
+                                            overwrite=overwrite)
+        todo = remaining_strips(plan, checkpoint and checkpoint.start, tile, out_rows[0],
+                                out_rows[1])
         try:
             counts = run_pipeline(
-                PipelineInput(in_path, bands, source, grid_region, plan, tile),
+                PipelineInput(in_path, bands, source, grid_region, todo, tile),
                 PipelineCompute(generator, dev, autocast, use_channels_last, batch_size),
                 PipelineOutput(tmp_tiff, out, profile, target, nodata, tags, overlap, blend,
-                               out_rows[0]),
+                               out_rows[0], checkpoint),
                 progress,
             )
             verify_geotiff(tmp_tiff, out)
             if cog:
                 to_cog(tmp_tiff, tmp_final, profile)
                 verify_geotiff(tmp_final, out)
-        finally:
-            if cog:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp_tiff.unlink()
+            else:
+                os.replace(tmp_tiff, tmp_final)
+        except (KeyboardInterrupt, SystemExit):
+            keep_partial(tmp_tiff, checkpoint)  # the partial result stays for --resume
+            raise
+        except BaseException:
+            remove_partial(out, tmp_tiff, checkpoint)
+            raise
+        remove_partial(out, tmp_tiff, checkpoint)
     seconds = time.perf_counter() - started
     return PredictSummary(
         input=str(in_path), output=str(out), direction=direction,

@@ -77,7 +77,10 @@ class Blender:
         a, b = self.strip.chunk_cols
         lo, hi = max(c, a), min(c + self.tile, b)
         w = self.weights[:, lo - c : hi - c]
-        self.acc[:, :, lo - a : hi - a] += y[:, :, lo - c : hi - c] * w
+        if getattr(self, "_product", None) is None:  # one buffer, not one array per tile
+            self._product = np.empty((self.bands, self.tile, self.tile), dtype=np.float32)
+        product = np.multiply(y[:, :, lo - c : hi - c], w, out=self._product[:, :, : hi - lo])
+        self.acc[:, :, lo - a : hi - a] += product
         self.wsum[:, lo - a : hi - a] += w
 
     def _finish(self, strip: Strip) -> None:

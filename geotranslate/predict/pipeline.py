@@ -30,9 +30,10 @@ from rasterio.windows import Window
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
-from geotranslate.predict.grid import Strip
+from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.predict.output import apply_nodata
 from geotranslate.predict.queues import Stop, get, put
+from geotranslate.predict.resume import Checkpoint
 from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window
 from geotranslate.raster.windows import reflect_pad
 
@@ -79,6 +80,7 @@ class PipelineOutput:
     overlap: int
     blend: str
     out_row0: int  # the grid row where the output file starts
+    checkpoint: Checkpoint | None = None  # resumable output (predict/resume.py)
 
 
 class Reader(threading.Thread):
@@ -154,14 +156,19 @@ class Writer(threading.Thread):
             with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), warnings.catch_warnings():
                 # GCP/RPC-referenced outputs have no transform, which is intended
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(self.out.path, "w", **self.out.profile) as dst:
-                    for i, d in enumerate(self.out.target.band_descriptions):
-                        if d:
-                            dst.set_band_description(i + 1, d)
-                    dst.update_tags(**self.out.tags)
+                checkpoint = self.out.checkpoint
+                resuming = checkpoint is not None and checkpoint.start is not None
+                dst = self._open("r+" if resuming else "w")
+                try:
                     while (item := get(self.in_q, self.stop)) is not None:
                         window, acc, weight, valid = item
-                        dst.write(self._finish(acc, weight, valid), window=window)
+                        values = self._finish(acc, weight, valid)
+                        if checkpoint is None:
+                            dst.write(values, window=window)
+                        else:
+                            dst = self._write_checkpointed(dst, values, window, checkpoint)
+                finally:
+                    dst.close()
         except Stop:
             return
         except RasterioError as e:
@@ -171,8 +178,33 @@ class Writer(threading.Thread):
         if self.error is not None:
             self.stop.set()
 
+    def _open(self, mode: str):
+        if mode == "r+":
+            return rasterio.open(self.out.path, "r+")
+        dst = rasterio.open(self.out.path, "w", **self.out.profile)
+        for i, d in enumerate(self.out.target.band_descriptions):
+            if d:
+                dst.set_band_description(i + 1, d)
+        dst.update_tags(**self.out.tags)
+        return dst
+
+    def _write_checkpointed(self, dst, values: np.ndarray, window: Window, checkpoint):
+        """Write ``values``, cut at block rows; at a block row, checkpoint when one is due."""
+        row0, stop, height = window.row_off, window.row_off + window.height, dst.height
+        cuts = [r for r in range((row0 // OUT_BLOCK + 1) * OUT_BLOCK, stop, OUT_BLOCK)]
+        start = row0
+        for cut in [*cuts, stop]:
+            part = Window(window.col_off, start, window.width, cut - start)
+            dst.write(values[:, start - row0 : cut - row0], window=part)
+            start = cut
+            if (cut % OUT_BLOCK == 0 or cut == height) and checkpoint.due():
+                dst.close()  # the file's directory now lists every block written
+                checkpoint.record(self.out.path, window.col_off, cut)
+                dst = self._open("r+")
+        return dst
+
     def _finish(self, acc: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        y = acc / np.maximum(weight, 1e-12)
+        y = np.divide(acc, np.maximum(weight, 1e-12), out=acc)  # acc is this writer's copy
         values = self.out.target.normalizer.to_data(y, self.out.profile["dtype"])
         return apply_nodata(values, valid, self.out.nodata)
 
@@ -312,9 +344,14 @@ def _raise_thread_error(threads: list[threading.Thread]) -> None:
 
 
 def _forward(compute: PipelineCompute, batch: list[np.ndarray]) -> np.ndarray:
+    # every forward pass has the same batch size (the last one padded with copies): kernels
+    # may pick other algorithms for other shapes, and a resumed run, whose batches hold other
+    # tiles, must get the same bits
+    n = len(batch)
+    batch = batch + batch[-1:] * (compute.batch_size - n)
     x = torch.from_numpy(np.stack(batch)).to(compute.device, non_blocking=True)
     if compute.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), compute.autocast():
         y = compute.generator(x)
-    return y.float().cpu().numpy()
+    return y[:n].float().cpu().numpy()

@@ -1,0 +1,197 @@
+"""Resumable prediction: the partial GeoTIFF, its progress file and what is left to do.
+
+While a raster is translated, the output is written under a fixed hidden name beside the final
+one (``.OUT.resume.tif``), never under the final name. Each time the writer has finished a band
+of whole output blocks (every :data:`CHECKPOINT_SECONDS` at most), it closes the file (so its
+directory on disk lists every block written so far), syncs it and records in
+``.OUT.resume.json`` how far it got (column chunk and output row). Blocks before that point are
+never written again, so after an interruption, even a SIGKILL, the file holds them intact.
+
+``--resume`` checks the progress file (format, the same input, model weights and options) and
+the partial file, then computes only the tiles that touch the rows not yet recorded, on the
+same tile grid and in the same order: the blended result equals that of an uninterrupted run.
+A successful run removes both files; Ctrl-C keeps them for ``--resume``; any other error
+removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import rasterio
+
+from geotranslate import schema as sc
+from geotranslate.errors import GeotranslateError
+from geotranslate.predict.grid import Strip
+from geotranslate.raster.io import display_path, temp_path
+
+PROGRESS_FORMAT = "geotranslate-predict-progress"
+#: most seconds between two checkpoints (closing, syncing and recording the partial file).
+CHECKPOINT_SECONDS = 10.0
+
+_PROGRESS_SCHEMA = sc.Obj({
+    "format": sc.Str((PROGRESS_FORMAT,)),
+    "key": sc.Obj(),
+    "pid": sc.Int(min=0),
+    "done": sc.Opt(sc.Obj({"chunk_col": sc.Int(min=0), "row": sc.Int(min=0)})),
+})
+
+
+def partial_paths(out: Path) -> tuple[Path, Path]:
+    """The partial GeoTIFF and its progress file for the final output ``out``."""
+    name = display_path(out.name)
+    return out.with_name(f".{name}.resume.tif"), out.with_name(f".{name}.resume.json")
+
+
+#: progress files that runs in this process are writing now
+_WRITING: set[Path] = set()
+
+
+def _writer_alive(pid: int, progress: Path) -> bool:
+    if pid == os.getpid():
+        return progress.resolve() in _WRITING  # a run inside another, in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+@dataclass
+class Checkpoint:
+    """The writer's side: when to checkpoint and how to record it."""
+
+    progress: Path
+    key: dict
+    start: tuple[int, int] | None = None  # (chunk's first column, output row) already done
+    every: float | None = None  # seconds between checkpoints [CHECKPOINT_SECONDS]
+    _last: float = field(default_factory=time.monotonic)
+
+    def due(self) -> bool:
+        every = CHECKPOINT_SECONDS if self.every is None else self.every
+        return time.monotonic() - self._last >= every
+
+    def record(self, tiff: Path, chunk_col: int, row: int) -> None:
+        """Sync the (closed) partial file, then record that it is complete up to ``row``."""
+        fd = os.open(tiff, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._write({"chunk_col": chunk_col, "row": row})
+        self._last = time.monotonic()
+
+    def _write(self, done: dict | None) -> None:
+        body = {"format": PROGRESS_FORMAT, "key": self.key, "pid": os.getpid(), "done": done}
+        tmp = self.progress.with_name(self.progress.name + ".tmp")
+        tmp.write_text(json.dumps(body, indent=1))
+        os.replace(tmp, self.progress)
+
+
+def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
+                 overwrite: bool) -> tuple[Path, Checkpoint | None]:
+    """The partial file to write and its checkpoint state (``start`` set when resuming).
+
+    Refuses a progress file that does not match ``key`` or is corrupt, and (without
+    ``resume`` or ``overwrite``) a partial that an interrupted run left. While another live
+    run writes the partial, this one writes a temporary file of its own, not resumable
+    (checkpoint None): the first to finish gets the name.
+    """
+    tiff, progress = partial_paths(out)
+    checkpoint = Checkpoint(progress, key)
+    if progress.exists():
+        meta = sc.load_json(progress)
+        sc.validate(meta, _PROGRESS_SCHEMA, progress)
+        if _writer_alive(meta["pid"], progress):
+            if resume:
+                raise GeotranslateError(
+                    f"{out}: another run (process {meta['pid']}) is writing it; nothing to "
+                    "resume while it runs")
+            return temp_path(out, ".gtiff.part"), None
+        if resume:
+            checkpoint.start = _check_resumable(out, tiff, progress, meta, key, profile)
+        elif not overwrite:
+            raise GeotranslateError(
+                f"{out}: an interrupted run left a partial result ({progress.name}); pass "
+                "--resume to continue it or --overwrite to start again")
+    elif resume:
+        print(f"geotranslate: warning: {out}: nothing to resume; starting from the beginning",
+              file=sys.stderr)
+    if checkpoint.start is None:
+        with contextlib.suppress(FileNotFoundError):
+            tiff.unlink()
+    checkpoint._write(meta["done"] if checkpoint.start is not None else None)
+    _WRITING.add(progress.resolve())
+    return tiff, checkpoint
+
+
+def _check_resumable(out, tiff, progress, meta, key, profile) -> tuple[int, int] | None:
+    differs = sorted(k for k in set(key) | set(meta["key"]) if key.get(k) != meta["key"].get(k))
+    if differs:
+        raise GeotranslateError(
+            f"{progress}: the interrupted run of {out} used another {', '.join(differs)}; "
+            "rerun with the same model and options, or with --overwrite to start again")
+    if meta["done"] is None:
+        return None
+    try:
+        with rasterio.open(tiff) as ds:
+            shape = (ds.width, ds.height, ds.count, ds.dtypes[0])
+    except (rasterio.errors.RasterioError, OSError) as e:
+        raise GeotranslateError(f"{tiff}: partial result unreadable ({e}); rerun with "
+                                "--overwrite to start again") from None
+    want = (profile["width"], profile["height"], profile["count"], profile["dtype"])
+    if shape != want:
+        raise GeotranslateError(f"{tiff}: partial result is {shape}, expected {want}; rerun "
+                                "with --overwrite to start again")
+    return meta["done"]["chunk_col"], meta["done"]["row"]
+
+
+def remove_partial(out: Path, tiff: Path, checkpoint: Checkpoint | None) -> None:
+    """Remove what this run wrote: its partial and progress file, or its temporary file."""
+    keep_partial(tiff, checkpoint)
+    for p in partial_paths(out) if checkpoint is not None else (tiff,):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def keep_partial(tiff: Path, checkpoint: Checkpoint | None) -> None:
+    """This run stops writing: its partial stays for --resume (a temporary file is removed)."""
+    if checkpoint is None:
+        with contextlib.suppress(FileNotFoundError):
+            tiff.unlink()
+    else:
+        _WRITING.discard(checkpoint.progress.resolve())
+
+
+def remaining_strips(plan: list[Strip], start: tuple[int, int] | None, tile: int,
+                     out_row0: int, out_stop: int) -> list[Strip]:
+    """The strips still to compute after ``start`` (chunk column, output row) was written.
+
+    Chunks before the recorded one are done; in it, only tile rows reaching below the recorded
+    row are computed (they alone add to rows not yet written), and only those rows are written.
+    """
+    if start is None:
+        return plan
+    chunk_col, row = start
+    chunks = {s.chunk_cols[0]: s.chunk for s in plan}
+    if chunk_col not in chunks:
+        raise GeotranslateError(f"progress: column {chunk_col} is no chunk of this plan")
+    current, done_row = chunks[chunk_col], row + out_row0  # grid rows
+    left = []
+    for s in plan:
+        if s.chunk < current:
+            continue
+        if s.chunk == current:
+            if done_row >= out_stop or s.row + tile <= done_row:
+                continue
+            s = replace(s, finish=(max(s.finish[0], done_row), s.finish[1]))
+        left.append(s)
+    return left

@@ -1,0 +1,270 @@
+"""Prediction at archive scale: many inputs, many processes, resume, provenance, STAC."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import Affine
+from test_predict import _smooth_field, make_model
+
+from geotranslate.cli import main as cli_main
+from geotranslate.errors import GeotranslateError
+from geotranslate.predict import predict_raster
+from geotranslate.predict import resume as resume_mod
+from geotranslate.predict.resume import partial_paths
+
+# ---- resume ---------------------------------------------------------------------------------
+
+
+def _interrupt_at(monkeypatch, call: int) -> None:
+    real_forward = torch.nn.Module.__call__
+    calls = {"n": 0}
+
+    def interrupting(self, *args, **kwargs):
+        if type(self).__name__ == "ResnetGenerator":
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", interrupting)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, make_raster,
+                                                             monkeypatch):
+    run = make_model(tmp_path, norm="instance", smooth=True, seed=3)
+    src = make_raster("in.tif", _smooth_field(2, 1100, 300, seed=5))
+    opts = dict(tile_size=64, overlap=16, batch_size=4, chunk_width=256, progress=False)
+    predict_raster(src, run, tmp_path / "whole.tif", **opts)
+    monkeypatch.setattr(resume_mod, "CHECKPOINT_SECONDS", 0.0)
+    _interrupt_at(monkeypatch, 40)
+    out = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_raster(src, run, out, **opts)
+    assert not out.exists()  # the partial never sits at the final name
+    tiff, progress = partial_paths(out)
+    done = json.loads(progress.read_text())["done"]
+    assert done is not None and done != {"chunk_col": 0, "row": 0}
+    assert done["row"] % 256 == 0 or done["row"] == 1100  # a block row, or a chunk's end
+    monkeypatch.undo()
+    # another run without --resume does not throw the partial away
+    with pytest.raises(GeotranslateError, match="pass --resume"):
+        predict_raster(src, run, out, **opts)
+    # other options are refused
+    with pytest.raises(GeotranslateError, match="another overlap"):
+        predict_raster(src, run, out, resume=True, **{**opts, "overlap": 8})
+    s = predict_raster(src, run, out, resume=True, **opts)
+    full_tiles = predict_raster(src, run, tmp_path / "again.tif", **opts).tiles
+    assert s.tiles < full_tiles  # the recorded strips were not computed again
+    with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(out) as b:
+        assert np.array_equal(a.read(), b.read())
+        assert a.tags() == b.tags()
+        pa, pb = dict(a.profile), dict(b.profile)
+        assert np.isnan(pa.pop("nodata")) and np.isnan(pb.pop("nodata")) and pa == pb
+    assert not tiff.exists() and not progress.exists()
+
+
+def test_resume_without_partial_starts_over_with_a_warning(tmp_path, make_raster, capsys):
+    run = make_model(tmp_path)
+    src = make_raster("in.tif", _smooth_field(2, 40, 40))
+    predict_raster(src, run, tmp_path / "out.tif", resume=True, progress=False)
+    assert "nothing to resume" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ---- provenance -----------------------------------------------------------------------------
+
+
+def test_output_tags_carry_the_provenance(tmp_path, make_raster):
+    from geotranslate import __version__
+    from geotranslate.modelfile import load_model
+    from geotranslate.predict.provenance import weights_sha256
+
+    run = make_model(tmp_path, seed=1)
+    other = make_model(tmp_path, seed=2, name="other")
+    src = make_raster("in.tif", _smooth_field(2, 40, 40))
+    predict_raster(src, run, tmp_path / "out.tif", tile_size=32, overlap=8, blend="linear",
+                   progress=False)
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        tags = ds.tags()
+    digest = weights_sha256(load_model(run).generator("a2b"))
+    assert digest != weights_sha256(load_model(other).generator("a2b"))
+    assert tags["GEOTRANSLATE_WEIGHTS_SHA256"] == digest
+    assert tags["GEOTRANSLATE_DATASET_TYPE"] == "Pix2Pix"
+    assert tags["GEOTRANSLATE_DIRECTION"] == "a2b"
+    assert tags["GEOTRANSLATE_NORMALIZATION"] == "input minmax, output minmax"
+    assert tags["GEOTRANSLATE_TILING"] == "tile 32 px, overlap 8 px, linear blend"
+    assert tags["GEOTRANSLATE_VERSION"] == __version__
+    assert tags["GEOTRANSLATE_SOURCE"] == "in.tif"
+
+
+# ---- many inputs ----------------------------------------------------------------------------
+
+
+def _scenes(make_raster, tmp_path, n=3):
+    """Three north-up scenes side by side on one grid (the last one 24 rows lower)."""
+    paths = []
+    for i in range(n):
+        north = 5300000.0 - 240 * (i == 2)
+        transform = Affine(10.0, 0.0, 500000.0 + 400 * i, 0.0, -10.0, north)
+        paths.append(make_raster(f"scene{i}.tif", _smooth_field(2, 48, 40, seed=i),
+                                 transform=transform))
+    return paths
+
+
+def test_many_inputs_one_output_each_and_a_mosaic(tmp_path, make_raster, capsys):
+    run = make_model(tmp_path)
+    scenes = _scenes(make_raster, tmp_path)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a raster")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["predict-raster", *map(str, scenes[:2]), str(broken), str(scenes[2]),
+            "--model", str(run), "--out-dir", str(out), "--mosaic", str(out / "all.vrt"),
+            "--tile-size", "32", "--overlap", "8", "--no-progress"]
+    assert cli_main(args) == 1  # the broken input failed, the others finished
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "broken.tif" in errors[0], captured.err
+    assert "Traceback" not in captured.err
+    assert captured.out.count("wrote ") == 3 + 1  # three outputs and the mosaic
+    assert "total: 3 raster(s)" in captured.out and "1 failed" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "all.vrt", "scene0_translated.tif", "scene1_translated.tif", "scene2_translated.tif"]
+    with rasterio.open(out / "all.vrt") as mosaic:
+        assert (mosaic.width, mosaic.height) == (120, 72)
+        assert mosaic.transform == Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5300000.0)
+        whole = mosaic.read()
+    for i in range(3):
+        predict_raster(scenes[i], run, tmp_path / f"single{i}.tif", tile_size=32, overlap=8,
+                       progress=False)
+        with rasterio.open(tmp_path / f"single{i}.tif") as single, \
+                rasterio.open(out / f"scene{i}_translated.tif") as batch:
+            assert np.array_equal(single.read(), batch.read())
+            row = 24 * (i == 2)
+            assert np.array_equal(whole[:, row : row + 48, 40 * i : 40 * i + 40], single.read())
+
+
+def test_inputs_with_one_stem_and_mosaic_of_two_crs_are_refused(tmp_path, make_raster, capsys):
+    run = make_model(tmp_path)
+    (tmp_path / "x").mkdir()
+    a = make_raster("a.tif", _smooth_field(2, 40, 40))
+    b = make_raster("x/a.tif", _smooth_field(2, 40, 40))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli_main(["predict-raster", str(a), str(b), "--model", str(run),
+                     "--out-dir", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a_translated.tif" in err and "x/a.tif" in err
+    assert list(out.iterdir()) == []
+    c = make_raster("c.tif", _smooth_field(2, 40, 40), crs="EPSG:32634")
+    assert cli_main(["predict-raster", str(a), str(c), "--model", str(run),
+                     "--out-dir", str(out), "--mosaic", str(out / "m.vrt"),
+                     "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "m.vrt" not in {p.name for p in out.iterdir()}
+    assert "CRS" in err and "one CRS" in err and "Traceback" not in err
+
+
+# ---- many processes -------------------------------------------------------------------------
+
+
+def test_two_processes_under_torchrun_equal_one(tmp_path, make_raster):
+    run = make_model(tmp_path, norm="instance", smooth=True, seed=6)
+    big = make_raster("big.tif", _smooth_field(2, 600, 90, seed=7))
+    small = _scenes(make_raster, tmp_path, n=2)
+    inputs = [str(big), *map(str, small)]
+    opts = ["--tile-size", "32", "--overlap", "8", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(var, None)
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "geotranslate", "predict-raster", *inputs, "--model", str(run),
+           "--out-dir", str(out), "--split-mpx", "0.05", "--mosaic", str(out / "all.vrt"),
+           "--cog", *opts]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "joined 2 parts" in done.stdout
+    parts = sorted(p.name for p in (out / "big_translated.parts").iterdir())
+    assert parts == ["part0of2.tif", "part1of2.tif"]  # no markers left
+    for name in inputs:
+        stem = Path(name).stem
+        predict_raster(name, run, tmp_path / f"{stem}_single.tif", tile_size=32, overlap=8,
+                       progress=False)
+        joined = out / f"{stem}_translated.tif"
+        with rasterio.open(tmp_path / f"{stem}_single.tif") as a, rasterio.open(joined) as b:
+            assert np.array_equal(a.read(), b.read()), stem  # pixel for pixel
+            assert a.transform == b.transform
+    with rasterio.open(out / "big_translated.vrt") as vrt, \
+            rasterio.open(tmp_path / "big_single.tif") as single:
+        assert np.array_equal(vrt.read(), single.read())
+        assert vrt.tags()["GEOTRANSLATE_WEIGHTS_SHA256"] == single.tags()[
+            "GEOTRANSLATE_WEIGHTS_SHA256"]
+    with rasterio.open(out / "all.vrt") as mosaic:
+        assert mosaic.count == 3
+
+
+def test_job_array_ranks_share_the_inputs(tmp_path, make_raster, capsys):
+    run = make_model(tmp_path)
+    scenes = [str(p) for p in _scenes(make_raster, tmp_path)]
+    out = tmp_path / "out"
+    out.mkdir()
+    for rank in (1, 0):
+        assert cli_main(["predict-raster", *scenes, "--model", str(run), "--out-dir", str(out),
+                         "--rank", str(rank), "--world-size", "2", "--tile-size", "32",
+                         "--no-progress"]) == 0
+        names = sorted(p.name for p in out.iterdir())
+        if rank == 1:
+            assert names == ["scene1_translated.tif"]
+    assert names == [f"scene{i}_translated.tif" for i in range(3)]
+
+
+# ---- the model as a STAC item ---------------------------------------------------------------
+
+
+def test_model_stac_item_with_the_mlm_extension(tmp_path, capsys):
+    import pystac
+
+    from geotranslate.stac import MLM_SCHEMA
+
+    run = make_model(tmp_path, bands_a=2, bands_b=3)
+    assert cli_main(["model-stac", str(run), "--out", str(tmp_path / "item.json")]) == 0
+    d = json.loads((tmp_path / "item.json").read_text())
+    item = pystac.Item.from_dict(d)
+    assert item.to_dict(include_self_link=False, transform_hrefs=False) == d  # round trip
+    assert MLM_SCHEMA in item.stac_extensions
+    props = item.properties
+    assert props["mlm:framework"] == "pytorch"
+    assert props["mlm:name"] and "resnet" in props["mlm:architecture"]
+    (inp,), (out,) = props["mlm:input"], props["mlm:output"]
+    assert inp["bands"] == ["a0", "a1"] and inp["input"]["shape"] == [-1, 2, 64, 64]
+    assert out["bands"] == ["b0", "b1", "b2"] and out["result"]["shape"] == [-1, 3, 64, 64]
+    assert [v["minimum"] for v in inp["value_scaling"]] == [-1.0, -1.0]
+    weights = json.loads((run / "model.json").read_text())["weights"]["sha256"]
+    assert item.assets["weights"].extra_fields["geotranslate:sha256"] == weights
+    assert "mlm:model" in item.assets["weights"].roles
+    # never over the model's own files
+    assert cli_main(["model-stac", str(run), "--out", str(run / "model.json")]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_weights_digest_covers_batch_norm_buffers():
+    from geotranslate.models import build_generator
+    from geotranslate.predict.provenance import weights_sha256
+
+    torch.manual_seed(0)
+    g = build_generator("resnet", 2, 3, ngf=4, n_blocks=1, norm="batch", init=False)
+    before = weights_sha256(g)
+    assert before == weights_sha256(g)
+    next(m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean += 1
+    assert weights_sha256(g) != before
