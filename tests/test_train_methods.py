@@ -204,3 +204,19 @@ def test_old_config_json_loads_and_resume_checks_nce_layers(unpaired_chips, tmp_
     status = main(["train", "--resume", str(run), "--nce-layers", "0,4", "--max-steps", "2"])
     err = capsys.readouterr().err
     assert status == 1 and "cannot resume: the run has nce layers" in err, err
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--dataset-type", "CUT", "--nce-temperature", "0"], "nce-temperature must be a finite"),
+    (["--dataset-type", "CUT", "--num-patches", "0"], "num-patches must be >= 1"),
+    (["--dataset-type", "CUT", "--lambda-nce", "nan"], "lambda-nce must be a finite number"),
+    (["--dataset-type", "Pix2PixHD", "--num-d", "0"], "num-d must be >= 1"),
+    (["--dataset-type", "Pix2PixHD", "--lambda-feat", "-1"], "lambda-feat must be a finite"),
+    (["--dataset-type", "Pix2Pix", "--patience", "0"], "patience must be >= 1"),
+])
+def test_bad_method_options_fail_in_one_line(option, message, paired_chips, tmp_path, capsys):
+    status = main(["train", str(paired_chips), "--out", str(tmp_path / "run"), *option,
+                   *TINY_CLI])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()

@@ -100,7 +100,7 @@ class TrainConfig:
         """Refuse impossible settings before any file is read."""
         if self.dataset_type not in DATASET_TYPES:
             raise GeotranslateError(
-                f"dataset type {self.dataset_type!r}: choose {' or '.join(DATASET_TYPES)}"
+                f"dataset type {self.dataset_type!r}: choose from {', '.join(DATASET_TYPES)}"
             )
         checks = [
             ("precision", self.precision, PRECISIONS),
