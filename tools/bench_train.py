@@ -105,7 +105,8 @@ def run_one(spec: dict) -> dict:
     steps = spec["warmup"] + spec["iters"] + 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        chips = make_chips(tmp / "chips", spec["batch"] * steps, spec["size"])
+        chips = make_chips(tmp / "chips", spec["batch"] * steps, spec["size"],
+                           spec.get("bands_a", 2), spec.get("bands_b", 3))
         channels_last = spec["precision"] == "bf16"
         config = TrainConfig(dataset_type, data_dir=str(chips), out=str(tmp / "run"), epochs=1,
                              epochs_decay=0, batch_size=spec["batch"], max_steps=steps,
@@ -199,6 +200,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="bf16 runs with channels_last")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--bands", default="2,3", help="bands of A and B (CUT's identity NCE "
+                        "needs equal counts, e.g. 3,3)")
     parser.add_argument("--iters", type=int, default=2, help="timed iterations per run")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -232,7 +235,9 @@ def main() -> None:
                     spec = {"model": model, "batch": batch, "precision": precision,
                             "mode": mode, "size": args.size, "iters": args.iters,
                             "warmup": args.warmup, "device": args.device,
-                            "threads": args.threads}
+                            "threads": args.threads,
+                            "bands_a": int(args.bands.split(",")[0]),
+                            "bands_b": int(args.bands.split(",")[1])}
                     done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                                           capture_output=True, text=True)
                     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
