@@ -218,9 +218,10 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
 
 @cli.command("train", context_settings=CONTEXT)
 @click.argument("data_dir", default="chips", type=click.Path())
-@click.option("--dataset-type", type=click.Choice(["Pix2Pix", "CycleGAN"]),
-              help="Pix2Pix (paired chips, same names in train_a/ and train_b/) or CycleGAN "
-              "(unpaired). Required unless --resume.")
+@click.option("--dataset-type",
+              type=click.Choice(["Pix2Pix", "CycleGAN", "Pix2PixHD", "CUT", "FastCUT"]),
+              help="Pix2Pix or Pix2PixHD (paired chips, same names in train_a/ and train_b/), "
+              "CycleGAN, CUT or FastCUT (unpaired). Required unless --resume.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run directory  [default: runs/<dataset-type>-<YYYYmmdd-HHMMSS>, and "
               "runs/latest points at it]")
@@ -242,7 +243,8 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               help="ImageNet weights for the smp-unet encoder (downloaded once).")
 @click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla", "hinge"]),
               help="Adversarial loss  [default: vanilla for Pix2Pix, lsgan for CycleGAN]")
-@click.option("--lambda-l1", type=float, default=100.0, help="Pix2Pix L1 weight.")
+@click.option("--lambda-l1", type=float,
+              help="L1 weight to B  [default: 100 for Pix2Pix, 0 for Pix2PixHD]")
 @click.option("--lambda-a", type=float, default=10.0, help="CycleGAN cycle weight A->B->A.")
 @click.option("--lambda-b", type=float, default=10.0, help="CycleGAN cycle weight B->A->B.")
 @click.option("--lambda-identity", type=float, default=0.5,
@@ -250,6 +252,24 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               "domains' band counts differ.")
 @click.option("--lambda-tv", type=float, default=0.0, help="Total-variation weight on fakes.")
 @click.option("--pool-size", type=int, default=50, help="CycleGAN image pool of past fakes.")
+@click.option("--num-d", type=int, help="Pix2PixHD discriminator scales (inputs halved by "
+              "average pooling)  [default: 3, or as many as the chips allow]")
+@click.option("--lambda-feat", type=float, default=10.0,
+              help="Pix2PixHD discriminator feature-matching weight.")
+@click.option("--lambda-vgg", type=float, default=0.0,
+              help="Pix2PixHD VGG19 perceptual weight (needs --vgg-weights).")
+@click.option("--vgg-weights", type=click.Path(path_type=str),
+              help="A local VGG19 weights file (safetensors or a torch state_dict).")
+@click.option("--lambda-gan", type=float, default=1.0, help="CUT/FastCUT adversarial weight.")
+@click.option("--lambda-nce", type=float,
+              help="CUT/FastCUT PatchNCE weight  [default: 1 for CUT, 10 for FastCUT]")
+@click.option("--nce-idt/--no-nce-idt", default=None,
+              help="CUT identity NCE on B images  [default: on for CUT, off for FastCUT; off "
+              "when the band counts differ]")
+@click.option("--nce-layers", help="Generator encoder layers for PatchNCE, e.g. 0,4,8,12,16  "
+              "[default: the paper's]")
+@click.option("--num-patches", type=int, default=256, help="CUT/FastCUT patches per layer.")
+@click.option("--nce-temperature", type=float, default=0.07, help="PatchNCE temperature.")
 @click.option("--batch-size", type=int, default=1, help="Chips per iteration (per process).")
 @click.option("--lr", type=float, default=2e-4, help="Adam learning rate (betas 0.5, 0.999).")
 @click.option("--epochs", type=int, default=100,
@@ -290,13 +310,18 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               help="Deterministic algorithms (slower; bitwise-reproducible resume on CPU).")
 @click.option("--save-every", type=int, default=0,
               help="Also checkpoint every N iterations (0: at the end of each epoch only).")
+@click.option("--keep", type=click.Choice(["last", "best"]), default="last",
+              help="What model.safetensors holds: the last generator or the one with the best "
+              "validation PSNR (both are written when there is a validation split).")
+@click.option("--patience", type=int, help="Stop a paired run after this many epochs without "
+              "a better validation PSNR.")
 @click.option("--rgb-bands", help="Preview bands (1-based), e.g. 3,2,1 or 'a:1,2,3;b:3,2,1' "
               "[default: from band descriptions]")
 @click.option("--preview/--no-preview", default=True, help="Write previews/epoch_XXX.png.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.pass_context
 def train_command(ctx: click.Context, compile_: bool, resume: str | None, **options) -> None:
-    """Train a Pix2Pix or CycleGAN translator on chips from export-tiles.
+    """Train a Pix2Pix, Pix2PixHD, CycleGAN, CUT or FastCUT translator on chips.
 
     Writes RUN_DIR/config.json, metrics.csv, previews/, checkpoints/last.pt and the final
     model.safetensors + model.json. Several GPUs or nodes:
@@ -321,7 +346,8 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
         config = TrainConfig.from_run(resume, **typed)
     else:
         if not options.get("dataset_type"):
-            raise GeotranslateError("--dataset-type is required (Pix2Pix or CycleGAN)")
+            raise GeotranslateError("--dataset-type is required (Pix2Pix, CycleGAN, "
+                                    "Pix2PixHD, CUT or FastCUT)")
         config = TrainConfig(**options)
     run_dir = train(config)
     click.echo(str(run_dir))

@@ -13,7 +13,7 @@ from test_data import known_mapping, make_chips
 from geotranslate import load_model
 
 
-@pytest.mark.parametrize("dataset_type", ["Pix2Pix", "CycleGAN"])
+@pytest.mark.parametrize("dataset_type", ["Pix2Pix", "CycleGAN", "CUT"])
 def test_torchrun_two_cpu_processes(tmp_path, dataset_type):
     paired = dataset_type == "Pix2Pix"
     chips = make_chips(tmp_path / "chips", n_train=8, paired=paired,

@@ -20,6 +20,7 @@ from test_data import make_chips
 
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
+from geotranslate.methods import pix2pix as pix2pix_module
 from geotranslate.train import TrainConfig, train
 from geotranslate.train import trainer as trainer_module
 
@@ -121,7 +122,7 @@ def test_a_late_refusal_removes_the_new_run_dir(chips, tmp_path, monkeypatch):
 # -- divergence ---------------------------------------------------------------------------------
 def test_non_finite_losses_stop_the_run_and_keep_the_last_good_checkpoint(
         chips, tmp_path, monkeypatch):
-    real_l1 = trainer_module.masked_l1
+    real_l1 = pix2pix_module.masked_l1
     calls = {"n": 0}
 
     def diverging_l1(*args):
@@ -129,7 +130,7 @@ def test_non_finite_losses_stop_the_run_and_keep_the_last_good_checkpoint(
         loss = real_l1(*args)
         return loss * math.nan if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(trainer_module, "masked_l1", diverging_l1)
+    monkeypatch.setattr(pix2pix_module, "masked_l1", diverging_l1)
     run = tmp_path / "run"
     with pytest.raises(GeotranslateError, match=r"training diverged at iteration 5: loss "
                        r"g_ab_l1 is nan; no model written, the last good checkpoint "

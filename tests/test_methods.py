@@ -327,10 +327,10 @@ def test_vgg_loss_loads_user_weights_and_fails_clearly_without(tmp_path):
         load_vgg19_features(tmp_path / "junk.pth")
 
 
-# -- the draft loop ---------------------------------------------------------------------------
+# -- the loop ---------------------------------------------------------------------------------
 
 class ListRun:
-    """The smallest run the draft loop accepts: batches from a list, records what it is told."""
+    """The smallest run the loop accepts: batches from a list, records what it is told."""
 
     def __init__(self, batches, total_epochs, max_steps=None):
         self.data, self.total_epochs, self.max_steps = batches, total_epochs, max_steps
@@ -353,11 +353,11 @@ class ListRun:
     def end_epoch(self):
         self.epochs_ended.append(self.epoch)
 
-    def finish(self, method):
+    def finish(self):
         self.finished = True
 
 
-def test_draft_loop_steps_epochs_and_stops_mid_epoch():
+def test_loop_steps_epochs_and_stops_mid_epoch():
     from geotranslate.train.loop import train_loop
 
     batches = [make_batch(2, 3, n=1, seed=s) for s in range(3)]

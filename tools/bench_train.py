@@ -1,7 +1,8 @@
 """Benchmark ``geotranslate train``: iterations/s and peak memory against the bare network step.
 
-For CycleGAN (ResNet generators) and Pix2Pix (U-Net) with the default networks at 256 px, at
-each batch size and precision, it measures
+For CycleGAN, CUT, FastCUT (ResNet generators), Pix2Pix (U-Net) and Pix2PixHD (ResNet,
+multi-scale discriminator) with the default networks at 256 px, at each batch size and
+precision, it measures
 
 * trainer: the full training loop (data loader, loss logging to metrics.csv, progress bar),
   timed between the starts of successive iterations, and
@@ -20,6 +21,7 @@ halves that).
 
     python tools/bench_train.py                       # all 8 configurations, few iterations
     python tools/bench_train.py --models pix2pix --batch-sizes 1 --iters 3
+    python tools/bench_train.py --models cyclegan,cut,fastcut,pix2pix,pix2pixhd --batch-sizes 1
 
 ``--loader`` measures the data loader's ceiling instead: chips/s of one worker (one process
 calling ``ChipDataset.__getitem__``: read or take from the cache, normalize, crop, flip/rotate,
@@ -43,6 +45,10 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import peak_rss_mib
+
+#: --models names -> dataset types
+MODELS = {"cyclegan": "CycleGAN", "pix2pix": "Pix2Pix", "pix2pixhd": "Pix2PixHD", "cut": "CUT",
+          "fastcut": "FastCUT"}
 
 
 def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3,
@@ -93,11 +99,14 @@ def run_one(spec: dict) -> dict:
     from geotranslate.train import trainer as trainer_module
 
     torch.set_num_threads(spec["threads"]) if spec["threads"] else None
-    dataset_type = "CycleGAN" if spec["model"] == "cyclegan" else "Pix2Pix"
+    from geotranslate.methods import METHODS
+
+    dataset_type = MODELS[spec["model"]]
     steps = spec["warmup"] + spec["iters"] + 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        chips = make_chips(tmp / "chips", spec["batch"] * steps, spec["size"])
+        chips = make_chips(tmp / "chips", spec["batch"] * steps, spec["size"],
+                           spec.get("bands_a", 2), spec.get("bands_b", 3))
         channels_last = spec["precision"] == "bf16"
         config = TrainConfig(dataset_type, data_dir=str(chips), out=str(tmp / "run"), epochs=1,
                              epochs_decay=0, batch_size=spec["batch"], max_steps=steps,
@@ -131,7 +140,8 @@ def run_one(spec: dict) -> dict:
             from geotranslate.train.distributed import DistContext
 
             meta = read_meta(chips)
-            dataset = ChipDataset(chips, paired=dataset_type == "Pix2Pix", cache=True, meta=meta)
+            dataset = ChipDataset(chips, paired=METHODS[dataset_type].paired, cache=True,
+                                  meta=meta)
             device = resolve_device(spec["device"])
             precision = resolve_precision(spec["precision"], device)
             trainer = trainer_module.Trainer(config, meta, dataset.chip_size, device, precision,
@@ -139,7 +149,7 @@ def run_one(spec: dict) -> dict:
             items = [dataset[i] for i in range(spec["batch"])]
             batch = {k: torch.stack([it[k] for it in items]) for k in
                      ("a", "b", "valid_a", "valid_b")}
-            batch = trainer._to_device(batch)  # already in memory (and on the device)
+            batch = trainer.method.to_device(batch)  # already in memory (and on the device)
             for _ in range(steps):
                 sync()
                 starts.append(time.perf_counter())
@@ -190,6 +200,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="bf16 runs with channels_last")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--bands", default="2,3", help="bands of A and B (CUT's identity NCE "
+                        "needs equal counts, e.g. 3,3)")
     parser.add_argument("--iters", type=int, default=2, help="timed iterations per run")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -223,7 +235,9 @@ def main() -> None:
                     spec = {"model": model, "batch": batch, "precision": precision,
                             "mode": mode, "size": args.size, "iters": args.iters,
                             "warmup": args.warmup, "device": args.device,
-                            "threads": args.threads}
+                            "threads": args.threads,
+                            "bands_a": int(args.bands.split(",")[0]),
+                            "bands_b": int(args.bands.split(",")[1])}
                     done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                                           capture_output=True, text=True)
                     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -57,10 +57,21 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
     except (ValueError, RuntimeError, KeyError) as e:
         raise GeotranslateError(f"--generator {arch}: {e}") from None
     stride = int(getattr(net, "total_stride", 1))
+    if chip_size < stride:
+        raise GeotranslateError(
+            f"chip size {chip_size} px is smaller than {stride}, the stride of the "
+            f"{arch} generator; use a smaller --unet-depth or larger chips"
+        )
     if chip_size % stride:
+        fit = chip_size // stride * stride
+        hint = (
+            f"use --crop-size {fit}" if fit else
+            f"use chips (or a --crop-size) of a multiple of {stride} px, or a generator "
+            "with fewer down-samplings"
+        )
         raise GeotranslateError(
             f"chip size {chip_size} px is not divisible by {stride}, which the {arch} "
-            f"generator needs; use --crop-size {chip_size // stride * stride}"
+            f"generator needs; {hint}"
         )
     return net
 

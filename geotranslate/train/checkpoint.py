@@ -41,7 +41,10 @@ CHECKPOINT_SCHEMA = sc.Obj({
                           "gauss_next": sc.Opt(sc.Num())}),
     }, optional={"cuda": sc.List(_TENSOR)}),
 }, optional={"elapsed_s": sc.Num(min=0), "last_losses": sc.Map(sc.Num(finite=False)),
-             "scaler": sc.Opt(sc.Obj())})
+             "scaler": sc.Opt(sc.Obj()),
+             # the best validation so far (model selection, --patience)
+             "best": sc.Obj({"psnr": sc.Num(), "epoch": sc.Int(min=1),
+                             "generators": sc.Map(sc.Map(_TENSOR), min_len=1)})})
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:

@@ -17,9 +17,10 @@ from geotranslate import schema as sc
 from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT, LEGACY_AUGMENT
 from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
+from geotranslate.methods import METHODS
 
 CONFIG_NAME = "config.json"
-DATASET_TYPES = ("Pix2Pix", "CycleGAN")
+DATASET_TYPES = tuple(METHODS)
 NETWORK_NORMS = ("instance", "batch", "none")
 NORM_METHODS = ("robust", "percentile", "minmax", "meanstd")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
@@ -43,12 +44,24 @@ class TrainConfig:
     pretrained: bool = False  # ImageNet encoder weights (smp-unet only)
     # losses
     gan_mode: str | None = None  # None: vanilla (Pix2Pix), lsgan (CycleGAN)
-    lambda_l1: float = 100.0
+    lambda_l1: float | None = None  # L1 to B; None: 100 (Pix2Pix), 0 (Pix2PixHD)
     lambda_a: float = 10.0
     lambda_b: float = 10.0
     lambda_identity: float = 0.5
     lambda_tv: float = 0.0
     pool_size: int = 50
+    # Pix2PixHD
+    num_d: int | None = None  # discriminator scales; None: 3 where the chips allow it
+    lambda_feat: float = 10.0  # discriminator feature matching
+    lambda_vgg: float = 0.0  # VGG19 perceptual loss (needs vgg_weights)
+    vgg_weights: str | None = None  # a local VGG19 weights file (safetensors or state_dict)
+    # CUT / FastCUT
+    lambda_gan: float = 1.0
+    lambda_nce: float | None = None  # None: 1 (CUT), 10 (FastCUT)
+    nce_idt: bool | None = None  # identity NCE on B; None: on (CUT), off (FastCUT)
+    nce_layers: str | None = None  # encoder layers, e.g. "0,4,8,12,16"; None: the paper's
+    num_patches: int = 256
+    nce_temperature: float = 0.07
     # optimisation
     batch_size: int = 1
     lr: float = 2e-4
@@ -71,6 +84,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact resume)
     save_every: int = 0  # also checkpoint every N iterations (0: only at each epoch's end)
+    keep: str = "last"  # which generator model.safetensors holds: "last" or "best" (val PSNR)
+    patience: int | None = None  # stop a paired run after N epochs without a better val PSNR
     resume: str | None = None  # a run directory to continue
     rgb_bands: str | None = None  # e.g. "3,2,1" or "a:1,2,3;b:3,2,1" (1-based)
     preview: bool = True
@@ -85,7 +100,7 @@ class TrainConfig:
         """Refuse impossible settings before any file is read."""
         if self.dataset_type not in DATASET_TYPES:
             raise GeotranslateError(
-                f"dataset type {self.dataset_type!r}: choose {' or '.join(DATASET_TYPES)}"
+                f"dataset type {self.dataset_type!r}: choose from {', '.join(DATASET_TYPES)}"
             )
         checks = [
             ("precision", self.precision, PRECISIONS),
@@ -111,9 +126,11 @@ class TrainConfig:
                 raise GeotranslateError(f"{what} must be >= 0, got {value}")
         weights = {"lambda-l1": self.lambda_l1, "lambda-a": self.lambda_a,
                    "lambda-b": self.lambda_b, "lambda-identity": self.lambda_identity,
-                   "lambda-tv": self.lambda_tv}
+                   "lambda-tv": self.lambda_tv, "lambda-feat": self.lambda_feat,
+                   "lambda-vgg": self.lambda_vgg, "lambda-gan": self.lambda_gan,
+                   "lambda-nce": self.lambda_nce}
         for what, value in weights.items():
-            if not (math.isfinite(value) and value >= 0):
+            if value is not None and not (math.isfinite(value) and value >= 0):
                 raise GeotranslateError(f"{what} must be a finite number >= 0, got {value}")
         for what, value in (("beta1", self.beta1), ("beta2", self.beta2)):
             if not 0 <= value < 1:
@@ -128,6 +145,21 @@ class TrainConfig:
             raise GeotranslateError(f"max-steps must be >= 1, got {self.max_steps}")
         if self.save_every < 0:
             raise GeotranslateError(f"save-every must be >= 0, got {self.save_every}")
+        positive = {"num-d": self.num_d, "num-patches": self.num_patches,
+                    "patience": self.patience}
+        for what, value in positive.items():
+            if value is not None and value < 1:
+                raise GeotranslateError(f"{what} must be >= 1, got {value}")
+        if not (math.isfinite(self.nce_temperature) and self.nce_temperature > 0):
+            raise GeotranslateError("nce-temperature must be a finite number > 0, got "
+                                    f"{self.nce_temperature}")
+        if self.keep not in ("last", "best"):
+            raise GeotranslateError(f"keep {self.keep!r}: choose from last, best")
+        if self.lambda_vgg > 0 and not (self.vgg_weights and Path(self.vgg_weights).is_file()):
+            raise GeotranslateError(
+                f"{self.vgg_weights or '--vgg-weights'}: --lambda-vgg needs a local VGG19 "
+                "weights file (none can be downloaded here); give --vgg-weights PATH or use "
+                "--lambda-vgg 0")
 
     @property
     def total_epochs(self) -> int:

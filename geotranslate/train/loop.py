@@ -1,9 +1,8 @@
-"""DRAFT for the integrator (issue 10): the training loop over a method and a run object.
+"""The training loop: steps of a method, over a run object that writes everything.
 
-Not wired in yet: ``trainer._train`` still runs training. The loop knows nothing about a
-particular method (:class:`geotranslate.methods.Method` does one step) nor about files (the
-``run`` object owns the run directory, metrics, checkpoints, previews and the model file;
-see :class:`Run` for what it must offer).
+The loop knows nothing about a particular method (the trainer's ``step`` runs one update of
+:class:`geotranslate.methods.Method`) nor about files (the ``run`` object owns the run
+directory, metrics, checkpoints, previews and the model file; see :class:`Run`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,9 @@ from typing import Protocol
 
 import torch
 
-from geotranslate.methods import Method
+
+class Stepper(Protocol):
+    def step(self, batch: dict) -> dict[str, torch.Tensor]: ...  # one update, its losses
 
 
 class Run(Protocol):
@@ -23,28 +24,27 @@ class Run(Protocol):
     iteration: int  # steps done in total
     total_epochs: int
     batches_per_epoch: int
-    max_steps: int | None
 
     def batches(self, epoch: int, start_batch: int):  # the loader positioned for resume
         ...
 
-    def log_step(self, losses: dict[str, float]) -> None: ...  # metrics row, progress bar
+    def log_step(self, losses: dict[str, float]) -> None: ...  # NaN stop, metrics row, bar
 
-    def step_done(self) -> None: ...  # checkpoint every --save-every, stop on NaN or SIGINT
+    def step_done(self) -> None: ...  # checkpoint every --save-every, --max-steps, SIGINT
 
-    def should_stop(self) -> bool: ...  # --max-steps reached, SIGINT seen, NaN loss
+    def should_stop(self) -> bool: ...  # --max-steps reached, --patience spent
 
-    def end_epoch(self) -> None: ...  # lr schedulers, validation row, preview, checkpoint
+    def end_epoch(self) -> None: ...  # lr schedulers, validation, preview, checkpoint
 
-    def finish(self, method: Method) -> None: ...  # last checkpoint and the model file
+    def finish(self) -> None: ...  # the last checkpoint
 
 
-def train_loop(method: Method, run: Run) -> None:
+def train_loop(trainer: Stepper, run: Run) -> None:
     """Steps until the epochs are done or ``run`` says stop; ``run`` writes everything."""
     stopped = run.should_stop()
     while run.epoch < run.total_epochs and not stopped:
         for batch in run.batches(run.epoch, run.epoch_batch):
-            losses = method.step(batch)
+            losses = trainer.step(batch)
             run.iteration += 1
             run.epoch_batch += 1
             values = torch.stack(list(losses.values())).float().tolist()
@@ -58,4 +58,5 @@ def train_loop(method: Method, run: Run) -> None:
         run.epoch += 1
         run.epoch_batch = 0
         run.end_epoch()
-    run.finish(method)
+        stopped = run.should_stop()
+    run.finish()

@@ -37,21 +37,12 @@ from geotranslate.data import (
     ignore_sigint,
     read_meta,
 )
-from geotranslate.device import autocast, resolve_device, resolve_precision
+from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.metrics import MetricsAccumulator, flat_image
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
-from geotranslate.models import (
-    GANLoss,
-    ImagePool,
-    build_discriminator,
-    build_generator,
-    generator_spec,
-    masked_l1,
-    total_variation,
-    unet_depth_for,
-    unwrap,
-)
+from geotranslate.models import build_discriminator, unwrap
 from geotranslate.raster.io import atomic_path
 from geotranslate.stats import stats_from_dict
 from geotranslate.train import distributed
@@ -63,13 +54,17 @@ from geotranslate.train.checkpoint import (
     set_rng_state,
 )
 from geotranslate.train.config import CONFIG_NAME, TrainConfig
+from geotranslate.train.loop import train_loop
 
 #: settings that fix the networks' shapes or the meaning of the run: a resume must match them.
-ARCHITECTURE_KEYS = ("dataset_type", "generator_specs", "discriminator_specs", "gan_mode")
+ARCHITECTURE_KEYS = ("dataset_type", "generator_specs", "discriminator_specs", "gan_mode",
+                     "nce_layers")
 VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim", "val_flat_l1", "val_flat_psnr", "val_flat_ssim")
 #: after this many epochs a model whose validation PSNR is not above the flat image is flagged.
 FLAT_PATIENCE_EPOCHS = 5
 LOG_NAME = "train.log"
+#: RUN_DIR/best/: the model file of the generator with the best validation PSNR
+BEST_DIR = "best"
 #: small chips are enlarged (nearest neighbour) to at least this many pixels in previews.
 PREVIEW_MIN_PX = 128
 
@@ -175,7 +170,11 @@ class _Metrics:
 
 
 class Trainer:
-    """Networks, optimizers and the update rules of one run."""
+    """One run's method (networks, optimizers, one step) and its learning-rate schedule.
+
+    The method (:mod:`geotranslate.methods`, chosen by ``config.dataset_type``) does the
+    updates; the Trainer adds the schedulers, the resume checks and the checkpoint state.
+    """
 
     def __init__(self, config: TrainConfig, meta: dict, chip_size: int,
                  device: torch.device, precision: str, ctx: distributed.DistContext,
@@ -184,80 +183,45 @@ class Trainer:
         self.device = device
         self.precision = precision
         self.ctx = ctx
-        self.cycle = config.dataset_type == "CycleGAN"
         self.bands = {d: int(meta["domains"][d]["band_count"]) for d in ("a", "b")}
         self.chip_size = chip_size
-        self.gan_mode = config.resolved_gan_mode()
-        self.lambda_identity = config.lambda_identity
-        if self.cycle and config.lambda_identity > 0 and self.bands["a"] != self.bands["b"]:
-            log(f"identity loss off: domain A has {self.bands['a']} bands and domain B "
-                f"{self.bands['b']} (the identity mapping needs equal band counts)")
-            self.lambda_identity = 0.0
 
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.g_ab = self._build_generator(self.bands["a"], self.bands["b"])
-        d_b_in = self.bands["b"] + (0 if self.cycle else self.bands["a"])
-        self.d_b = build_discriminator(d_b_in, config.ndf, config.n_layers_d, config.net_norm)
-        self.nets: dict[str, nn.Module] = {"g_ab": self.g_ab, "d_b": self.d_b}
-        if self.cycle:
-            self.g_ba = self._build_generator(self.bands["b"], self.bands["a"])
-            self.d_a = build_discriminator(self.bands["a"], config.ndf, config.n_layers_d,
-                                           config.net_norm)
-            self.nets.update(g_ba=self.g_ba, d_a=self.d_a)
-        self.generator_specs = {"a2b": generator_spec(self.g_ab).to_dict()}
-        if self.cycle:
-            self.generator_specs["b2a"] = generator_spec(self.g_ba).to_dict()
-        self.discriminator_specs = {
-            name: {"in_channels": net.in_channels, **net.arch_kwargs}
-            for name, net in self.nets.items() if name.startswith("d_")
-        }
-        self.channels_last = (config.channels_last if config.channels_last is not None
-                              else device.type == "cuda")
-        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        for net in self.nets.values():
-            net.to(device, memory_format=memory_format)
-            net.train()
+        def wrap(net: nn.Module) -> nn.Module:  # compile, then DDP
+            wrapped = torch.compile(net) if config.compile else net
+            if ctx.enabled:
+                ids = [device.index] if device.type == "cuda" else None
+                wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
+            return wrapped
 
-        betas = (config.beta1, config.beta2)
-        g_params = [p for n, net in self.nets.items() if n.startswith("g_") for p in
-                    net.parameters()]
-        d_params = [p for n, net in self.nets.items() if n.startswith("d_") for p in
-                    net.parameters()]
-        self.opt_g = torch.optim.Adam(g_params, lr=config.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(d_params, lr=config.lr, betas=betas)
+        self.method = build_method(config.dataset_type, config, self.bands, chip_size,
+                                   device=device, precision=precision, rank=ctx.rank,
+                                   wrap=wrap, log=log)
+        self.nets = self.method.nets
+        # every optimizer update of a step goes through Trainer._backward_step (one seam to
+        # observe or interrupt a step between its updates)
+        self.method.backward_step = (
+            lambda loss, group: self._backward_step(loss, self.method.optimizers[group]))
+        self.gan_mode = self.method.gan_mode
         epochs, decay = config.epochs, config.epochs_decay
 
         def lr_factor(epoch: int) -> float:  # constant, then linear to 0 (reference schedule)
             return 1.0 - max(0, epoch + 1 - epochs) / float(decay + 1)
 
         self.lr_factor = lr_factor
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_factor)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_factor)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-        self.gan_loss = GANLoss(self.gan_mode)
-        self.pools = {}
-        if self.cycle:
-            self.pools = {"a": ImagePool(config.pool_size, seed=config.seed * 2 + 1 + ctx.rank),
-                          "b": ImagePool(config.pool_size, seed=config.seed * 2 + 2 + ctx.rank)}
-        torch.manual_seed(config.seed + ctx.rank)  # dropout differs per rank, as in DDP usage
-
-        # wrappers used in the training step (DDP / compile); self.nets keeps the bare ones
-        self.run_nets: dict[str, nn.Module] = {}
-        for name, net in self.nets.items():
-            wrapped = torch.compile(net) if config.compile else net
-            if ctx.enabled:
-                ids = [device.index] if device.type == "cuda" else None
-                wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
-            self.run_nets[name] = wrapped
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.method.opt_g, lr_factor)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.method.opt_d, lr_factor)
         self._check_fits()
 
     def _check_fits(self) -> None:
         """Refuse networks that cannot run on these chips, before any file is written.
 
-        A dry run on the meta device (shapes only, no memory, no computation).
+        A dry run on the meta device (shapes only, no memory, no computation) of every
+        generator and discriminator (heads such as CUT's f_ab take features, not images).
         """
         c, size = self.config, self.chip_size
         for name, net in self.nets.items():
+            if not name.startswith(("g_", "d_")):
+                continue
             probe = copy.deepcopy(net).to("meta")
             x = torch.empty(c.batch_size, net.in_channels, size, size, device="meta")
             try:
@@ -277,156 +241,39 @@ class Trainer:
                     f"batch size {c.batch_size} ({first_line(e)})"
                 ) from None
 
-    def _build_generator(self, in_channels: int, out_channels: int) -> nn.Module:
-        c = self.config
-        arch = c.resolved_generator()
-        try:
-            if arch == "resnet":
-                n_blocks = c.n_blocks if c.n_blocks is not None else (
-                    9 if self.chip_size >= 256 else 6)
-                net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
-                                      n_blocks=n_blocks, norm=c.net_norm)
-            elif arch == "unet":
-                depth = c.unet_depth or unet_depth_for(self.chip_size)
-                net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
-                                      num_downs=depth, norm=c.net_norm)
-            else:
-                net = build_generator(arch, in_channels, out_channels,
-                                      pretrained=c.pretrained, norm=c.net_norm)
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise GeotranslateError(f"--generator {arch}: {e}") from None
-        stride = int(getattr(net, "total_stride", 1))
-        if self.chip_size < stride:
-            raise GeotranslateError(
-                f"chip size {self.chip_size} px is smaller than {stride}, the stride of the "
-                f"{arch} generator; use a smaller --unet-depth or larger chips"
-            )
-        if self.chip_size % stride:
-            fit = self.chip_size // stride * stride
-            hint = (
-                f"use --crop-size {fit}" if fit else
-                f"use chips (or a --crop-size) of a multiple of {stride} px, or a generator "
-                "with fewer down-samplings"
-            )
-            raise GeotranslateError(
-                f"chip size {self.chip_size} px is not divisible by {stride}, which the {arch} "
-                f"generator needs; {hint}"
-            )
-        return net
+    def __getattr__(self, name: str) -> nn.Module:
+        """The method's networks by name: ``trainer.g_ab``, ``trainer.d_b``..."""
+        nets = self.__dict__.get("nets", {})
+        if name in nets:
+            return nets[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    # -- the update rules ----------------------------------------------------------------------
+    # -- the update rules (the method's) -------------------------------------------------------
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return self.method.directions
+
+    @property
+    def generator_specs(self) -> dict[str, dict]:
+        return self.method.generator_specs
+
+    @property
+    def discriminator_specs(self) -> dict[str, dict]:
+        return self.method.discriminator_specs
+
     def autocast(self):
-        return autocast(self.device, self.precision)
+        return self.method.autocast()
 
     def loss_names(self) -> list[str]:
-        if not self.cycle:
-            names = ["d_b", "g_ab_gan", "g_ab_l1"]
-        else:
-            names = ["d_a", "d_b", "g_ab_gan", "g_ba_gan", "cycle_a", "cycle_b"]
-            if self.lambda_identity > 0:
-                names += ["idt_a", "idt_b"]
-        if self.config.lambda_tv > 0:
-            names.append("tv")
-        return names
-
-    def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
-        nb = self.device.type == "cuda"
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return {k: batch[k].to(self.device, non_blocking=nb, memory_format=fmt)
-                for k in ("a", "b", "valid_a", "valid_b")}
+        return self.method.loss_names()
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One generator and one discriminator update; returns the (detached) losses."""
-        b = self._to_device(batch)
-        try:
-            return self._step_cycle(b) if self.cycle else self._step_pix2pix(b)
-        except torch.cuda.OutOfMemoryError:
-            raise GeotranslateError(
-                f"out of GPU memory at batch size {self.config.batch_size}, "
-                f"{self.chip_size} px, ngf {self.config.ngf}: lower --batch-size, --crop-size "
-                "or --ngf (or use --precision bf16)"
-            ) from None
+        return self.method.step(batch)
 
     def _backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-
-    def _step_pix2pix(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        c, g_ab, d_b = self.config, self.run_nets["g_ab"], self.run_nets["d_b"]
-        real_a, real_b = b["a"], b["b"]
-        valid = b["valid_a"] * b["valid_b"]
-        with self.autocast():
-            fake_b = g_ab(real_a)
-        # discriminator: (A, real B) then (A, fake B), the same conditioning for both
-        self.opt_d.zero_grad(set_to_none=True)
-        with self.autocast():
-            pred_real = d_b(torch.cat([real_a, real_b], 1))
-            pred_fake = d_b(torch.cat([real_a, fake_b.detach()], 1))
-        loss_d = 0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False))
-        self._backward_step(loss_d, self.opt_d)
-        # generator: D is frozen and called without its DDP wrapper (no gradient sync for it)
-        self.opt_g.zero_grad(set_to_none=True)
-        d_plain = unwrap(d_b)
-        d_plain.requires_grad_(False)
-        with self.autocast():
-            pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
-        loss_gan = self.gan_loss(pred_fake, True, for_discriminator=False)
-        loss_l1 = masked_l1(fake_b, real_b, valid) * c.lambda_l1
-        loss_g = loss_gan + loss_l1
-        losses = {"d_b": loss_d, "g_ab_gan": loss_gan, "g_ab_l1": loss_l1}
-        if c.lambda_tv > 0:
-            losses["tv"] = total_variation(fake_b) * c.lambda_tv
-            loss_g = loss_g + losses["tv"]
-        self._backward_step(loss_g, self.opt_g)
-        d_plain.requires_grad_(True)
-        self.scaler.update()
-        return {k: v.detach() for k, v in losses.items()}
-
-    def _step_cycle(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        c = self.config
-        g_ab, g_ba = self.run_nets["g_ab"], self.run_nets["g_ba"]
-        real_a, real_b, valid_a, valid_b = b["a"], b["b"], b["valid_a"], b["valid_b"]
-        d_plain = {k: unwrap(self.run_nets[k]) for k in ("d_a", "d_b")}
-        for net in d_plain.values():
-            net.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
-        with self.autocast():
-            fake_b = g_ab(real_a)
-            rec_a = g_ba(fake_b)
-            fake_a = g_ba(real_b)
-            rec_b = g_ab(fake_a)
-            pred_fake_b = d_plain["d_b"](fake_b)
-            pred_fake_a = d_plain["d_a"](fake_a)
-        losses = {
-            "g_ab_gan": self.gan_loss(pred_fake_b, True, for_discriminator=False),
-            "g_ba_gan": self.gan_loss(pred_fake_a, True, for_discriminator=False),
-            "cycle_a": masked_l1(rec_a, real_a, valid_a) * c.lambda_a,
-            "cycle_b": masked_l1(rec_b, real_b, valid_b) * c.lambda_b,
-        }
-        if self.lambda_identity > 0:
-            with self.autocast():
-                idt_b = g_ab(real_b)  # g_ab should leave a B image unchanged
-                idt_a = g_ba(real_a)
-            losses["idt_a"] = masked_l1(idt_a, real_a, valid_a) * c.lambda_a * self.lambda_identity
-            losses["idt_b"] = masked_l1(idt_b, real_b, valid_b) * c.lambda_b * self.lambda_identity
-        if c.lambda_tv > 0:
-            losses["tv"] = (total_variation(fake_b) + total_variation(fake_a)) * c.lambda_tv
-        self._backward_step(sum(losses.values()), self.opt_g)
-        for net in d_plain.values():
-            net.requires_grad_(True)
-        # discriminators on real images and on fakes from the history pools
-        self.opt_d.zero_grad(set_to_none=True)
-        pooled_b = self.pools["b"].query(fake_b.detach())
-        pooled_a = self.pools["a"].query(fake_a.detach())
-        with self.autocast():
-            d_b, d_a = self.run_nets["d_b"], self.run_nets["d_a"]
-            pred_real_b, pred_pool_b = d_b(real_b), d_b(pooled_b)
-            pred_real_a, pred_pool_a = d_a(real_a), d_a(pooled_a)
-        losses["d_b"] = 0.5 * (self.gan_loss(pred_real_b, True) + self.gan_loss(pred_pool_b, False))
-        losses["d_a"] = 0.5 * (self.gan_loss(pred_real_a, True) + self.gan_loss(pred_pool_a, False))
-        self._backward_step(losses["d_a"] + losses["d_b"], self.opt_d)
-        self.scaler.update()
-        return {k: v.detach() for k, v in losses.items()}
+        group = next(g for g, opt in self.method.optimizers.items() if opt is optimizer)
+        Method.backward_step(self.method, loss, group)
 
     def end_epoch(self) -> None:
         self.sched_g.step()
@@ -434,24 +281,23 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        return float(self.opt_g.param_groups[0]["lr"])
+        return self.method.lr
 
     # -- state -------------------------------------------------------------------------------
     def specs(self) -> dict:
-        return {"dataset_type": self.config.dataset_type,
-                "generator_specs": self.generator_specs,
-                "discriminator_specs": self.discriminator_specs,
-                "gan_mode": self.gan_mode}
+        specs = {"dataset_type": self.config.dataset_type,
+                 "generator_specs": self.generator_specs,
+                 "discriminator_specs": self.discriminator_specs,
+                 "gan_mode": self.gan_mode}
+        layers = getattr(self.method, "nce_layers", None)
+        if layers is not None:
+            specs["nce_layers"] = list(layers)
+        return specs
 
     def state_dict(self) -> dict:
-        return {
-            "nets": {n: unwrap(net).state_dict() for n, net in self.nets.items()},
-            "optimizers": {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()},
-            "schedulers": {"g": self.sched_g.state_dict(), "d": self.sched_d.state_dict()},
-            "scaler": self.scaler.state_dict(),
-            "pools": {d: pool.state_dict() for d, pool in self.pools.items()},
-            "specs": self.specs(),
-        }
+        return {**self.method.state_dict(),
+                "schedulers": {"g": self.sched_g.state_dict(), "d": self.sched_d.state_dict()},
+                "specs": self.specs()}
 
     def load_state_dict(self, state: dict, path: Path) -> None:
         saved, mine = state.get("specs", {}), self.specs()
@@ -461,17 +307,10 @@ class Trainer:
                     f"{path}: cannot resume: the run has {key.replace('_', ' ')} "
                     f"{_short(saved.get(key))}, these settings give {_short(mine.get(key))}"
                 )
+        self.method.load_state_dict(state, path)
         try:
-            for name, net in self.nets.items():
-                net.load_state_dict(state["nets"][name])
-            self.opt_g.load_state_dict(state["optimizers"]["g"])
-            self.opt_d.load_state_dict(state["optimizers"]["d"])
             self.sched_g.load_state_dict(state["schedulers"]["g"])
             self.sched_d.load_state_dict(state["schedulers"]["d"])
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            for d, pool in self.pools.items():
-                pool.load_state_dict(state["pools"][d])
         except (KeyError, RuntimeError, ValueError) as e:
             raise GeotranslateError(f"{path}: checkpoint does not fit this run ({first_line(e)})") \
                 from None
@@ -493,15 +332,8 @@ class Trainer:
         return None
 
     # -- evaluation --------------------------------------------------------------------------
-    @torch.no_grad()
     def translate(self, direction: str, x: torch.Tensor) -> torch.Tensor:
-        net = unwrap(self.nets["g_ab" if direction == "a2b" else "g_ba"])
-        net.eval()
-        try:
-            with self.autocast():
-                return net(x.to(self.device)).float()
-        finally:
-            net.train()
+        return self.method.translate(direction, x)
 
 
 def _fits(net: nn.Module, x: torch.Tensor) -> bool:
@@ -639,7 +471,7 @@ def write_preview(trainer: Trainer, item: dict, norm: dict, meta: dict, rgb: dic
 
     fake_b = trainer.translate("a2b", a)
     panels = [panel("real A", a, "a", va), panel("fake B", fake_b, "b", va)]
-    if trainer.cycle:
+    if "b2a" in trainer.directions:
         rec_a = trainer.translate("b2a", fake_b)
         fake_a = trainer.translate("b2a", b)
         rec_b = trainer.translate("a2b", fake_a)
@@ -699,252 +531,360 @@ def train(config: TrainConfig) -> Path:
 
 
 def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Path:
-    started = time.time()
-    # an absolute data path keeps config.json usable for --resume from another directory
-    config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).absolute()))
-    device = resolve_device(config.device, ctx.local_rank if ctx.enabled else None)
-    precision = resolve_precision(config.precision, device)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    meta = read_meta(config.data_dir)
-    paired = config.dataset_type == "Pix2Pix"
-    train_set = ChipDataset(config.data_dir, "train", paired=paired, norm_method=config.norm_method,
-                            crop_size=config.crop_size, augment=config.augment,
-                            cache=config.cache, seed=config.seed, meta=meta)
-    val_set = None
-    if paired and has_split(config.data_dir, "val"):
-        val_set = ChipDataset(config.data_dir, "val", paired=True,
-                              norm_method=config.norm_method, crop_size=config.crop_size,
-                              augment=False, random_crop=False, cache=config.cache,
-                              seed=config.seed, meta=meta)
+    run = _Run(config, ctx, undo)
+    with run.interrupts():
+        train_loop(run.trainer, run)
+    return run.write_model()
 
-    # run directory: rank 0 decides, everyone agrees
-    if config.resume:
-        run_dir = Path(config.resume)
-        _check_separate(run_dir, config.data_dir)
-        checkpoint = load_checkpoint(run_dir)
-    else:
-        checkpoint = None
-        run_dir = Path(config.out) if config.out else _default_run_dir(config.dataset_type)
-        _check_separate(run_dir, config.data_dir)
-        if run_dir.exists() and (
-                checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
-            raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
-                                    "--resume or choose another --out")
-    run_dir = Path(distributed.broadcast(str(run_dir), ctx))
-    log_lines: list[str] = []  # kept until RUN_DIR exists, then appended to train.log
-    log_file: list[Path] = []
 
-    def log(message: str) -> None:
+class _Run:
+    """One run's directory, data, metrics, checkpoints and outputs (rank 0 writes them).
+
+    :func:`geotranslate.train.loop.train_loop` drives it: ``batches`` / ``log_step`` /
+    ``step_done`` per step, ``end_epoch`` per epoch, ``finish`` at the end; ``interrupts()``
+    defers Ctrl-C to step boundaries and saves a checkpoint when one stops the run.
+    """
+
+    def __init__(self, config: TrainConfig, ctx: distributed.DistContext, undo: dict):
+        self.started = time.time()
+        # an absolute data path keeps config.json usable for --resume from another directory
+        config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).absolute()))
+        self.config, self.ctx = config, ctx
+        device = resolve_device(config.device, ctx.local_rank if ctx.enabled else None)
+        self.device = device
+        self.precision = precision = resolve_precision(config.precision, device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.meta = meta = read_meta(config.data_dir)
+        paired = METHODS[config.dataset_type].paired
+        self.train_set = train_set = ChipDataset(
+            config.data_dir, "train", paired=paired, norm_method=config.norm_method,
+            crop_size=config.crop_size, augment=config.augment, cache=config.cache,
+            seed=config.seed, meta=meta)
+        self.val_set = None
+        if paired and has_split(config.data_dir, "val"):
+            self.val_set = ChipDataset(config.data_dir, "val", paired=True,
+                                       norm_method=config.norm_method,
+                                       crop_size=config.crop_size, augment=False,
+                                       random_crop=False, cache=config.cache,
+                                       seed=config.seed, meta=meta)
+        if (config.keep == "best" or config.patience) and self.val_set is None:
+            what = "--keep best" if config.keep == "best" else "--patience"
+            raise GeotranslateError(
+                f"{config.data_dir}: {what} needs a validation split of paired chips "
+                f"({config.dataset_type} on {'these chips' if paired else 'unpaired data'} "
+                "has none; export-tiles --val-fraction makes one)")
+
+        # run directory: rank 0 decides, everyone agrees
+        if config.resume:
+            run_dir = Path(config.resume)
+            _check_separate(run_dir, config.data_dir)
+            checkpoint = load_checkpoint(run_dir)
+        else:
+            checkpoint = None
+            run_dir = Path(config.out) if config.out else _default_run_dir(config.dataset_type)
+            _check_separate(run_dir, config.data_dir)
+            if run_dir.exists() and (
+                    checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
+                raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
+                                        "--resume or choose another --out")
+        self.run_dir = run_dir = Path(distributed.broadcast(str(run_dir), ctx))
+        self.log_lines: list[str] = []  # kept until RUN_DIR exists, then appended to train.log
+        self.log_file: Path | None = None
+
+        self.trainer = trainer = Trainer(config, meta, train_set.crop_size, device, precision,
+                                         ctx, self.log)
+        self.epoch, self.epoch_batch, self.iteration, self.elapsed = 0, 0, 0, 0.0
+        self.last_losses: dict[str, float] = {}
+        self.best: dict = {}  # {"psnr", "epoch"} of the best validation (the model in best/)
+        self.best_weights: dict = {}  # direction -> that epoch's generator state (rank 0, CPU)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint, checkpoint_path(run_dir))
+            self.epoch, self.epoch_batch = (int(checkpoint["epoch"]),
+                                            int(checkpoint["epoch_batch"]))
+            self.iteration = int(checkpoint["iteration"])
+            self.elapsed = float(checkpoint.get("elapsed_s", 0))
+            self.last_losses = dict(checkpoint.get("last_losses", {}))
+            self.best = dict(checkpoint.get("best", {}))
+            self.best_weights = self.best.pop("generators", {})
+            set_rng_state(checkpoint["rng"])
+            if ctx.enabled:  # each rank continues its own dropout stream
+                torch.manual_seed(config.seed + ctx.rank + self.iteration)
+
+        if ctx.is_main and checkpoint is None:  # removed again if it fails before a checkpoint
+            undo["run_dir"] = run_dir
+            undo["existed"] = run_dir.exists()
+            undo["before"] = set(os.listdir(run_dir)) if run_dir.exists() else set()
         if ctx.is_main:
+            (run_dir / "previews").mkdir(parents=True, exist_ok=True)
+            with atomic_path(run_dir / CONFIG_NAME) as tmp:
+                tmp.write_text(json.dumps(config.to_dict(), indent=2))
+            if not config.out and not config.resume:
+                _point_latest(run_dir)
+            self.log_file = run_dir / LOG_NAME
+        crops = "" if train_set.crop_size == train_set.chip_size else \
+            f" (crops of {train_set.crop_size})"
+        world = f", world size {ctx.world_size}" if ctx.enabled else ""
+        self.log(f"{config.dataset_type} on {len(train_set)} chips of {train_set.chip_size} px"
+                 f"{crops}, augment {train_set.augment}, "
+                 f"{trainer.bands['a']} -> {trainer.bands['b']} bands, device {device}, "
+                 f"{precision}{world}; run dir {run_dir}")
+        if checkpoint is not None:
+            self.log(f"resuming at epoch {self.epoch + 1}, iteration {self.iteration}")
+
+        self.sampler = EpochSampler(len(train_set), seed=config.seed, rank=ctx.rank,
+                                    world_size=ctx.world_size)
+        workers = config.workers if config.workers is not None else (
+            0 if train_set.cached else min(4, os.cpu_count() or 1))
+        self.loader = DataLoader(
+            ErrorsAsItems(train_set), batch_size=config.batch_size, sampler=self.sampler,
+            num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, generator=torch.Generator(), collate_fn=_collate,
+            worker_init_fn=ignore_sigint)
+        self.total_epochs = config.total_epochs
+        self.max_steps = config.max_steps
+        self.batches_per_epoch = math.ceil(self.sampler.per_rank / config.batch_size)
+        self.metrics = None
+        if ctx.is_main:
+            self.metrics = _Metrics(run_dir / "metrics.csv", trainer.loss_names(),
+                                    self.iteration if checkpoint is not None else None,
+                                    config.tensorboard)
+        self.rgb = parse_rgb_bands(config.rgb_bands)
+        self.preview_set = self.val_set or train_set
+        self.t_run = time.time()
+        self.saved_at: list[tuple[int, int, int]] = []  # (epoch, batch, iteration) last saved
+        self.stopped = self.max_steps is not None and self.iteration >= self.max_steps
+        self.interrupt = _InterruptAtStepEnd(ctx)
+        self.mid_step = False  # a KeyboardInterrupt while True would leave a half-updated state
+
+    def log(self, message: str) -> None:
+        if self.ctx.is_main:
             tqdm.write(f"geotranslate train: {message}", file=sys.stderr)
-            log_lines.append(message)
-            if log_file:
-                with open(log_file[0], "a") as f:
-                    f.writelines(line + "\n" for line in log_lines)
-                log_lines.clear()
+            self.log_lines.append(message)
+            if self.log_file is not None:
+                with open(self.log_file, "a") as f:
+                    f.writelines(line + "\n" for line in self.log_lines)
+                self.log_lines.clear()
 
-    trainer = Trainer(config, meta, train_set.crop_size, device, precision, ctx, log)
-    start_epoch, start_batch, iteration, elapsed = 0, 0, 0, 0.0
-    last_losses: dict[str, float] = {}
-    if checkpoint is not None:
-        trainer.load_state_dict(checkpoint, checkpoint_path(run_dir))
-        start_epoch, start_batch = int(checkpoint["epoch"]), int(checkpoint["epoch_batch"])
-        iteration, elapsed = int(checkpoint["iteration"]), float(checkpoint.get("elapsed_s", 0))
-        last_losses = dict(checkpoint.get("last_losses", {}))
-        set_rng_state(checkpoint["rng"])
-        if ctx.enabled:  # each rank continues its own dropout stream
-            torch.manual_seed(config.seed + ctx.rank + iteration)
+    # -- what the loop calls -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def interrupts(self):
+        """Ctrl-C at step boundaries: saves a checkpoint (not when it comes twice in a step)."""
+        self.interrupt.__enter__()
+        try:
+            if self.ctx.is_main and self.val_set is not None and self.iteration == 0:
+                self.validate_now(0)  # the untrained baseline
+            if self.epoch < self.total_epochs and self.patience_spent():
+                self.stopped = True
+            yield self
+        except KeyboardInterrupt:
+            if self.mid_step:  # a second Ctrl-C inside a step: half updated, not saved
+                last = (f"the last checkpoint (iteration {self.saved_at[0][2]})"
+                        if self.saved_at else "no checkpoint from this session")
+                self.log(f"interrupted again inside iteration {self.iteration + 1}; not saved, "
+                         f"{last} is kept in {self.run_dir}")
+            else:
+                self.checkpoint_now()
+                self.log(f"interrupted at iteration {self.iteration}; checkpoint saved, "
+                         f"continue with --resume {self.run_dir}")
+            if self.metrics is not None:
+                self.metrics.close()
+            raise
+        finally:
+            self.interrupt.__exit__()
 
-    if ctx.is_main and checkpoint is None:  # removed again if it fails before a checkpoint
-        undo["run_dir"] = run_dir
-        undo["existed"] = run_dir.exists()
-        undo["before"] = set(os.listdir(run_dir)) if run_dir.exists() else set()
-    if ctx.is_main:
-        (run_dir / "previews").mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(config.to_dict(), indent=2))
-        if not config.out and not config.resume:
-            _point_latest(run_dir)
-        log_file.append(run_dir / LOG_NAME)
-    crops = "" if train_set.crop_size == train_set.chip_size else \
-        f" (crops of {train_set.crop_size})"
-    world = f", world size {ctx.world_size}" if ctx.enabled else ""
-    log(f"{config.dataset_type} on {len(train_set)} chips of {train_set.chip_size} px{crops}, "
-        f"augment {train_set.augment}, "
-        f"{trainer.bands['a']} -> {trainer.bands['b']} bands, device {device}, {precision}"
-        f"{world}; run dir {run_dir}")
-    if checkpoint is not None:
-        log(f"resuming at epoch {start_epoch + 1}, iteration {iteration}")
+    def should_stop(self) -> bool:
+        return self.stopped
 
-    sampler = EpochSampler(len(train_set), seed=config.seed, rank=ctx.rank,
-                           world_size=ctx.world_size)
-    workers = config.workers if config.workers is not None else (
-        0 if train_set.cached else min(4, os.cpu_count() or 1))
-    loader = DataLoader(ErrorsAsItems(train_set), batch_size=config.batch_size, sampler=sampler,
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, generator=torch.Generator(),
-                        collate_fn=_collate, worker_init_fn=ignore_sigint)
-    batches_per_epoch = math.ceil(sampler.per_rank / config.batch_size)
-    metrics = None
-    if ctx.is_main:
-        metrics = _Metrics(run_dir / "metrics.csv", trainer.loss_names(),
-                           iteration if checkpoint is not None else None, config.tensorboard)
-    rgb = parse_rgb_bands(config.rgb_bands)
-    preview_set = val_set or train_set
-    epoch, epoch_batch = start_epoch, start_batch
-    t_run = time.time()
-
-    saved_at: list[tuple[int, int, int]] = []  # (epoch, batch, iteration) of the last save
-
-    def checkpoint_now() -> None:
-        """Save where the run stands, unless that very state is already on disk."""
-        position = (epoch, epoch_batch, iteration)
-        if ctx.is_main and saved_at[-1:] != [position]:
-            bad = trainer.non_finite()
-            if bad is not None:
-                raise _diverged(f"weight {bad} is not finite", iteration, run_dir, saved_at)
-            metrics.flush()  # the rows up to this checkpoint survive a kill
-            saved_at[:] = [position]
-            save_checkpoint({**trainer.state_dict(),
-                             "epoch": epoch, "epoch_batch": epoch_batch,
-                             "iteration": iteration, "rng": rng_state(),
-                             "elapsed_s": elapsed + time.time() - t_run,
-                             "last_losses": dict(last_losses)}, run_dir)
-
-    def end_of_epoch_outputs(done_epoch: int) -> None:
-        if not ctx.is_main:
-            return
-        if val_set is not None:
-            scores = validate(trainer, val_set, config.batch_size)
-            if scores:
-                metrics.log(done_epoch, iteration, scores)
-                log(validation_line(done_epoch, scores))
-        if config.preview:
-            _preview(done_epoch)
-        metrics.flush()
-
-    def _preview(epoch_number: int) -> None:
-        write_preview(trainer, preview_set[0], preview_set.norm, meta, rgb,
-                      run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
-
-    stopped = config.max_steps is not None and iteration >= config.max_steps
-    interrupt = _InterruptAtStepEnd(ctx).__enter__()
-    mid_step = False  # a KeyboardInterrupt while True would leave a half-updated state
-    try:
-        if ctx.is_main and val_set is not None and iteration == 0:
-            scores = validate(trainer, val_set, config.batch_size)  # the untrained baseline
-            if scores:
-                metrics.log(0, 0, scores)
-                log(validation_line(0, scores))
-        while epoch < config.total_epochs and not stopped:
-            sampler.set_epoch(epoch, start=epoch_batch * config.batch_size)
-            bar = tqdm(total=batches_per_epoch, initial=epoch_batch,
-                       desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="it",
-                       disable=not (ctx.is_main and config.progress), leave=False,
-                       dynamic_ncols=True)
-            for batch in loader:
+    def batches(self, epoch: int, start_batch: int):
+        """This epoch's batches from ``start_batch`` on (a worker's chip error is raised)."""
+        c = self.config
+        self.sampler.set_epoch(epoch, start=start_batch * c.batch_size)
+        bar = tqdm(total=self.batches_per_epoch, initial=start_batch,
+                   desc=f"epoch {epoch + 1}/{c.total_epochs}", unit="it",
+                   disable=not (self.ctx.is_main and c.progress), leave=False,
+                   dynamic_ncols=True)
+        self.bar = bar
+        try:
+            for batch in self.loader:
                 if isinstance(batch, GeotranslateError):  # a chip failed in a worker
                     raise batch
-                mid_step = True
-                losses = trainer.step(batch)
-                iteration += 1
-                epoch_batch += 1
-                mid_step = False
-                values = dict(zip(losses, torch.stack(list(losses.values())).float().tolist(),
-                                  strict=True))
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if distributed.any_rank(bool(bad), ctx):  # all ranks stop together
-                    what = (f"loss {bad[0]} is {values[bad[0]]}" if bad
-                            else "a loss is not finite on another rank")
-                    raise _diverged(what, iteration, run_dir, saved_at)
-                last_losses = values
-                if metrics is not None:
-                    metrics.log(epoch + 1, iteration, {"lr": trainer.lr, **values})
-                bar.update(1)
-                if iteration % 10 == 0 or epoch_batch == batches_per_epoch:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-                if config.save_every and iteration % config.save_every == 0:
-                    checkpoint_now()
-                if config.max_steps is not None and iteration >= config.max_steps:
-                    stopped = True
-                    break
-                if interrupt.pending():
-                    raise KeyboardInterrupt
+                self.mid_step = True
+                yield batch
+        finally:
             bar.close()
-            if stopped and epoch_batch < batches_per_epoch:
-                # stopped mid-epoch (--max-steps): show where it got to; the checkpoint says
-                # where to continue (no validation row: a resumed run's metrics stay equal to
-                # an uninterrupted run's)
-                if ctx.is_main and config.preview:
-                    _preview(epoch + 1)
-                break
-            trainer.end_epoch()
-            epoch += 1
-            epoch_batch = 0
-            end_of_epoch_outputs(epoch)
-            if metrics is not None and last_losses:
-                log(f"epoch {epoch}/{config.total_epochs} done, iteration {iteration}: " +
-                    ", ".join(f"{k} {v:.4g}" for k, v in last_losses.items()))
-            checkpoint_now()
-            if interrupt.pending():
-                raise KeyboardInterrupt
-        checkpoint_now()
-        if interrupt.pending():
-            raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        if mid_step:  # a second Ctrl-C inside a step: its state is half updated, not saved
-            last = (f"the last checkpoint (iteration {saved_at[0][2]})" if saved_at
-                    else "no checkpoint from this session")
-            log(f"interrupted again inside iteration {iteration + 1}; not saved, {last} "
-                f"is kept in {run_dir}")
-        else:
-            checkpoint_now()
-            log(f"interrupted at iteration {iteration}; checkpoint saved, continue with "
-                f"--resume {run_dir}")
-        if metrics is not None:
-            metrics.close()
-        raise
-    finally:
-        interrupt.__exit__()
 
-    if ctx.is_main and trainer.non_finite() is not None:
-        raise _diverged(f"weight {trainer.non_finite()} is not finite", iteration, run_dir,
-                        saved_at)
-    if ctx.enabled:
-        differing = distributed.ranks_agree(trainer.nets, ctx)
-        if differing:
-            raise RuntimeError(f"DDP ranks disagree on the weights of {', '.join(differing)}")
-        log(f"all {ctx.world_size} ranks hold identical weights")
-    if ctx.is_main:
-        seconds = elapsed + time.time() - t_run
+    def log_step(self, values: dict[str, float]) -> None:
+        """After a step: stop on a non-finite loss (all ranks), else a metrics row."""
+        self.mid_step = False
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if distributed.any_rank(bool(bad), self.ctx):  # all ranks stop together
+            what = (f"loss {bad[0]} is {values[bad[0]]}" if bad
+                    else "a loss is not finite on another rank")
+            raise _diverged(what, self.iteration, self.run_dir, self.saved_at)
+        self.last_losses = values
+        if self.metrics is not None:
+            self.metrics.log(self.epoch + 1, self.iteration, {"lr": self.trainer.lr, **values})
+        self.bar.update(1)
+        if self.iteration % 10 == 0 or self.epoch_batch == self.batches_per_epoch:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+
+    def step_done(self) -> None:
+        c = self.config
+        if c.save_every and self.iteration % c.save_every == 0:
+            self.checkpoint_now()
+        if c.max_steps is not None and self.iteration >= c.max_steps:
+            self.stopped = True
+            if self.epoch_batch < self.batches_per_epoch and self.ctx.is_main and c.preview:
+                # stopped mid-epoch (--max-steps): show where it got to; the checkpoint says
+                # where to continue (no validation row: a resumed run's metrics stay equal
+                # to an uninterrupted run's)
+                self.preview(self.epoch + 1)
+        elif self.interrupt.pending():
+            raise KeyboardInterrupt
+
+    def end_epoch(self) -> None:
+        """After ``epoch`` was counted: schedule, validation, preview, checkpoint, patience."""
+        self.trainer.end_epoch()
+        self.epoch_batch = 0
+        if self.ctx.is_main:
+            if self.val_set is not None:
+                self.validate_now(self.epoch)
+            if self.config.preview:
+                self.preview(self.epoch)
+            self.metrics.flush()
+        self.best.update(distributed.broadcast(
+            {k: self.best[k] for k in ("psnr", "epoch") if k in self.best}, self.ctx))
+        if self.metrics is not None and self.last_losses:
+            self.log(f"epoch {self.epoch}/{self.total_epochs} done, iteration "
+                     f"{self.iteration}: " +
+                     ", ".join(f"{k} {v:.4g}" for k, v in self.last_losses.items()))
+        self.checkpoint_now()
+        if self.best.get("epoch") == self.epoch:
+            self.save_best()
+        if self.interrupt.pending():
+            raise KeyboardInterrupt
+        if self.epoch < self.total_epochs and self.patience_spent():
+            self.stopped = True
+
+    def finish(self) -> None:
+        self.checkpoint_now()
+        if self.interrupt.pending():
+            raise KeyboardInterrupt
+
+    # -- outputs -----------------------------------------------------------------------------
+    def checkpoint_now(self) -> None:
+        """Save where the run stands, unless that very state is already on disk."""
+        position = (self.epoch, self.epoch_batch, self.iteration)
+        if self.ctx.is_main and self.saved_at[-1:] != [position]:
+            bad = self.trainer.non_finite()
+            if bad is not None:
+                raise _diverged(f"weight {bad} is not finite", self.iteration, self.run_dir,
+                                self.saved_at)
+            self.metrics.flush()  # the rows up to this checkpoint survive a kill
+            self.saved_at[:] = [position]
+            best = {"best": {**self.best, "generators": self.best_weights}} if self.best else {}
+            save_checkpoint({**self.trainer.state_dict(),
+                             "epoch": self.epoch, "epoch_batch": self.epoch_batch,
+                             "iteration": self.iteration, "rng": rng_state(),
+                             "elapsed_s": self.elapsed + time.time() - self.t_run,
+                             "last_losses": dict(self.last_losses), **best}, self.run_dir)
+
+    def validate_now(self, epoch: int) -> None:
+        """A validation row and log line; a better PSNR (epoch >= 1) becomes the best."""
+        scores = validate(self.trainer, self.val_set, self.config.batch_size)
+        if not scores:
+            return
+        self.metrics.log(epoch, self.iteration, scores)
+        self.log(validation_line(epoch, scores))
+        if epoch and (not self.best or scores["val_psnr"] > self.best["psnr"]):
+            self.best.update(psnr=scores["val_psnr"], epoch=epoch)
+            self.best_weights.update({
+                d: {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                for d, net in self.trainer.method.generators().items()})
+
+    def patience_spent(self) -> bool:
+        """--patience epochs done since the best validation (or the start): stop (logged)."""
+        patience, best = self.config.patience, self.best
+        since = self.epoch - best.get("epoch", 0)
+        if not patience or self.val_set is None or since < patience:
+            return False
+        self.log(f"stopping at epoch {self.epoch}: validation PSNR has not improved for "
+                 f"{since} epoch{'s' if since != 1 else ''} (--patience {patience}; best " +
+                 (f"{best['psnr']:.2f} dB at epoch {best['epoch']})" if best else "none)"))
+        return True
+
+    def preview(self, epoch_number: int) -> None:
+        write_preview(self.trainer, self.preview_set[0], self.preview_set.norm, self.meta,
+                      self.rgb, self.run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
+
+    def translation_model(self, summary: dict) -> TranslationModel:
         specs = {}
-        for direction, spec in trainer.generator_specs.items():
+        for direction, spec in self.trainer.generator_specs.items():
             spec = copy.deepcopy(spec)
             if "pretrained" in spec["kwargs"]:
                 spec["kwargs"]["pretrained"] = False  # weights come from the model file
             specs[direction] = spec
-        gens = {"a2b": unwrap(trainer.g_ab)}
-        if trainer.cycle:
-            gens["b2a"] = unwrap(trainer.g_ba)
-        summary = {
-            "epochs": epoch, "iterations": iteration, "final_losses": last_losses,
-            "seconds": round(seconds, 2), "device": str(device), "precision": precision,
-            "batch_size": config.batch_size, "world_size": ctx.world_size,
-            "gan_mode": trainer.gan_mode, "lambda_identity": trainer.lambda_identity,
-            "pretrained": config.pretrained, "norm_method": config.norm_method,
-            "augment": config.augment,
-            "data_dir": config.data_dir,
-            "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-        }
-        save_model(TranslationModel(config.dataset_type, gens, specs,
-                                    _model_domains(meta, train_set), train_set.crop_size,
-                                    summary), run_dir)
-        log(f"done: {iteration} iterations in {seconds:.1f} s; model in {run_dir}")
-    if metrics is not None:
-        metrics.close()
-    distributed.barrier(ctx)
-    return run_dir
+        return TranslationModel(self.config.dataset_type, self.trainer.method.generators(),
+                                specs, _model_domains(self.meta, self.train_set),
+                                self.train_set.crop_size, summary)
+
+    def save_best(self) -> dict:
+        """RUN_DIR/best/: the model file of the best epoch's generator (after its checkpoint,
+        which also holds it, so a kill in between loses nothing); returns its generators."""
+        if not (self.ctx.is_main and self.best):
+            return {}
+        model = self.translation_model({"best_epoch": self.best["epoch"],
+                                        "val_psnr": self.best["psnr"]})
+        model.generators = {d: copy.deepcopy(net) for d, net in model.generators.items()}
+        for d, net in model.generators.items():
+            net.load_state_dict(self.best_weights[d])
+        save_model(model, self.run_dir / BEST_DIR)
+        return model.generators
+
+    def write_model(self) -> Path:
+        """After the loop: weights checked, ranks agree, model.safetensors + model.json."""
+        ctx, config, best, run_dir = self.ctx, self.config, self.best, self.run_dir
+        if ctx.is_main and self.trainer.non_finite() is not None:
+            raise _diverged(f"weight {self.trainer.non_finite()} is not finite", self.iteration,
+                            run_dir, self.saved_at)
+        if ctx.enabled:
+            differing = distributed.ranks_agree(self.trainer.nets, ctx)
+            if differing:
+                raise RuntimeError(f"DDP ranks disagree on the weights of {', '.join(differing)}")
+            self.log(f"all {ctx.world_size} ranks hold identical weights")
+        if ctx.is_main:
+            seconds = self.elapsed + time.time() - self.t_run
+            summary = {
+                "epochs": self.epoch, "iterations": self.iteration,
+                "final_losses": self.last_losses, "seconds": round(seconds, 2),
+                "device": str(self.device), "precision": self.precision,
+                "batch_size": config.batch_size, "world_size": ctx.world_size,
+                "gan_mode": self.trainer.gan_mode,
+                "lambda_identity": getattr(self.trainer.method, "lambda_identity", None),
+                "pretrained": config.pretrained, "norm_method": config.norm_method,
+                "augment": config.augment,
+                "data_dir": config.data_dir,
+                "started": datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
+            }
+            if best:
+                summary.update(best_epoch=best["epoch"], best_val_psnr=best["psnr"],
+                               kept=config.keep)
+            model = self.translation_model(summary)
+            best_generators = self.save_best()  # again: a resumed run may not have written it
+            if config.keep == "best" and best:
+                model.generators = best_generators
+            save_model(model, run_dir)
+            kept = (f" (the best validation, epoch {best['epoch']}; the last is not kept)"
+                    if config.keep == "best" and best else
+                    f"; the best validation (epoch {best['epoch']}) in {run_dir / BEST_DIR}"
+                    if best else "")
+            self.log(f"done: {self.iteration} iterations in {seconds:.1f} s; model in "
+                     f"{run_dir}{kept}")
+        if self.metrics is not None:
+            self.metrics.close()
+        distributed.barrier(ctx)
+        return run_dir
 
 
 def _diverged(what: str, iteration: int, run_dir: Path, saved_at: list) -> GeotranslateError:
