@@ -37,7 +37,7 @@ from geotranslate.data import (
     ignore_sigint,
     read_meta,
 )
-from geotranslate.device import autocast, resolve_device, resolve_precision
+from geotranslate.device import autocast, default_channels_last, resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.metrics import MetricsAccumulator, flat_image
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
@@ -46,10 +46,10 @@ from geotranslate.models import (
     ImagePool,
     build_discriminator,
     build_generator,
+    default_unet_depth,
     generator_spec,
     masked_l1,
     total_variation,
-    unet_depth_for,
     unwrap,
 )
 from geotranslate.raster.io import atomic_path
@@ -212,7 +212,7 @@ class Trainer:
             for name, net in self.nets.items() if name.startswith("d_")
         }
         self.channels_last = (config.channels_last if config.channels_last is not None
-                              else device.type == "cuda")
+                              else default_channels_last(device, precision))
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in self.nets.values():
             net.to(device, memory_format=memory_format)
@@ -287,7 +287,7 @@ class Trainer:
                 net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
                                       n_blocks=n_blocks, norm=c.net_norm)
             elif arch == "unet":
-                depth = c.unet_depth or unet_depth_for(self.chip_size)
+                depth = c.unet_depth or default_unet_depth(self.chip_size)
                 net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
                                       num_downs=depth, norm=c.net_norm)
             else:
