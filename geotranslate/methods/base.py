@@ -38,7 +38,7 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
     """The generator ``config`` asks for, sized for ``chip_size`` px chips, or a clear error.
 
     ``config.resolved_generator()`` names the architecture; resnet takes ``n_blocks`` (None:
-    9 at >= 256 px, else 6), unet ``unet_depth`` (None: the deepest the chip size allows).
+    9 at >= 256 px, else 6), unet ``unet_depth`` (None: ``default_unet_depth``).
     """
     c = config
     arch = c.resolved_generator()
