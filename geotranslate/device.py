@@ -1,9 +1,9 @@
 """Where the networks run and in which precision: one answer for train, predict and evaluate.
 
 ``--device auto`` picks CUDA, then Apple MPS, then the CPU; ``--precision auto`` picks bf16 on
-a CUDA GPU that supports it and on a CPU with native bf16 arithmetic (AMX or AVX512-BF16,
-where bf16 autocast with channels_last trains 1.4-1.7x faster at the same quality), and
-fp32 elsewhere (bf16 works on any CPU, but is emulated and slower without those units).
+a CUDA GPU that supports it and fp32 elsewhere (bf16 also works on CPUs, 1.4-1.7x faster with
+channels_last on those with AMX, but its quality at equal iterations is not yet measured, so
+it is left for the user to ask for; ``--precision bf16`` on a CPU turns channels_last on).
 """
 
 from __future__ import annotations
@@ -65,23 +65,12 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return device
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Intel AMX tiles or AVX512-BF16)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in
-              ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(bool(check()) for check in checks if callable(check))
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on a bf16-capable CUDA GPU or a CPU with native bf16 (cpu_has_bf16),
-    else fp32; fp16 is refused off CUDA."""
+    """``auto`` -> bf16 on a bf16-capable CUDA GPU, else fp32; fp16 is refused off CUDA."""
     if precision not in PRECISIONS:
         raise GeotranslateError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise GeotranslateError(
             f"--precision fp16 needs a CUDA GPU; use bf16 or fp32 on {device.type}"

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from geotranslate.device import (
-    cpu_has_bf16,
     default_channels_last,
     resolve_device,
     resolve_precision,
@@ -40,22 +39,16 @@ def test_gpu_index_and_torchrun_rules(monkeypatch):
         resolve_device("cuda:1", local_rank=0)
 
 
-@pytest.mark.parametrize("amx, avx512_bf16, expected", [
-    (True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
-def test_auto_precision_follows_the_cpu(monkeypatch, amx, avx512_bf16, expected):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
-                        raising=False)
+def test_channels_last_follows_device_and_precision():
     cpu = torch.device("cpu")
-    assert cpu_has_bf16() is (expected == "bf16")
-    assert resolve_precision("auto", cpu) == expected
-    assert resolve_precision("fp32", cpu) == "fp32"  # asked for: kept
-    assert default_channels_last(cpu, resolve_precision("auto", cpu)) is (expected == "bf16")
-    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert default_channels_last(cpu, "bf16") and not default_channels_last(cpu, "fp32")
+    assert default_channels_last(torch.device("cuda"), "fp32")
+    assert not default_channels_last(torch.device("mps"), "bf16")
 
 
 def test_precision_rules():
     cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(GeotranslateError, match="fp16"):
         resolve_precision("fp16", cpu)
