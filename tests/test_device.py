@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geotranslate.device import resolve_device, resolve_precision
+from geotranslate.device import (
+    default_channels_last,
+    resolve_device,
+    resolve_precision,
+)
 from geotranslate.errors import GeotranslateError
 
 
@@ -33,6 +37,13 @@ def test_gpu_index_and_torchrun_rules(monkeypatch):
         resolve_device("cuda:2")
     with pytest.raises(GeotranslateError, match="under torchrun give --device cuda"):
         resolve_device("cuda:1", local_rank=0)
+
+
+def test_channels_last_follows_device_and_precision():
+    cpu = torch.device("cpu")
+    assert default_channels_last(cpu, "bf16") and not default_channels_last(cpu, "fp32")
+    assert default_channels_last(torch.device("cuda"), "fp32")
+    assert not default_channels_last(torch.device("mps"), "bf16")
 
 
 def test_precision_rules():

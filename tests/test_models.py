@@ -20,6 +20,7 @@ from geotranslate.models import (
     UnetGenerator,
     build_discriminator,
     build_generator,
+    default_unet_depth,
     generator_spec,
     init_weights,
     masked_l1,
@@ -280,6 +281,18 @@ def test_unet_depth_for_builds_working_unet() -> None:
     assert net(torch.randn(1, 1, 64, 64)).shape == (1, 1, 64, 64)
     with pytest.raises(ValueError, match="odd"):
         unet_depth_for(63)
+
+
+@pytest.mark.parametrize(("size", "expected"), [(32, 2), (64, 3), (96, 4), (128, 4), (256, 5)])
+def test_default_unet_depth_sees_no_more_than_a_chip(size: int, expected: int) -> None:
+    from geotranslate.models.receptive import receptive_field
+
+    depth = default_unet_depth(size)
+    assert depth == expected
+    field = receptive_field(UnetGenerator(1, 1, num_downs=depth, ngf=2))
+    assert field <= size  # measured, not the formula: tile-independent with the default overlap
+    if depth < unet_depth_for(size):  # one level deeper would see beyond the chip
+        assert receptive_field(UnetGenerator(1, 1, num_downs=depth + 1, ngf=2)) > size
 
 
 # -------------------------------------------------------------------------- discriminator

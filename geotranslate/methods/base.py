@@ -18,14 +18,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from geotranslate.device import autocast
+from geotranslate.device import autocast, default_channels_last
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.models import (
     GANLoss,
     build_discriminator,
     build_generator,
+    default_unet_depth,
     generator_spec,
-    unet_depth_for,
     unwrap,
 )
 
@@ -38,7 +38,7 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
     """The generator ``config`` asks for, sized for ``chip_size`` px chips, or a clear error.
 
     ``config.resolved_generator()`` names the architecture; resnet takes ``n_blocks`` (None:
-    9 at >= 256 px, else 6), unet ``unet_depth`` (None: the deepest the chip size allows).
+    9 at >= 256 px, else 6), unet ``unet_depth`` (None: ``default_unet_depth``).
     """
     c = config
     arch = c.resolved_generator()
@@ -48,7 +48,7 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
             net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
                                   n_blocks=n_blocks, norm=c.net_norm)
         elif arch == "unet":
-            depth = c.unet_depth or unet_depth_for(chip_size)
+            depth = c.unet_depth or default_unet_depth(chip_size)
             net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
                                   num_downs=depth, norm=c.net_norm)
         else:
@@ -109,7 +109,7 @@ class Method:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.nets: dict[str, nn.Module] = self.build_networks()
         self.channels_last = (config.channels_last if config.channels_last is not None
-                              else self.device.type == "cuda")
+                              else default_channels_last(self.device, self.precision))
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in self.nets.values():
             net.to(self.device, memory_format=memory_format)

@@ -48,6 +48,7 @@ __all__ = [
     "build_generator",
     "build_multiscale_discriminator",
     "default_nce_layers",
+    "default_unet_depth",
     "encoder_features",
     "feature_matching_loss",
     "generator_spec",
@@ -129,6 +130,22 @@ def build_multiscale_discriminator(
     if init:
         init_weights(net)
     return net
+
+
+def default_unet_depth(size: int) -> int:
+    """The U-Net depth used when none is asked for: the deepest that ``size`` px chips
+    support (:func:`unet_depth_for`) whose receptive field, 3 * 2**(depth + 1) - 5 px, fits in
+    the chip (128 -> 4, 91 px; 256 -> 5, 187 px; 64 -> 3, 43 px).
+
+    A deeper U-Net sees more than a tile, so its output depends on where the tile edges fall
+    (2.6 grey levels between tile 128 and 256 at depth 7 on 128 px chips); this one gave 0.05
+    on the quality benchmark (DEM -> hillshade, 200 iterations; docs/benchmarks.md), with a
+    higher SSIM but a lower PSNR there.
+    """
+    depth = unet_depth_for(size)
+    while depth > 1 and 3 * 2 ** (depth + 1) - 5 > size:
+        depth -= 1
+    return depth
 
 
 def unet_depth_for(size: int, max_downs: int = 8) -> int:

@@ -37,7 +37,7 @@ class TrainConfig:
     generator: str | None = None  # resnet | unet | smp-unet:<encoder>; None: unet (Pix2Pix), resnet
     ngf: int = 64
     n_blocks: int | None = None  # resnet blocks; None: 9 at >= 256 px, else 6
-    unet_depth: int | None = None  # U-Net num_downs; None: deepest the chip size allows (<= 8)
+    unet_depth: int | None = None  # U-Net num_downs; None: receptive field <= chip (128 px: 4)
     ndf: int = 64
     n_layers_d: int = 3
     net_norm: str = "instance"  # normalization layers of generators and discriminators
@@ -79,7 +79,7 @@ class TrainConfig:
     # running
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA when supported, else fp32
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA and for bf16 on CPU
     compile: bool = False
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact resume)
