@@ -81,6 +81,49 @@ def test_table_reports_skipped_tasks_and_the_gain_over_flat(bench):
               "model": figures, "flat": {**figures, "psnr": 14.5}, "untrained": figures}
     table = bench.format_table([result, {"task": "naip_nir", "skipped": "data absent"}])
     lines = table.splitlines()
-    assert len(lines) == 4 and all(line.count("|") == 10 for line in lines)
+    assert len(lines) == 4 and all(line.count("|") == 11 for line in lines)
     assert "| +5.50 | 0.25 |" in lines[2]
-    assert "naip_nir | skipped: data absent" in lines[3]
+    assert "naip_nir | – | skipped: data absent" in lines[3]
+
+
+def test_table_names_the_method_and_the_winner_per_task(bench):
+    def row(task, method, psnr, flat=15.0):
+        figures = {"psnr": psnr, "ssim": 0.5, "sam_deg": None}
+        return {"task": task, "what": task, "method": method, "chips": 4, "tile_size": 64,
+                "iterations": 5, "train_seconds": 1.0, "tile_dependence_8bit": 0.1,
+                "model": figures, "flat": {**figures, "psnr": flat}, "untrained": figures}
+
+    results = [row("hillshade", "Pix2Pix", 18.0), row("hillshade", "CycleGAN", 19.5),
+               row("sar", "Pix2Pix", 12.0, flat=14.0), row("sar", "CUT", 11.0, flat=14.0),
+               row("solo", "FastCUT", 30.0)]
+    lines = bench.format_table(results).splitlines()
+    assert all(line.count("|") == 11 for line in lines)
+    assert [line.split("|")[2].strip() for line in lines[2:]] == [
+        "Pix2Pix", "CycleGAN", "Pix2Pix", "CUT", "FastCUT"]
+    # a task with one method has no winner to name
+    assert bench.winners(results) == ("Winner per task (highest PSNR): hillshade: CycleGAN "
+                                      "(19.50 dB, +4.50 dB over flat); sar: Pix2Pix "
+                                      "(12.00 dB, -2.00 dB over flat).")
+    assert bench.winners(results[-1:]) == ""
+
+
+def test_unpaired_crops_share_no_pixel(bench, tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "width": 40, "height": 24, "count": 1, "dtype": "float32",
+               "crs": "EPSG:32610", "transform": from_origin(500000, 4000000, 10, 10)}
+    paths = []
+    for name, scale in (("a", 1.0), ("b", -1.0)):
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(scale * np.arange(40 * 24, dtype=np.float32).reshape(1, 24, 40))
+        paths.append(path)
+    (a_crop,), (b_crop,) = bench.unpaired_crops([tuple(paths)], tmp_path / "out")
+    with rasterio.open(a_crop) as a, rasterio.open(b_crop) as b:
+        assert (a.width, a.height, b.width, b.height) == (20, 24, 20, 24)  # split the long side
+        a_left, b_left = a.bounds.left, b.bounds.left
+        assert a.bounds.right == b_left == 500000 + 200  # A west half, B east half
+        assert a_left == 500000
+        assert (-b.read(1) == np.arange(40 * 24).reshape(24, 40)[:, 20:]).all()
+        assert (a.read(1) == np.arange(40 * 24).reshape(24, 40)[:, :20]).all()

@@ -14,6 +14,16 @@ from crops that exclude it), then
    pixels and with the same data range (the training target's min-max, from meta.json, so
    figures of runs with different settings compare).
 
+With ``--methods`` each method (``train --dataset-type``) is trained in the same iteration
+budget on the same task. A paired method gets the paired chips; an unpaired method
+(``METHODS[name].paired`` False) gets chips exported with ``mode="unpaired"`` in which no
+pairing remains: every training crop is cut in two halves along its longer side, A is tiled
+from the first half only and B from the second half only, so no A chip has its B counterpart
+among the training chips (the unpaired method sees half of the A and half of the B area).
+All methods are scored the same way (a2b on the held-out area, against the same flat and
+untrained baselines); the table names the method and a line names the winner (highest PSNR)
+per task.
+
 Tile dependence is the mean |prediction at tile 128 - at tile 256| in 8-bit units of that
 range (255 * difference / range).
 
@@ -37,6 +47,8 @@ goes to one temporary directory, removed at the end (``--keep`` keeps it and pri
     nice -n 5 python tools/bench_quality.py                      # all tasks, default budget
     nice -n 5 python tools/bench_quality.py --tasks hillshade --budget 100 --out table.md
     python tools/bench_quality.py --tasks hillshade --set norm_method=percentile   # compare
+    nice -n 5 python tools/bench_quality.py --tasks hillshade,sen12ms_s1s2 --budget 60 \
+        --methods Pix2Pix,CycleGAN,Pix2PixHD,CUT,FastCUT           # methods compared
 """
 
 from __future__ import annotations
@@ -277,6 +289,26 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, valid
 
 
+def _halves(window):
+    """The two halves of ``window`` along its longer side."""
+    if window.width >= window.height:
+        half = window.width // 2
+        return (_w(0, 0, half, window.height), _w(half, 0, window.width - half, window.height))
+    half = window.height // 2
+    return (_w(0, 0, window.width, half), _w(0, half, window.width, window.height - half))
+
+
+def unpaired_crops(train: list[tuple[Path, Path]], tmp: Path) -> tuple[list[Path], list[Path]]:
+    """A from the first half of each training crop, B from the second half: no pairs remain."""
+    a_out, b_out = [], []
+    for i, (a, b) in enumerate(train):
+        width, height = _size(a)
+        first, second = _halves(_w(0, 0, width, height))
+        a_out.append(write_crop(a, first, tmp / "unpaired_a" / f"{i}_{a.name}"))
+        b_out.append(write_crop(b, second, tmp / "unpaired_b" / f"{i}_{b.name}"))
+    return a_out, b_out
+
+
 def _untrained_model(run: Path, out: Path, seed: int) -> Path:
     import torch
 
@@ -302,8 +334,10 @@ def default_overrides() -> dict:
     return {"augment": False} if field.default is True else {}
 
 
-def run_task(task: Task, work: Path, budget: int, overrides: dict, log) -> dict:
+def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
+             method: str = "Pix2Pix") -> dict:
     from geotranslate.export import export_tiles
+    from geotranslate.methods import METHODS
     from geotranslate.metrics import compute_metrics
     from geotranslate.predict import predict_raster
     from geotranslate.stats import stats_from_dict
@@ -311,21 +345,30 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log) -> dict:
 
     prep = task.prepare(work / "data")
     t0 = time.perf_counter()
-    summary = export_tiles([a for a, _ in prep.train], [b for _, b in prep.train],
-                           work / "chips", tile_size=prep.tile_size, stride=prep.stride,
-                           progress=False)
+    paired = export_tiles([a for a, _ in prep.train], [b for _, b in prep.train],
+                          work / "chips_paired", tile_size=prep.tile_size, stride=prep.stride,
+                          progress=False)
+    if METHODS[method].paired:
+        summary, chips_dir = paired, work / "chips_paired"
+    else:
+        chips_dir = work / "chips"
+        a_crops, b_crops = unpaired_crops(prep.train, work / "data")
+        summary = export_tiles(a_crops, b_crops, work / "chips", tile_size=prep.tile_size,
+                               stride=prep.stride, mode="unpaired", progress=False)
     chips = summary.written["train"]["a"]
-    log(f"{task.name}: {chips} training chips of {prep.tile_size} px")
+    log(f"{task.name}: {method}: {chips} training chips of {prep.tile_size} px"
+        + ("" if METHODS[method].paired else f" (A) and {summary.written['train']['b']} (B)"))
     settings = {**default_overrides(), **overrides}
-    config = TrainConfig("Pix2Pix", data_dir=str(work / "chips"), out=str(work / "run"),
+    config = TrainConfig(method, data_dir=str(chips_dir), out=str(work / "run"),
                          max_steps=budget, preview=False, progress=False, tensorboard=False,
                          **settings)
     t1, cpu1 = time.perf_counter(), time.process_time()
     run = train(config)
     train_seconds = time.perf_counter() - t1
     train_cpu_seconds = time.process_time() - cpu1
-    # the data range: the training target's min-max, whatever the settings compared
-    meta = json.loads((work / "chips" / "meta.json").read_text())
+    # the data range: the (paired) training target's min-max, whatever the settings or the
+    # method compared
+    meta = json.loads((work / "chips_paired" / "meta.json").read_text())
     target_stats = stats_from_dict(meta["domains"]["b"]["stats"])
     data_range = np.array([max(s.max - s.min, 1e-12) for s in target_stats])
 
@@ -345,7 +388,8 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log) -> dict:
     mean = sum(d[:, v].sum(axis=1) for d, v in train_targets) / total
     flat = np.broadcast_to(mean[:, None, None], truth.shape)
 
-    result = {"task": task.name, "what": task.what, "chips": chips, "tile_size": prep.tile_size,
+    result = {"task": task.name, "what": task.what, "method": method, "chips": chips,
+              "tile_size": prep.tile_size,
               "iterations": budget, "train_seconds": train_seconds,
               "train_cpu_seconds": train_cpu_seconds,
               "total_seconds": None, "test_pixels": int(valid.sum()), "settings": settings}
@@ -367,24 +411,44 @@ def _f(value, digits: int) -> str:
 
 
 def format_table(results: list[dict]) -> str:
-    header = ("| task | chips | iterations | train s | PSNR dB model / flat / untrained "
+    header = ("| task | method | chips | iterations | train s | PSNR dB model / flat / untrained "
               "| SSIM model / flat / untrained | SAM ° model / flat / untrained "
               "| model − flat dB | tile 128 vs 256 (8-bit) |")
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 10]
     for r in results:
         if "skipped" in r:
-            lines.append(f"| {r['task']} | skipped: {r['skipped']} |" + " |" * 7)
+            lines.append(f"| {r['task']} | {r.get('method', '–')} | skipped: {r['skipped']} |"
+                         + " |" * 7)
             continue
         trio = {m: " / ".join(_f(r[k][m], d) for k in ("model", "flat", "untrained"))
                 for m, d in (("psnr", 2), ("ssim", 3), ("sam_deg", 1))}
         gain = r["model"]["psnr"] - r["flat"]["psnr"]
         lines.append(
-            f"| {r['what']} | {r['chips']} × {r['tile_size']} px | {r['iterations']} "
+            f"| {r['what']} | {r.get('method', 'Pix2Pix')} | {r['chips']} × {r['tile_size']} px "
+            f"| {r['iterations']} "
             f"| {r['train_seconds']:.0f} | {trio['psnr']} | {trio['ssim']} "
             f"| {trio['sam_deg'] if r['model']['sam_deg'] is not None else '–'} "
             f"| {gain:+.2f} | {r['tile_dependence_8bit']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def winners(results: list[dict]) -> str:
+    """"Winner per task: ..." — the method with the highest model PSNR on each task (with its
+    gain over the flat baseline), for tasks where more than one method ran."""
+    by_task: dict[str, list[dict]] = {}
+    for r in results:
+        if "skipped" not in r:
+            by_task.setdefault(r["task"], []).append(r)
+    parts = []
+    for task, rows in by_task.items():
+        if len(rows) < 2:
+            continue
+        best = max(rows, key=lambda r: r["model"]["psnr"])
+        gain = best["model"]["psnr"] - best["flat"]["psnr"]
+        parts.append(f"{task}: {best['method']} ({best['model']['psnr']:.2f} dB, "
+                     f"{gain:+.2f} dB over flat)")
+    return "Winner per task (highest PSNR): " + "; ".join(parts) + "." if parts else ""
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -421,11 +485,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig default, e.g. norm_method=percentile "
                              "(for comparisons; repeatable)")
+    parser.add_argument("--methods", default="Pix2Pix",
+                        help="comma-separated dataset types (train --dataset-type), each trained "
+                             "in the same budget; unpaired ones get chips with no pairing left: "
+                             "A tiled from one half of each training crop, B from the other "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
+    from geotranslate.methods import METHODS
+
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [n for n in names if n not in TASKS]
-    if unknown or args.budget < 1:
-        parser.error(f"unknown task(s) {', '.join(unknown)}" if unknown else "budget must be >= 1")
+    bad_methods = [m for m in methods if m not in METHODS]
+    if unknown or bad_methods or not methods or args.budget < 1:
+        parser.error(f"unknown task(s) {', '.join(unknown)}" if unknown else
+                     f"unknown method(s) {', '.join(bad_methods)}: choose from "
+                     f"{', '.join(METHODS)}" if bad_methods else
+                     "no method given" if not methods else "budget must be >= 1")
     overrides = _parse_set(args.set)
 
     def log(message: str) -> None:
@@ -440,19 +516,26 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name}: data absent under {REAL}, skipped")
                 results.append({"task": name, "skipped": "data absent"})
                 continue
-            log(f"{name}: {task.what}, {args.budget} iterations")
-            result = run_task(task, tmp / name, args.budget, overrides, log)
-            log(f"{name}: PSNR {result['model']['psnr']:.2f} dB (flat {result['flat']['psnr']:.2f},"
-                f" untrained {result['untrained']['psnr']:.2f}); trained in "
-                f"{result['train_seconds']:.0f} s ({result['train_cpu_seconds']:.0f} CPU s), task "
-                f"{result['total_seconds']:.0f} s")
-            results.append(result)
+            for method in methods:
+                log(f"{name}: {task.what}, {method}, {args.budget} iterations")
+                result = run_task(task, tmp / name / method, args.budget, overrides, log,
+                                  method)
+                log(f"{name}: {method}: PSNR {result['model']['psnr']:.2f} dB "
+                    f"(flat {result['flat']['psnr']:.2f},"
+                    f" untrained {result['untrained']['psnr']:.2f}); trained in "
+                    f"{result['train_seconds']:.0f} s ({result['train_cpu_seconds']:.0f} CPU s), "
+                    f"task {result['total_seconds']:.0f} s")
+                results.append(result)
+                if args.json:  # rows so far survive an interrupted run
+                    args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
         if args.keep:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     table = format_table(results)
+    if winners(results):
+        table += "\n\n" + winners(results)
     print(table)
     if args.out:
         args.out.write_text(table + "\n")
