@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from rasterio.transform import Affine
 from safetensors.torch import load_file
 from test_data import make_chips
+from test_train import checkpoint, read_metrics
 
 from geotranslate import load_model
 from geotranslate.cli import main
@@ -23,15 +23,6 @@ from geotranslate.train import TrainConfig, train
 TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
 TINY_CLI = ["--ngf", "8", "--ndf", "8", "--n-layers-d", "2", "--n-blocks", "1",
             "--no-progress", "--no-preview"]
-
-
-def read_metrics(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def checkpoint(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
