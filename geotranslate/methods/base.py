@@ -12,7 +12,8 @@ default from :attr:`Method.DEFAULTS` (see :meth:`Method.option`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -176,6 +177,18 @@ class Method:
 
     def zero_grad(self, group: str) -> None:
         self.optimizers[group].zero_grad(set_to_none=True)
+
+    @contextlib.contextmanager
+    def generator_phase(self, d: nn.Module) -> Iterator[nn.Module]:
+        """The generator update: G's gradients cleared, ``d`` frozen and yielded without its DDP
+        wrapper (no gradient sync for it), trainable again afterwards."""
+        self.zero_grad("g")
+        d_plain = unwrap(d)
+        d_plain.requires_grad_(False)
+        try:
+            yield d_plain
+        finally:
+            d_plain.requires_grad_(True)
 
     # -- what the loop calls -----------------------------------------------------------------
     @property

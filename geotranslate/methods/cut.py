@@ -115,25 +115,21 @@ class CUT(Method):
             pred_fake, pred_real = d_b(fake_b.detach()), d_b(real_b)
         loss_d = 0.5 * (self.gan_loss(pred_fake, False) + self.gan_loss(pred_real, True))
         self.backward_step(loss_d, "d")
-        # generator and heads: D frozen, without its DDP wrapper
-        self.zero_grad("g")
-        d_plain = unwrap(d_b)
-        d_plain.requires_grad_(False)
-        with self.autocast():
-            pred_fake = d_plain(fake_b)
-        losses = {"d_b": loss_d,
-                  "g_ab_gan": self.gan_loss(pred_fake, True, for_discriminator=False)
-                  * self.lambda_gan,
-                  "nce": self.nce(real_a, fake_b, b["valid_a"], target_is_b=True)}
-        loss_g = losses["g_ab_gan"] + losses["nce"]
-        if idt_b is not None:
-            losses["nce_idt"] = self.nce(real_b, idt_b, b["valid_b"], target_is_b=False)
-            loss_g = losses["g_ab_gan"] + 0.5 * (losses["nce"] + losses["nce_idt"])
-        if c.lambda_tv > 0:
-            losses["tv"] = total_variation(fake_b) * c.lambda_tv
-            loss_g = loss_g + losses["tv"]
-        self.backward_step(loss_g, "g")
-        d_plain.requires_grad_(True)
+        with self.generator_phase(d_b) as d_plain:  # the generator and the NCE heads
+            with self.autocast():
+                pred_fake = d_plain(fake_b)
+            losses = {"d_b": loss_d,
+                      "g_ab_gan": self.gan_loss(pred_fake, True, for_discriminator=False)
+                      * self.lambda_gan,
+                      "nce": self.nce(real_a, fake_b, b["valid_a"], target_is_b=True)}
+            loss_g = losses["g_ab_gan"] + losses["nce"]
+            if idt_b is not None:
+                losses["nce_idt"] = self.nce(real_b, idt_b, b["valid_b"], target_is_b=False)
+                loss_g = losses["g_ab_gan"] + 0.5 * (losses["nce"] + losses["nce_idt"])
+            if c.lambda_tv > 0:
+                losses["tv"] = total_variation(fake_b) * c.lambda_tv
+                loss_g = loss_g + losses["tv"]
+            self.backward_step(loss_g, "g")
         return losses
 
 

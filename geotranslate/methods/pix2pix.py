@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geotranslate.models import masked_l1, total_variation, unwrap
+from geotranslate.models import masked_l1, total_variation
 
 from .base import Method
 
@@ -39,19 +39,15 @@ class Pix2Pix(Method):
             pred_fake = d_b(torch.cat([real_a, fake_b.detach()], 1))
         loss_d = 0.5 * (self.gan_loss(pred_real, True) + self.gan_loss(pred_fake, False))
         self.backward_step(loss_d, "d")
-        # generator: D is frozen and called without its DDP wrapper (no gradient sync for it)
-        self.zero_grad("g")
-        d_plain = unwrap(d_b)
-        d_plain.requires_grad_(False)
-        with self.autocast():
-            pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
-        loss_gan = self.gan_loss(pred_fake, True, for_discriminator=False)
-        loss_l1 = masked_l1(fake_b, real_b, valid) * self.option("lambda_l1")
-        loss_g = loss_gan + loss_l1
-        losses = {"d_b": loss_d, "g_ab_gan": loss_gan, "g_ab_l1": loss_l1}
-        if c.lambda_tv > 0:
-            losses["tv"] = total_variation(fake_b) * c.lambda_tv
-            loss_g = loss_g + losses["tv"]
-        self.backward_step(loss_g, "g")
-        d_plain.requires_grad_(True)
+        with self.generator_phase(d_b) as d_plain:
+            with self.autocast():
+                pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
+            loss_gan = self.gan_loss(pred_fake, True, for_discriminator=False)
+            loss_l1 = masked_l1(fake_b, real_b, valid) * self.option("lambda_l1")
+            loss_g = loss_gan + loss_l1
+            losses = {"d_b": loss_d, "g_ab_gan": loss_gan, "g_ab_l1": loss_l1}
+            if c.lambda_tv > 0:
+                losses["tv"] = total_variation(fake_b) * c.lambda_tv
+                loss_g = loss_g + losses["tv"]
+            self.backward_step(loss_g, "g")
         return losses

@@ -21,7 +21,6 @@ from geotranslate.models import (
     masked_l1,
     max_num_d,
     total_variation,
-    unwrap,
 )
 
 from .base import Method
@@ -92,25 +91,21 @@ class Pix2PixHD(Method):
             pred_fake = d_b(torch.cat([real_a, fake_b.detach()], 1))
         loss_d = 0.5 * (self._gan(pred_real, True) + self._gan(pred_fake, False))
         self.backward_step(loss_d, "d")
-        # generator: D frozen, without its DDP wrapper; real features are the targets
-        self.zero_grad("g")
-        d_plain = unwrap(d_b)
-        d_plain.requires_grad_(False)
-        with self.autocast():
-            pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
-            with torch.no_grad():
-                pred_real = d_plain(real_pair)
-        losses = {"d_b": loss_d, "g_ab_gan": self._gan(pred_fake, True, for_d=False),
-                  "g_ab_feat": feature_matching_loss(pred_fake, pred_real, c.n_layers_d)
-                  * self.lambda_feat}
-        if self.vgg_loss is not None:
+        with self.generator_phase(d_b) as d_plain:  # real features are the targets
             with self.autocast():
-                losses["g_ab_vgg"] = self.vgg_loss(fake_b, real_b) * self.lambda_vgg
-        if self.lambda_l1 > 0:
-            valid = b["valid_a"] * b["valid_b"]
-            losses["g_ab_l1"] = masked_l1(fake_b, real_b, valid) * self.lambda_l1
-        if c.lambda_tv > 0:
-            losses["tv"] = total_variation(fake_b) * c.lambda_tv
-        self.backward_step(sum(v for k, v in losses.items() if k != "d_b"), "g")
-        d_plain.requires_grad_(True)
+                pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
+                with torch.no_grad():
+                    pred_real = d_plain(real_pair)
+            losses = {"d_b": loss_d, "g_ab_gan": self._gan(pred_fake, True, for_d=False),
+                      "g_ab_feat": feature_matching_loss(pred_fake, pred_real, c.n_layers_d)
+                      * self.lambda_feat}
+            if self.vgg_loss is not None:
+                with self.autocast():
+                    losses["g_ab_vgg"] = self.vgg_loss(fake_b, real_b) * self.lambda_vgg
+            if self.lambda_l1 > 0:
+                valid = b["valid_a"] * b["valid_b"]
+                losses["g_ab_l1"] = masked_l1(fake_b, real_b, valid) * self.lambda_l1
+            if c.lambda_tv > 0:
+                losses["tv"] = total_variation(fake_b) * c.lambda_tv
+            self.backward_step(sum(v for k, v in losses.items() if k != "d_b"), "g")
         return losses
