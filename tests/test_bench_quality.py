@@ -81,8 +81,8 @@ def test_table_reports_skipped_tasks_and_the_gain_over_flat(bench):
               "model": figures, "flat": {**figures, "psnr": 14.5}, "untrained": figures}
     table = bench.format_table([result, {"task": "naip_nir", "skipped": "data absent"}])
     lines = table.splitlines()
-    assert len(lines) == 4 and all(line.count("|") == 11 for line in lines)
-    assert "| +5.50 | 0.25 |" in lines[2]
+    assert len(lines) == 4 and all(line.count("|") == 13 for line in lines)
+    assert "| +5.50 | 0.25 | – | – |" in lines[2]
     assert "naip_nir | – | skipped: data absent" in lines[3]
 
 
@@ -97,7 +97,7 @@ def test_table_names_the_method_and_the_winner_per_task(bench):
                row("sar", "Pix2Pix", 12.0, flat=14.0), row("sar", "CUT", 11.0, flat=14.0),
                row("solo", "FastCUT", 30.0)]
     lines = bench.format_table(results).splitlines()
-    assert all(line.count("|") == 11 for line in lines)
+    assert all(line.count("|") == 13 for line in lines)
     assert [line.split("|")[2].strip() for line in lines[2:]] == [
         "Pix2Pix", "CycleGAN", "Pix2Pix", "CUT", "FastCUT"]
     # a task with one method has no winner to name
@@ -105,6 +105,20 @@ def test_table_names_the_method_and_the_winner_per_task(bench):
                                       "(19.50 dB, +4.50 dB over flat); sar: Pix2Pix "
                                       "(12.00 dB, -2.00 dB over flat).")
     assert bench.winners(results[-1:]) == ""
+
+
+def test_linear_fit_recovers_a_linear_mapping_from_valid_pixels_only(bench):
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 100, (2, 40, 50))
+    b = np.stack([2 * a[0] - a[1] + 5, 0.5 * a[1] - 3])
+    valid = rng.random((40, 50)) > 0.3
+    b_corrupt = b.copy()
+    b_corrupt[:, ~valid] = 1e6  # nodata pixels must not enter the fit
+    test = rng.uniform(0, 100, (2, 7, 9))
+    pred = bench.linear_fit([(a, b_corrupt, valid)], test, max_samples=500)
+    expected = np.stack([2 * test[0] - test[1] + 5, 0.5 * test[1] - 3])
+    assert pred.shape == (2, 7, 9)
+    np.testing.assert_allclose(pred, expected, atol=1e-6)
 
 
 def test_unpaired_crops_share_no_pixel(bench, tmp_path):

@@ -46,11 +46,29 @@ def test_channels_last_follows_device_and_precision():
     assert not default_channels_last(torch.device("mps"), "bf16")
 
 
-def test_precision_rules():
+def test_precision_rules(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) == "fp32"  # prediction: fp32 on any CPU
+    for native in (True, False):
+        monkeypatch.setattr("geotranslate.device.cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_precision("auto", cpu, training=True) == ("bf16" if native else "fp32")
+        assert resolve_precision("fp32", cpu, training=True) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(GeotranslateError, match="fp16"):
         resolve_precision("fp16", cpu)
     with pytest.raises(GeotranslateError, match="choose from"):
         resolve_precision("int8", cpu)
+
+
+def test_native_bf16_read_from_cpu_flags(tmp_path):
+    from geotranslate.device import cpu_has_native_bf16
+
+    def flags(line):
+        path = tmp_path / f"cpuinfo{abs(hash(line))}"
+        path.write_text(f"processor\t: 0\nflags\t\t: {line}\n\nprocessor\t: 1\n")
+        return cpu_has_native_bf16(path)
+
+    assert flags("fpu sse2 avx2 avx512f avx512_bf16")
+    assert flags("fpu avx512f amx_tile amx_bf16")
+    assert not flags("fpu sse2 avx2 avx512f avx512_vnni")
+    assert not cpu_has_native_bf16(tmp_path / "absent")

@@ -134,7 +134,8 @@ def _val_psnr(model_dir: Path, chips: Path) -> float:
 
 def test_best_model_is_kept_and_patience_stops(paired_chips, tmp_path, capsys):
     common = {"data_dir": str(paired_chips), "epochs": 12, "epochs_decay": 0, "batch_size": 4,
-              "lr": 2e-2, "preview": False, "workers": 0, "deterministic": True, **TINY}
+              "lr": 2e-2, "preview": False, "workers": 0, "deterministic": True,
+              "precision": "fp32", **TINY}  # the re-evaluation below is fp32
     run = train(TrainConfig("Pix2Pix", out=str(tmp_path / "last"), patience=1, **common))
     val = [r for r in read_metrics(run) if r["val_psnr"] and int(r["epoch"]) > 0]
     psnr = [float(r["val_psnr"]) for r in val]

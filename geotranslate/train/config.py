@@ -78,7 +78,7 @@ class TrainConfig:
     workers: int | None = None  # None: 0 when cached, else min(4, cpus)
     # running
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA when supported, else fp32
+    precision: str = "auto"  # auto: bf16 on CUDA when supported and on CPUs with native bf16
     channels_last: bool | None = None  # None: on for CUDA and for bf16 on CPU
     compile: bool = False
     seed: int = 0

@@ -552,7 +552,7 @@ class _Run:
         self.config, self.ctx = config, ctx
         device = resolve_device(config.device, ctx.local_rank if ctx.enabled else None)
         self.device = device
-        self.precision = precision = resolve_precision(config.precision, device)
+        self.precision = precision = resolve_precision(config.precision, device, training=True)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         self.meta = meta = read_meta(config.data_dir)
