@@ -45,8 +45,9 @@ Tasks (a task whose data is absent is skipped):
 
 Expected run time on 2 free CPU cores at the default budget (1500 iterations; the default
 Pix2Pix, U-Net depth 4, ngf 64, bf16 on a CPU with AMX, trains at about 0.1 s per iteration
-with 2 threads on 128 px chips): 1-3 minutes per task, about 12 minutes for all five. The figures depend only on the budget, not on
-the machine's load; the wall and CPU times are reported next to them. Everything temporary
+with 2 threads on 128 px chips): 1-3 minutes per task, about 12 minutes for all five. The
+figures depend on the budget and the thread count (which changes the order of float sums),
+not on the machine's load; the wall and CPU times are reported next to them. Everything temporary
 goes to one temporary directory, removed at the end (``--keep`` keeps it and prints where).
 
     nice -n 5 python tools/bench_quality.py                      # all tasks, default budget
