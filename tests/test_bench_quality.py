@@ -3,26 +3,17 @@ here: it trains for minutes)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench_quality.py"
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_quality")
 
 
 def _plane(dz_east: float, dz_north: float, size: int = 9, res: float = 30.0) -> np.ndarray:

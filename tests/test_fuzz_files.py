@@ -111,13 +111,18 @@ META_CASES = {
 }
 
 
-def _nodata_too_big(doc):
-    doc["domains"]["a"]["dtype"] = "uint16"
-    doc["domains"]["a"]["nodata"] = 70000
-    return doc
+def nodata_out_of_dtype(domain: str):
+    """An edit making ``domain`` uint16 with a nodata value that uint16 cannot hold."""
+
+    def edit(doc):
+        doc["domains"][domain]["dtype"] = "uint16"
+        doc["domains"][domain]["nodata"] = 70000
+        return doc
+
+    return edit
 
 
-META_CASES["nodata-out-of-dtype"] = _nodata_too_big
+META_CASES["nodata-out-of-dtype"] = nodata_out_of_dtype("a")
 
 
 @pytest.mark.parametrize("case", sorted(META_CASES))
@@ -232,13 +237,7 @@ MODEL_CASES = {
 }
 
 
-def _nodata_uint16(doc):
-    doc["domains"]["b"]["dtype"] = "uint16"
-    doc["domains"]["b"]["nodata"] = 70000
-    return doc
-
-
-MODEL_CASES["nodata-out-of-dtype"] = _nodata_uint16
+MODEL_CASES["nodata-out-of-dtype"] = nodata_out_of_dtype("b")
 
 
 @pytest.mark.parametrize("case", sorted(MODEL_CASES))

@@ -6,7 +6,6 @@ compared bit for bit with an uninterrupted run (``--deterministic``, CPU).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import signal
@@ -17,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from test_data import make_chips
+from test_train import checkpoint as last_checkpoint
+from test_train import read_metrics
 
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
@@ -28,15 +29,6 @@ TINY = {"ngf": 4, "ndf": 4, "n_layers_d": 1, "n_blocks": 1, "progress": False}
 TINY_ARGS = ["--ngf", "4", "--ndf", "4", "--n-layers-d", "1", "--n-blocks", "1",
              "--no-progress", "--no-preview"]
 STEPS = 7
-
-
-def read_metrics(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def last_checkpoint(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import rasterio
+from conftest import ROOT, load_tool
 from rasterio.warp import transform_bounds
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
-GENERATOR = ROOT / "tools" / "make_sample_data.py"
 MAX_BYTES = 8 * 1024 * 1024
 
 # name: (crs, res, width x height or None when computed by the warp, count, dtype, nodata, bands)
@@ -46,12 +43,7 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
     """The generator script imported as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_sample_data", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("make_sample_data")
 
 
 @pytest.fixture(scope="module")

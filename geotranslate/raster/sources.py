@@ -84,11 +84,6 @@ def single_source(text: str) -> RasterSource:
     return _local(text)
 
 
-def is_remote(source: RasterSource) -> bool:
-    """True when GDAL reads the source over the network."""
-    return any(v in source.gdal_name for v in ("/vsicurl/", "/vsis3/", "/vsigs/"))
-
-
 #: environment variables :func:`apply_remote_config` set (and may update when the user's change)
 _DERIVED: dict[str, str] = {}
 
