@@ -16,6 +16,14 @@ import click
 
 from geotranslate import __version__
 from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT
+from geotranslate.choices import (
+    DEFAULT_GAN_RAMP,
+    DEFAULT_GAN_WARMUP,
+    DEFAULT_NET_NORM,
+    DEFAULT_UPSAMPLE,
+    NORM_KINDS,
+    UPSAMPLE_KINDS,
+)
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
@@ -238,8 +246,19 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               "that tiled prediction does not depend on the tile size]")
 @click.option("--ndf", type=int, default=64, help="Discriminator filters in the first layer.")
 @click.option("--n-layers-d", type=int, default=3, help="PatchGAN layers (3 = 70x70 patches).")
-@click.option("--net-norm", type=click.Choice(["instance", "batch", "none"]), default="instance",
-              help="Normalization layers in the generators and discriminators.")
+@click.option("--net-norm", type=click.Choice(list(NORM_KINDS)),
+              help="Normalization layers in the generators (layer: each pixel's features "
+              "over their channels, the same in training and in tiled prediction; instance: "
+              "each chip's own statistics, a scene sample's at prediction)  "
+              f"[default: {DEFAULT_NET_NORM}]")
+@click.option("--d-norm", type=click.Choice(list(NORM_KINDS)),
+              default="instance", show_default=True,
+              help="Normalization layers in the discriminators.")
+@click.option("--upsample", type=click.Choice(list(UPSAMPLE_KINDS)),
+              default=DEFAULT_UPSAMPLE, show_default=True,
+              help="How the resnet and unet decoders double the resolution: resize "
+              "(nearest x2, then a 3x3 convolution: no checkerboard) or transpose (the "
+              "papers' transposed convolutions).")
 @click.option("--pretrained/--no-pretrained", default=False,
               help="ImageNet weights for the smp-unet encoder (downloaded once).")
 @click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla", "hinge"]),
@@ -253,6 +272,13 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               "domains' band counts differ.")
 @click.option("--lambda-tv", type=float, default=0.0, help="Total-variation weight on fakes.")
 @click.option("--pool-size", type=int, default=50, help="CycleGAN image pool of past fakes.")
+@click.option("--gan-warmup", type=int,
+              help="Pix2Pix/Pix2PixHD: iterations with the adversarial term off "
+              "(reconstruction first)  "
+              f"[default: {DEFAULT_GAN_WARMUP}]")
+@click.option("--gan-ramp", type=int,
+              help="Pix2Pix/Pix2PixHD: iterations over which the adversarial weight then rises "
+              f"linearly to 1  [default: {DEFAULT_GAN_RAMP}]")
 @click.option("--num-d", type=int, help="Pix2PixHD discriminator scales (inputs halved by "
               "average pooling)  [default: 3, or as many as the chips allow]")
 @click.option("--lambda-feat", type=float, default=10.0,

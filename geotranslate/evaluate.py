@@ -38,7 +38,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
-from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image
+from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.raster.io import atomic_path, open_raster, read_window, spectral_bands
 from geotranslate.raster.warp import Grid, GridReader
 from geotranslate.raster.windows import own_extents, tile_offsets
@@ -104,8 +104,10 @@ class EvaluationReport:
         if self.baseline is not None:
             levels = ", ".join(_fmt(v) for v in self.baseline["levels"])
             lines.append(f"flat image: each band at {self.baseline['levels_source']} ({levels})")
-            if o["psnr"] <= self.baseline["metrics"]["overall"]["psnr"]:
-                lines.append("the translation is no better than the flat image (PSNR)")
+            worse = not_above_flat(o, self.baseline["metrics"]["overall"])
+            if worse:
+                lines.append("the translation is no better than the flat image "
+                             f"({', '.join(worse)})")
         lines.extend(self.notes)
         return "\n".join(lines)
 

@@ -208,3 +208,18 @@ def compute_metrics(
     acc = MetricsAccumulator(pred.shape[0], data_range, resolution_ratio=resolution_ratio)
     acc.add(pred, ref, np.asarray(valid, dtype=bool))
     return acc.result(band_names)
+
+
+def not_above_flat(model: dict, flat: dict) -> list[str]:
+    """The figures, of PSNR and SSIM, in which ``model`` is no better than the flat image
+    ``flat`` (dicts with ``psnr`` and ``ssim`` keys; a figure missing or None in either is
+    not compared; NaN counts as no better). A translation can beat the flat image's PSNR by
+    getting the tone right and still lose on SSIM by painting texture where there is none."""
+    worse = []
+    for name in ("psnr", "ssim"):
+        ours, theirs = model.get(name), flat.get(name)
+        if ours is None or theirs is None:
+            continue
+        if not float(ours) > float(theirs):
+            worse.append(name.upper())
+    return worse

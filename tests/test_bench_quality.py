@@ -72,7 +72,7 @@ def test_table_reports_skipped_tasks_and_the_gain_over_flat(bench):
               "model": figures, "flat": {**figures, "psnr": 14.5}, "untrained": figures}
     table = bench.format_table([result, {"task": "naip_nir", "skipped": "data absent"}])
     lines = table.splitlines()
-    assert len(lines) == 4 and all(line.count("|") == 13 for line in lines)
+    assert len(lines) == 4 and all(line.count("|") == 17 for line in lines)
     assert "| +5.50 | 0.25 | – | – |" in lines[2]
     assert "naip_nir | – | skipped: data absent" in lines[3]
 
@@ -88,7 +88,7 @@ def test_table_names_the_method_and_the_winner_per_task(bench):
                row("sar", "Pix2Pix", 12.0, flat=14.0), row("sar", "CUT", 11.0, flat=14.0),
                row("solo", "FastCUT", 30.0)]
     lines = bench.format_table(results).splitlines()
-    assert all(line.count("|") == 13 for line in lines)
+    assert all(line.count("|") == 17 for line in lines)
     assert [line.split("|")[2].strip() for line in lines[2:]] == [
         "Pix2Pix", "CycleGAN", "Pix2Pix", "CUT", "FastCUT"]
     # a task with one method has no winner to name
@@ -132,3 +132,36 @@ def test_unpaired_crops_share_no_pixel(bench, tmp_path):
         assert a_left == 500000
         assert (-b.read(1) == np.arange(40 * 24).reshape(24, 40)[:, 20:]).all()
         assert (a.read(1) == np.arange(40 * 24).reshape(24, 40)[:, :20]).all()
+
+
+def test_summary_gives_the_mean_and_half_range_over_seeds(bench):
+    def row(seed, psnr, ssim):
+        return {"task": "hillshade", "what": "DEM -> hillshade", "method": "Pix2Pix",
+                "seed": seed, "settings": {"net_norm": "layer"}, "tile_dependence_8bit": 0.1,
+                "checker_8bit": 0.2, "constant_input_std_8bit": 0.0,
+                "model": {"psnr": psnr, "ssim": ssim}, "flat": {"psnr": 15.0, "ssim": 0.25}}
+
+    lines = bench.summary_table([row(0, 24.0, 0.80), row(1, 25.0, 0.84),
+                                 {"task": "naip_nir", "skipped": "data absent"}]).splitlines()
+    assert len(lines) == 3 and all(line.count("|") == 14 for line in lines)
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[:4] == ["DEM -> hillshade", "Pix2Pix", "net_norm=layer", "2"]
+    assert cells[4:10] == ["24.50 ± 0.50", "15.00 ± 0.00", "9.50 ± 0.50", "0.820 ± 0.020",
+                           "0.250 ± 0.000", "0.570 ± 0.020"]
+
+
+def test_phase_pattern_sees_a_decoder_grid_pattern_not_content(bench):
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:128, 0:128]
+    content = 100 + 40 * np.sin(xx / 7.0) * np.cos(yy / 5.0) + rng.normal(0, 5, (128, 128))
+    checker = 2.0 * ((yy % 2) ^ (xx % 2)) - 1.0  # +-1 at the stride of a decoder
+    valid = np.ones((128, 128), dtype=bool)
+    data_range = np.array([255.0])
+    clean = bench.phase_pattern(content[None], valid, data_range, 8)
+    painted = bench.phase_pattern((content + 3 * checker)[None], valid, data_range, 8)
+    assert clean < 0.5 < 2.0 < painted
+    # invalid pixels stay out: a pattern painted only where pixels are invalid is not seen
+    valid[:, 64:] = False
+    half = content.copy()
+    half[:, 64:] += 30 * checker[:, 64:]
+    assert bench.phase_pattern(half[None], valid, data_range, 8) < 0.5

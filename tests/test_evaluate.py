@@ -366,7 +366,20 @@ def test_raster_mode_reports_the_flat_image_at_the_reference_mean(make_raster, t
     report = evaluate_rasters(flat_pred, ref_path, data_range=50.0)
     assert report.baseline["metrics"]["overall"]["psnr"] == pytest.approx(
         _flat_by_hand(levels, ref64, valid, [50.0, 50.0])["psnr"], rel=1e-5)
-    assert "no better than the flat image" in report.format_table()
+    assert "no better than the flat image (PSNR, SSIM)" in report.format_table()
+
+
+def test_evaluate_flags_an_ssim_below_the_flat_image(make_raster):
+    # a prediction with the right mean and a fair PSNR whose texture is noise: better than the
+    # flat image in PSNR, worse in SSIM, and the report says so
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:64]
+    ref = (100 + 20 * np.sin(xx / 25.0) * np.cos(yy / 30.0))[None].astype(np.float32)
+    pred = (ref + rng.normal(0, 5, ref.shape)).astype(np.float32)
+    report = evaluate_rasters(make_raster("noisy.tif", pred), make_raster("ref.tif", ref))
+    model, flat = report.metrics["overall"], report.baseline["metrics"]["overall"]
+    assert model["psnr"] > flat["psnr"] and model["ssim"] < flat["ssim"], (model, flat)
+    assert "the translation is no better than the flat image (SSIM)" in report.format_table()
 
 
 def _write_meta(chips, means_b) -> None:

@@ -400,8 +400,14 @@ def test_validation_line_flags_a_model_no_better_than_the_flat_image():
     assert "no better than a flat image after 5 epochs" in line
     early = trainer_module.validation_line(2, scores)
     assert "not yet better than a flat image" in early and "after" not in early
+    assert "(PSNR)" in line and "SSIM" not in line.split("flat image at the target mean")[1]
     better = trainer_module.validation_line(9, {**scores, "val_psnr": 16.6})
     assert "flat image at the target mean" in better and "better than" not in better
+    # a higher PSNR with a lower SSIM than the flat image's is flagged too
+    textured = trainer_module.validation_line(9, {**scores, "val_psnr": 16.6, "val_ssim": 0.05})
+    assert "no better than a flat image after 9 epochs (SSIM)" in textured
+    both = trainer_module.validation_line(9, {**scores, "val_ssim": 0.1})
+    assert "(PSNR, SSIM)" in both
 
 
 def test_old_config_json_keeps_its_augmentation(paired_chips, tmp_path, capsys):

@@ -24,8 +24,20 @@ All methods are scored the same way (a2b on the held-out area, against the same 
 untrained baselines); the table names the method and a line names the winner (highest PSNR)
 per task.
 
+Every task is trained once per seed (``--seeds``, default 0 and 1); the first table gives
+each (task, method, settings) as the mean over the seeds ± half their range, the second every
+run.
+
 Tile dependence is the mean |prediction at tile 128 - at tile 256| in 8-bit units of that
-range (255 * difference / range). "PSNR per-tile stats" scores the same model predicted at
+range (255 * difference / range). Two checkerboard figures, in the same 8-bit units:
+"checker" (:func:`phase_pattern`) is the pattern fixed to the decoder's pixel grid in the
+held-out prediction — the high-pass of the image averaged over every cell of ``period`` px
+(the chip size / 8, 2 to 16 px) for each phase, and the spread of those phase means; real
+content averages out over the phases, a transposed convolution's pattern does not (the truth's
+figure is given beside it as the floor); "constant-input std" (:func:`constant_input_std`) is
+the output's standard deviation for a constant input chip (every band at its training mean),
+away from the borders by half the receptive field: a decoder without a checkerboard gives a
+constant. "PSNR per-tile stats" scores the same model predicted at
 tile 256 with ``norm_stats="tile"`` (every tile normalized by its own statistics, the
 behaviour before scene statistics), which shows what the tile-independent default costs
 against the truth. "per-pixel linear fit" is a third baseline (:func:`linear_fit`): B as a
@@ -50,9 +62,9 @@ figures depend on the budget and the thread count (which changes the order of fl
 not on the machine's load; the wall and CPU times are reported next to them. Everything temporary
 goes to one temporary directory, removed at the end (``--keep`` keeps it and prints where).
 
-    nice -n 5 python tools/bench_quality.py                      # all tasks, default budget
+    nice -n 5 python tools/bench_quality.py                      # all tasks, seeds 0 and 1
     nice -n 5 python tools/bench_quality.py --tasks hillshade --budget 100 --out table.md
-    python tools/bench_quality.py --tasks hillshade --set norm_method=percentile   # compare
+    python tools/bench_quality.py --tasks hillshade --set net_norm=instance --seeds 0  # compare
     nice -n 5 python tools/bench_quality.py --tasks hillshade,sen12ms_s1s2 --budget 60 \
         --methods Pix2Pix,CycleGAN,Pix2PixHD,CUT,FastCUT           # methods compared
 """
@@ -353,6 +365,55 @@ def linear_fit(train: list[tuple[np.ndarray, np.ndarray, np.ndarray]], test_a: n
     return pred.T.reshape(weights.shape[1], *test_a.shape[1:])
 
 
+def phase_pattern(pred: np.ndarray, valid: np.ndarray, data_range: np.ndarray,
+                  period: int) -> float:
+    """The checkerboard figure of a prediction, in 8-bit units of ``data_range``.
+
+    A decoder that upsamples by transposed convolutions adds the same small pattern to every
+    ``period`` x ``period`` cell of its output (``period``: its total stride, or any stride
+    whose pattern survives). The image is high-passed (minus its 3 x 3 mean), and the
+    high-pass is averaged over all cells for each of the period² phases (row % period, col %
+    period), valid pixels only. Real content falls at every phase alike and averages out; a
+    pattern fixed to the decoder's grid does not. The figure is the standard deviation of the
+    phase means, averaged over bands (255 * value / range).
+    """
+    from scipy.ndimage import uniform_filter
+
+    rows, cols = np.indices(valid.shape)
+    phase = (rows % period) * period + cols % period
+    inner = valid.copy()
+    inner[[0, -1], :] = False
+    inner[:, [0, -1]] = False
+    values = []
+    for band, band_range in zip(pred, data_range, strict=True):
+        high = band - uniform_filter(band, size=3, mode="nearest")
+        sums = np.bincount(phase[inner], weights=high[inner], minlength=period**2)
+        counts = np.bincount(phase[inner], minlength=period**2)
+        means = sums[counts > 0] / counts[counts > 0]
+        values.append(255 * means.std() / band_range)
+    return float(np.mean(values))
+
+
+def constant_input_std(model_dir: Path, a_mean: np.ndarray, size: int,
+                       data_range: np.ndarray, border: int) -> float:
+    """Standard deviation (8-bit units of ``data_range``) of the generator's output for a
+    constant input chip (every band at its training mean), ``border`` px from the edges
+    left out: a constant in gives a constant out unless the decoder paints a pattern."""
+    import torch
+
+    from geotranslate import load_model
+
+    model = load_model(model_dir)
+    domain_a, domain_b = model.source_domain("a2b"), model.target_domain("a2b")
+    chip = np.broadcast_to(a_mean[:, None, None], (len(a_mean), size, size)).copy()
+    x = torch.from_numpy(domain_a.normalizer.to_model(chip)[None].astype(np.float32))
+    net = model.generator("a2b").eval()
+    with torch.no_grad():
+        y = net(x)[0].double().numpy()
+    out = domain_b.normalizer.from_model(y)[:, border:size - border, border:size - border]
+    return float(np.mean(255 * out.reshape(len(out), -1).std(axis=1) / data_range))
+
+
 def default_overrides() -> dict:
     """Settings the benchmark sets on top of the defaults: none, except ``augment=False``
     while the default is still the old flips-and-rotations (a bool that defaults to True)."""
@@ -363,7 +424,7 @@ def default_overrides() -> dict:
 
 
 def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
-             method: str = "Pix2Pix") -> dict:
+             method: str = "Pix2Pix", seed: int = 0) -> dict:
     from geotranslate.export import export_tiles
     from geotranslate.methods import METHODS
     from geotranslate.metrics import compute_metrics
@@ -389,7 +450,7 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
     settings = {**default_overrides(), **overrides}
     config = TrainConfig(method, data_dir=str(chips_dir), out=str(work / "run"),
                          max_steps=budget, preview=False, progress=False, tensorboard=False,
-                         **settings)
+                         **{"seed": seed, **settings})
     t1, cpu1 = time.perf_counter(), time.process_time()
     run = train(config)
     train_seconds = time.perf_counter() - t1
@@ -424,7 +485,8 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
                          in zip(train_inputs, train_targets, strict=True)], test_input)
     linear_valid = valid & test_input_valid
 
-    result = {"task": task.name, "what": task.what, "method": method, "chips": chips,
+    result = {"task": task.name, "what": task.what, "method": method, "seed": config.seed,
+              "chips": chips,
               "tile_size": prep.tile_size,
               "iterations": budget, "train_seconds": train_seconds,
               "train_cpu_seconds": train_cpu_seconds,
@@ -442,6 +504,19 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
                                             data_range)["overall"]["psnr"]
     diff = np.abs(preds["model"][0] - preds["tile128"][0])[:, valid].mean(axis=1)
     result["tile_dependence_8bit"] = float((255 * diff / data_range).mean())
+    # checkerboards: the pattern fixed to the decoder's grid in the held-out prediction (and in
+    # the truth, for scale), and the output's spread for a constant input chip
+    model_file = json.loads((run / "model.json").read_text())
+    period = min(16, max(2, 2 ** round(math.log2(max(2, prep.tile_size // 8)))))
+    result["checker_period"] = period
+    result["checker_8bit"] = phase_pattern(preds["model"][0], valid, data_range, period)
+    result["checker_truth_8bit"] = phase_pattern(truth, valid, data_range, period)
+    a_mean = np.array([band.mean for band in stats_from_dict(meta["domains"]["a"]["stats"])])
+    field = int(model_file["receptive_field"]["a2b"])  # edges reach in half a field
+    result["constant_input_std_8bit"] = constant_input_std(
+        run, a_mean, prep.tile_size, data_range,
+        border=min(prep.tile_size // 2 - 4, field // 2 + 1))
+    result["generator"] = model_file["generators"]["a2b"]["kwargs"]
     result["total_seconds"] = time.perf_counter() - t0
     return result
 
@@ -457,12 +532,13 @@ def format_table(results: list[dict]) -> str:
     header = ("| task | method | chips | iterations | train s | PSNR dB model / flat / untrained "
               "| SSIM model / flat / untrained | SAM ° model / flat / untrained "
               "| model − flat dB | tile 128 vs 256 (8-bit) | PSNR dB per-tile stats "
-              "| PSNR dB per-pixel linear fit |")
-    lines = [header, "|" + "---|" * 12]
+              "| PSNR dB per-pixel linear fit | checker (8-bit) model / truth "
+              "| constant-input std (8-bit) | seed | settings |")
+    lines = [header, "|" + "---|" * 16]
     for r in results:
         if "skipped" in r:
             lines.append(f"| {r['task']} | {r.get('method', '–')} | skipped: {r['skipped']} |"
-                         + " |" * 9)
+                         + " |" * 13)
             continue
         trio = {m: " / ".join(_f(r[k][m], d) for k in ("model", "flat", "untrained"))
                 for m, d in (("psnr", 2), ("ssim", 3), ("sam_deg", 1))}
@@ -473,8 +549,46 @@ def format_table(results: list[dict]) -> str:
             f"| {r['train_seconds']:.0f} | {trio['psnr']} | {trio['ssim']} "
             f"| {trio['sam_deg'] if r['model']['sam_deg'] is not None else '–'} "
             f"| {gain:+.2f} | {r['tile_dependence_8bit']:.2f} | {_f(r.get('per_tile_psnr'), 2)} "
-            f"| {_f(r.get('linear_psnr'), 2)} |"
+            f"| {_f(r.get('linear_psnr'), 2)} "
+            f"| {_f(r.get('checker_8bit'), 2)} / {_f(r.get('checker_truth_8bit'), 2)} "
+            f"| {_f(r.get('constant_input_std_8bit'), 2)} | {r.get('seed', 0)} "
+            f"| {_settings(r)} |"
         )
+    return "\n".join(lines)
+
+
+def _settings(r: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(r.get("settings", {}).items())) or "defaults"
+
+
+def summary_table(results: list[dict]) -> str:
+    """One row per (task, method, settings) over its seeds: mean, and ± half the range."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        if "skipped" not in r:
+            groups.setdefault((r["task"], r["method"], _settings(r)), []).append(r)
+
+    def stat(rows: list[dict], get, digits: int = 2) -> str:
+        values = np.array([get(r) for r in rows], dtype=float)
+        spread = (values.max() - values.min()) / 2
+        return (f"{values.mean():.{digits}f} ± {spread:.{digits}f}" if len(values) > 1
+                else f"{values[0]:.{digits}f}")
+
+    lines = ["| task | method | settings | seeds | PSNR dB model | flat | model − flat dB "
+             "| SSIM model | flat | model − flat SSIM | tile 128 vs 256 (8-bit) "
+             "| checker (8-bit) | constant-input std (8-bit) |", "|" + "---|" * 13]
+    for (_task, method, settings), rows in groups.items():
+        lines.append(
+            f"| {rows[0]['what']} | {method} | {settings} | {len(rows)} "
+            f"| {stat(rows, lambda r: r['model']['psnr'])} "
+            f"| {stat(rows, lambda r: r['flat']['psnr'])} "
+            f"| {stat(rows, lambda r: r['model']['psnr'] - r['flat']['psnr'])} "
+            f"| {stat(rows, lambda r: r['model']['ssim'], 3)} "
+            f"| {stat(rows, lambda r: r['flat']['ssim'], 3)} "
+            f"| {stat(rows, lambda r: r['model']['ssim'] - r['flat']['ssim'], 3)} "
+            f"| {stat(rows, lambda r: r['tile_dependence_8bit'])} "
+            f"| {stat(rows, lambda r: r.get('checker_8bit', float('nan')))} "
+            f"| {stat(rows, lambda r: r.get('constant_input_std_8bit', float('nan')))} |")
     return "\n".join(lines)
 
 
@@ -530,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig default, e.g. norm_method=percentile "
                              "(for comparisons; repeatable)")
+    parser.add_argument("--seeds", default="0,1",
+                        help="comma-separated training seeds; each task is trained once per "
+                             "seed and summarised as mean ± half the range "
+                             "(default: %(default)s)")
     parser.add_argument("--methods", default="Pix2Pix",
                         help="comma-separated dataset types (train --dataset-type), each trained "
                              "in the same budget; unpaired ones get chips with no pairing left: "
@@ -548,6 +666,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(METHODS)}" if bad_methods else
                      "no method given" if not methods else "budget must be >= 1")
     overrides = _parse_set(args.set)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give integers, e.g. 0,1")
+    if not seeds:
+        parser.error("--seeds: give at least one seed")
 
     def log(message: str) -> None:
         print(f"[bench_quality] {message}", file=sys.stderr, flush=True)
@@ -561,11 +685,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name}: data absent under {REAL}, skipped")
                 results.append({"task": name, "skipped": "data absent"})
                 continue
-            for method in methods:
-                log(f"{name}: {task.what}, {method}, {args.budget} iterations")
-                result = run_task(task, tmp / name / method, args.budget, overrides, log,
-                                  method)
-                log(f"{name}: {method}: PSNR {result['model']['psnr']:.2f} dB "
+            for method, seed in [(m, s) for m in methods for s in seeds]:
+                log(f"{name}: {task.what}, {method}, {args.budget} iterations, seed {seed}")
+                result = run_task(task, tmp / name / method / f"seed{seed}", args.budget,
+                                  overrides, log, method, seed)
+                log(f"{name}: {method} seed {seed}: PSNR {result['model']['psnr']:.2f} dB "
                     f"(flat {result['flat']['psnr']:.2f},"
                     f" untrained {result['untrained']['psnr']:.2f}); trained in "
                     f"{result['train_seconds']:.0f} s ({result['train_cpu_seconds']:.0f} CPU s), "
@@ -578,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    table = format_table(results)
+    table = summary_table(results) + "\n\nEvery run:\n\n" + format_table(results)
     if winners(results):
         table += "\n\n" + winners(results)
     print(table)

@@ -19,6 +19,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from geotranslate.choices import (
+    DEFAULT_GAN_RAMP,
+    DEFAULT_GAN_WARMUP,
+    DEFAULT_NET_NORM,
+    DEFAULT_UPSAMPLE,
+)
 from geotranslate.device import autocast, default_channels_last
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.models import (
@@ -35,26 +41,30 @@ GENERATOR_OF = {"a2b": "g_ab", "b2a": "g_ba"}
 
 
 def build_generator_for(config: Any, in_channels: int, out_channels: int,
-                        chip_size: int) -> nn.Module:
+                        chip_size: int, norm: str | None = None) -> nn.Module:
     """The generator ``config`` asks for, sized for ``chip_size`` px chips, or a clear error.
 
     ``config.resolved_generator()`` names the architecture; resnet takes ``n_blocks`` (None:
-    9 at >= 256 px, else 6), unet ``unet_depth`` (None: ``default_unet_depth``).
+    9 at >= 256 px, else 6), unet ``unet_depth`` (None: ``default_unet_depth``). ``norm``
+    (default ``config.net_norm``, else instance norm) is the generator's normalization;
+    resnet and unet decoders upsample as ``config.upsample`` says.
     """
     c = config
     arch = c.resolved_generator()
+    norm = norm or getattr(c, "net_norm", None) or "instance"
+    upsample = getattr(c, "upsample", None) or DEFAULT_UPSAMPLE
     try:
         if arch == "resnet":
             n_blocks = c.n_blocks if c.n_blocks is not None else (9 if chip_size >= 256 else 6)
             net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
-                                  n_blocks=n_blocks, norm=c.net_norm)
+                                  n_blocks=n_blocks, norm=norm, upsample=upsample)
         elif arch == "unet":
             depth = c.unet_depth or default_unet_depth(chip_size)
             net = build_generator(arch, in_channels, out_channels, ngf=c.ngf,
-                                  num_downs=depth, norm=c.net_norm)
+                                  num_downs=depth, norm=norm, upsample=upsample)
         else:
             net = build_generator(arch, in_channels, out_channels,
-                                  pretrained=c.pretrained, norm=c.net_norm)
+                                  pretrained=c.pretrained, norm=norm)
     except (ValueError, RuntimeError, KeyError) as e:
         raise GeotranslateError(f"--generator {arch}: {e}") from None
     stride = int(getattr(net, "total_stride", 1))
@@ -90,8 +100,15 @@ class Method:
     directions: ClassVar[tuple[str, ...]] = ("a2b",)
     #: whether training needs A and B of the same place (and a validation split makes sense)
     paired: ClassVar[bool] = True
-    #: defaults of settings a config may lack or leave as None
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: defaults of settings a config may lack or leave as None; a subclass's DEFAULTS add to
+    #: (and override) those of the classes it derives from
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "net_norm": DEFAULT_NET_NORM,
+        "d_norm": "instance",
+        # iterations with the adversarial term off, then iterations of its linear ramp
+        "gan_warmup": DEFAULT_GAN_WARMUP,
+        "gan_ramp": DEFAULT_GAN_RAMP,
+    }
 
     def __init__(self, config: Any, bands: dict[str, int], chip_size: int,
                  device: torch.device | str = "cpu", precision: str = "fp32", *,
@@ -106,6 +123,7 @@ class Method:
         self.log = log
         self.gan_mode = config.resolved_gan_mode()
         self.pools: dict[str, Any] = {}
+        self.iteration = 0  # updates done (set by the caller on resume): the GAN warm-up clock
 
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.nets: dict[str, nn.Module] = self.build_networks()
@@ -155,17 +173,36 @@ class Method:
         pass
 
     # -- helpers for subclasses ------------------------------------------------------------------
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """This method's default for setting ``name`` (its own DEFAULTS, then its bases')."""
+        for klass in cls.__mro__:
+            if name in vars(klass).get("DEFAULTS", {}):
+                return vars(klass)["DEFAULTS"][name]
+        raise KeyError(name)
+
     def option(self, name: str) -> Any:
         """``config.<name>``, or this method's default when the config lacks it or has None."""
         value = getattr(self.config, name, None)
-        return self.DEFAULTS[name] if value is None else value
+        return self.default(name) if value is None else value
 
     def generator(self, in_channels: int, out_channels: int) -> nn.Module:
-        return build_generator_for(self.config, in_channels, out_channels, self.chip_size)
+        return build_generator_for(self.config, in_channels, out_channels, self.chip_size,
+                                   norm=self.option("net_norm"))
 
     def discriminator(self, in_channels: int) -> nn.Module:
         c = self.config
-        return build_discriminator(in_channels, c.ndf, c.n_layers_d, c.net_norm)
+        return build_discriminator(in_channels, c.ndf, c.n_layers_d, self.option("d_norm"))
+
+    def gan_weight(self) -> float:
+        """The adversarial term's weight at this iteration: 0 during ``gan_warmup``
+        iterations (reconstruction only: tone and structure first), then rising linearly to
+        1 over ``gan_ramp`` iterations."""
+        warmup, ramp = int(self.option("gan_warmup")), int(self.option("gan_ramp"))
+        done = self.iteration - warmup
+        if done < 0:
+            return 0.0
+        return 1.0 if ramp <= 0 else min(1.0, (done + 1) / ramp)
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -221,6 +258,7 @@ class Method:
                 "or --ngf (or use --precision bf16)"
             ) from None
         self.scaler.update()
+        self.iteration += 1
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()

@@ -42,7 +42,8 @@ class Pix2Pix(Method):
         with self.generator_phase(d_b) as d_plain:
             with self.autocast():
                 pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
-            loss_gan = self.gan_loss(pred_fake, True, for_discriminator=False)
+            loss_gan = self.gan_loss(pred_fake, True, for_discriminator=False) \
+                * self.gan_weight()
             loss_l1 = masked_l1(fake_b, real_b, valid) * self.option("lambda_l1")
             loss_g = loss_gan + loss_l1
             losses = {"d_b": loss_d, "g_ab_gan": loss_gan, "g_ab_l1": loss_l1}

@@ -63,7 +63,7 @@ class Pix2PixHD(Method):
                                     tuple(bands) if bands is not None else None)
         g_ab = self.generator(self.bands["a"], self.bands["b"])
         d_b = build_multiscale_discriminator(self.bands["b"] + self.bands["a"], c.ndf,
-                                             c.n_layers_d, c.net_norm, self.num_d)
+                                             c.n_layers_d, self.option("d_norm"), self.num_d)
         return {"g_ab": g_ab, "d_b": d_b}
 
     def setup(self) -> None:
@@ -96,7 +96,8 @@ class Pix2PixHD(Method):
                 pred_fake = d_plain(torch.cat([real_a, fake_b], 1))
                 with torch.no_grad():
                     pred_real = d_plain(real_pair)
-            losses = {"d_b": loss_d, "g_ab_gan": self._gan(pred_fake, True, for_d=False),
+            losses = {"d_b": loss_d,
+                      "g_ab_gan": self._gan(pred_fake, True, for_d=False) * self.gan_weight(),
                       "g_ab_feat": feature_matching_loss(pred_fake, pred_real, c.n_layers_d)
                       * self.lambda_feat}
             if self.vgg_loss is not None:

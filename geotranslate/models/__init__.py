@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from geotranslate.choices import LEGACY_UPSAMPLE
+
 from .discriminators import (
     MultiScaleDiscriminator,
     PatchDiscriminator,
@@ -188,11 +190,15 @@ class GeneratorSpec:
         missing = {"arch", "in_channels", "out_channels"} - set(data)
         if missing:
             raise ValueError(f"generator spec is missing {sorted(missing)}: {data!r}")
+        kwargs = dict(data.get("kwargs", {}))
+        if data["arch"] in ("resnet", "unet"):
+            # specs written before ``upsample`` existed: their decoders transposed
+            kwargs.setdefault("upsample", LEGACY_UPSAMPLE)
         return cls(
             arch=str(data["arch"]),
             in_channels=int(data["in_channels"]),
             out_channels=int(data["out_channels"]),
-            kwargs=dict(data.get("kwargs", {})),
+            kwargs=kwargs,
         )
 
     def build(self, *, fetch_pretrained: bool = False, init: bool = True) -> nn.Module:

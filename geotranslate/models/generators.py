@@ -13,10 +13,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from geotranslate.choices import DEFAULT_UPSAMPLE, UPSAMPLE_KINDS
+
 from .init import mark_pretrained
 from .norms import check_norm, conv_bias_for, make_norm
 
 PADDING_KINDS: tuple[str, ...] = ("reflect", "replicate", "zero")
+
+
+def check_upsample(upsample: str) -> str:
+    if upsample not in UPSAMPLE_KINDS:
+        raise ValueError(f"unknown upsample {upsample!r}; expected one of "
+                         f"{', '.join(UPSAMPLE_KINDS)}")
+    return upsample
+
+
+def upsample_conv(in_channels: int, out_channels: int, upsample: str, *, bias: bool,
+                  kernel_size: int, padding: str = "zero") -> nn.Module:
+    """A layer that doubles height and width and maps ``in_channels`` to ``out_channels``.
+
+    ``resize``: nearest x2 then a 3x3 convolution (``padding`` kind at its edges);
+    ``transpose``: ``ConvTranspose2d`` of ``kernel_size`` (3 in the ResNet generator, 4 in
+    the U-Net), exactly the layer of earlier versions.
+    """
+    if check_upsample(upsample) == "transpose":
+        if kernel_size == 3:
+            return nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1,
+                                      output_padding=1, bias=bias)
+        return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=bias)
+    pad_layers, conv_pad = _padding_layer(padding, 1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *pad_layers,
+                         nn.Conv2d(in_channels, out_channels, 3, padding=conv_pad, bias=bias))
 
 
 class PretrainedWeightsUnavailableError(RuntimeError):
@@ -96,12 +123,14 @@ class ResnetGenerator(nn.Module):
         norm: str = "instance",
         padding: str = "reflect",
         dropout: bool = False,
+        upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__()
         _check_positive(in_channels=in_channels, out_channels=out_channels, ngf=ngf)
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
         check_norm(norm)
+        check_upsample(upsample)
         _padding_layer(padding, 1)  # validates the padding kind
         self.arch = "resnet"
         self.in_channels = in_channels
@@ -112,6 +141,7 @@ class ResnetGenerator(nn.Module):
             "norm": norm,
             "padding": padding,
             "dropout": dropout,
+            "upsample": upsample,
         }
         bias = conv_bias_for(norm)
 
@@ -132,15 +162,8 @@ class ResnetGenerator(nn.Module):
         for level in range(2):
             channels = ngf * 2 ** (2 - level)
             layers += [
-                nn.ConvTranspose2d(
-                    channels,
-                    channels // 2,
-                    kernel_size=3,
-                    stride=2,
-                    padding=1,
-                    output_padding=1,
-                    bias=bias,
-                ),
+                upsample_conv(channels, channels // 2, upsample, bias=bias, kernel_size=3,
+                              padding=padding),
                 make_norm(norm, channels // 2),
                 nn.ReLU(inplace=True),
             ]
@@ -179,6 +202,7 @@ class UnetSkipBlock(nn.Module):
         outermost: bool = False,
         norm: str = "instance",
         dropout: bool = False,
+        upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__()
         self.outermost = outermost
@@ -192,15 +216,13 @@ class UnetSkipBlock(nn.Module):
         # The innermost level has no skip, so its up-conv sees only its own features.
         up_in_channels = inner_channels if innermost else inner_channels * 2
         if outermost:
-            up_conv = nn.ConvTranspose2d(
-                up_in_channels, outer_channels, kernel_size=4, stride=2, padding=1
-            )
+            up_conv = upsample_conv(up_in_channels, outer_channels, upsample, bias=True,
+                                    kernel_size=4)
             down: list[nn.Module] = [down_conv]
             up: list[nn.Module] = [nn.ReLU(inplace=True), up_conv, nn.Tanh()]
         else:
-            up_conv = nn.ConvTranspose2d(
-                up_in_channels, outer_channels, kernel_size=4, stride=2, padding=1, bias=bias
-            )
+            up_conv = upsample_conv(up_in_channels, outer_channels, upsample, bias=bias,
+                                    kernel_size=4)
             # Not in-place (unlike the reference): ``x`` is reused by the skip. The parent's
             # up path starts with ReLU, and relu(leaky_relu(x)) == relu(x), so outputs match.
             down = [nn.LeakyReLU(0.2), down_conv]
@@ -235,12 +257,14 @@ class UnetGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "instance",
         dropout: bool = True,
+        upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__()
         _check_positive(
             in_channels=in_channels, out_channels=out_channels, num_downs=num_downs, ngf=ngf
         )
         check_norm(norm)
+        check_upsample(upsample)
         self.arch = "unet"
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -250,6 +274,7 @@ class UnetGenerator(nn.Module):
             "ngf": ngf,
             "norm": norm,
             "dropout": dropout,
+            "upsample": upsample,
         }
 
         def inner_channels_at(level: int) -> int:
@@ -265,6 +290,7 @@ class UnetGenerator(nn.Module):
                 submodule=block,
                 norm=norm,
                 dropout=use_dropout,
+                upsample=upsample,
             )
         self.model = UnetSkipBlock(
             outer_channels=out_channels,
@@ -273,6 +299,7 @@ class UnetGenerator(nn.Module):
             submodule=block,
             outermost=True,
             norm=norm,
+            upsample=upsample,
         )
 
     @property

@@ -6,10 +6,12 @@ import copy
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-NormKind = Literal["instance", "batch", "none"]
-NORM_KINDS: tuple[str, ...] = ("instance", "batch", "none")
+from geotranslate.choices import NORM_KINDS
+
+NormKind = Literal["layer", "instance", "batch", "none"]
 
 
 def check_norm(norm: str) -> str:
@@ -22,15 +24,39 @@ def check_norm(norm: str) -> str:
 def make_norm(norm: str, channels: int) -> nn.Module:
     """Build the normalisation layer for ``channels`` feature maps.
 
-    Instance norm follows the reference (no affine, no running stats); ``"none"`` gives an
-    Identity, which keeps the network translation-equivariant.
+    Instance norm follows the reference (no affine, no running stats); ``"layer"`` is
+    :class:`PixelLayerNorm`; ``"none"`` gives an Identity, which keeps the network
+    translation-equivariant.
     """
     check_norm(norm)
+    if norm == "layer":
+        return PixelLayerNorm(channels)
     if norm == "instance":
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if norm == "batch":
         return nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
     return nn.Identity()
+
+
+class PixelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each pixel, with a per-channel scale and shift.
+
+    Pointwise in space: a pixel's output depends on its own feature vector only, never on the
+    rest of the chip or tile, so the network normalizes identically in training and in a tiled
+    prediction of any tile size. Computed in float32 (``F.layer_norm`` on the channels-last
+    view), whatever the autocast precision.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.permute(0, 2, 3, 1).float(), x.shape[1:2], self.weight.float(),
+                         self.bias.float(), self.eps)
+        return y.permute(0, 3, 1, 2).to(x.dtype)
 
 
 def conv_bias_for(norm: str) -> bool:
@@ -82,11 +108,14 @@ class SceneNorm(nn.Module):
 
 
 def norm_layer_kinds(net: nn.Module) -> set[str]:
-    """Which kinds of normalization layers ``net`` holds: a subset of {"instance", "batch"}."""
+    """Which kinds of normalization layers ``net`` holds: a subset of {"instance", "batch",
+    "layer"}."""
     kinds = set()
     for module in net.modules():
         if isinstance(module, (nn.InstanceNorm2d, SceneNorm)):
             kinds.add("instance")
+        elif isinstance(module, PixelLayerNorm):
+            kinds.add("layer")
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             kinds.add("batch")
     return kinds

@@ -6,7 +6,10 @@ many input pixels one of its input pixels spans) is the network's input size ove
 feature map's size, rounded to a power of two (explicit padding layers make the map a little
 larger). Each layer widens the receptive field by ``(kernel - 1) * dilation * jump`` input
 pixels; a transposed convolution, a convolution on its ``stride`` times finer output grid, by
-``(kernel - 1) * jump / stride``. The receptive field is 1 plus the sum over all layers. The
+``(kernel - 1) * jump / stride``; a nearest-neighbour upsampling by ``scale``, whose output
+pixel takes its value from an input pixel at one of ``scale`` phases, by
+``(scale - 1) * jump / scale`` (a bound: the ResNet generator's measured field is 3 px
+smaller, a U-Net's a few px). The receptive field is 1 plus the sum over all layers. The
 skips of the generators here (ResNet blocks, U-Net levels, smp U-Nets) only carry features of
 layers already on the longest path, so the sum is that path's field: exact for the ResNet
 generator, and a bound at most a few pixels above the measured field of a U-Net (whose
@@ -25,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d)
+_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.Upsample)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -60,6 +63,10 @@ def receptive_field(net: nn.Module, in_channels: int | None = None) -> int:
     field = 1.0
     for module, width in records:
         jump = 2.0 ** round(math.log2(size / width))
+        if isinstance(module, nn.Upsample):
+            scale = int(_pair(module.scale_factor)[1])
+            field += (scale - 1) * jump / scale
+            continue
         kernel = _pair(module.kernel_size)[1]
         layer_stride = _pair(module.stride if module.stride is not None else kernel)[1]
         dilation = _pair(getattr(module, "dilation", 1))[1]

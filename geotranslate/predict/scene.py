@@ -105,10 +105,13 @@ def scene_generator(
 
 def norm_stats_label(kinds: set[str], mode: str, tiles: int, tile: int) -> str:
     """``scene-sample 16 tiles of 256 px`` / ``per-tile`` (instance norm), ``running`` (batch
-    norm), ``none`` (no normalization layer); joined with ``+`` when the network has both."""
+    norm), ``per-pixel`` (layer norm over each pixel's channels), ``none`` (no normalization
+    layer); joined with ``+`` when the network has several."""
     parts = []
     if "instance" in kinds:
         parts.append(f"scene-sample {tiles} tiles of {tile} px" if mode == "scene" else "per-tile")
     if "batch" in kinds:
         parts.append("running")
+    if "layer" in kinds:
+        parts.append("per-pixel")
     return " + ".join(parts) or "none"

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from geotranslate import schema as sc
 from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT, LEGACY_AUGMENT
+from geotranslate.choices import DEFAULT_UPSAMPLE, LEGACY_UPSAMPLE, NORM_KINDS, UPSAMPLE_KINDS
 from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
 from geotranslate.methods import METHODS
 
 CONFIG_NAME = "config.json"
 DATASET_TYPES = tuple(METHODS)
-NETWORK_NORMS = ("instance", "batch", "none")
+NETWORK_NORMS = NORM_KINDS
 NORM_METHODS = ("robust", "percentile", "minmax", "meanstd")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 
@@ -40,7 +41,9 @@ class TrainConfig:
     unet_depth: int | None = None  # U-Net num_downs; None: receptive field <= chip (128 px: 4)
     ndf: int = 64
     n_layers_d: int = 3
-    net_norm: str = "instance"  # normalization layers of generators and discriminators
+    net_norm: str | None = None  # the generators' normalization; None: the method's default
+    d_norm: str = "instance"  # the discriminators' normalization (PatchGAN: instance norm)
+    upsample: str = DEFAULT_UPSAMPLE  # decoders: resize + conv (no checkerboard) or transpose
     pretrained: bool = False  # ImageNet encoder weights (smp-unet only)
     # losses
     gan_mode: str | None = None  # None: vanilla (Pix2Pix), lsgan (CycleGAN)
@@ -50,6 +53,9 @@ class TrainConfig:
     lambda_identity: float = 0.5
     lambda_tv: float = 0.0
     pool_size: int = 50
+    # paired methods: iterations of reconstruction only, then a linear ramp of the GAN term
+    gan_warmup: int | None = None  # None: the method's default
+    gan_ramp: int | None = None
     # Pix2PixHD
     num_d: int | None = None  # discriminator scales; None: 3 where the chips allow it
     lambda_feat: float = 10.0  # discriminator feature matching
@@ -104,11 +110,14 @@ class TrainConfig:
             )
         checks = [
             ("precision", self.precision, PRECISIONS),
-            ("network norm", self.net_norm, NETWORK_NORMS),
+            ("discriminator norm", self.d_norm, NETWORK_NORMS),
+            ("upsample", self.upsample, UPSAMPLE_KINDS),
             ("normalization", self.norm_method, NORM_METHODS),
         ]
         if self.gan_mode is not None:
             checks.append(("GAN mode", self.gan_mode, GAN_MODES))
+        if self.net_norm is not None:
+            checks.append(("network norm", self.net_norm, NETWORK_NORMS))
         check_device_name(self.device)
         checks.append(("augment", self.augment, tuple(AUGMENTS)))
         for what, value, allowed in checks:
@@ -120,7 +129,8 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise GeotranslateError(f"{what} must be >= 1, got {value}")
         not_negative = {"n-blocks": self.n_blocks, "workers": self.workers,
-                        "pool-size": self.pool_size, "seed": self.seed}
+                        "pool-size": self.pool_size, "seed": self.seed,
+                        "gan-warmup": self.gan_warmup, "gan-ramp": self.gan_ramp}
         for what, value in not_negative.items():
             if value is not None and value < 0:
                 raise GeotranslateError(f"{what} must be >= 0, got {value}")
@@ -183,6 +193,12 @@ class TrainConfig:
         values = {k: v for k, v in d.items() if k in known}
         # config.json before --augment MODE: a boolean, absent meaning the old default (True)
         values.setdefault("augment", True)
+        # before --upsample and --d-norm: transposed convolutions, one norm for G and D, no
+        # GAN warm-up
+        values.setdefault("upsample", LEGACY_UPSAMPLE)
+        values.setdefault("d_norm", values.get("net_norm") or "instance")
+        values.setdefault("gan_warmup", 0)
+        values.setdefault("gan_ramp", 0)
         return cls(**values)
 
     @classmethod

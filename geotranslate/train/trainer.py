@@ -40,7 +40,7 @@ from geotranslate.data import (
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.methods import METHODS, Method, build_method
-from geotranslate.metrics import MetricsAccumulator, flat_image
+from geotranslate.metrics import MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
 from geotranslate.models import build_discriminator, unwrap
 from geotranslate.raster.io import atomic_path
@@ -229,7 +229,7 @@ class Trainer:
             except (RuntimeError, ValueError) as e:
                 if name.startswith("d_"):
                     fits = [n for n in range(c.n_layers_d - 1, 0, -1)
-                            if _fits(build_discriminator(net.in_channels, 1, n, c.net_norm), x)]
+                            if _fits(build_discriminator(net.in_channels, 1, n, c.d_norm), x)]
                     hint = (f"; use --n-layers-d {fits[0]} or less" if fits
                             else "; use larger chips")
                     raise GeotranslateError(
@@ -443,13 +443,16 @@ def validation_line(epoch: int, scores: dict[str, float]) -> str:
     when = f"epoch {epoch}" if epoch else "untrained model"
     line = (f"{when} validation: {figures('val_')} (flat image at the target mean: "
             f"{figures('val_flat_')})")
-    if scores["val_psnr"] <= scores["val_flat_psnr"]:
+    worse = not_above_flat({k: scores.get("val_" + k) for k in ("psnr", "ssim")},
+                           {k: scores.get("val_flat_" + k) for k in ("psnr", "ssim")})
+    if worse:
+        what = ", ".join(worse)
         if epoch >= FLAT_PATIENCE_EPOCHS:
-            line += (f"; no better than a flat image after {epoch} epochs: check --augment "
-                     "(flips/rotations break direction-dependent mappings), the normalization "
-                     "(--norm-method) and the pairing of A and B")
+            line += (f"; no better than a flat image after {epoch} epochs ({what}): check "
+                     "--augment (flips/rotations break direction-dependent mappings), the "
+                     "normalization (--norm-method) and the pairing of A and B")
         elif epoch:
-            line += "; not yet better than a flat image"
+            line += f"; not yet better than a flat image ({what})"
     return line
 
 
@@ -603,6 +606,7 @@ class _Run:
             self.epoch, self.epoch_batch = (int(checkpoint["epoch"]),
                                             int(checkpoint["epoch_batch"]))
             self.iteration = int(checkpoint["iteration"])
+            trainer.method.iteration = self.iteration
             self.elapsed = float(checkpoint.get("elapsed_s", 0))
             self.last_losses = dict(checkpoint.get("last_losses", {}))
             self.best = dict(checkpoint.get("best", {}))
@@ -864,6 +868,8 @@ class _Run:
                 "lambda_identity": getattr(self.trainer.method, "lambda_identity", None),
                 "pretrained": config.pretrained, "norm_method": config.norm_method,
                 "augment": config.augment,
+                "gan_warmup": self.trainer.method.option("gan_warmup"),
+                "gan_ramp": self.trainer.method.option("gan_ramp"),
                 "data_dir": config.data_dir,
                 "started": datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
             }

@@ -1,0 +1,29 @@
+"""Names of the choices that several layers share, in a module that imports nothing heavy.
+
+The owners (models/norms.py, models/generators.py, methods/base.py) take their choice lists
+and defaults from here, and so does the CLI, which must start without importing torch.
+"""
+
+from __future__ import annotations
+
+#: normalization layers of the networks. ``layer``: each pixel's feature vector normalized
+#: over its channels (a LayerNorm per pixel, as ConvNeXt and NAFNet use): its output at a
+#: pixel depends on that pixel alone, so training chips and prediction tiles of any size see
+#: the same normalization and no scene pass is needed; ``instance``: each chip's (or at
+#: prediction, a scene sample's) statistics; ``batch``: running statistics; ``none``
+NORM_KINDS: tuple[str, ...] = ("layer", "instance", "batch", "none")
+
+#: how decoders double the resolution. ``resize``: nearest-neighbour x2, then a 3x3
+#: convolution, which has no checkerboard (Odena, Dumoulin and Olah 2016); ``transpose``: a
+#: stride-2 transposed convolution, whose uneven kernel overlap paints a pattern at the
+#: stride (the papers' networks, and every model file written before ``upsample`` existed)
+UPSAMPLE_KINDS: tuple[str, ...] = ("resize", "transpose")
+DEFAULT_UPSAMPLE = "resize"
+LEGACY_UPSAMPLE = "transpose"
+
+#: what every method trains its generators with unless told otherwise (docs/benchmarks.md,
+#: "Generator normalization")
+DEFAULT_NET_NORM = "layer"
+#: paired methods: iterations with the adversarial term off, then iterations of its ramp
+DEFAULT_GAN_WARMUP = 0
+DEFAULT_GAN_RAMP = 0
