@@ -454,13 +454,16 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
 @click.argument("run", type=click.Path())
 @click.option("--out", "out_path", required=True, type=click.Path(),
               help="The STAC item (JSON) to write.")
+@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(),
+              help="An ONNX export of the model (export-onnx), added as an asset; repeat for "
+                   "each direction.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def model_stac_cmd(run, out_path, overwrite) -> None:
+def model_stac_cmd(run, out_path, onnx_paths, overwrite) -> None:
     """Write RUN's model (a run directory or its model.json) as a STAC item with the Machine
-    Learning Model extension, for catalogues."""
+    Learning Model extension (MLM v1.4.0), for catalogues."""
     from geotranslate.stac import write_model_stac
 
-    click.echo(str(write_model_stac(run, out_path, overwrite=overwrite)))
+    click.echo(str(write_model_stac(run, out_path, overwrite=overwrite, onnx=onnx_paths)))
 
 
 @cli.command("export-onnx")

@@ -143,3 +143,45 @@ def test_export_onnx_metadata_for_deepness_and_provenance(tmp_path, make_raster,
         export_onnx(run, tmp_path / "x.onnx", tile_size=30)
     with pytest.raises(GeotranslateError, match="has no b2a generator"):
         export_onnx(run, tmp_path / "x.onnx", direction="b2a")
+
+
+# ---- colour interpretation of the GeoTIFFs written ------------------------------------------
+
+
+def test_translation_of_a_bgr_nir_target_has_its_colour_interpretation(tmp_path, make_raster):
+    from rasterio.enums import ColorInterp as CI
+
+    run = make_model(tmp_path, bands_b=4, dtype_b="uint16", nodata_b=0, chip=TILE)
+    meta = json.loads((run / "model.json").read_text())
+    meta["domains"]["b"]["band_descriptions"] = ["Blue", "green", "red", "nir"]
+    (run / "model.json").write_text(json.dumps(meta))
+    _, src = _raster(make_raster)
+    for cog in (False, True):
+        out = tmp_path / f"out_{cog}.tif"
+        predict_raster(src, run, out, progress=False, cog=cog)
+        with rasterio.open(out) as ds:
+            assert ds.colorinterp == (CI.blue, CI.green, CI.red, CI.undefined)
+            assert ds.nodata == 0 and ds.descriptions == ("Blue", "green", "red", "nir")
+
+
+def test_chips_get_colours_from_descriptions_or_the_source_colour_interpretation(tmp_path):
+    from conftest import write_raster
+    from rasterio.enums import ColorInterp as CI
+
+    from geotranslate.export import export_tiles
+
+    rng = np.random.default_rng(0)
+    sar = write_raster(tmp_path / "sar.tif", rng.normal(0, 1, (2, 64, 64)).astype("float32"),
+                       descriptions=["VV", "VH"])
+    rgb = tmp_path / "rgb.tif"  # an RGB GeoTIFF without descriptions
+    write_raster(rgb, rng.integers(1, 255, (3, 64, 64)).astype("uint8"), nodata=0)
+    with rasterio.open(rgb, "r+") as ds:
+        ds.colorinterp = [CI.red, CI.green, CI.blue]
+    export_tiles([sar], [rgb], tmp_path / "chips", tile_size=32, progress=False)
+    chip_a = next((tmp_path / "chips").glob("*_a/*.tif"))
+    chip_b = next((tmp_path / "chips").glob("*_b/*.tif"))
+    with rasterio.open(chip_a) as a, rasterio.open(chip_b) as b:
+        # GeoTIFF stores an undefined first band of a grey (MINISBLACK) image as gray
+        assert a.colorinterp == (CI.gray, CI.undefined)
+        assert b.colorinterp == (CI.red, CI.green, CI.blue)
+        assert b.descriptions == ("red", "green", "blue") and b.nodata == 0

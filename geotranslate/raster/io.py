@@ -282,7 +282,7 @@ COLOUR_DESCRIPTIONS = {"red": ColorInterp.red, "green": ColorInterp.green,
 def colour_interpretation(descriptions: Sequence[str | None]) -> list[ColorInterp]:
     """The colour interpretation of each band of a GeoTIFF written with these descriptions:
     red/green/blue/alpha where a band is so described (the first band of each name), else
-    undefined."""
+    undefined (which GeoTIFF reports as gray for the first band when it is not red)."""
     out, seen = [], set()
     for d in descriptions:
         colour = COLOUR_DESCRIPTIONS.get((d or "").strip().lower())
