@@ -118,9 +118,11 @@ def _stac_bands(model, names: dict[str, list[str]]) -> list[dict]:
     return out
 
 
-def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = ()) -> dict:
+def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = (),
+                    base: str | os.PathLike | None = None) -> dict:
     """The STAC item (as a dict) of a trained model; ``onnx``: its ONNX exports (assets
-    ``onnx_a2b``, ``onnx_b2a``)."""
+    ``onnx_a2b``, ``onnx_b2a``). Asset hrefs are relative to ``base``, the folder the item
+    is written to (default: the run's)."""
     from stac_model.schema import MLModelProperties
 
     model = load_model(run)
@@ -176,15 +178,17 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
         stac_extensions=[MLM_SCHEMA],
     )
     item.add_asset("weights", pystac.Asset(
-        href=WEIGHTS_NAME, media_type="application/octet-stream; application=safetensors",
+        href=_href(folder / WEIGHTS_NAME, base or folder),
+        media_type="application/octet-stream; application=safetensors",
         roles=["mlm:model", "mlm:weights", "data"], title="generator weights (safetensors)",
         extra_fields={"mlm:artifact_type": "safetensors.torch.save_file",
                       "geotranslate:sha256": sha}))
     item.add_asset("metadata", pystac.Asset(
-        href=META_NAME, media_type="application/json", roles=["metadata"],
+        href=_href(folder / META_NAME, base or folder), media_type="application/json",
+        roles=["metadata"],
         title="geotranslate model.json"))
     for path in onnx:
-        asset = _onnx_asset(Path(path), folder)
+        asset = _onnx_asset(Path(path), base or folder)
         key = f"onnx_{asset.extra_fields['geotranslate:direction']}"
         if key in item.assets:
             raise GeotranslateError(f"{path}: a second ONNX model of the same direction")
@@ -194,8 +198,13 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
     return d
 
 
-def _onnx_asset(path: Path, folder: Path) -> pystac.Asset:
-    """The ONNX export as an asset: its href relative to the run when it lies inside it."""
+def _href(path: Path, base: str | os.PathLike) -> str:
+    """``path`` relative to the item's folder ``base`` (POSIX separators, as STAC wants)."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
+
+def _onnx_asset(path: Path, base: str | os.PathLike) -> pystac.Asset:
+    """The ONNX export as an asset, its href relative to the item's folder ``base``."""
     import onnx
 
     try:
@@ -206,12 +215,8 @@ def _onnx_asset(path: Path, folder: Path) -> pystac.Asset:
     direction = json.loads(props.get("geotranslate:direction", "null"))
     if direction is None:
         raise GeotranslateError(f"{path}: not an ONNX model written by geotranslate export-onnx")
-    try:
-        href = str(path.resolve().relative_to(folder.resolve()))
-    except ValueError:
-        href = str(path)
     return pystac.Asset(
-        href=href, media_type=ONNX_MEDIA_TYPE, roles=["mlm:model", "data"],
+        href=_href(path, base), media_type=ONNX_MEDIA_TYPE, roles=["mlm:model", "data"],
         title=f"{direction} generator as ONNX (raw bands in, data units out)",
         extra_fields={"mlm:artifact_type": "torch.onnx.export",
                       "geotranslate:sha256": _sha256(path),
@@ -226,7 +231,7 @@ def write_model_stac(run: str | os.PathLike, out: str | os.PathLike,
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
     out = Path(out)
     check_not_input(out, [folder / META_NAME, folder / WEIGHTS_NAME])
-    item = model_stac_item(run, onnx)
+    item = model_stac_item(run, onnx, base=out.resolve().parent)
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the item's file name")
     with atomic_path(out, overwrite=overwrite) as tmp:

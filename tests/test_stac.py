@@ -116,7 +116,11 @@ def test_onnx_export_is_an_asset_of_the_item(tmp_path, capsys):
     item = json.loads(out.read_text())
     assert mlm_errors(item) == []
     asset = item["assets"]["onnx_a2b"]
-    assert asset["href"] == "model_a2b.onnx" and "mlm:model" in asset["roles"]
+    assert "mlm:model" in asset["roles"]
+    # hrefs are relative to the item's folder: they lead to the files
+    assert asset["href"] == "run/model_a2b.onnx"
+    for a in item["assets"].values():
+        assert (tmp_path / a["href"]).is_file()
     assert asset["mlm:artifact_type"] == "torch.onnx.export"
     # a file that is not a geotranslate ONNX model is one error line
     (tmp_path / "x.onnx").write_bytes(b"not onnx")
