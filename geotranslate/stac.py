@@ -188,8 +188,11 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
         roles=["metadata"],
         title="geotranslate model.json"))
     for path in onnx:
-        asset = _onnx_asset(Path(path), base or folder)
-        key = f"onnx_{asset.extra_fields['geotranslate:direction']}"
+        asset, direction, generator_sha = _onnx_asset(Path(path), base or folder)
+        if generator_sha != digest.get(direction):
+            raise GeotranslateError(f"{path}: was exported from other weights than {folder}'s "
+                                    f"{direction} generator")
+        key = f"onnx_{direction}"
         if key in item.assets:
             raise GeotranslateError(f"{path}: a second ONNX model of the same direction")
         item.add_asset(key, asset)
@@ -203,8 +206,9 @@ def _href(path: Path, base: str | os.PathLike) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
 
 
-def _onnx_asset(path: Path, base: str | os.PathLike) -> pystac.Asset:
-    """The ONNX export as an asset, its href relative to the item's folder ``base``."""
+def _onnx_asset(path: Path, base: str | os.PathLike) -> tuple[pystac.Asset, str, str]:
+    """The ONNX export as an asset (its href relative to the item's folder ``base``), its
+    direction and the digest of the generator weights it was exported from."""
     import onnx
 
     try:
@@ -212,10 +216,13 @@ def _onnx_asset(path: Path, base: str | os.PathLike) -> pystac.Asset:
     except Exception as e:  # a missing file, or protobuf's DecodeError
         raise GeotranslateError(f"{path}: not an ONNX model ({type(e).__name__})") from None
     props = {p.key: p.value for p in proto.metadata_props}
-    direction = json.loads(props.get("geotranslate:direction", "null"))
-    if direction is None:
-        raise GeotranslateError(f"{path}: not an ONNX model written by geotranslate export-onnx")
-    return pystac.Asset(
+    try:
+        direction = json.loads(props["geotranslate:direction"])
+        generator_sha = json.loads(props["geotranslate:weights_sha256"])
+    except (KeyError, ValueError):
+        raise GeotranslateError(
+            f"{path}: not an ONNX model written by geotranslate export-onnx") from None
+    asset = pystac.Asset(
         href=_href(path, base), media_type=ONNX_MEDIA_TYPE, roles=["mlm:model", "data"],
         title=f"{direction} generator as ONNX (raw bands in, data units out)",
         extra_fields={"mlm:artifact_type": "torch.onnx.export",
@@ -223,6 +230,7 @@ def _onnx_asset(path: Path, base: str | os.PathLike) -> pystac.Asset:
                       "geotranslate:direction": direction,
                       "geotranslate:deepness": {"model_type": json.loads(props["model_type"]),
                                                 "tile_size": json.loads(props["tile_size"])}})
+    return asset, direction, generator_sha
 
 
 def write_model_stac(run: str | os.PathLike, out: str | os.PathLike,

@@ -127,3 +127,9 @@ def test_onnx_export_is_an_asset_of_the_item(tmp_path, capsys):
     assert cli_main(["model-stac", str(run), "--out", str(tmp_path / "i2.json"), "--onnx",
                      str(tmp_path / "x.onnx")]) == 1
     assert "not an ONNX model" in capsys.readouterr().err
+    # nor an export of other weights
+    other = make_model(tmp_path, seed=1, name="other")
+    export_onnx(other, tmp_path / "other.onnx")
+    assert cli_main(["model-stac", str(run), "--out", str(tmp_path / "i3.json"), "--onnx",
+                     str(tmp_path / "other.onnx")]) == 1
+    assert "exported from other weights" in capsys.readouterr().err
