@@ -4,7 +4,7 @@ Tolerance: predict-raster on a raster of one tile (overlap 0, no blending weight
 ONNX model on the same raw bands run the same float32 arithmetic, apart from the order of the
 convolutions' sums in onnxruntime and torch. Integer outputs may then differ by 1 where a
 value lies within that rounding error of a .5 tie (at most 1 % of the pixels); float outputs
-within 1e-4 of the band's normalization range (the [-1, 1] output times half the range).
+within 1e-5 of the band's normalization range (the [-1, 1] output times half the range).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _assert_close(onnx_out: np.ndarray, torch_out: np.ndarray, dtype: str, span:
     else:
         both = np.isfinite(torch_out)
         assert np.array_equal(both, np.isfinite(onnx_out))  # nodata (NaN) where predict's
-        assert np.abs(onnx_out[both] - torch_out[both]).max() <= 1e-4 * span
+        assert np.abs(onnx_out[both] - torch_out[both]).max() <= 1e-5 * span
 
 
 @pytest.mark.parametrize("norm", ["none", "batch"])
