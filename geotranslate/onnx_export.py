@@ -205,7 +205,8 @@ def export_onnx(
 
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
     out = Path(out)
-    check_not_input(out, [folder / "model.json", folder / "model.safetensors"])
+    inputs = [folder / "model.json", folder / "model.safetensors"]
+    check_not_input(out, inputs + ([Path(calibrate_on)] if calibrate_on is not None else []))
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the ONNX file's name")
     model = load_model(run)

@@ -145,6 +145,22 @@ def test_export_onnx_metadata_for_deepness_and_provenance(tmp_path, make_raster,
         export_onnx(run, tmp_path / "x.onnx", direction="b2a")
 
 
+def test_resolution_comes_from_the_training_chips_in_metres(tmp_path):
+    from geotranslate.onnx_export import training_resolution_cm
+
+    run = make_model(tmp_path, chip=TILE)
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    meta = json.loads((run / "model.json").read_text())
+    meta["training"] = {"data_dir": str(chips)}
+    (run / "model.json").write_text(json.dumps(meta))
+    assert training_resolution_cm(load_model(run), "a2b") is None  # no meta.json any more
+    for crs, expected in (("EPSG:32633", 1000.0), ("EPSG:4326", None)):
+        (chips / "meta.json").write_text(json.dumps(
+            {"domains": {"a": {"pixel_size": [10.0, 10.0], "crs": crs}}}))
+        assert training_resolution_cm(load_model(run), "a2b") == expected
+
+
 # ---- colour interpretation of the GeoTIFFs written ------------------------------------------
 
 
