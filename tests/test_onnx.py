@@ -201,3 +201,18 @@ def test_chips_get_colours_from_descriptions_or_the_source_colour_interpretation
         assert a.colorinterp == (CI.gray, CI.undefined)
         assert b.colorinterp == (CI.red, CI.green, CI.blue)
         assert b.descriptions == ("red", "green", "blue") and b.nodata == 0
+
+
+def test_vrt_mosaic_keeps_the_colour_interpretation(tmp_path, make_raster):
+    from rasterio.enums import ColorInterp as CI
+
+    from geotranslate.raster.vrt import write_vrt
+
+    run = make_model(tmp_path, bands_b=4, dtype_b="uint16", nodata_b=0, chip=TILE)
+    meta = json.loads((run / "model.json").read_text())
+    meta["domains"]["b"]["band_descriptions"] = ["blue", "green", "red", "nir"]
+    (run / "model.json").write_text(json.dumps(meta))
+    _, src = _raster(make_raster)
+    predict_raster(src, run, tmp_path / "t.tif", progress=False)
+    with rasterio.open(write_vrt([tmp_path / "t.tif"], tmp_path / "m.vrt")) as ds:
+        assert ds.colorinterp == (CI.blue, CI.green, CI.red, CI.undefined)
