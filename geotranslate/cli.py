@@ -480,13 +480,45 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
 @click.argument("run", type=click.Path())
 @click.option("--out", "out_path", required=True, type=click.Path(),
               help="The STAC item (JSON) to write.")
+@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(),
+              help="An ONNX export of the model (export-onnx), added as an asset; repeat for "
+                   "each direction.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def model_stac_cmd(run, out_path, overwrite) -> None:
+def model_stac_cmd(run, out_path, onnx_paths, overwrite) -> None:
     """Write RUN's model (a run directory or its model.json) as a STAC item with the Machine
-    Learning Model extension, for catalogues."""
+    Learning Model extension (MLM v1.4.0), for catalogues."""
     from geotranslate.stac import write_model_stac
 
-    click.echo(str(write_model_stac(run, out_path, overwrite=overwrite)))
+    click.echo(str(write_model_stac(run, out_path, overwrite=overwrite, onnx=onnx_paths)))
+
+
+@cli.command("export-onnx")
+@click.argument("run", type=click.Path())
+@click.option("--out", "out_path", required=True, type=click.Path(),
+              help="The ONNX model file to write.")
+@click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
+              help="Which generator to export (b2a: CycleGAN, CUT's have only a2b).")
+@click.option("--tile-size", type=int, default=None,
+              help="The model's input size in pixels. Default: the model's chip size.")
+@click.option("--calibrate-on", type=click.Path(), default=None, metavar="RASTER",
+              help="Instance norms keep this raster's scene statistics (as predict-raster "
+                   "computes them); without it they use each tile's own.")
+@click.option("--resolution", "resolution_cm", type=float, default=None,
+              help="Pixel size in cm for QGIS Deepness. Default: the training chips' pixel "
+                   "size, when known and in metres.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export_onnx_cmd(run, out_path, direction, tile_size, calibrate_on, resolution_cm,
+                    overwrite) -> None:
+    """Export RUN's generator as an ONNX model that takes the raw bands (float32) and returns
+    the target domain's data units, with the metadata QGIS's Deepness plugin reads."""
+    from geotranslate.onnx_export import export_onnx
+
+    summary = export_onnx(run, out_path, direction=direction, tile_size=tile_size,
+                          calibrate_on=calibrate_on, resolution_cm=resolution_cm,
+                          overwrite=overwrite)
+    click.echo(f"wrote {summary['output']}: {direction}, tiles of {summary['tile_size']} px "
+               f"(overlap {summary['overlap']} px), outputs {', '.join(summary['outputs'])}; "
+               f"norm stats: {summary['norm_stats']}")
 
 
 # ---- evaluate and preview (geotranslate/evaluate.py, geotranslate/render.py) -------------------

@@ -318,12 +318,12 @@ def test_model_stac_item_with_the_mlm_extension(tmp_path, capsys):
     assert item.to_dict(include_self_link=False, transform_hrefs=False) == d  # round trip
     assert MLM_SCHEMA in item.stac_extensions
     props = item.properties
-    assert props["mlm:framework"] == "pytorch"
+    assert props["mlm:framework"] == "PyTorch"
     assert props["mlm:name"] and "resnet" in props["mlm:architecture"]
     (inp,), (out,) = props["mlm:input"], props["mlm:output"]
     assert inp["bands"] == ["a0", "a1"] and inp["input"]["shape"] == [-1, 2, 64, 64]
     assert out["bands"] == ["b0", "b1", "b2"] and out["result"]["shape"] == [-1, 3, 64, 64]
-    assert [v["minimum"] for v in inp["value_scaling"]] == [-1.0, -1.0]
+    assert [(v["mean"], v["stddev"]) for v in inp["value_scaling"]] == [(0.0, 1.0)] * 2
     weights = json.loads((run / "model.json").read_text())["weights"]["sha256"]
     assert item.assets["weights"].extra_fields["geotranslate:sha256"] == weights
     assert "mlm:model" in item.assets["weights"].roles

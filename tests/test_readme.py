@@ -126,6 +126,12 @@ def _stac_item(target: Path, assets: dict) -> None:
     target.write_text(json.dumps(item.to_dict(include_self_link=False)))
 
 
+def _onnx(target: Path, assets: dict) -> None:
+    from geotranslate.onnx_export import export_onnx
+
+    export_onnx(assets["pix2pix"], target)
+
+
 def _zip(target: Path, assets: dict) -> None:
     _sar(target.parent / "vv.tif")
     with zipfile.ZipFile(target, "w") as z:
@@ -166,11 +172,13 @@ INPUTS: dict[str, Callable[[Path, dict], None]] = {
     "T32_B04.tif": lambda t, a: None,
     "T32_B11.tif": lambda t, a: None,
     "item.json": _stac_item,
+    "model.onnx": _onnx,
     # served over HTTP (https://data.example.com/...) and from S3 (s3://my-bucket/...)
     "s1/scene.tif": _file(_sar),
     "s2/scene.tif": _file(_optical),
 }
-FILE_LIKE = re.compile(r"(/|\.(tif|tiff|vrt|json|png|zip|gpkg)$|\.json:|\*)", re.IGNORECASE)
+FILE_LIKE = re.compile(r"(/|\.(tif|tiff|vrt|json|png|zip|gpkg|onnx)$|\.json:|\*)",
+                       re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")

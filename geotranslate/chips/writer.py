@@ -9,7 +9,7 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
-from geotranslate.raster.io import atomic_path, valid_from_data
+from geotranslate.raster.io import atomic_path, colour_interpretation, valid_from_data
 
 
 def _write_chip_atomic(target: Path, *args, **kwargs) -> None:
@@ -27,7 +27,8 @@ def _write_chip(
     nodata: float | None,
     descriptions: Sequence[str | None],
 ) -> None:
-    """One chip GeoTIFF holding the source's values unchanged (every band, every pixel).
+    """One chip GeoTIFF holding the source's values unchanged (every band, every pixel),
+    colour interpretation from the band descriptions (:func:`colour_interpretation`).
 
     Readers derive validity from the values (nodata in any band, NaN) as from the source; the
     invalid pixels the values do not show (alpha, masks, padding without nodata) are kept in
@@ -60,6 +61,7 @@ def _write_chip(
             for i, desc in enumerate(descriptions):
                 if desc:
                     dst.set_band_description(i + 1, desc)
+            dst.colorinterp = colour_interpretation(list(descriptions) + [None] * count)[:count]
             if needs_mask:
                 dst.write_mask(valid.astype(np.uint8) * 255)
         encoded = memfile.read()

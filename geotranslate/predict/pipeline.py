@@ -34,7 +34,13 @@ from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.predict.output import apply_nodata
 from geotranslate.predict.queues import Stop, get, put
 from geotranslate.predict.resume import Checkpoint
-from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window, write_failed
+from geotranslate.raster.io import (
+    GDAL_CACHE_BYTES,
+    colour_interpretation,
+    open_raster,
+    read_window,
+    write_failed,
+)
 from geotranslate.raster.windows import reflect_pad
 
 #: strips read ahead / row windows waiting to be written.
@@ -186,6 +192,7 @@ class Writer(threading.Thread):
         for i, d in enumerate(self.out.target.band_descriptions):
             if d:
                 dst.set_band_description(i + 1, d)
+        dst.colorinterp = colour_interpretation(self.out.target.band_descriptions)
         dst.update_tags(**self.out.tags)
         return dst
 

@@ -249,8 +249,13 @@ def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) ->
 
 
 def raster_info(ds: rasterio.DatasetReader, bands: Sequence[int] | None = None) -> RasterInfo:
-    """Summarise a dataset (restricted to ``bands``) as plain values, e.g. for meta.json."""
+    """Summarise a dataset (restricted to ``bands``) as plain values, e.g. for meta.json.
+
+    A band without a description is described by its colour interpretation when that is
+    red, green or blue (an RGB GeoTIFF), so chips and translations keep their colours.
+    """
     bands = list(bands) if bands else spectral_bands(ds)
+    colours = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
     t = ds.transform
     return RasterInfo(
         path=str(ds.name),
@@ -261,10 +266,30 @@ def raster_info(ds: rasterio.DatasetReader, bands: Sequence[int] | None = None) 
         crs=ds.crs.to_string() if ds.crs else None,
         transform=tuple(t)[:6],
         nodata=None if ds.nodata is None else float(ds.nodata),
-        band_descriptions=tuple(ds.descriptions[b - 1] for b in bands),
+        band_descriptions=tuple(ds.descriptions[b - 1] or colours.get(ds.colorinterp[b - 1])
+                                for b in bands),
         spectral_bands=tuple(bands),
         pixel_size=(float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))),
     )
+
+
+#: band descriptions (case-insensitive) that name a colour interpretation; other bands are
+#: undefined, so GIS software shows red, green and blue as such and nothing else as colour.
+COLOUR_DESCRIPTIONS = {"red": ColorInterp.red, "green": ColorInterp.green,
+                       "blue": ColorInterp.blue, "alpha": ColorInterp.alpha}
+
+
+def colour_interpretation(descriptions: Sequence[str | None]) -> list[ColorInterp]:
+    """The colour interpretation of each band of a GeoTIFF written with these descriptions:
+    red/green/blue/alpha where a band is so described (the first band of each name), else
+    undefined (which GeoTIFF reports as gray for the first band when it is not red)."""
+    out, seen = [], set()
+    for d in descriptions:
+        colour = COLOUR_DESCRIPTIONS.get((d or "").strip().lower())
+        out.append(colour if colour is not None and colour not in seen
+                   else ColorInterp.undefined)
+        seen.add(colour)
+    return out
 
 
 def valid_from_data(data: np.ndarray, nodata: float | None) -> np.ndarray:

@@ -33,7 +33,8 @@ def _describe(path: Path) -> dict:
             return {"path": path, "crs": ds.crs, "transform": ds.transform, "width": ds.width,
                     "height": ds.height, "count": ds.count, "dtype": ds.dtypes[0],
                     "nodata": ds.nodata, "block": ds.block_shapes[0],
-                    "descriptions": ds.descriptions, "tags": ds.tags()}
+                    "descriptions": ds.descriptions, "colorinterp": ds.colorinterp,
+                    "tags": ds.tags()}
     except RasterioError as e:
         raise GeotranslateError(f"{path}: cannot read it for the VRT ({first_line(e)})") from None
 
@@ -94,6 +95,8 @@ def write_vrt(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         if first["descriptions"][band - 1]:
             lines.append(f"    <Description>{escape(first['descriptions'][band - 1])}"
                          "</Description>")
+        lines.append(f"    <ColorInterp>{first['colorinterp'][band - 1].name.capitalize()}"
+                     "</ColorInterp>")
         for info, (c, r, w, h) in zip(infos, boxes, strict=True):
             name = os.path.relpath(info["path"].resolve(), out.resolve().parent)
             by, bx = info["block"]
