@@ -466,9 +466,9 @@ def model_stac_cmd(run, out_path, overwrite) -> None:
 # ---- evaluate and preview (geotranslate/evaluate.py, geotranslate/render.py) -------------------
 
 
-def _parse_data_range_option(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
+def _parse_data_range_option(text: str | None) -> list[float] | str | None:
+    if text is None or text.strip() == "model":
+        return None if text is None else "model"
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
@@ -508,10 +508,24 @@ def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
 @click.option("--resampling", type=click.Choice(RESAMPLING_NAMES),
               default="bilinear", help="Raster mode: how REF is warped onto PRED's grid.")
 @click.option("--data-range", "data_range",
-              help="Data range for PSNR/SSIM (one value or one per band); default: the model's "
-                   "target normalization range (chips) or REF's p98-p2 (rasters).")
+              help="Data range for PSNR/SSIM (one value or one per band), or 'model' (chip "
+                   "mode: the model's target normalization range) [default: p98-p2 of the "
+                   "reference's scored pixels, in both modes].")
 @click.option("--allow-no-crs", is_flag=True,
               help="Raster mode: accept rasters without CRS (they must share size and transform).")
+@click.option("--bands", "bands_pred", default=None,
+              help="Raster mode: bands of PRED to compare (1-based, e.g. 1,2,3) "
+                   "[default: all except alpha].")
+@click.option("--bands-ref", default=None,
+              help="Raster mode: bands of REF, in PRED's band order (e.g. 2,3,4,8) "
+                   "[default: all except alpha].")
+@click.option("--aoi", default=None, type=click.Path(path_type=str),
+              help="Raster mode: vector file (any CRS): score only pixels inside its polygons, "
+                   "e.g. chips/index.gpkg with --aoi-where split=val.")
+@click.option("--aoi-where", default=None, metavar="COLUMN=VALUE[,VALUE]",
+              help="Keep only the --aoi features whose COLUMN has one of these values.")
+@click.option("--exclude", default=None, type=click.Path(path_type=str),
+              help="Raster mode: vector file (any CRS): leave out pixels inside its polygons.")
 @click.option("--json", "json_path", type=click.Path(),
               help="Also write every figure and the settings to this JSON file.")
 def evaluate_command(
@@ -526,6 +540,11 @@ def evaluate_command(
     resampling: str,
     data_range: str | None,
     allow_no_crs: bool,
+    bands_pred: str | None,
+    bands_ref: str | None,
+    aoi: str | None,
+    aoi_where: str | None,
+    exclude: str | None,
     json_path: str | None,
 ) -> None:
     """Measure translation quality: MAE, RMSE, PSNR, SSIM (+ SAM, ERGAS for 3+ bands).
@@ -534,7 +553,8 @@ def evaluate_command(
     Chip mode:   geotranslate evaluate --model runs/latest [--data chips] [--split val]
     Raster mode: geotranslate evaluate PRED.tif REF.tif
     Raster mode compares the common area on PRED's grid (REF is warped when grids differ);
-    nodata in either raster is left out.
+    nodata in either raster is left out. Score only the held-out blocks of a chip export:
+    geotranslate evaluate PRED.tif REF.tif --aoi chips/index.gpkg --aoi-where split=val
     """
     from geotranslate.evaluate import evaluate_chips, evaluate_rasters
 
@@ -545,6 +565,11 @@ def evaluate_command(
     if model_path is not None:
         if rasters:
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
+        raster_only = {"--bands": bands_pred, "--bands-ref": bands_ref, "--aoi": aoi,
+                       "--aoi-where": aoi_where, "--exclude": exclude}
+        given = [name for name, value in raster_only.items() if value is not None]
+        if given:
+            raise GeotranslateError(f"{', '.join(given)}: raster mode only (PRED REF)")
         report = evaluate_chips(
             model_path, data_dir, split, direction, device=device, batch_size=batch_size,
             data_range=ranges, progress=True, norm_stats=norm_stats,
@@ -556,7 +581,8 @@ def evaluate_command(
             )
         report = evaluate_rasters(
             rasters[0], rasters[1], resampling=resampling, data_range=ranges,
-            allow_no_crs=allow_no_crs,
+            allow_no_crs=allow_no_crs, bands=bands_pred, bands_ref=bands_ref, aoi=aoi,
+            exclude=exclude, aoi_where=aoi_where,
         )
     click.echo(report.format_table())
     if json_path:
