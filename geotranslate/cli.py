@@ -19,6 +19,7 @@ from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT
 from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
+from geotranslate.report import DEFAULT_CHIPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -352,6 +353,22 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
         config = TrainConfig(**options)
     run_dir = train(config)
     click.echo(str(run_dir))
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="HTML file to write  [default: RUN_DIR/report.html]")
+@click.option("--chips", type=int, default=DEFAULT_CHIPS,
+              help="Validation chips shown (rows of input | best | last | target).")
+@click.option("--device", default="cpu", help="Where the chips are translated (auto, cpu, cuda).")
+def report_command(run_dir, out_path, chips, device) -> None:
+    """One self-contained HTML page of a training run: loss curves, validation PSNR/SSIM
+    against the flat image per epoch, validation chips of the best and last models, the
+    config. train writes it at its end (unless --no-preview)."""
+    from geotranslate.report import write_report
+
+    click.echo(str(write_report(run_dir, out_path, chips=chips, device=device)))
 
 
 # ---- predict-raster (geotranslate/predict/) ---------------------------------------------------

@@ -163,6 +163,25 @@ class _Metrics:
         if self.tb is not None:
             self.tb.flush()
 
+    def image(self, tag: str, png: Path, iteration: int) -> None:
+        """A written picture (a preview) into TensorBoard's images."""
+        if self.tb is not None:
+            from PIL import Image
+
+            with Image.open(png) as im:
+                self.tb.add_image(tag, np.asarray(im.convert("RGB")), iteration,
+                                  dataformats="HWC")
+
+    def hparams(self, config: dict, figures: dict[str, float]) -> None:
+        """The run's settings and final figures into TensorBoard's HPARAMS tab."""
+        if self.tb is None:
+            return
+        simple = {k: v for k, v in config.items()
+                  if isinstance(v, (bool, int, float, str)) and k != "resume"}
+        figures = {f"hparam/{k}": float(v) for k, v in figures.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.tb.add_hparams(simple, figures, run_name="hparams")
+
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:
@@ -815,8 +834,10 @@ class _Run:
         return True
 
     def preview(self, epoch_number: int) -> None:
+        path = self.run_dir / "previews" / f"epoch_{epoch_number:03d}.png"
         write_preview(self.trainer, self.preview_set[0], self.preview_set.norm, self.meta,
-                      self.rgb, self.run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
+                      self.rgb, path)
+        self.metrics.image("preview", path, self.iteration)
 
     def translation_model(self, summary: dict) -> TranslationModel:
         specs = {}
@@ -882,9 +903,26 @@ class _Run:
             self.log(f"done: {self.iteration} iterations in {seconds:.1f} s; model in "
                      f"{run_dir}{kept}")
         if self.metrics is not None:
+            figures = {**{f"final_{k}": v for k, v in self.last_losses.items()},
+                       **({"best_val_psnr": best["psnr"]} if best else {})}
+            self.metrics.hparams(config.to_dict(), figures)
             self.metrics.close()
+        if ctx.is_main and config.preview:
+            self.write_report()
         distributed.barrier(ctx)
         return run_dir
+
+
+    def write_report(self) -> None:
+        """RUN_DIR/report.html (geotranslate report); a failure is a warning, not a failed run."""
+        from geotranslate.report import write_report
+
+        try:
+            path = write_report(self.run_dir, device=str(self.device))
+        except (GeotranslateError, OSError, ValueError) as e:
+            self.log(f"warning: no report written ({e})")
+        else:
+            self.log(f"report: {path}")
 
 
 def _diverged(what: str, iteration: int, run_dir: Path, saved_at: list) -> GeotranslateError:
