@@ -17,6 +17,13 @@ import click
 from geotranslate import __version__
 from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import (
+    is_main_process,
+    logger,
+    progress_option,
+    set_verbosity,
+    verbosity_options,
+)
 from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
 from geotranslate.report import DEFAULT_CHIPS
@@ -65,7 +72,15 @@ def list_command(*names: str) -> type[ListOptionsCommand]:
     return type("ListCommand", (ListOptionsCommand,), {"list_options": names})
 
 
-@click.group(context_settings=CONTEXT)
+class VerbosityGroup(click.Group):
+    """A group whose every command takes --quiet and --verbose (geotranslate/log.py)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(verbosity_options())
+        super().add_command(cmd, name)
+
+
+@click.group(cls=VerbosityGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="geotranslate")
 def cli() -> None:
     """Translate georeferenced rasters between imaging domains with GANs.
@@ -93,13 +108,13 @@ def _one_line_warnings() -> None:
     warnings.simplefilter("ignore", NotGeoreferencedWarning)
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"geotranslate: warning: {_printable(str(message))} ({category.__name__})",
-              file=file or sys.stderr)
+        logger.warning(f"{_printable(str(message))} ({category.__name__})")
 
     warnings.showwarning = show
 
 
 def _main(argv: list[str] | None) -> int:
+    set_verbosity(0)  # each command line starts at the default (tests run many in one process)
     try:
         status = cli.main(args=argv, prog_name="geotranslate", standalone_mode=False)
         if isinstance(status, int) and status:
@@ -185,10 +200,10 @@ def _printable(message: str) -> str:
 @click.option("--workers", default=None, type=int,
               help="Threads reading windows in parallel; the output is the same for any number "
                    "[default: the usable cores].")
-@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+@progress_option()
 def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode, domain, bands_a,
                          bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
-                         allow_no_crs, seed, workers, no_progress) -> None:
+                         allow_no_crs, seed, workers, progress) -> None:
     """Cut rasters into georeferenced GeoTIFF chips: DIR/train_a, train_b, meta.json, index.gpkg.
 
     \b
@@ -211,7 +226,7 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
         list(a_rasters), list(b_rasters) or None, out_dir, tile_size=tile_size, stride=stride,
         mode=mode, domain=domain, bands_a=bands_a, bands_b=bands_b, resampling=resampling,
         max_nodata=max_nodata, aoi=aoi, exclude=exclude, val_fraction=val_fraction,
-        allow_no_crs=allow_no_crs, seed=seed, progress=not no_progress, workers=workers,
+        allow_no_crs=allow_no_crs, seed=seed, progress=progress, workers=workers,
     )
     click.echo(str(summary))
 
@@ -319,8 +334,9 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               "a better validation PSNR.")
 @click.option("--rgb-bands", help="Preview bands (1-based), e.g. 3,2,1 or 'a:1,2,3;b:3,2,1' "
               "[default: from band descriptions]")
-@click.option("--preview/--no-preview", default=True, help="Write previews/epoch_XXX.png.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--preview/--no-preview", default=True,
+              help="Write previews/epoch_XXX.png and, at the end, report.html.")
+@progress_option()
 @click.pass_context
 def train_command(ctx: click.Context, compile_: bool, resume: str | None, **options) -> None:
     """Train a Pix2Pix, Pix2PixHD, CycleGAN, CUT or FastCUT translator on chips.
@@ -352,7 +368,8 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
                                     "Pix2PixHD, CUT or FastCUT)")
         config = TrainConfig(**options)
     run_dir = train(config)
-    click.echo(str(run_dir))
+    if is_main_process():  # under torchrun: once
+        click.echo(str(run_dir))
 
 
 @cli.command("report")
@@ -421,7 +438,7 @@ def report_command(run_dir, out_path, chips, device) -> None:
                    "share of the inputs. Default: RANK from the environment (torchrun).")
 @click.option("--world-size", type=int, default=None,
               help="Number of processes for --rank [default: WORLD_SIZE or 1].")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option()
 def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, split_mpx,
                        direction, tile_size, overlap, blend, norm_stats, batch_size, device,
                        precision, channels_last, cog, overwrite, window, rank, world_size,
@@ -545,6 +562,7 @@ def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
               help="Raster mode: vector file (any CRS): leave out pixels inside its polygons.")
 @click.option("--json", "json_path", type=click.Path(),
               help="Also write every figure and the settings to this JSON file.")
+@progress_option()
 def evaluate_command(
     rasters: tuple[str, ...],
     model_path: str | None,
@@ -563,6 +581,7 @@ def evaluate_command(
     aoi_where: str | None,
     exclude: str | None,
     json_path: str | None,
+    progress: bool | None,
 ) -> None:
     """Measure translation quality: MAE, RMSE, PSNR, SSIM (+ SAM, ERGAS for 3+ bands).
 
@@ -589,7 +608,7 @@ def evaluate_command(
             raise GeotranslateError(f"{', '.join(given)}: raster mode only (PRED REF)")
         report = evaluate_chips(
             model_path, data_dir, split, direction, device=device, batch_size=batch_size,
-            data_range=ranges, progress=True, norm_stats=norm_stats,
+            data_range=ranges, progress=progress, norm_stats=norm_stats,
         )
     else:
         if len(rasters) != 2:
@@ -599,7 +618,7 @@ def evaluate_command(
         report = evaluate_rasters(
             rasters[0], rasters[1], resampling=resampling, data_range=ranges,
             allow_no_crs=allow_no_crs, bands=bands_pred, bands_ref=bands_ref, aoi=aoi,
-            exclude=exclude, aoi_where=aoi_where,
+            exclude=exclude, aoi_where=aoi_where, progress=progress,
         )
     click.echo(report.format_table())
     if json_path:

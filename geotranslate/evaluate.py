@@ -47,6 +47,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import show_progress
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image
 from geotranslate.raster.io import atomic_path, open_raster, parse_bands, read_window
 from geotranslate.raster.warp import Grid, GridReader
@@ -199,7 +200,7 @@ def evaluate_chips(
     device: str = "cpu",
     batch_size: int = 8,
     data_range: float | Sequence[float] | str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     norm_stats: str = "scene",
 ) -> EvaluationReport:
     """Run ``model``'s ``direction`` generator on the ``split`` chips and compare with the targets.
@@ -272,10 +273,10 @@ def evaluate_chips(
     flat_acc = MetricsAccumulator(target.band_count, ranges) if levels is not None else None
 
     batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
-    if progress:
+    if show_progress(progress):
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="evaluate", unit="batch")
+        batches = tqdm(batches, desc="evaluate", unit="batch", leave=False)
     with torch.no_grad():
         for batch in batches:
             # chips of one batch must share a shape for torch.stack: group by shape
@@ -484,7 +485,7 @@ def evaluate_rasters(
     data_range: float | Sequence[float] | None = None,
     tile_size: int = RASTER_TILE,
     allow_no_crs: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     bands: str | Sequence[int] | None = None,
     bands_ref: str | Sequence[int] | None = None,
     aoi: str | os.PathLike | None = None,
@@ -530,10 +531,10 @@ def evaluate_rasters(
 
         def pairs(margin: int):
             tiles = list(_tiles(window, tile_size, margin))
-            if progress:
+            if show_progress(progress):
                 from tqdm import tqdm
 
-                tiles = tqdm(tiles, desc="evaluate", unit="tile")
+                tiles = tqdm(tiles, desc="evaluate", unit="tile", leave=False)
             for read, core in tiles:
                 p, p_valid = read_window(pred, read, pred_bands)
                 r, r_valid = read_reference(read)

@@ -13,11 +13,11 @@ import copy
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from datetime import datetime
@@ -39,6 +39,7 @@ from geotranslate.data import (
 )
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.log import Advice, show_progress
 from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.metrics import MetricsAccumulator, flat_image
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
@@ -60,6 +61,7 @@ from geotranslate.train.loop import train_loop
 ARCHITECTURE_KEYS = ("dataset_type", "generator_specs", "discriminator_specs", "gan_mode",
                      "nce_layers")
 VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim", "val_flat_l1", "val_flat_psnr", "val_flat_ssim")
+LOG = logging.getLogger("geotranslate.train")
 #: after this many epochs a model whose validation PSNR is not above the flat image is flagged.
 FLAT_PATIENCE_EPOCHS = 5
 LOG_NAME = "train.log"
@@ -449,9 +451,10 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
     return figures
 
 
-def validation_line(epoch: int, scores: dict[str, float]) -> str:
+def validation_line(epoch: int, scores: dict[str, float], advice: Advice | None = None) -> str:
     """The log line of one validation: the model's figures, the flat image's, and a plain
-    warning when, after FLAT_PATIENCE_EPOCHS epochs, the model's PSNR is not above it."""
+    warning when, after FLAT_PATIENCE_EPOCHS epochs, the model's PSNR is not above it (its
+    advice in full once per ``advice``, later as a reminder with a count)."""
 
     def figures(prefix: str) -> str:
         text = f"L1 {scores[prefix + 'l1']:.4f}, PSNR {scores[prefix + 'psnr']:.2f} dB"
@@ -464,9 +467,10 @@ def validation_line(epoch: int, scores: dict[str, float]) -> str:
             f"{figures('val_flat_')})")
     if scores["val_psnr"] <= scores["val_flat_psnr"]:
         if epoch >= FLAT_PATIENCE_EPOCHS:
-            line += (f"; no better than a flat image after {epoch} epochs: check --augment "
-                     "(flips/rotations break direction-dependent mappings), the normalization "
-                     "(--norm-method) and the pairing of A and B")
+            said = f"; no better than a flat image after {epoch} epochs"
+            text = (said + ": check --augment (flips/rotations break direction-dependent "
+                    "mappings), the normalization (--norm-method) and the pairing of A and B")
+            line += advice("flat", text, said) if advice is not None else text
         elif epoch:
             line += "; not yet better than a flat image"
     return line
@@ -674,12 +678,14 @@ class _Run:
         self.saved_at: list[tuple[int, int, int]] = []  # (epoch, batch, iteration) last saved
         self.stopped = self.max_steps is not None and self.iteration >= self.max_steps
         self.interrupt = _InterruptAtStepEnd(ctx)
+        self.advice = Advice()  # long advice once per session, then a reminder with a count
         self.mid_step = False  # a KeyboardInterrupt while True would leave a half-updated state
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: int = logging.INFO) -> None:
+        """A run-wide line (rank 0): stderr through logging, and RUN_DIR/train.log."""
         if self.ctx.is_main:
-            tqdm.write(f"geotranslate train: {message}", file=sys.stderr)
-            self.log_lines.append(message)
+            LOG.log(level, message)
+            self.log_lines.append(message if level < logging.WARNING else f"warning: {message}")
             if self.log_file is not None:
                 with open(self.log_file, "a") as f:
                     f.writelines(line + "\n" for line in self.log_lines)
@@ -721,7 +727,7 @@ class _Run:
         self.sampler.set_epoch(epoch, start=start_batch * c.batch_size)
         bar = tqdm(total=self.batches_per_epoch, initial=start_batch,
                    desc=f"epoch {epoch + 1}/{c.total_epochs}", unit="it",
-                   disable=not (self.ctx.is_main and c.progress), leave=False,
+                   disable=not (self.ctx.is_main and show_progress(c.progress)), leave=False,
                    dynamic_ncols=True)
         self.bar = bar
         try:
@@ -815,7 +821,7 @@ class _Run:
         if not scores:
             return
         self.metrics.log(epoch, self.iteration, scores)
-        self.log(validation_line(epoch, scores))
+        self.log(validation_line(epoch, scores, self.advice))
         if epoch and (not self.best or scores["val_psnr"] > self.best["psnr"]):
             self.best.update(psnr=scores["val_psnr"], epoch=epoch)
             self.best_weights.update({
@@ -920,7 +926,7 @@ class _Run:
         try:
             path = write_report(self.run_dir, device=str(self.device))
         except (GeotranslateError, OSError, ValueError) as e:
-            self.log(f"warning: no report written ({e})")
+            self.log(f"no report written ({e})", logging.WARNING)
         else:
             self.log(f"report: {path}")
 
