@@ -25,8 +25,16 @@ from geotranslate.choices import (
     UPSAMPLE_KINDS,
 )
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import (
+    is_main_process,
+    logger,
+    progress_option,
+    set_verbosity,
+    verbosity_options,
+)
 from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
+from geotranslate.report import DEFAULT_CHIPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -72,7 +80,15 @@ def list_command(*names: str) -> type[ListOptionsCommand]:
     return type("ListCommand", (ListOptionsCommand,), {"list_options": names})
 
 
-@click.group(context_settings=CONTEXT)
+class VerbosityGroup(click.Group):
+    """A group whose every command takes --quiet and --verbose (geotranslate/log.py)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(verbosity_options())
+        super().add_command(cmd, name)
+
+
+@click.group(cls=VerbosityGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="geotranslate")
 def cli() -> None:
     """Translate georeferenced rasters between imaging domains with GANs.
@@ -100,13 +116,13 @@ def _one_line_warnings() -> None:
     warnings.simplefilter("ignore", NotGeoreferencedWarning)
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"geotranslate: warning: {_printable(str(message))} ({category.__name__})",
-              file=file or sys.stderr)
+        logger.warning(f"{_printable(str(message))} ({category.__name__})")
 
     warnings.showwarning = show
 
 
 def _main(argv: list[str] | None) -> int:
+    set_verbosity(0)  # each command line starts at the default (tests run many in one process)
     try:
         status = cli.main(args=argv, prog_name="geotranslate", standalone_mode=False)
         if isinstance(status, int) and status:
@@ -192,10 +208,10 @@ def _printable(message: str) -> str:
 @click.option("--workers", default=None, type=int,
               help="Threads reading windows in parallel; the output is the same for any number "
                    "[default: the usable cores].")
-@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+@progress_option()
 def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode, domain, bands_a,
                          bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
-                         allow_no_crs, seed, workers, no_progress) -> None:
+                         allow_no_crs, seed, workers, progress) -> None:
     """Cut rasters into georeferenced GeoTIFF chips: DIR/train_a, train_b, meta.json, index.gpkg.
 
     \b
@@ -218,7 +234,7 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
         list(a_rasters), list(b_rasters) or None, out_dir, tile_size=tile_size, stride=stride,
         mode=mode, domain=domain, bands_a=bands_a, bands_b=bands_b, resampling=resampling,
         max_nodata=max_nodata, aoi=aoi, exclude=exclude, val_fraction=val_fraction,
-        allow_no_crs=allow_no_crs, seed=seed, progress=not no_progress, workers=workers,
+        allow_no_crs=allow_no_crs, seed=seed, progress=progress, workers=workers,
     )
     click.echo(str(summary))
 
@@ -344,8 +360,9 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               "a better validation PSNR.")
 @click.option("--rgb-bands", help="Preview bands (1-based), e.g. 3,2,1 or 'a:1,2,3;b:3,2,1' "
               "[default: from band descriptions]")
-@click.option("--preview/--no-preview", default=True, help="Write previews/epoch_XXX.png.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--preview/--no-preview", default=True,
+              help="Write previews/epoch_XXX.png and, at the end, report.html.")
+@progress_option()
 @click.pass_context
 def train_command(ctx: click.Context, compile_: bool, resume: str | None, **options) -> None:
     """Train a Pix2Pix, Pix2PixHD, CycleGAN, CUT or FastCUT translator on chips.
@@ -377,7 +394,24 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
                                     "Pix2PixHD, CUT or FastCUT)")
         config = TrainConfig(**options)
     run_dir = train(config)
-    click.echo(str(run_dir))
+    if is_main_process():  # under torchrun: once
+        click.echo(str(run_dir))
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="HTML file to write  [default: RUN_DIR/report.html]")
+@click.option("--chips", type=int, default=DEFAULT_CHIPS,
+              help="Validation chips shown (rows of input | best | last | target).")
+@click.option("--device", default="cpu", help="Where the chips are translated (auto, cpu, cuda).")
+def report_command(run_dir, out_path, chips, device) -> None:
+    """One self-contained HTML page of a training run: loss curves, validation PSNR/SSIM
+    against the flat image per epoch, validation chips of the best and last models, the
+    config. train writes it at its end (unless --no-preview)."""
+    from geotranslate.report import write_report
+
+    click.echo(str(write_report(run_dir, out_path, chips=chips, device=device)))
 
 
 # ---- predict-raster (geotranslate/predict/) ---------------------------------------------------
@@ -430,7 +464,7 @@ def train_command(ctx: click.Context, compile_: bool, resume: str | None, **opti
                    "share of the inputs. Default: RANK from the environment (torchrun).")
 @click.option("--world-size", type=int, default=None,
               help="Number of processes for --rank [default: WORLD_SIZE or 1].")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option()
 def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, split_mpx,
                        direction, tile_size, overlap, blend, norm_stats, batch_size, device,
                        precision, channels_last, cog, overwrite, window, rank, world_size,
@@ -524,9 +558,9 @@ def export_onnx_cmd(run, out_path, direction, tile_size, calibrate_on, resolutio
 # ---- evaluate and preview (geotranslate/evaluate.py, geotranslate/render.py) -------------------
 
 
-def _parse_data_range_option(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
+def _parse_data_range_option(text: str | None) -> list[float] | str | None:
+    if text is None or text.strip() == "model":
+        return None if text is None else "model"
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
@@ -566,12 +600,27 @@ def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
 @click.option("--resampling", type=click.Choice(RESAMPLING_NAMES),
               default="bilinear", help="Raster mode: how REF is warped onto PRED's grid.")
 @click.option("--data-range", "data_range",
-              help="Data range for PSNR/SSIM (one value or one per band); default: the model's "
-                   "target normalization range (chips) or REF's p98-p2 (rasters).")
+              help="Data range for PSNR/SSIM (one value or one per band), or 'model' (chip "
+                   "mode: the model's target normalization range) [default: p98-p2 of the "
+                   "reference's scored pixels, in both modes].")
 @click.option("--allow-no-crs", is_flag=True,
               help="Raster mode: accept rasters without CRS (they must share size and transform).")
+@click.option("--bands", "bands_pred", default=None,
+              help="Raster mode: bands of PRED to compare (1-based, e.g. 1,2,3) "
+                   "[default: all except alpha].")
+@click.option("--bands-ref", default=None,
+              help="Raster mode: bands of REF, in PRED's band order (e.g. 2,3,4,8) "
+                   "[default: all except alpha].")
+@click.option("--aoi", default=None, type=click.Path(path_type=str),
+              help="Raster mode: vector file (any CRS): score only pixels inside its polygons, "
+                   "e.g. chips/index.gpkg with --aoi-where split=val.")
+@click.option("--aoi-where", default=None, metavar="COLUMN=VALUE[,VALUE]",
+              help="Keep only the --aoi features whose COLUMN has one of these values.")
+@click.option("--exclude", default=None, type=click.Path(path_type=str),
+              help="Raster mode: vector file (any CRS): leave out pixels inside its polygons.")
 @click.option("--json", "json_path", type=click.Path(),
               help="Also write every figure and the settings to this JSON file.")
+@progress_option()
 def evaluate_command(
     rasters: tuple[str, ...],
     model_path: str | None,
@@ -584,7 +633,13 @@ def evaluate_command(
     resampling: str,
     data_range: str | None,
     allow_no_crs: bool,
+    bands_pred: str | None,
+    bands_ref: str | None,
+    aoi: str | None,
+    aoi_where: str | None,
+    exclude: str | None,
     json_path: str | None,
+    progress: bool | None,
 ) -> None:
     """Measure translation quality: MAE, RMSE, PSNR, SSIM (+ SAM, ERGAS for 3+ bands).
 
@@ -592,7 +647,8 @@ def evaluate_command(
     Chip mode:   geotranslate evaluate --model runs/latest [--data chips] [--split val]
     Raster mode: geotranslate evaluate PRED.tif REF.tif
     Raster mode compares the common area on PRED's grid (REF is warped when grids differ);
-    nodata in either raster is left out.
+    nodata in either raster is left out. Score only the held-out blocks of a chip export:
+    geotranslate evaluate PRED.tif REF.tif --aoi chips/index.gpkg --aoi-where split=val
     """
     from geotranslate.evaluate import evaluate_chips, evaluate_rasters
 
@@ -603,9 +659,14 @@ def evaluate_command(
     if model_path is not None:
         if rasters:
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
+        raster_only = {"--bands": bands_pred, "--bands-ref": bands_ref, "--aoi": aoi,
+                       "--aoi-where": aoi_where, "--exclude": exclude}
+        given = [name for name, value in raster_only.items() if value is not None]
+        if given:
+            raise GeotranslateError(f"{', '.join(given)}: raster mode only (PRED REF)")
         report = evaluate_chips(
             model_path, data_dir, split, direction, device=device, batch_size=batch_size,
-            data_range=ranges, progress=True, norm_stats=norm_stats,
+            data_range=ranges, progress=progress, norm_stats=norm_stats,
         )
     else:
         if len(rasters) != 2:
@@ -614,7 +675,8 @@ def evaluate_command(
             )
         report = evaluate_rasters(
             rasters[0], rasters[1], resampling=resampling, data_range=ranges,
-            allow_no_crs=allow_no_crs,
+            allow_no_crs=allow_no_crs, bands=bands_pred, bands_ref=bands_ref, aoi=aoi,
+            exclude=exclude, aoi_where=aoi_where, progress=progress,
         )
     click.echo(report.format_table())
     if json_path:

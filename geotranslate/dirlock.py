@@ -18,12 +18,12 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import logger
 from geotranslate.raster.io import write_failed
 
 LOCK_NAME = "export.lock"
@@ -103,9 +103,9 @@ class DirectoryLock:
                     raise
                 # some network file systems have no locks: the file still marks an
                 # unfinished run, but a concurrent run cannot be detected
-                print(f"geotranslate: warning: {self.path}: the file system does not support "
-                      f"locks ({e.strerror}); a concurrent export-tiles run into "
-                      f"{self.folder} would not be detected", file=sys.stderr)
+                logger.warning(f"{self.path}: the file system does not support locks "
+                               f"({e.strerror}); a concurrent export-tiles run into "
+                               f"{self.folder} would not be detected")
             # the holder we waited for may have removed the file between our open and flock
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino

@@ -5,14 +5,23 @@ compares its output, decoded to data units with the model's target-domain normal
 cast to the target dtype, as ``predict-raster`` writes it), with the real target chips of the
 same name. As in ``predict-raster``, instance norms use scene statistics by default: those of
 a bounded sample of the split's source chips spread over it (``norm_stats="tile"``: each
-chip's own, as in training). PSNR and SSIM use the target domain's normalization range
-(high - low of the model's normalizer, e.g. p98 - p2 of the training statistics) as data range.
+chip's own, as in training).
 
 Raster mode (:func:`evaluate_rasters`) compares PRED with REF over their common area on
 PRED's grid; REF is warped onto that grid (bilinear by default) when CRS, transform or size
 differ. The rasters are processed in tiles with a margin, so memory stays bounded and SSIM
-windows see across tile borders. The data range is p98 - p2 of REF's valid pixels in the
-common area (from a bounded uniform sample when there are many), unless given.
+windows see across tile borders. ``bands``/``bands_ref`` pick bands of either raster (1-based,
+as export-tiles' ``--bands``); ``aoi``/``exclude`` (vector files in any CRS, e.g. a chip
+folder's index.gpkg with ``aoi_where="split=val"``: the held-out blocks) keep the scoring to
+the pixels whose centres lie inside the AOI's polygons and outside the excluded ones, on the
+AOI's bounding window, so a rectangular AOI scores exactly what a raster cut to it scores.
+
+One data-range convention in both modes: PSNR and SSIM use, per band, p98 - p2 of the
+reference's pixels that are scored (valid in both, inside the AOI; exact, or from a bounded
+uniform sample when there are many), unless a range is given. Chip mode also takes
+``data_range="model"``: the model's target normalization range (high - low of its normalizer,
+e.g. the training target's robust min-max), which the training validation's [-1, 1] figures
+correspond to; usually wider, so its PSNR is higher. The report names the range it used.
 
 Both return an :class:`EvaluationReport`: a terminal table and a JSON document holding every
 figure and the settings, and beside the model's figures those of a flat image (each band at
@@ -38,14 +47,22 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import show_progress
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
-from geotranslate.raster.io import atomic_path, open_raster, read_window, spectral_bands
+from geotranslate.raster.io import (
+    atomic_path,
+    open_raster,
+    parse_bands,
+    read_window,
+)
 from geotranslate.raster.warp import Grid, GridReader
 from geotranslate.raster.windows import own_extents, tile_offsets
 from geotranslate.stats import StatsAccumulator, stats_from_dict
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
 RASTER_TILE = 1024
+#: samples of the reference's pixels for its p2/p98 (the default data range), as for meta.json.
+RANGE_SAMPLES = 200_000
 
 
 @dataclass
@@ -139,10 +156,13 @@ def _json_safe(obj: object) -> object:
     return obj
 
 
-def _parse_data_range(data_range: float | Sequence[float] | None, band_count: int,
+def _parse_data_range(data_range: float | Sequence[float] | str | None, band_count: int,
                       source: str = "the target"):
     if data_range is None:
         return None
+    if isinstance(data_range, str):
+        raise GeotranslateError(f"data range {data_range!r}: 'model' is for chip mode only; "
+                                "give one positive value or one per band")
     values = np.atleast_1d(np.asarray(data_range, dtype=np.float64)).ravel()
     # the count is checked before broadcasting one value to every band
     if values.size not in (1, band_count) or np.any(~np.isfinite(values)) or np.any(values <= 0):
@@ -151,6 +171,17 @@ def _parse_data_range(data_range: float | Sequence[float] | None, band_count: in
             f"({source} has {band_count})"
         )
     return np.broadcast_to(values, (band_count,)).tolist()
+
+
+def _reference_ranges(stats: StatsAccumulator, where: str) -> tuple[list[float], str]:
+    """The default data range of each band, p98 - p2 of the reference's scored pixels, and
+    the sentence that says so."""
+    ranges = [s.p98 - s.p2 if s.p98 > s.p2 else s.max - s.min for s in stats.result()]
+    ranges = [r if r > 0 else 1.0 for r in ranges]
+    source = (f"p98 - p2 of the reference's valid pixels {where} "
+              f"({'exact' if stats.exact else 'from a uniform sample'}; "
+              "max - min, or 1, where that is 0)")
+    return ranges, source
 
 
 # ---- chip mode ---------------------------------------------------------------------------------
@@ -175,15 +206,16 @@ def evaluate_chips(
     *,
     device: str = "cpu",
     batch_size: int = 8,
-    data_range: float | Sequence[float] | None = None,
-    progress: bool = False,
+    data_range: float | Sequence[float] | str | None = None,
+    progress: bool | None = None,
     norm_stats: str = "scene",
 ) -> EvaluationReport:
     """Run ``model``'s ``direction`` generator on the ``split`` chips and compare with the targets.
 
     ``model`` is a :class:`~geotranslate.modelfile.TranslationModel` or a path for
     :func:`~geotranslate.modelfile.load_model`. Pixels count where both the source and the
-    target chip are valid.
+    target chip are valid. ``data_range``: None (p98 - p2 of the targets' scored pixels, as
+    raster mode), ``"model"`` (the model's target normalization range) or values.
     """
     import torch
 
@@ -230,6 +262,10 @@ def evaluate_chips(
     )
     normalizer = target.normalizer
     if data_range is None:
+        ranges, range_source = _chip_reference_ranges(
+            names, src_dir, tgt_dir, (source.band_count, src_name),
+            (target.band_count, tgt_name))
+    elif isinstance(data_range, str) and data_range == "model":
         ranges = [h - lo for lo, h in zip(normalizer.low, normalizer.high, strict=True)]
         range_source = (
             f"target domain {tgt_name} normalizer of the model "
@@ -244,10 +280,10 @@ def evaluate_chips(
     flat_acc = MetricsAccumulator(target.band_count, ranges) if levels is not None else None
 
     batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
-    if progress:
+    if show_progress(progress):
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="evaluate", unit="batch")
+        batches = tqdm(batches, desc="evaluate", unit="batch", leave=False)
     with torch.no_grad():
         for batch in batches:
             # chips of one batch must share a shape for torch.stack: group by shape
@@ -298,6 +334,22 @@ def evaluate_chips(
                     "levels_source": f"the training mean of domain {tgt_name} (meta.json)",
                     "metrics": flat_acc.result(target.band_descriptions)}
     return EvaluationReport("chips", metrics, settings, notes, baseline)
+
+
+def _chip_reference_ranges(names, src_dir: Path, tgt_dir: Path, src: tuple[int, str],
+                           tgt: tuple[int, str]) -> tuple[list[float], str]:
+    """p98 - p2 of the target chips' pixels valid in both chips (a first pass, no model)."""
+    stats = StatsAccumulator(tgt[0], max_samples=RANGE_SAMPLES)
+    for name in names:
+        _, src_valid = _read_chip(src_dir / name, *src)
+        data, tgt_valid = _read_chip(tgt_dir / name, *tgt)
+        if src_valid.shape == tgt_valid.shape:  # else refused with its message by the caller
+            stats.add(data, src_valid & tgt_valid)
+    if stats.count == 0:
+        raise GeotranslateError(
+            f"{src_dir}, {tgt_dir}: no pixel is valid in both source and target chips"
+        )
+    return _reference_ranges(stats, "in the split's chips")
 
 
 def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list | None, str]:
@@ -440,9 +492,20 @@ def evaluate_rasters(
     data_range: float | Sequence[float] | None = None,
     tile_size: int = RASTER_TILE,
     allow_no_crs: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
+    bands: str | Sequence[int] | None = None,
+    bands_ref: str | Sequence[int] | None = None,
+    aoi: str | os.PathLike | None = None,
+    exclude: str | os.PathLike | None = None,
+    aoi_where: str | None = None,
 ) -> EvaluationReport:
-    """Compare PRED with REF over their common area, on PRED's grid, valid pixels only."""
+    """Compare PRED with REF over their common area, on PRED's grid, valid pixels only.
+
+    ``bands``/``bands_ref``: PRED's and REF's bands compared, in order ("1,2,3", 1-based;
+    default: every band but alpha). ``aoi``/``exclude``: vector files (any CRS) restricting
+    the scored pixels; ``aoi_where`` ("COLUMN=VALUE[,VALUE...]") keeps only the AOI's
+    features with those values (e.g. ``split=val`` of an index.gpkg).
+    """
     if tile_size < 16:
         raise GeotranslateError(f"tile size must be at least 16 px, got {tile_size}")
     pred = open_raster(pred_path, allow_no_crs=allow_no_crs)
@@ -453,11 +516,13 @@ def evaluate_rasters(
         raise
     warper = None
     try:
-        pred_bands, ref_bands = spectral_bands(pred), spectral_bands(ref)
+        pred_bands, ref_bands = parse_bands(bands, pred), parse_bands(bands_ref, ref)
         if len(pred_bands) != len(ref_bands):
+            hint = "pick them with --bands / --bands-ref" if bands is None and \
+                bands_ref is None else "give as many with --bands as with --bands-ref"
             raise GeotranslateError(
-                f"{pred_path} has {len(pred_bands)} bands but {ref_path} has {len(ref_bands)}: "
-                "band counts must match"
+                f"{pred_path}: {len(pred_bands)} bands compared but {ref_path} has "
+                f"{len(ref_bands)}: band counts must match ({hint})"
             )
         if (pred.crs is None) != (ref.crs is None):
             raise GeotranslateError(
@@ -465,25 +530,28 @@ def evaluate_rasters(
                 "raster has one, so they cannot be aligned"
             )
         window = _common_window(pred, ref)
+        region = _Region(pred, aoi, exclude, aoi_where)
+        window = region.clip(window)
         read_reference, warper = _reference_reader(pred, ref, ref_bands, resampling)
         warped = warper is not None
         band_count = len(pred_bands)
 
         def pairs(margin: int):
             tiles = list(_tiles(window, tile_size, margin))
-            if progress:
+            if show_progress(progress):
                 from tqdm import tqdm
 
-                tiles = tqdm(tiles, desc="evaluate", unit="tile")
+                tiles = tqdm(tiles, desc="evaluate", unit="tile", leave=False)
             for read, core in tiles:
                 p, p_valid = read_window(pred, read, pred_bands)
                 r, r_valid = read_reference(read)
-                yield p, r, p_valid & r_valid, core
+                yield p, r, p_valid & r_valid & region.inside(read), core
 
         ranges = _parse_data_range(data_range, band_count, str(ref_path))
         range_source = "given"
         # a first pass: REF's mean (the flat image's levels) and, unless given, its range
-        ref_stats = StatsAccumulator(band_count, max_samples=200_000 if ranges is None else 1)
+        ref_stats = StatsAccumulator(band_count,
+                                     max_samples=RANGE_SAMPLES if ranges is None else 1)
         for _, r, valid, _core in pairs(0):
             ref_stats.add(r, valid)
         if ref_stats.count == 0:
@@ -494,13 +562,8 @@ def evaluate_rasters(
         stats = ref_stats.result()
         levels = [s.mean for s in stats]
         if ranges is None:
-            ranges = [s.p98 - s.p2 if s.p98 > s.p2 else s.max - s.min for s in stats]
-            ranges = [r if r > 0 else 1.0 for r in ranges]
-            range_source = (
-                f"p98 - p2 of the reference's valid pixels in the common area "
-                f"({'exact' if ref_stats.exact else 'from a uniform sample'}; "
-                "max - min, or 1, where that is 0)"
-            )
+            ranges, range_source = _reference_ranges(
+                ref_stats, "in the common area" + region.label)
         acc = MetricsAccumulator(band_count, ranges)
         flat_acc = MetricsAccumulator(band_count, ranges)
         for p, r, valid, core in pairs(SSIM_MARGIN):
@@ -516,6 +579,11 @@ def evaluate_rasters(
         settings = {
             "prediction": str(pred_path),
             "reference": str(ref_path),
+            "bands": pred_bands,
+            "bands_ref": ref_bands,
+            "aoi": None if aoi is None else str(aoi),
+            "aoi_where": aoi_where,
+            "exclude": None if exclude is None else str(exclude),
             "grid": "prediction",
             "reference_warped": warped,
             "resampling": resampling if warped else None,
@@ -541,3 +609,62 @@ def evaluate_rasters(
             warper.close()
         pred.close()
         ref.close()
+
+
+class _Region:
+    """The scored part of PRED's grid: inside ``aoi``'s polygons (pixel centres) and outside
+    ``exclude``'s, both reprojected to PRED's CRS; everything when neither is given."""
+
+    def __init__(self, pred, aoi, exclude, aoi_where: str | None):
+        from geotranslate.raster.vector import VectorFilter
+
+        if aoi_where is not None and aoi is None:
+            raise GeotranslateError("--aoi-where needs --aoi (the file whose features it picks)")
+        self.transform = pred.transform
+        self.aoi = (VectorFilter(aoi, "--aoi", where=aoi_where).geometry_in(pred.crs)
+                    if aoi is not None else None)
+        self.exclude = (VectorFilter(exclude, "--exclude").geometry_in(pred.crs)
+                        if exclude is not None else None)
+        self.aoi_path = aoi
+        parts = []
+        if aoi is not None:
+            parts.append(f"inside --aoi {aoi}" + (f" ({aoi_where})" if aoi_where else ""))
+        if exclude is not None:
+            parts.append(f"outside --exclude {exclude}")
+        self.label = (", " + " and ".join(parts)) if parts else ""
+
+    def clip(self, window: Window) -> Window:
+        """``window`` cut to the pixels whose centres may lie in the AOI's bounding box."""
+        if self.aoi is None:
+            return window
+        left, bottom, right, top = self.aoi.bounds
+        inverse = ~self.transform
+        corners = [inverse * (x, y) for x in (left, right) for y in (bottom, top)]
+        # pixel i is in when its centre i + 0.5 is: i >= c0 - 0.5 and i <= c1 - 0.5
+        c0 = max(int(window.col_off), math.ceil(min(c for c, _ in corners) - 0.5))
+        r0 = max(int(window.row_off), math.ceil(min(r for _, r in corners) - 0.5))
+        c1 = min(int(window.col_off + window.width),
+                 math.floor(max(c for c, _ in corners) + 0.5))
+        r1 = min(int(window.row_off + window.height),
+                 math.floor(max(r for _, r in corners) + 0.5))
+        if c1 <= c0 or r1 <= r0:
+            raise GeotranslateError(
+                f"{self.aoi_path}: --aoi does not overlap the area both rasters cover"
+            )
+        return Window(c0, r0, c1 - c0, r1 - r0)
+
+    def inside(self, window: Window) -> np.ndarray | bool:
+        """Which pixels of ``window`` are scored (True: all of them)."""
+        if self.aoi is None and self.exclude is None:
+            return True
+        from rasterio.features import geometry_mask
+        from rasterio.windows import transform as window_transform
+
+        shape = (int(window.height), int(window.width))
+        transform = window_transform(window, self.transform)
+        keep = np.ones(shape, dtype=bool)
+        if self.aoi is not None and not self.aoi.is_empty:
+            keep &= geometry_mask([self.aoi], shape, transform, invert=True)
+        if self.exclude is not None and not self.exclude.is_empty:
+            keep &= geometry_mask([self.exclude], shape, transform)
+        return keep

@@ -55,6 +55,9 @@ class Panel:
     valid: np.ndarray | None = None
     band_descriptions: Sequence[str | None] | None = None
     rgb_bands: Sequence[int] | None = None  # 1-based, overrides the descriptions
+    #: (low, high) per shown band instead of the panel's own 2-98 %: panels that share them
+    #: (a translation and its target) show the same value in the same colour
+    limits: np.ndarray | None = None
 
 
 def choose_display_bands(
@@ -83,19 +86,34 @@ def choose_display_bands(
     return [0]
 
 
-def stretch(
+def stretch_limits(
     data: np.ndarray, valid: np.ndarray | None = None, percentiles: tuple[float, float] = (2, 98)
 ) -> np.ndarray:
-    """(bands, rows, cols) -> uint8: each band's percentile range over valid pixels to 0..255."""
-    out = np.zeros(data.shape, dtype=np.uint8)
+    """(bands, 2): each band's (low, high) percentiles over valid pixels (NaN: none valid)."""
     if valid is None:
         valid = np.ones(data.shape[1:], dtype=bool)
     valid = valid & np.isfinite(data).all(axis=0)
+    limits = np.full((data.shape[0], 2), np.nan)
     for i, band in enumerate(data):
         values = band[valid]
-        if values.size == 0:
+        if values.size:
+            limits[i] = np.percentile(values.astype(np.float64), percentiles)
+    return limits
+
+
+def stretch(
+    data: np.ndarray, valid: np.ndarray | None = None, percentiles: tuple[float, float] = (2, 98),
+    limits: np.ndarray | None = None,
+) -> np.ndarray:
+    """(bands, rows, cols) -> uint8: each band's percentile range over valid pixels (or the
+    given (bands, 2) ``limits``) to 0..255."""
+    out = np.zeros(data.shape, dtype=np.uint8)
+    if limits is None:
+        limits = stretch_limits(data, valid, percentiles)
+    for i, band in enumerate(data):
+        low, high = limits[i]
+        if np.isnan(low):
             continue
-        low, high = np.percentile(values.astype(np.float64), percentiles)
         if high <= low:
             high = low + 1e-6 if low == low else 1.0
         with np.errstate(over="ignore", invalid="ignore"):  # huge values: clipped anyway
@@ -111,7 +129,8 @@ def to_rgba(panel: Panel, percentiles: tuple[float, float] = (2, 98)) -> np.ndar
         data = data[None]
     bands = choose_display_bands(data.shape[0], panel.band_descriptions, panel.rgb_bands)
     valid = panel.valid if panel.valid is not None else np.ones(data.shape[1:], dtype=bool)
-    shown = stretch(data[bands], valid, percentiles)
+    limits = None if panel.limits is None else np.asarray(panel.limits)[bands]
+    shown = stretch(data[bands], valid, percentiles, limits)
     if shown.shape[0] == 1:
         shown = np.repeat(shown, 3, axis=0)
     alpha = np.where(valid & np.isfinite(data[bands]).all(axis=0), 255, 0).astype(np.uint8)
@@ -165,6 +184,24 @@ def render_panels(
     image = compose(panels, columns=columns, scale=scale)
     save_png(image, path)
     return image
+
+
+def chip_rows(rows: Sequence[Sequence[Panel]], min_size: int = 128) -> Image.Image:
+    """One row of panels per chip, e.g. input | translations | target, as one image.
+
+    The panels after the first share the stretch of the row's last panel (the target), so a
+    translation's colours can be compared with the target's; small chips are enlarged.
+    """
+    panels = []
+    for row in rows:
+        last = row[-1]
+        data = last.data if last.data.ndim == 3 else last.data[None]
+        limits = stretch_limits(data, last.valid)
+        panels.append(row[0])
+        panels.extend(Panel(p.title, p.data, p.valid, p.band_descriptions, p.rgb_bands, limits)
+                      for p in row[1:])
+    size = max(max(p.data.shape[-2:]) for p in panels)
+    return compose(panels, columns=max(len(r) for r in rows), scale=max(1, min_size // size))
 
 
 # ---- rasters for display: bounded, decimated reads ------------------------------------------
@@ -330,7 +367,8 @@ def _enlarge(panel: Panel, min_size: int) -> Panel:
     valid = None
     if panel.valid is not None:
         valid = panel.valid.repeat(factor, axis=0).repeat(factor, axis=1)
-    return Panel(panel.title, data, valid, panel.band_descriptions, panel.rgb_bands)
+    return Panel(panel.title, data, valid, panel.band_descriptions, panel.rgb_bands,
+                 panel.limits)
 
 
 def render_rasters(

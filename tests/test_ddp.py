@@ -35,6 +35,9 @@ def test_torchrun_two_cpu_processes(tmp_path, dataset_type):
         rows = [r for r in csv.DictReader(f) if r["d_b"]]
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert done.stderr.count("done: 4 iterations") == 1
+    # each rank prints only its own: the run directory once (stdout), run-wide lines by rank 0
+    assert done.stdout.splitlines().count(str(run)) == 1
+    assert done.stderr.count(f"run dir {run}") == 1
     model = load_model(run)
     assert model.training["world_size"] == 2 and model.training["iterations"] == 4
     assert (run / "previews" / "epoch_002.png").exists()

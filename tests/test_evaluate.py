@@ -238,7 +238,7 @@ def _by_hand(chips, g_ab, model):
 def test_chip_mode_matches_hand_computation(chip_model):
     chips, run_dir, g_ab, model = chip_model
     report = evaluate_chips(run_dir, chips, split="val", direction="a2b", batch_size=2,
-                            norm_stats="tile")
+                            norm_stats="tile", data_range="model")
     assert report.settings["norm_stats"] == "per-tile"
     err, ssim, count = _by_hand(chips, g_ab, model)
     m = report.metrics
@@ -407,7 +407,7 @@ def test_chip_mode_reports_the_flat_image_at_the_training_mean(chip_model, tmp_p
     _write_meta(chips, means)
     out = tmp_path / "chips.json"
     assert main(["evaluate", "--model", str(run_dir), "--data", str(chips), "--json",
-                 str(out)]) == 0
+                 str(out), "--data-range", "model"]) == 0
     table = capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc["baseline"]["levels"] == means
@@ -437,3 +437,166 @@ def test_chip_mode_reports_the_flat_image_at_the_training_mean(chip_model, tmp_p
     _write_meta(chips, means[:2])
     with pytest.raises(GeotranslateError, match="statistics of 2 bands, but the model's has 3"):
         evaluate_chips(run_dir, chips, split="val")
+
+
+# ---- one data-range convention, --bands / --bands-ref, --aoi / --exclude -----------------------
+
+
+def test_chip_mode_default_range_is_the_references_p2_p98_as_in_raster_mode(chip_model):
+    import rasterio
+
+    chips, run_dir, _, _ = chip_model
+    report = evaluate_chips(run_dir, chips, split="val")
+    refs = []
+    for path in sorted((chips / "val_b").glob("*.tif")):
+        with rasterio.open(chips / "val_a" / path.name) as ds:
+            valid = (ds.read() != -9999.0).all(axis=0)
+        with rasterio.open(path) as ds:
+            b = ds.read().astype(np.float64)
+        refs.append(b[:, valid & (b != 0).all(axis=0)])
+    p2, p98 = np.percentile(np.concatenate(refs, axis=1), [2, 98], axis=1)
+    np.testing.assert_allclose(report.settings["data_range"], p98 - p2, rtol=1e-12)
+    assert report.settings["data_range_source"].startswith(
+        "p98 - p2 of the reference's valid pixels in the split's chips (exact")
+    # the model's normalization range on request: the same errors, PSNR shifted by the ratio
+    model_range = evaluate_chips(run_dir, chips, split="val", data_range="model")
+    assert model_range.settings["data_range"] == [3500.0, 3650.0, 2800.0]
+    assert model_range.metrics["overall"]["mae"] == report.metrics["overall"]["mae"]
+    for b, band in enumerate(model_range.metrics["bands"]):
+        shift = 20 * math.log10(band["data_range"] / (p98[b] - p2[b]))
+        assert band["psnr"] == pytest.approx(report.metrics["bands"][b]["psnr"] + shift)
+
+
+def _pair(make_raster, bands_ref: int = 3, size=(64, 80)):
+    rng = np.random.default_rng(11)
+    ref = rng.uniform(0, 1000, size=(bands_ref, *size)).astype(np.float32)
+    ref[:, 30:34, 40:44] = -9999.0
+    transform = from_origin(500000, 5300000, 10, 10)
+    names = [f"b{i + 1}" for i in range(bands_ref)]
+    return rng, ref, transform, names
+
+
+def _figures(doc: dict) -> dict:
+    """What must agree: every figure, the data range and the flat image (not the paths)."""
+    return {"metrics": doc["metrics"], "baseline": doc["baseline"],
+            "data_range": doc["settings"]["data_range"]}
+
+
+def test_bands_ref_and_bands_give_the_figures_of_a_band_subset(make_raster, tmp_path):
+    rng, ref, transform, names = _pair(make_raster, bands_ref=6)
+    pred = ref[[1, 3, 4]] + rng.normal(0, 30, size=(3, 64, 80)).astype(np.float32)
+    pred[:, 30:34, 40:44] = -9999.0
+    extra = np.concatenate([pred[:2], rng.uniform(0, 9, (1, 64, 80)).astype(np.float32),
+                            pred[2:]])  # PRED with a 4th band to leave out: 1,2,4
+    for name, data in [("ref6.tif", ref), ("ref3.tif", ref[[1, 3, 4]]), ("pred.tif", pred),
+                       ("pred4.tif", extra)]:
+        make_raster(name, data, nodata=-9999.0, transform=transform)
+    docs = {}
+    for key, args in {
+        "by_hand": ["pred.tif", "ref3.tif"],
+        "bands_ref": ["pred.tif", "ref6.tif", "--bands-ref", "2,4,5"],
+        "both": ["pred4.tif", "ref6.tif", "--bands", "1,2,4", "--bands-ref", "2,4,5"],
+    }.items():
+        out = tmp_path / f"{key}.json"
+        paths = [str(tmp_path / a) if a.endswith(".tif") else a for a in args]
+        assert main(["evaluate", *paths, "--json", str(out)]) == 0
+        docs[key] = json.loads(out.read_text())
+    assert _figures(docs["bands_ref"]) == _figures(docs["by_hand"])
+    assert _figures(docs["both"]) == _figures(docs["by_hand"])
+    assert docs["both"]["settings"]["bands"] == [1, 2, 4]
+    assert docs["both"]["settings"]["bands_ref"] == [2, 4, 5]
+    with pytest.raises(GeotranslateError, match="pick them with --bands / --bands-ref"):
+        evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref6.tif")
+    with pytest.raises(GeotranslateError, match="band 7 out of range"):
+        evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref6.tif", bands_ref="2,4,7")
+
+
+def _geojson(path, rings, crs: str) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    gpd.GeoDataFrame({"name": [f"p{i}" for i in range(len(rings))]},
+                     geometry=[Polygon(r) for r in rings], crs=crs).to_file(path)
+
+
+def test_aoi_in_another_crs_gives_the_figures_of_the_cut_raster(make_raster, tmp_path):
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    rng, ref, transform, _ = _pair(make_raster)
+    pred = ref + rng.normal(0, 40, size=ref.shape).astype(np.float32)
+    pred[:, 30:34, 40:44] = -9999.0
+    make_raster("ref.tif", ref, nodata=-9999.0, transform=transform)
+    make_raster("pred.tif", pred, nodata=-9999.0, transform=transform)
+    rows, cols = slice(5, 45), slice(10, 50)  # the AOI: these pixels, as lon/lat corners
+    corners = [transform * (c, r) for c, r in ((10, 5), (50, 5), (50, 45), (10, 45))]
+    lon, lat = warp_transform("EPSG:32633", "EPSG:4326", *zip(*corners, strict=True))
+    _geojson(tmp_path / "aoi.geojson", [list(zip(lon, lat, strict=True))], "EPSG:4326")
+    cut = window_transform(Window(10, 5, 40, 40), transform)
+    make_raster("ref_cut.tif", ref[:, rows, cols], nodata=-9999.0, transform=cut)
+    make_raster("pred_cut.tif", pred[:, rows, cols], nodata=-9999.0, transform=cut)
+    by_hand = evaluate_rasters(tmp_path / "pred_cut.tif", tmp_path / "ref_cut.tif")
+    with_aoi = evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif",
+                                aoi=tmp_path / "aoi.geojson")
+    assert with_aoi.metrics == by_hand.metrics
+    assert with_aoi.baseline == by_hand.baseline
+    assert with_aoi.settings["data_range"] == by_hand.settings["data_range"]
+    assert with_aoi.metrics["valid_pixels"] == 40 * 40 - 16
+    assert "inside --aoi" in with_aoi.settings["data_range_source"]
+    # --exclude leaves out the pixels whose centres are inside its polygons (here 8 x 6)
+    x0, y0 = transform * (20, 10)
+    _geojson(tmp_path / "hole.geojson", [[(x0, y0), (x0 + 60, y0), (x0 + 60, y0 - 80),
+                                          (x0, y0 - 80)]], "EPSG:32633")
+    holed = evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif",
+                             aoi=tmp_path / "aoi.geojson", exclude=tmp_path / "hole.geojson",
+                             data_range=1000.0)
+    keep = (pred != -9999.0).all(axis=0)
+    keep[10:18, 20:26] = False
+    err = (pred - ref)[:, rows, cols][:, keep[rows, cols]].astype(np.float64)
+    assert holed.metrics["valid_pixels"] == 40 * 40 - 16 - 48
+    np.testing.assert_allclose([b["mae"] for b in holed.metrics["bands"]],
+                               np.abs(err).mean(axis=1), rtol=1e-9)
+    with pytest.raises(GeotranslateError, match="--aoi-where needs --aoi"):
+        evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif", aoi_where="split=val")
+
+
+def test_aoi_from_index_gpkg_scores_the_validation_blocks(make_raster, tmp_path, capsys):
+    import geopandas as gpd
+    import rasterio
+
+    from geotranslate.export import export_tiles
+
+    rng, ref, transform, _ = _pair(make_raster, size=(128, 128))
+    ref[:, 30:34, 40:44] = 1.0  # no nodata here: the validation blocks are whole chips
+    pred = ref + rng.normal(0, 40, size=ref.shape).astype(np.float32)
+    make_raster("ref.tif", ref, transform=transform)
+    make_raster("pred.tif", pred, transform=transform)
+    export_tiles([str(tmp_path / "pred.tif")], [str(tmp_path / "ref.tif")], tmp_path / "chips",
+                 tile_size=16, val_fraction=0.25, progress=False)
+    in_val = np.zeros((128, 128), dtype=bool)
+    for path in (tmp_path / "chips" / "val_b").glob("*.tif"):
+        with rasterio.open(path) as ds:
+            c, r = ~transform * (ds.bounds.left, ds.bounds.top)
+            in_val[round(r):round(r) + 16, round(c):round(c) + 16] = True
+    assert 0 < in_val.sum() < 128 * 128
+    index = tmp_path / "chips" / "index.gpkg"
+    assert set(gpd.read_file(index)["split"]) == {"train", "val"}
+    out = tmp_path / "val.json"
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "ref.tif"), "--aoi",
+                 str(index), "--aoi-where", "split=val", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    err = (pred - ref)[:, in_val].astype(np.float64)
+    assert doc["metrics"]["valid_pixels"] == in_val.sum()
+    np.testing.assert_allclose([b["mae"] for b in doc["metrics"]["bands"]],
+                               np.abs(err).mean(axis=1), rtol=1e-9)
+    p2, p98 = np.percentile(ref[:, in_val].astype(np.float64), [2, 98], axis=1)
+    np.testing.assert_allclose(doc["settings"]["data_range"], p98 - p2, rtol=1e-9)
+    # a column that is not there, a value that selects nothing: one line each
+    for where, message in [("fold=val", "no column 'fold'"),
+                           ("split=test", "holds no geometries matching split=test"),
+                           ("split", "expected COLUMN=VALUE")]:
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "ref.tif"),
+                     "--aoi", str(index), "--aoi-where", where]) == 1
+        err_line = capsys.readouterr().err.strip()
+        assert message in err_line and len(err_line.splitlines()) == 1

@@ -164,6 +164,11 @@ INPUTS: dict[str, Callable[[Path, dict], None]] = {
     "demo_output/run": _link("pix2pix"),
     "demo_output/sar_translated.tif": _file(_optical, size=512),
     "scene_translated.tif": _file(_optical),
+    "s2_l1c.tif": lambda t, a: write_raster(  # 13 bands on translated.tif's grid
+        t, RNG.integers(200, 4000, (13, 256, 256)).astype("uint16"), nodata=0,
+        transform=from_origin(500000, 5300000, 10, 10)),
+    "demo_output/chips/index.gpkg": lambda t, a: shutil.copytree(a["chips"], t.parent,
+                                                                 dirs_exist_ok=True),
     "runs/latest": _link("pix2pix"),  # CycleGAN for --direction b2a lines
     "runs/Pix2Pix-20261121-101500": _copy_tree("pix2pix"),
     "S1_product.zip": _zip,

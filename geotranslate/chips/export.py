@@ -17,7 +17,6 @@ import json
 import math
 import os
 import queue
-import sys
 import threading
 import time
 import warnings
@@ -56,6 +55,7 @@ from geotranslate.chips.split import _assign_validation
 from geotranslate.chips.writer import _write_chip_atomic
 from geotranslate.dirlock import DirectoryLock
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import logger, show_progress
 from geotranslate.memory import check_memory
 from geotranslate.raster.io import (
     GDAL_CACHE_BYTES,
@@ -212,7 +212,7 @@ def export_tiles(
     val_fraction: float = 0.0,
     allow_no_crs: bool = False,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     workers: int | None = None,
 ) -> ExportSummary:
     """Cut ``a_paths`` (and ``b_paths``) into chips under ``out_dir``; see docs/formats.md.
@@ -367,11 +367,8 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     lock = DirectoryLock(out)
     previous = lock.acquire()
     if previous is not None:
-        print(
-            f"geotranslate: note: {out}: an earlier export-tiles run ({previous}) did not "
-            "finish; this run takes over its lock and completes the directory",
-            file=sys.stderr,
-        )
+        logger.warning(f"{out}: an earlier export-tiles run ({previous}) did not finish; this "
+                       "run takes over its lock and completes the directory")
     state: dict = {"run": None}
 
     def release(exc_type, exc, tb) -> bool:
@@ -474,7 +471,7 @@ def _stats_step(jobs: list[_Job], domain: str) -> int:
     return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
 
 
-def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool,
+def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool | None,
              reader: _WindowReader, survey: bool = False) -> None:
     """Read every window: statistics (``stats``), then filters and chip writing.
 
@@ -495,7 +492,8 @@ def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progres
             job.survives = [False] * len(job.windows)
     desc = "export-tiles (filters)" if survey else "export-tiles"
     extents: dict[int, tuple[dict, dict]] = {}
-    with tqdm(total=len(todo), unit="window", disable=not progress, desc=desc, leave=False) as bar:
+    with tqdm(total=len(todo), unit="window", disable=not show_progress(progress), desc=desc,
+              leave=False) as bar:
         for (job, wi), reads in reader.read(todo):
             if id(job) not in extents:
                 extents[id(job)] = (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -15,6 +14,7 @@ import torch
 from geotranslate.device import autocast as device_autocast
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import logger
 from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
@@ -140,7 +140,7 @@ def predict_raster(
     rank: int | None = None,
     world_size: int = 1,
     chunk_width: int = CHUNK_WIDTH,
-    progress: bool = True,
+    progress: bool | None = None,
     resume: bool = False,
 ) -> PredictSummary:
     """Translate ``in_path`` with ``model`` (a TranslationModel or a run directory / model.json).
@@ -177,8 +177,7 @@ def predict_raster(
         if ds.crs is None:
             kind = "GCPs" if ds.gcps[0] else "RPCs" if ds.rpcs is not None else None
             what = f"keeps its {kind} but has no CRS either" if kind else "has none either"
-            print(f"geotranslate: warning: {in_path} has no CRS; the output {what}",
-                  file=sys.stderr)
+            logger.warning(f"{in_path} has no CRS; the output {what}")
         grid_region = _check_region(parse_pixel_window(window), ds)
         region = grid_region  # what the output covers
         if rank is not None:

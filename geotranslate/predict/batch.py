@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import logger
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.api import PredictSummary, predict_raster
 from geotranslate.predict.grid import OUT_BLOCK
@@ -252,8 +253,7 @@ def _mosaic(units, mosaic: Path, rank, world_size, result, echo) -> Path | None:
     shutil.rmtree(folder, ignore_errors=True)
     if len(present) < len(outputs):
         missing = ", ".join(p.name for p in outputs if not p.exists())
-        print(f"geotranslate: warning: {mosaic}: leaves out what failed ({missing})",
-              file=sys.stderr)
+        logger.warning(f"{mosaic}: leaves out what failed ({missing})")
     if not present:
         raise GeotranslateError(f"{mosaic}: no outputs to join")
     write_vrt(present, mosaic)

@@ -28,6 +28,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from geotranslate.errors import first_line
+from geotranslate.log import show_progress
 from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import OUT_BLOCK, Strip
@@ -288,7 +289,7 @@ class BlendThread(threading.Thread):
 
 
 def run_pipeline(
-    inp: PipelineInput, compute: PipelineCompute, out: PipelineOutput, progress: bool
+    inp: PipelineInput, compute: PipelineCompute, out: PipelineOutput, progress: bool | None
 ) -> tuple[int, int, float, float]:
     """Reader thread -> batched generator (this thread) -> blending thread -> writer thread.
 
@@ -311,8 +312,8 @@ def run_pipeline(
         Writer(out, writer_q, stop),
     ]
     total = sum(len(s.tile_cols) for s in inp.plan)
-    # disable=None: no bar when stderr is not a terminal (logs, CI)
-    bar = tqdm(total=total, unit="tile", disable=None if progress else True, file=sys.stderr,
+    # by default no bar when stderr is not a terminal (logs, CI): geotranslate/log.py
+    bar = tqdm(total=total, unit="tile", disable=not show_progress(progress), file=sys.stderr,
                leave=False, dynamic_ncols=True)
     computed = skipped = 0
     input_wait, output_wait = [0.0], 0.0

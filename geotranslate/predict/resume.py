@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import rasterio
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
+from geotranslate.log import logger
 from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.raster.io import display_path, temp_path
 
@@ -165,8 +165,7 @@ def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
                 f"{out}: an interrupted run left a partial result ({progress.name}); pass "
                 "--resume to continue it or --overwrite to start again")
     elif resume:
-        print(f"geotranslate: warning: {out}: nothing to resume; starting from the beginning",
-              file=sys.stderr)
+        logger.warning(f"{out}: nothing to resume; starting from the beginning")
     if checkpoint.start is None:
         with contextlib.suppress(FileNotFoundError):
             tiff.unlink()

@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.log import logger
 from geotranslate.raster.sources import (
     REMOTE_OPEN_DEFAULTS,
     RasterSource,
@@ -450,8 +450,8 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             removed.append((Path(entry.path), size))
     if removed:
         total = sum(size for _, size in removed) / 2**20
-        print(f"geotranslate: removed {len(removed)} temporary file(s) left in "
-              f"{display_path(folder)} by interrupted runs ({total:.1f} MiB)", file=sys.stderr)
+        logger.info(f"removed {len(removed)} temporary file(s) left in "
+                    f"{display_path(folder)} by interrupted runs ({total:.1f} MiB)")
     return [path for path, _ in removed]
 
 

@@ -95,7 +95,7 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue
     rgb_bands: str | None = None  # e.g. "3,2,1" or "a:1,2,3;b:3,2,1" (1-based)
     preview: bool = True
-    progress: bool = True
+    progress: bool | None = None  # None: a bar when stderr is a terminal (geotranslate/log.py)
     tensorboard: bool = True  # when the tensorboard package is installed
 
     def __post_init__(self) -> None:

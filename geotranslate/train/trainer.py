@@ -13,11 +13,11 @@ import copy
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from datetime import datetime
@@ -39,6 +39,7 @@ from geotranslate.data import (
 )
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.log import Advice, show_progress
 from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.metrics import MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
@@ -60,6 +61,7 @@ from geotranslate.train.loop import train_loop
 ARCHITECTURE_KEYS = ("dataset_type", "generator_specs", "discriminator_specs", "gan_mode",
                      "nce_layers")
 VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim", "val_flat_l1", "val_flat_psnr", "val_flat_ssim")
+LOG = logging.getLogger("geotranslate.train")
 #: after this many epochs a model whose validation PSNR is not above the flat image is flagged.
 FLAT_PATIENCE_EPOCHS = 5
 LOG_NAME = "train.log"
@@ -162,6 +164,25 @@ class _Metrics:
         self.file.flush()
         if self.tb is not None:
             self.tb.flush()
+
+    def image(self, tag: str, png: Path, iteration: int) -> None:
+        """A written picture (a preview) into TensorBoard's images."""
+        if self.tb is not None:
+            from PIL import Image
+
+            with Image.open(png) as im:
+                self.tb.add_image(tag, np.asarray(im.convert("RGB")), iteration,
+                                  dataformats="HWC")
+
+    def hparams(self, config: dict, figures: dict[str, float]) -> None:
+        """The run's settings and final figures into TensorBoard's HPARAMS tab."""
+        if self.tb is None:
+            return
+        simple = {k: v for k, v in config.items()
+                  if isinstance(v, (bool, int, float, str)) and k != "resume"}
+        figures = {f"hparam/{k}": float(v) for k, v in figures.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.tb.add_hparams(simple, figures, run_name="hparams")
 
     def close(self) -> None:
         self.file.close()
@@ -430,9 +451,10 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
     return figures
 
 
-def validation_line(epoch: int, scores: dict[str, float]) -> str:
+def validation_line(epoch: int, scores: dict[str, float], advice: Advice | None = None) -> str:
     """The log line of one validation: the model's figures, the flat image's, and a plain
-    warning when, after FLAT_PATIENCE_EPOCHS epochs, the model's PSNR is not above it."""
+    warning when, after FLAT_PATIENCE_EPOCHS epochs, the model's PSNR is not above it (its
+    advice in full once per ``advice``, later as a reminder with a count)."""
 
     def figures(prefix: str) -> str:
         text = f"L1 {scores[prefix + 'l1']:.4f}, PSNR {scores[prefix + 'psnr']:.2f} dB"
@@ -448,9 +470,10 @@ def validation_line(epoch: int, scores: dict[str, float]) -> str:
     if worse:
         what = ", ".join(worse)
         if epoch >= FLAT_PATIENCE_EPOCHS:
-            line += (f"; no better than a flat image after {epoch} epochs ({what}): check "
-                     "--augment (flips/rotations break direction-dependent mappings), the "
-                     "normalization (--norm-method) and the pairing of A and B")
+            said = f"; no better than a flat image after {epoch} epochs ({what})"
+            text = (said + ": check --augment (flips/rotations break direction-dependent "
+                    "mappings), the normalization (--norm-method) and the pairing of A and B")
+            line += advice("flat", text, said) if advice is not None else text
         elif epoch:
             line += f"; not yet better than a flat image ({what})"
     return line
@@ -659,12 +682,14 @@ class _Run:
         self.saved_at: list[tuple[int, int, int]] = []  # (epoch, batch, iteration) last saved
         self.stopped = self.max_steps is not None and self.iteration >= self.max_steps
         self.interrupt = _InterruptAtStepEnd(ctx)
+        self.advice = Advice()  # long advice once per session, then a reminder with a count
         self.mid_step = False  # a KeyboardInterrupt while True would leave a half-updated state
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: int = logging.INFO) -> None:
+        """A run-wide line (rank 0): stderr through logging, and RUN_DIR/train.log."""
         if self.ctx.is_main:
-            tqdm.write(f"geotranslate train: {message}", file=sys.stderr)
-            self.log_lines.append(message)
+            LOG.log(level, message)
+            self.log_lines.append(message if level < logging.WARNING else f"warning: {message}")
             if self.log_file is not None:
                 with open(self.log_file, "a") as f:
                     f.writelines(line + "\n" for line in self.log_lines)
@@ -706,7 +731,7 @@ class _Run:
         self.sampler.set_epoch(epoch, start=start_batch * c.batch_size)
         bar = tqdm(total=self.batches_per_epoch, initial=start_batch,
                    desc=f"epoch {epoch + 1}/{c.total_epochs}", unit="it",
-                   disable=not (self.ctx.is_main and c.progress), leave=False,
+                   disable=not (self.ctx.is_main and show_progress(c.progress)), leave=False,
                    dynamic_ncols=True)
         self.bar = bar
         try:
@@ -800,7 +825,7 @@ class _Run:
         if not scores:
             return
         self.metrics.log(epoch, self.iteration, scores)
-        self.log(validation_line(epoch, scores))
+        self.log(validation_line(epoch, scores, self.advice))
         if epoch and (not self.best or scores["val_psnr"] > self.best["psnr"]):
             self.best.update(psnr=scores["val_psnr"], epoch=epoch)
             self.best_weights.update({
@@ -819,8 +844,10 @@ class _Run:
         return True
 
     def preview(self, epoch_number: int) -> None:
+        path = self.run_dir / "previews" / f"epoch_{epoch_number:03d}.png"
         write_preview(self.trainer, self.preview_set[0], self.preview_set.norm, self.meta,
-                      self.rgb, self.run_dir / "previews" / f"epoch_{epoch_number:03d}.png")
+                      self.rgb, path)
+        self.metrics.image("preview", path, self.iteration)
 
     def translation_model(self, summary: dict) -> TranslationModel:
         specs = {}
@@ -888,9 +915,26 @@ class _Run:
             self.log(f"done: {self.iteration} iterations in {seconds:.1f} s; model in "
                      f"{run_dir}{kept}")
         if self.metrics is not None:
+            figures = {**{f"final_{k}": v for k, v in self.last_losses.items()},
+                       **({"best_val_psnr": best["psnr"]} if best else {})}
+            self.metrics.hparams(config.to_dict(), figures)
             self.metrics.close()
+        if ctx.is_main and config.preview:
+            self.write_report()
         distributed.barrier(ctx)
         return run_dir
+
+
+    def write_report(self) -> None:
+        """RUN_DIR/report.html (geotranslate report); a failure is a warning, not a failed run."""
+        from geotranslate.report import write_report
+
+        try:
+            path = write_report(self.run_dir, device=str(self.device))
+        except (GeotranslateError, OSError, ValueError) as e:
+            self.log(f"no report written ({e})", logging.WARNING)
+        else:
+            self.log(f"report: {path}")
 
 
 def _diverged(what: str, iteration: int, run_dir: Path, saved_at: list) -> GeotranslateError:
