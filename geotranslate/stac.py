@@ -129,7 +129,7 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
     meta = json.loads((folder / META_NAME).read_text())
     sha = meta["weights"]["sha256"]
-    when = dt.datetime.fromtimestamp((folder / WEIGHTS_NAME).stat().st_mtime, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp((folder / WEIGHTS_NAME).stat().st_mtime, dt.UTC)
     names = {k: _band_names(model.domains[k], k) for k in ("a", "b")}
     inputs, outputs, archs, params = [], [], [], 0
     for direction in sorted(model.generators):
