@@ -19,9 +19,9 @@ import torch
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
-from geotranslate.modelfile import META_NAME, WEIGHTS_NAME, load_model
+from geotranslate.modelfile import META_NAME, WEIGHTS_NAME, load_model, model_files
 from geotranslate.predict.provenance import weights_sha256
-from geotranslate.raster.io import atomic_path, check_not_input
+from geotranslate.raster.io import atomic_path, check_file_output, check_not_input
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 
@@ -100,9 +100,9 @@ def model_stac_item(run: str | os.PathLike) -> dict:
 def write_model_stac(run: str | os.PathLike, out: str | os.PathLike,
                      overwrite: bool = False) -> Path:
     """Write the model's STAC item to ``out`` (atomically; never over the model's files)."""
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    check_file_output(out)  # "dir/" names a directory, before Path drops the slash
     out = Path(out)
-    check_not_input(out, [folder / META_NAME, folder / WEIGHTS_NAME])
+    check_not_input(out, model_files(run))
     item = model_stac_item(run)
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the item's file name")
