@@ -40,6 +40,7 @@ from geotranslate.raster.io import (
     atomic_path,
     check_file_output,
     check_not_input,
+    check_output_dir,
     display_path,
     input_files,
     make_output_dir,
@@ -208,15 +209,14 @@ def predict_rasters(
         raise GeotranslateError(f"split size {split_pixels} px: must be positive "
                                 "(--split-mpx above 0)")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GeotranslateError(f"{out_dir}: --out-dir is a file, not a directory")
+    check_output_dir(out_dir, "--out-dir")
     inputs = [os.fspath(i) for i in inputs]
     if not inputs:
         raise GeotranslateError("no input rasters given")
     units = plan_units(inputs, out_dir, world_size, split_pixels)
     mosaic = Path(mosaic) if mosaic is not None else None
-    replace_mosaic = _check_mosaic(mosaic, units, overwrite, resume)
     _check_outputs(units, mosaic, inputs, model, cog)
+    replace_mosaic = _check_mosaic(mosaic, units, overwrite, resume)
     make_output_dir(out_dir, "--out-dir")  # only once every check passed
     if isinstance(model, (str, os.PathLike)):
         from geotranslate.device import resolve_device

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -281,8 +282,8 @@ class Trainer:
             # a run resumed at the very end of an epoch steps the schedule before its first
             # optimizer step; the optimizers did step (before the checkpoint), so torch's
             # warning about a skipped first rate does not apply
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before",
-                                    UserWarning)
+            warnings.filterwarnings(
+                "ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
             self.sched_g.step()
             self.sched_d.step()
 
