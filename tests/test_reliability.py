@@ -420,3 +420,27 @@ def test_model_format_version_message_names_what_it_found(scene_model, tmp_path,
         assert main(["predict-raster", str(src), "--model", str(run), *PREDICT]) == 1
         err = one_line_error(capsys, f"format_version {json.dumps(version)} is not supported")
         assert "version 1 is not supported" not in err
+
+
+def test_resume_identity_of_a_remote_input_follows_its_headers(tmp_path):
+    import functools
+    import http.server
+
+    from geotranslate.predict.resume import input_identity
+    from geotranslate.raster.sources import parse_source
+
+    src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = parse_source(f"http://127.0.0.1:{server.server_address[1]}/in.tif")
+        first = input_identity(source)
+        assert first[0]["last_modified"] and first[0]["size"] == str(src.stat().st_size)
+        assert input_identity(source) == first
+        stat = src.stat()
+        os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**10))  # rewritten later
+        assert input_identity(source) != first
+    finally:
+        server.shutdown()

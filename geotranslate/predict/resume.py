@@ -32,7 +32,7 @@ from pathlib import Path
 import rasterio
 
 from geotranslate import schema as sc
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.raster.io import display_path, temp_path
 from geotranslate.raster.sources import RasterSource
@@ -94,27 +94,27 @@ def _file_digest(path: Path, size: int) -> str:
 
 
 def _remote_identity(gdal_name: str) -> dict:
-    """ETag, Last-Modified and size of an http(s) dataset (one HEAD request); for other
-    remote names (/vsis3/, whose requests need signing) or a server that sends neither
-    header, a SHA-256 of three decoded windows and the dataset's shape."""
+    """ETag, Last-Modified and size of an http(s) dataset, from one request for its first byte
+    (as GDAL itself asks); for other remote names (/vsis3/, whose requests need signing) a
+    SHA-256 of three decoded windows and the dataset's shape."""
     import urllib.request
 
     url = gdal_name.split("/vsicurl/", 1)[1] if gdal_name.startswith("/vsicurl/") else None
     if url and url.startswith(("http://", "https://")):
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
         try:
-            request = urllib.request.Request(url, method="HEAD")
             with urllib.request.urlopen(request, timeout=30) as response:
                 headers = response.headers
-        except OSError as e:
-            raise GeotranslateError(f"{url}: cannot check it for --resume ({e})") from None
-        found = {k.lower().replace("-", "_"): headers.get(k)
-                 for k in ("ETag", "Last-Modified", "Content-Length")}
-        if found["etag"] or found["last_modified"]:
-            return found
+        except OSError as e:  # the reads will say what is wrong
+            return {"unchecked": first_line(e)}
+        size = (headers.get("Content-Range") or "").rpartition("/")[2]
+        return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
+                "size": size or headers.get("Content-Length")}
     return {"pixels_sha256": _pixels_digest(gdal_name)}
 
 
 def _pixels_digest(gdal_name: str) -> str:
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     from geotranslate.raster.io import open_dataset
@@ -124,9 +124,13 @@ def _pixels_digest(gdal_name: str) -> str:
     with open_dataset(single_source(gdal_name)) as ds:
         digest.update(repr((ds.width, ds.height, ds.count, ds.dtypes)).encode())
         h, w = min(256, ds.height), min(256, ds.width)
-        for row, col in [(0, 0), ((ds.height - h) // 2, (ds.width - w) // 2),
-                         (ds.height - h, ds.width - w)]:
-            digest.update(ds.read(window=Window(col, row, w, h)).tobytes())
+        try:
+            for row, col in [(0, 0), ((ds.height - h) // 2, (ds.width - w) // 2),
+                             (ds.height - h, ds.width - w)]:
+                digest.update(ds.read(window=Window(col, row, w, h)).tobytes())
+        except RasterioError as e:
+            raise GeotranslateError(
+                f"{gdal_name}: read failed ({first_line(e.__cause__ or e)})") from None
     return digest.hexdigest()
 
 
