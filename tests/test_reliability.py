@@ -128,6 +128,10 @@ def test_mosaic_in_a_missing_directory_is_refused_before_any_work(scene_model, t
                  str(tmp_path / "o"), "--mosaic", str(tmp_path / "missing" / "all.vrt"),
                  *PREDICT]) == 1
     one_line_error(capsys, "missing", "does not exist")
+    for mosaic in (f"{tmp_path / 'o'}/", str(tmp_path)):  # a directory, named or existing
+        assert main(["predict-raster", str(src), "--model", str(scene_model), "--out-dir",
+                     str(tmp_path / "o"), "--mosaic", mosaic, *PREDICT]) == 1
+        one_line_error(capsys, "directory")
     assert not (tmp_path / "o").exists()
 
 

@@ -45,6 +45,7 @@ from geotranslate.raster.io import (
     input_files,
     make_output_dir,
     open_raster,
+    resolved_path,
 )
 from geotranslate.raster.sources import parse_source
 from geotranslate.raster.vrt import write_vrt
@@ -214,7 +215,9 @@ def predict_rasters(
     if not inputs:
         raise GeotranslateError("no input rasters given")
     units = plan_units(inputs, out_dir, world_size, split_pixels)
-    mosaic = Path(mosaic) if mosaic is not None else None
+    if mosaic is not None:
+        check_file_output(mosaic)  # "DIR/" names a directory: before Path drops the slash
+        mosaic = Path(mosaic)
     _check_outputs(units, mosaic, inputs, model, cog)
     replace_mosaic = _check_mosaic(mosaic, units, overwrite, resume)
     make_output_dir(out_dir, "--out-dir")  # only once every check passed
@@ -280,7 +283,9 @@ def _check_outputs(units: list[WorkUnit], mosaic: Path | None, inputs: list[str]
         check_not_input(out, files)
     if mosaic is not None:
         check_not_input(mosaic, files, "--mosaic")
-        check_not_input(mosaic, outputs, "--mosaic (one of the outputs)")
+        if resolved_path(mosaic) in {resolved_path(out) for out in outputs}:
+            raise GeotranslateError(f"{mosaic}: --mosaic would overwrite one of the outputs; "
+                                    "choose another name")
 
 
 def _check_mosaic(mosaic: Path | None, units, overwrite: bool, resume: bool) -> bool:
@@ -288,7 +293,6 @@ def _check_mosaic(mosaic: Path | None, units, overwrite: bool, resume: bool) -> 
     (--overwrite, or --resume over a VRT mosaic of the same outputs)."""
     if mosaic is None:
         return False
-    check_file_output(mosaic)
     parent = mosaic.parent if str(mosaic.parent) else Path(".")
     if not parent.is_dir():
         raise GeotranslateError(f"{parent}: --mosaic's directory does not exist")

@@ -494,9 +494,9 @@ def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike |
     ``inputs`` are paths (``os.PathLike``: taken as they are) or raster sources (a string or a
     :class:`RasterSource`, expanded by :func:`input_files`)."""
     out_path = Path(out)
-    resolved = out_path.resolve()
+    resolved = resolved_path(out_path)
     for source in input_files(inputs):
-        same = resolved == source.resolve()
+        same = resolved == resolved_path(source)
         if not same and out_path.exists() and source.exists():
             with contextlib.suppress(OSError):
                 same = os.path.samefile(out_path, source)
@@ -506,12 +506,21 @@ def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike |
                 f"{display_path(source)}; choose another name"
             )
     for folder in folders:
-        folder = Path(folder).resolve()
+        folder = resolved_path(Path(folder))
         if resolved == folder or folder in resolved.parents:
             raise GeotranslateError(
                 f"{display_path(out_path)}: {what} would be written into the input folder "
                 f"{display_path(folder)}; choose another name"
             )
+
+
+def resolved_path(path: Path) -> Path:
+    """The absolute path with symbolic links resolved; as given (made absolute) when a link
+    loops."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(path))
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> None:
