@@ -484,8 +484,10 @@ def _check_evaluate_json(json_path, rasters, model_path, data_dir) -> None:
         check_not_input(json_path, list(rasters))
         return
     data = Path(data_dir)
-    check_not_input(json_path, [*model_files(model_path), data / "meta.json"],
-                    folders=[p for p in data.glob("*_[ab]") if p.is_dir()])
+    folders = [p for p in data.glob("*_[ab]") if p.is_dir()]
+    chips = [p for folder in folders for p in folder.iterdir()]  # a hard link to one, too
+    check_not_input(json_path, [*model_files(model_path), data / "meta.json", *chips],
+                    folders=folders)
 
 
 @cli.command("evaluate")

@@ -18,6 +18,7 @@ import pytest
 from conftest import write_raster
 from test_band_stack import _stac_item
 from test_data import make_chips
+from test_evaluate import chip_model  # noqa: F401 - a fixture
 from test_predict import _smooth_field, make_model
 
 from geotranslate.cli import main
@@ -250,3 +251,20 @@ def test_model_stac(form, run, tmp_path, monkeypatch, capsys):
                 refused(capsys, ["model-stac", model, "--out", out, *extra])
                 refused(capsys, ["model-stac", str(target), "--out", out, *extra])
     assert state(files) == before
+
+
+def test_evaluate_json_in_chip_mode(chip_model, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """Chip mode reads the model and the chip folder: --json may land in neither."""
+    chips, run_dir, _, _ = chip_model
+    monkeypatch.chdir(chips.parent)
+    files = [run_dir / "model.json", run_dir / "model.safetensors", chips / "meta.json",
+             *sorted(chips.glob("val_*/*.tif"))]
+    before = state(files)
+    targets = [*files, chips / "val_a" / "new.json", chips / "train_b" / "new.json"]
+    for target in targets:
+        ways = landings(target, chips.parent) if target.exists() else {"same": str(target)}
+        for out in ways.values():
+            refused(capsys, ["evaluate", "--model", str(run_dir), "--data", str(chips),
+                             "--device", "cpu", "--json", out])
+    assert state(files) == before
+    assert not (chips / "val_a" / "new.json").exists()
