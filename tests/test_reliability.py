@@ -133,6 +133,12 @@ def test_mosaic_in_a_missing_directory_is_refused_before_any_work(scene_model, t
                      str(tmp_path / "o"), "--mosaic", mosaic, *PREDICT]) == 1
         one_line_error(capsys, "directory")
     assert not (tmp_path / "o").exists()
+    # in the --out-dir the run creates: fine
+    assert main(["predict-raster", str(src), "--model", str(scene_model), "--out-dir",
+                 str(tmp_path / "o"), "--mosaic", str(tmp_path / "o" / "all.vrt"),
+                 *PREDICT]) == 0
+    assert (tmp_path / "o" / "all.vrt").read_text().startswith("<VRTDataset")
+    capsys.readouterr()
 
 
 def test_out_dir_naming_a_file_and_same_stems_leave_nothing(scene_model, tmp_path, capsys):

@@ -219,7 +219,7 @@ def predict_rasters(
         check_file_output(mosaic)  # "DIR/" names a directory: before Path drops the slash
         mosaic = Path(mosaic)
     _check_outputs(units, mosaic, inputs, model, cog)
-    replace_mosaic = _check_mosaic(mosaic, units, overwrite, resume)
+    replace_mosaic = _check_mosaic(mosaic, out_dir, units, overwrite, resume)
     make_output_dir(out_dir, "--out-dir")  # only once every check passed
     if isinstance(model, (str, os.PathLike)):
         from geotranslate.device import resolve_device
@@ -288,12 +288,15 @@ def _check_outputs(units: list[WorkUnit], mosaic: Path | None, inputs: list[str]
                                     "choose another name")
 
 
-def _check_mosaic(mosaic: Path | None, units, overwrite: bool, resume: bool) -> bool:
+def _check_mosaic(mosaic: Path | None, out_dir: Path, units, overwrite: bool,
+                  resume: bool) -> bool:
     """Check where the mosaic goes, before any work; whether an existing file may be replaced
     (--overwrite, or --resume over a VRT mosaic of the same outputs)."""
     if mosaic is None:
         return False
     parent = mosaic.parent if str(mosaic.parent) else Path(".")
+    if resolved_path(parent) == resolved_path(out_dir) and not out_dir.exists():
+        return False  # in the --out-dir this run creates
     if not parent.is_dir():
         raise GeotranslateError(f"{parent}: --mosaic's directory does not exist")
     if not os.access(parent, os.W_OK):
