@@ -174,8 +174,8 @@ def _printable(message: str) -> str:
               help="Accept rasters without a CRS (or with only GCPs/RPCs): pixel-space chips.")
 @click.option("--seed", default=0, type=int, help="Seed of the validation block draw.")
 @click.option("--workers", default=None, type=int,
-              help="Threads reading windows in parallel; the output is the same for any number "
-                   "[default: the usable cores].")
+              help="Threads reading windows in parallel (at most 4 per usable core); the "
+                   "output is the same for any number [default: the usable cores].")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode, domain, bands_a,
                          bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
@@ -286,8 +286,8 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               help="Deprecated: the same as --augment none (now the default).")
 @click.option("--cache/--no-cache", default=None,
               help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
-@click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 when "
-              "cached, else min(4, CPUs)]")
+@click.option("--workers", type=int, help="DataLoader worker processes, at most the usable "
+              "cores  [default: 0 when cached, else min(4, cores)]")
 @click.option("--device", default="auto",
               help="Where to train: auto, cpu, cuda, cuda:N or mps (under torchrun, cuda "
                    "gives each process its own GPU).")

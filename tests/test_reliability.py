@@ -454,3 +454,21 @@ def test_resume_identity_of_a_remote_input_follows_its_headers(tmp_path):
         assert input_identity(source) != first
     finally:
         server.shutdown()
+
+
+def test_train_workers_beyond_the_cores_are_bounded_with_a_note(tmp_path, monkeypatch, capsys):
+    data = make_chips(tmp_path / "chips", n_train=2)
+    monkeypatch.setattr(trainer_module, "_usable_cores", lambda: 1)
+    asked = []
+    real_loader = trainer_module.DataLoader
+
+    def recording_loader(*args, **kwargs):
+        asked.append(kwargs["num_workers"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "DataLoader", recording_loader)
+    train(TrainConfig("Pix2Pix", data_dir=str(data), out=str(tmp_path / "run"), ngf=4, ndf=4,
+                      n_layers_d=1, n_blocks=1, progress=False, preview=False, workers=50,
+                      max_steps=1, tensorboard=False))
+    assert asked == [1]
+    assert "--workers 50" in capsys.readouterr().err

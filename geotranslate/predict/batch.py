@@ -47,7 +47,7 @@ from geotranslate.raster.io import (
     open_raster,
     resolved_path,
 )
-from geotranslate.raster.sources import parse_source
+from geotranslate.raster.sources import parse_source, safe_name
 from geotranslate.raster.vrt import write_vrt
 
 #: inputs of at least this many pixels are split over the processes by row bands.
@@ -110,7 +110,7 @@ def output_stem(name: str) -> str:
         return parse_source(name).stem
     except GeotranslateError:  # reported when the unit runs
         last = str(name).rstrip("/").replace("\\", "/").split("/")[-1].split("?")[0]
-        return Path(last).stem or "raster"
+        return safe_name(Path(last).stem)
 
 
 def plan_units(inputs: list[str], out_dir: Path, world_size: int,

@@ -386,6 +386,14 @@ class _InterruptAtStepEnd:
         return distributed.any_rank(self.requested, self.ctx)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _check_separate(run_dir: Path, data_dir: str, vgg_weights: str | None = None) -> None:
     """Refuse a run directory that is, holds or lies inside the chip folder, that is a file
     (or under one), or that holds the --vgg-weights file (an input it could write over)."""
@@ -654,8 +662,13 @@ class _Run:
 
         self.sampler = EpochSampler(len(train_set), seed=config.seed, rank=ctx.rank,
                                     world_size=ctx.world_size)
+        cores = _usable_cores()
         workers = config.workers if config.workers is not None else (
-            0 if train_set.cached else min(4, os.cpu_count() or 1))
+            0 if train_set.cached else min(4, cores))
+        if workers > cores:  # CPU-bound processes: more than the cores only wait (and cost RAM)
+            self.log(f"note: --workers {workers}: more loader processes than usable cores "
+                     f"({cores}) gain nothing; using {cores}")
+            workers = cores
         self.loader = DataLoader(
             ErrorsAsItems(train_set), batch_size=config.batch_size, sampler=self.sampler,
             num_workers=workers, pin_memory=device.type == "cuda",
