@@ -67,6 +67,7 @@ from geotranslate.raster.io import (
     make_output_dir,
     open_dataset,
     open_raster,
+    resolved_path,
     source_of,
 )
 from geotranslate.raster.vector import VectorFilter, window_footprint
@@ -368,9 +369,9 @@ def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
     inputs = input_files(sources) + [Path(v) for v in vectors]
     for name in (META_NAME, INDEX_NAME, LOCK_NAME):
         check_not_input(out / name, inputs)
-    chip_folders = [(out / f"{split}_{d}").resolve() for split in SPLITS for d in DOMAINS]
+    chip_folders = [resolved_path(out / f"{split}_{d}") for split in SPLITS for d in DOMAINS]
     for path in inputs:
-        resolved = path.resolve()
+        resolved = resolved_path(path)
         for folder in chip_folders:
             if folder in resolved.parents:
                 raise GeotranslateError(

@@ -163,8 +163,8 @@ _UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 def safe_name(text: str, fallback: str = "raster") -> str:
     """A name from external metadata (a STAC item id, a band description, a file stem) made
     safe to use as part of a file name: no path separator, no control character, no leading
-    dot (``../../x`` -> ``_.._x``), at most 100 characters."""
-    name = _UNSAFE_NAME.sub("_", text)[:100]
+    dot (``../../x`` -> ``_.._x``), at most 150 characters (room for a suffix)."""
+    name = _UNSAFE_NAME.sub("_", text)[:150]
     if name.startswith("."):
         name = "_" + name[1:]
     return name or fallback
