@@ -39,45 +39,37 @@ from geotranslate.report import DEFAULT_CHIPS
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
-class ListOptionsCommand(click.Command):
-    """A command whose list options take every value that follows them, up to the next option.
+class ListOption(click.Option):
+    """An option that takes every value that follows it, up to the next option.
 
-    ``export-tiles s1_*.tif --b s2_*.tif`` gives all the shell's B files to ``--b``: click
-    options take one value each, so the arguments are rewritten to ``--b X --b Y`` before
-    click parses them. Repeating the option keeps working; ``--`` ends the list.
+    ``export-tiles s1_*.tif --b s2_*.tif`` gives all the shell's B files to ``--b``, wherever
+    the option stands (last too); repeating it adds to the list and ``--`` ends it. The option
+    without any value is an error, not an empty list.
     """
 
-    list_options: tuple[str, ...] = ()
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, multiple=True, **kwargs)
+        # the parser then hands over a marker, not the next option, when no value follows
+        self._flag_needs_value = True
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_list_options(args, self.list_options))
-
-
-def expand_list_options(args: list[str], names: tuple[str, ...]) -> list[str]:
-    """``[--b, x, y, --out, d]`` -> ``[--b, x, --b, y, --out, d]`` for the options ``names``."""
-    out: list[str] = []
-    current: str | None = None
-    for i, arg in enumerate(args):
-        if arg == "--":
-            out.extend(args[i:])
-            return out
-        if arg.startswith("-") and arg != "-":
-            current = arg if arg in names else None
-            if current is None:
-                out.append(arg)
-            continue
-        if current is not None:
-            out.extend([current, arg])
-        else:
-            out.append(arg)
-    if current is not None:  # "--b" with no value: let click say so
-        out.append(current)
-    return out
+    def add_to_parser(self, parser, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            option = parser._long_opt.get(name) or parser._short_opt.get(name)
+            option.process = _list_taker(option.process, name)
 
 
-def list_command(*names: str) -> type[ListOptionsCommand]:
-    """A :class:`ListOptionsCommand` class whose options ``names`` take many values."""
-    return type("ListCommand", (ListOptionsCommand,), {"list_options": names})
+def _list_taker(process, name: str):
+    """``process`` of a parser option, taking the values that follow the first one too."""
+
+    def take(value, state) -> None:
+        if not isinstance(value, str):  # the marker: nothing, or another option, follows
+            raise GeotranslateError(f"{name}: give at least one value after it")
+        process(value, state)
+        while state.rargs and not (state.rargs[0].startswith("-") and state.rargs[0] != "-"):
+            process(state.rargs.pop(0), state)
+
+    return take
 
 
 class VerbosityGroup(click.Group):
@@ -171,9 +163,9 @@ def _printable(message: str) -> str:
 # ---- export-tiles (geotranslate/chips/) -----------------------------------------------------
 
 
-@cli.command("export-tiles", cls=list_command("--b"))
+@cli.command("export-tiles")
 @click.argument("a_rasters", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--b", "b_rasters", multiple=True, type=click.Path(path_type=str),
+@click.option("--b", "b_rasters", cls=ListOption, type=click.Path(path_type=str),
               help="Domain-B rasters: every raster after --b up to the next option "
                    "(--b s2_*.tif), or --b repeated.")
 @click.option("--out", "out_dir", default="chips", type=click.Path(path_type=str),
@@ -206,8 +198,8 @@ def _printable(message: str) -> str:
               help="Accept rasters without a CRS (or with only GCPs/RPCs): pixel-space chips.")
 @click.option("--seed", default=0, type=int, help="Seed of the validation block draw.")
 @click.option("--workers", default=None, type=int,
-              help="Threads reading windows in parallel; the output is the same for any number "
-                   "[default: the usable cores].")
+              help="Threads reading windows in parallel (at most 4 per usable core); the "
+                   "output is the same for any number [default: the usable cores].")
 @progress_option()
 def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode, domain, bands_a,
                          bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
@@ -246,7 +238,7 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               type=click.Choice(["Pix2Pix", "CycleGAN", "Pix2PixHD", "CUT", "FastCUT"]),
               help="Pix2Pix or Pix2PixHD (paired chips, same names in train_a/ and train_b/), "
               "CycleGAN, CUT or FastCUT (unpaired). Required unless --resume.")
-@click.option("--out", type=click.Path(file_okay=False),
+@click.option("--out", type=click.Path(),
               help="Run directory  [default: runs/<dataset-type>-<YYYYmmdd-HHMMSS>, and "
               "runs/latest points at it]")
 @click.option("--resume", type=click.Path(),
@@ -336,8 +328,8 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               help="Deprecated: the same as --augment none (now the default).")
 @click.option("--cache/--no-cache", default=None,
               help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
-@click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 when "
-              "cached, else min(4, CPUs)]")
+@click.option("--workers", type=int, help="DataLoader worker processes, at most the usable "
+              "cores  [default: 0 when cached, else min(4, cores)]")
 @click.option("--device", default="auto",
               help="Where to train: auto, cpu, cuda, cuda:N or mps (under torchrun, cuda "
                    "gives each process its own GPU).")
@@ -423,10 +415,10 @@ def report_command(run_dir, out_path, chips, device) -> None:
               help="Run directory (or its model.json) of a trained model.")
 @click.option("--out", "out_path", type=click.Path(), default=None,
               help="Output GeoTIFF (one IN). Default: <IN stem>_translated.tif beside IN.")
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out-dir", type=click.Path(), default=None,
               help="Write <stem>_translated.tif for every IN into this directory (several IN, "
                    "or several processes).")
-@click.option("--mosaic", type=click.Path(dir_okay=False), default=None,
+@click.option("--mosaic", type=click.Path(), default=None,
               help="Also write a VRT mosaic of all outputs (with --out-dir).")
 @click.option("--resume", is_flag=True,
               help="Continue what an interrupted run left (partial rasters continue from "
@@ -485,6 +477,8 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
     from geotranslate.predict import predict_raster
     from geotranslate.predict.batch import predict_rasters, resolve_rank
 
+    if not 0 < split_mpx < float("inf"):
+        raise GeotranslateError(f"--split-mpx {split_mpx}: must be a positive number")
     options = dict(direction=direction, tile_size=tile_size, overlap=overlap, blend=blend,
                    norm_stats=norm_stats,
                    batch_size=batch_size, device=device, precision=precision,
@@ -493,7 +487,7 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
     if out_dir is None and mosaic is None and len(in_paths) == 1 and (
             rank is not None or resolve_rank(None, world_size)[1] == 1):
         summary = predict_raster(in_paths[0], model_path, out_path, rank=rank,
-                                 world_size=world_size or 1, **options)
+                                 world_size=1 if world_size is None else world_size, **options)
         click.echo(str(summary))
         return
     if out_dir is None or out_path is not None:
@@ -572,14 +566,20 @@ def _parse_data_range_option(text: str | None) -> list[float] | str | None:
     return values
 
 
-def _evaluate_inputs(rasters, model_path, data_dir) -> list[Path]:
-    """The files evaluate reads, which its --json must not replace."""
+def _check_evaluate_json(json_path, rasters, model_path, data_dir) -> None:
+    """evaluate's --json must not replace what it reads: the rasters (and the files of a
+    stack: or STAC item), the model, or the chip folder's meta.json and chips."""
+    from geotranslate.modelfile import model_files
+
+    check_file_output(json_path)  # before the work, not after it
     if model_path is None:
-        return [Path(r) for r in rasters]
-    model = Path(model_path)
-    folder = model.parent if model.suffix in (".json", ".safetensors") else model
-    files = [model, folder / "model.json", folder / "model.safetensors"]
-    return files + [Path(data_dir) / "meta.json"]
+        check_not_input(json_path, list(rasters))
+        return
+    data = Path(data_dir)
+    folders = [p for p in data.glob("*_[ab]") if p.is_dir()]
+    chips = [p for folder in folders for p in folder.iterdir()]  # a hard link to one, too
+    check_not_input(json_path, [*model_files(model_path), data / "meta.json", *chips],
+                    folders=folders)
 
 
 @cli.command("evaluate")
@@ -654,8 +654,7 @@ def evaluate_command(
 
     ranges = _parse_data_range_option(data_range)
     if json_path:
-        check_file_output(json_path)  # before the work, not after it
-        check_not_input(json_path, _evaluate_inputs(rasters, model_path, data_dir))
+        _check_evaluate_json(json_path, rasters, model_path, data_dir)
     if model_path is not None:
         if rasters:
             raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
@@ -684,7 +683,7 @@ def evaluate_command(
         click.echo(f"wrote {json_path}")
 
 
-@cli.command("preview", cls=list_command("--title"))
+@cli.command("preview")
 @click.argument("rasters", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_png", default="preview.png", type=click.Path(),
               help="PNG to write (panels side by side).")
@@ -696,7 +695,7 @@ def evaluate_command(
 @click.option("--max-size", type=int, default=1024,
               help="Longest side of each panel in pixels (larger rasters are decimated).")
 @click.option("--columns", type=int, help="Panels per row (default: all in one row).")
-@click.option("--title", "titles", multiple=True,
+@click.option("--title", "titles", cls=ListOption,
               help="Panel titles, one per raster (--title SAR translated optical) "
                    "[default: file names].")
 @click.option("--db", is_flag=True, help="Show 10*log10 of the values (linear SAR power).")

@@ -46,6 +46,7 @@ import rasterio
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
 from geotranslate.log import show_progress
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
@@ -359,11 +360,8 @@ def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list 
     path = data_dir / META_NAME
     if not path.exists():
         return None, f"{path} is missing"
-    try:
-        has_domains = "domains" in json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise GeotranslateError(f"{path}: corrupt meta.json ({e})") from None
-    if not has_domains:
+    meta = sc.load_json(path, "corrupt meta.json")  # one line for a broken or too deep file
+    if not isinstance(meta, dict) or "domains" not in meta:
         return None, f"{path} holds no domain statistics"
     bands = stats_from_dict(read_meta(data_dir)["domains"][domain]["stats"])
     if len(bands) != band_count:

@@ -184,10 +184,10 @@ def _read_model_json(path: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise GeotranslateError(f"{path}: not a geotranslate model file")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # "1", 1.0 and true are not 1
         raise GeotranslateError(
-            f"{path}: model format version {version} is not supported by this "
-            f"geotranslate (it reads version {FORMAT_VERSION})"
+            f"{path}: model format_version {json.dumps(version)} is not supported by this "
+            f"geotranslate, which reads only format_version {FORMAT_VERSION} (an integer)"
         )
     sc.validate(meta, MODEL_SCHEMA, path)
     _check_model_fields(meta, path)
@@ -248,6 +248,14 @@ def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
     if not meta.exists():
         raise GeotranslateError(f"{meta}: no such model file (has this run finished training?)")
     return meta, weights
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The files a model is read from (a run directory, its model.json or its weights), for
+    the commands' "no output over an input" check; nothing is opened."""
+    p = Path(path)
+    folder = p if p.is_dir() or p.suffix not in (".json", ".safetensors") else p.parent
+    return [p, folder / META_NAME, folder / WEIGHTS_NAME, _pending_path(folder / META_NAME)]
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TranslationModel:

@@ -40,9 +40,10 @@ from geotranslate.modelfile import (
     DomainSpec,
     _sha256,
     load_model,
+    model_files,
 )
 from geotranslate.predict.provenance import weights_sha256
-from geotranslate.raster.io import atomic_path, check_not_input
+from geotranslate.raster.io import atomic_path, check_file_output, check_not_input
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"
@@ -236,9 +237,9 @@ def _onnx_asset(path: Path, base: str | os.PathLike) -> tuple[pystac.Asset, str,
 def write_model_stac(run: str | os.PathLike, out: str | os.PathLike,
                      overwrite: bool = False, onnx: Sequence[str | os.PathLike] = ()) -> Path:
     """Write the model's STAC item to ``out`` (atomically; never over the model's files)."""
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    check_file_output(out)  # "dir/" names a directory, before Path drops the slash
     out = Path(out)
-    check_not_input(out, [folder / META_NAME, folder / WEIGHTS_NAME])
+    check_not_input(out, model_files(run))
     item = model_stac_item(run, onnx, base=out.resolve().parent)
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the item's file name")

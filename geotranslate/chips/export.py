@@ -53,15 +53,21 @@ from geotranslate.chips.sources import (
 )
 from geotranslate.chips.split import _assign_validation
 from geotranslate.chips.writer import _write_chip_atomic
-from geotranslate.dirlock import DirectoryLock
+from geotranslate.dirlock import LOCK_NAME, DirectoryLock
 from geotranslate.errors import GeotranslateError
 from geotranslate.log import logger, show_progress
 from geotranslate.memory import check_memory
 from geotranslate.raster.io import (
     GDAL_CACHE_BYTES,
     atomic_path,
+    check_not_input,
+    check_output_dir,
+    display_path,
+    input_files,
+    make_output_dir,
     open_dataset,
     open_raster,
+    resolved_path,
     source_of,
 )
 from geotranslate.raster.vector import VectorFilter, window_footprint
@@ -79,6 +85,9 @@ WRITER_THREADS = 2
 WRITER_QUEUE = 8
 #: windows read ahead per worker (``workers`` > 1): bounds memory to a few windows per worker
 READ_AHEAD = 2
+#: reading threads per usable core at most (more wait on each other; remote reads that wait
+#: on the network gain up to a few per core): a larger --workers is lowered to this, with a note
+MAX_WORKERS_PER_CORE = 4
 
 
 @dataclass
@@ -232,9 +241,15 @@ def export_tiles(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise GeotranslateError(f"--workers {workers}: must be at least 1")
+    if workers > MAX_WORKERS_PER_CORE * default_workers():
+        bound = MAX_WORKERS_PER_CORE * default_workers()
+        logger.warning(f"--workers {workers}: more than {MAX_WORKERS_PER_CORE} threads per "
+                       f"usable core ({default_workers()}) gain nothing; using {bound}")
+        workers = bound
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GeotranslateError(f"{out}: exists and is not a directory")
+    check_output_dir(out, "--out")
     dataset_type = "paired" if mode == "paired" else "unpaired"
     summary = ExportSummary(str(out), dataset_type, tile_size, stride)
     summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
@@ -262,6 +277,8 @@ def export_tiles(
                      f"--tile-size {tile_size}{with_workers}",
                      "use a smaller --tile-size" + (" or fewer --workers" if workers > 1 else ""))
         _check_stems(datasets)
+        _check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
+                          [p for p in (aoi, exclude) if p])
         lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
         meta_old = _read_meta(out)
         _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
@@ -344,6 +361,23 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
                 _write_index(layers, index_tmp, out / INDEX_NAME)
 
 
+def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
+    """No file the export writes (meta.json, index.gpkg, the lock, chips) may be one of its
+    inputs: the rasters (every file of a stack: or STAC item, a /vsizip/ archive) and the
+    --aoi / --exclude files; none of them may lie among the chip folders."""
+    inputs = input_files(sources) + [Path(v) for v in vectors]
+    for name in (META_NAME, INDEX_NAME, LOCK_NAME):
+        check_not_input(out / name, inputs)
+    chip_folders = [resolved_path(out / f"{split}_{d}") for split in SPLITS for d in DOMAINS]
+    for path in inputs:
+        resolved = resolved_path(path)
+        for folder in chip_folders:
+            if folder in resolved.parents:
+                raise GeotranslateError(
+                    f"{display_path(path)}: an input lies among the chips of --out {out} "
+                    f"({folder.name}), which the export writes; move it or choose another --out")
+
+
 def _window_bytes(tile_size: int, domain_meta: dict) -> int:
     """Memory of one window read in every domain (data and validity). Up to WRITER_QUEUE +
     WRITER_THREADS of them wait for the chip writers; reading, the statistics' copy and the
@@ -362,8 +396,7 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
     state the caller completes with ``"run"`` (the _Run, once chips may be written).
     """
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    created = make_output_dir(out, "--out")
     lock = DirectoryLock(out)
     previous = lock.acquire()
     if previous is not None:
@@ -540,7 +573,12 @@ class _WindowReader:
             return
         while len(self._threads) < self.workers:
             thread = threading.Thread(target=self._work, name="window-reader", daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as e:  # "can't start new thread": a process or memory limit
+                raise GeotranslateError(
+                    f"--workers {self.workers}: cannot start that many threads here ({e}); "
+                    "use fewer") from None
             self._threads.append(thread)
         pending: deque = deque()
         try:

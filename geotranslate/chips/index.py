@@ -63,8 +63,24 @@ def _index_layers(out: Path, rows: list[dict]) -> dict:
     return layers
 
 
+#: the GeoPackage's "last change" timestamp: fixed, so that the same chips give the same bytes
+#: (whatever the run's time or --workers)
+INDEX_DATE = "2000-01-01T00:00:00.000Z"
+
+
 def _write_index(layers: dict, tmp: Path, path: Path) -> None:
     """Write the index layers into ``tmp`` (renamed onto ``path`` by the caller)."""
+    import pyogrio
+
+    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": INDEX_DATE})
+    try:
+        _write_layers(layers, tmp, path)
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
+
+
+def _write_layers(layers: dict, tmp: Path, path: Path) -> None:
     import pyogrio
 
     with warnings.catch_warnings():

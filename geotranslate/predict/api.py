@@ -16,7 +16,7 @@ from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
 from geotranslate.log import logger
 from geotranslate.memory import check_memory
-from geotranslate.modelfile import TranslationModel, load_model
+from geotranslate.modelfile import TranslationModel, load_model, model_files
 from geotranslate.predict.blend import BLEND_MODES
 from geotranslate.predict.grid import CHUNK_WIDTH, default_overlap, plan_strips, rank_window
 from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
@@ -29,8 +29,10 @@ from geotranslate.predict.pipeline import (
 )
 from geotranslate.predict.provenance import provenance_tags, weights_sha256
 from geotranslate.predict.resume import (
+    input_identity,
     keep_partial,
     open_partial,
+    partial_paths,
     remaining_strips,
     remove_partial,
 )
@@ -76,11 +78,14 @@ class PredictSummary:
     output_wait_seconds: float  # compute thread waiting for blending/writing
     window: tuple[int, int, int, int]
     cog: bool
+    complete_already: bool = False  # --resume found the output complete and left it
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
+        if self.complete_already:
+            return f"{self.output}: already complete (nothing to resume)"
         return (
             f"wrote {self.output}: {self.width}x{self.height} px, {self.bands_out} band(s) "
             f"{self.dtype}{' (COG)' if self.cog else ''} in {self.seconds:.1f} s "
@@ -91,6 +96,19 @@ class PredictSummary:
             f"compute waited {self.input_wait_seconds:.1f} s for reading, "
             f"{self.output_wait_seconds:.1f} s for writing)"
         )
+
+
+def _complete_summary(in_path, out: Path, direction, profile, tile_size, overlap,
+                      blend) -> PredictSummary:
+    """The summary of a run that finds its output complete (``--resume`` after it finished)."""
+    return PredictSummary(
+        input=str(in_path), output=str(out), direction=direction, width=profile["width"],
+        height=profile["height"], bands_in=0, bands_out=profile["count"],
+        dtype=profile["dtype"], nodata=None, tile_size=tile_size or 0, overlap=overlap or 0,
+        blend=blend, receptive_field=0, norm_stats="", tiles=0, tiles_skipped=0, batch_size=0,
+        device="", precision="", seconds=0.0, megapixels_per_second=0.0,
+        input_wait_seconds=0.0, output_wait_seconds=0.0, window=(0, 0, 0, 0), cog=False,
+        complete_already=True)
 
 
 def _check_region(window, ds) -> tuple[int, int, int, int]:
@@ -161,8 +179,11 @@ def predict_raster(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     autocast = partial(device_autocast, dev, precision)
+    if world_size < 1 or (rank is not None and not 0 <= rank < world_size):
+        raise GeotranslateError(f"rank {rank} / world size {world_size}: need 0 <= rank < size")
     in_source = parse_source(in_path)  # a file, a URL, band files …: see raster/sources.py
     in_path = in_source.name
+    read_too = model_files(model) if isinstance(model, (str, os.PathLike)) else []
     with open_raster(in_source, allow_no_crs=True) as ds:
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, device=dev)
@@ -203,10 +224,13 @@ def predict_raster(
     if out_path:
         check_file_output(out_path)
     out = Path(out_path) if out_path else default_output(in_source, rank, world_size)
-    if in_source.local:
-        check_not_input(out, [in_source.gdal_name])
+    # every file it reads: the raster's (band files, STAC item and assets, archive), the model
+    check_not_input(out, [in_source, *read_too])
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
+    if resume and not overwrite and out.exists() and not partial_paths(out)[1].exists():
+        logger.info(f"{out}: already complete, nothing to resume (left as it is)")
+        return _complete_summary(in_path, out, direction, profile, tile_size, overlap, blend)
 
     generator = generator.to(dev).eval()
     sample_tile = int(model.chip_size)
@@ -214,7 +238,7 @@ def predict_raster(
         sample_tile = max(divisor, sample_tile // divisor * divisor)
     generator, norm_label = scene_generator(
         generator, norm_stats,
-        lambda: scene_sample(in_path, bands, source, grid_region, sample_tile),
+        lambda: scene_sample(in_source, bands, source, grid_region, sample_tile),
         dev, autocast,
     )
     use_channels_last = dev.type == "cuda" if channels_last is None else channels_last
@@ -233,7 +257,8 @@ def predict_raster(
         "GEOTRANSLATE_OVERLAP": str(overlap),
         "GEOTRANSLATE_RECEPTIVE_FIELD": str(field),
     })
-    key = {"input": str(in_path), "weights_sha256": digest, "direction": direction,
+    key = {"input": str(in_path), "input_identity": input_identity(in_source),
+           "weights_sha256": digest, "direction": direction,
            "region": list(region), "grid": list(grid_region), "tile": tile, "overlap": overlap,
            "blend": blend, "norm_stats": norm_label, "batch_size": batch_size,
            "device": dev.type, "precision": precision, "chunk_width": chunk_width,
@@ -245,7 +270,7 @@ def predict_raster(
                                 out_rows[1])
         try:
             counts = run_pipeline(
-                PipelineInput(in_path, bands, source, grid_region, todo, tile),
+                PipelineInput(in_source, bands, source, grid_region, todo, tile),
                 PipelineCompute(generator, dev, autocast, use_channels_last, batch_size),
                 PipelineOutput(tmp_tiff, out, profile, target, nodata, tags, overlap, blend,
                                out_rows[0], checkpoint),

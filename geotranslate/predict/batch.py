@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.sax.saxutils import unescape
 
 from geotranslate.errors import GeotranslateError
 from geotranslate.log import logger
@@ -35,8 +37,18 @@ from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.api import PredictSummary, predict_raster
 from geotranslate.predict.grid import OUT_BLOCK
 from geotranslate.predict.output import to_cog
-from geotranslate.raster.io import atomic_path, display_path, open_raster
-from geotranslate.raster.sources import parse_source
+from geotranslate.raster.io import (
+    atomic_path,
+    check_file_output,
+    check_not_input,
+    check_output_dir,
+    display_path,
+    input_files,
+    make_output_dir,
+    open_raster,
+    resolved_path,
+)
+from geotranslate.raster.sources import parse_source, safe_name
 from geotranslate.raster.vrt import write_vrt
 
 #: inputs of at least this many pixels are split over the processes by row bands.
@@ -99,7 +111,7 @@ def output_stem(name: str) -> str:
         return parse_source(name).stem
     except GeotranslateError:  # reported when the unit runs
         last = str(name).rstrip("/").replace("\\", "/").split("/")[-1].split("?")[0]
-        return Path(last).stem or "raster"
+        return safe_name(Path(last).stem)
 
 
 def plan_units(inputs: list[str], out_dir: Path, world_size: int,
@@ -195,14 +207,21 @@ def predict_rasters(
     """
     started = time.perf_counter()
     rank, world_size = resolve_rank(rank, world_size)
+    if split_pixels < 1:
+        raise GeotranslateError(f"split size {split_pixels} px: must be positive "
+                                "(--split-mpx above 0)")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GeotranslateError(f"{out_dir}: is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, "--out-dir")
     inputs = [os.fspath(i) for i in inputs]
     if not inputs:
         raise GeotranslateError("no input rasters given")
     units = plan_units(inputs, out_dir, world_size, split_pixels)
+    if mosaic is not None:
+        check_file_output(mosaic)  # "DIR/" names a directory: before Path drops the slash
+        mosaic = Path(mosaic)
+    _check_outputs(units, mosaic, inputs, model, cog)
+    replace_mosaic = _check_mosaic(mosaic, out_dir, units, overwrite, resume)
+    make_output_dir(out_dir, "--out-dir")  # only once every check passed
     if isinstance(model, (str, os.PathLike)):
         from geotranslate.device import resolve_device
 
@@ -234,12 +253,79 @@ def predict_rasters(
             result.joined.append(joined)
             echo(f"{who}joined {unit.parts} parts of {unit.input} into {joined}")
     if mosaic is not None:
-        result.mosaic = _mosaic(units, Path(mosaic), rank, world_size, result, echo)
+        result.mosaic = _mosaic(units, mosaic, rank, world_size, echo, replace_mosaic)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _mosaic(units, mosaic: Path, rank, world_size, result, echo) -> Path | None:
+def _check_outputs(units: list[WorkUnit], mosaic: Path | None, inputs: list[str], model,
+                   cog: bool) -> None:
+    """Before any work: no output (a raster, a split input's parts, VRT and COG, the mosaic)
+    may be an input (any file of a ``stack:`` or STAC item, the model), with or without
+    --overwrite; nor may the mosaic be one of the outputs."""
+    from geotranslate.modelfile import model_files
+
+    files = []
+    for name in inputs:
+        try:
+            files += input_files([name])
+        except GeotranslateError:  # unreadable: it fails as a unit; its own name still counts
+            files.append(Path(name))
+    if isinstance(model, (str, os.PathLike)):
+        files += model_files(model)
+    outputs = []
+    for unit in units:
+        outputs.append(unit.output)
+        if unit.part is not None:
+            outputs.append(_part_path(unit))
+            if cog:
+                outputs.append(unit.output.with_suffix(".tif"))
+    for out in dict.fromkeys(outputs):
+        check_not_input(out, files)
+    if mosaic is not None:
+        check_not_input(mosaic, files, "--mosaic")
+        if resolved_path(mosaic) in {resolved_path(out) for out in outputs}:
+            raise GeotranslateError(f"{mosaic}: --mosaic would overwrite one of the outputs; "
+                                    "choose another name")
+
+
+def _check_mosaic(mosaic: Path | None, out_dir: Path, units, overwrite: bool,
+                  resume: bool) -> bool:
+    """Check where the mosaic goes, before any work; whether an existing file may be replaced
+    (--overwrite, or --resume over a VRT mosaic of the same outputs)."""
+    if mosaic is None:
+        return False
+    parent = mosaic.parent if str(mosaic.parent) else Path(".")
+    if resolved_path(parent) == resolved_path(out_dir) and not out_dir.exists():
+        return False  # in the --out-dir this run creates
+    if not parent.is_dir():
+        raise GeotranslateError(f"{parent}: --mosaic's directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GeotranslateError(f"{parent}: --mosaic's directory is not writable")
+    if not mosaic.exists() or overwrite:
+        return overwrite
+    if resume and _is_mosaic_of(mosaic, units):
+        return True  # this command's own mosaic, written again
+    raise GeotranslateError(f"{mosaic}: already exists (pass --overwrite to replace it)")
+
+
+def _is_mosaic_of(path: Path, units) -> bool:
+    """Whether ``path`` is a VRT whose sources are all outputs of ``units``."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return False
+    if not head.lstrip().startswith(b"<VRTDataset"):
+        return False
+    names = re.findall(rb"<SourceFilename[^>]*>([^<]+)</SourceFilename>", head)
+    outputs = {unit.output.resolve() for unit in units}
+    return bool(names) and all(
+        (path.parent / unescape(n.decode("utf-8", "surrogateescape"))).resolve() in outputs
+        for n in names)
+
+
+def _mosaic(units, mosaic: Path, rank, world_size, echo, replace: bool) -> Path | None:
     """The mosaic VRT of all outputs, by the process that finishes last."""
     folder = mosaic.with_name(f".{mosaic.name}.ranks")
     folder.mkdir(exist_ok=True)
@@ -256,6 +342,6 @@ def _mosaic(units, mosaic: Path, rank, world_size, result, echo) -> Path | None:
         logger.warning(f"{mosaic}: leaves out what failed ({missing})")
     if not present:
         raise GeotranslateError(f"{mosaic}: no outputs to join")
-    write_vrt(present, mosaic)
+    write_vrt(present, mosaic, overwrite=replace)
     echo(f"wrote mosaic {mosaic} of {len(present)} raster(s)")
     return mosaic

@@ -42,6 +42,7 @@ from geotranslate.raster.io import (
     read_window,
     write_failed,
 )
+from geotranslate.raster.sources import RasterSource
 from geotranslate.raster.windows import reflect_pad
 
 #: strips read ahead / row windows waiting to be written.
@@ -55,7 +56,7 @@ IO_NICENESS = 5
 class PipelineInput:
     """What the reader reads: the input raster's bands in a region of the tile grid."""
 
-    path: str | Path  # any raster source (raster/sources.py)
+    path: RasterSource  # the parsed source (raster/sources.py), never the user's string
     bands: list[int]
     source: DomainSpec  # the input domain (its normalizer)
     region: tuple[int, int, int, int]  # the grid's (row, col, height, width) in the raster

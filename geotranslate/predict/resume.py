@@ -10,8 +10,10 @@ written again, so after an interruption, even a SIGKILL, the file holds them int
 ``--resume`` cuts it back to the recorded size, dropping what came after.
 
 ``--resume`` checks the progress file (format, the same input, model weights and options) and
-the partial file, then computes only the tiles that touch the rows not yet recorded, on the
-same tile grid and in the same order: the blended result equals that of an uninterrupted run.
+the partial file, and that the input is unchanged (:func:`input_identity`: size, modification
+time and content digest of each local file; ETag or Last-Modified and size of each remote
+one), then computes only the tiles that touch the rows not yet recorded, on the same tile
+grid and in the same order: the blended result equals that of an uninterrupted run.
 A successful run removes both files; Ctrl-C keeps them for ``--resume``; any other error
 removes them.
 """
@@ -29,10 +31,11 @@ from pathlib import Path
 import rasterio
 
 from geotranslate import schema as sc
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.log import logger
 from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.raster.io import display_path, temp_path
+from geotranslate.raster.sources import RasterSource
 
 PROGRESS_FORMAT = "geotranslate-predict-progress"
 #: output pixels written between two checkpoints (closing, syncing and recording the
@@ -40,6 +43,13 @@ PROGRESS_FORMAT = "geotranslate-predict-progress"
 CHECKPOINT_PIXELS = 16 * 2**20
 #: bytes at the end of the partial file whose SHA-256 the progress file records
 TAIL_BYTES = 64 * 2**10
+
+#: local input files up to this size get a SHA-256 of their whole content in the resume
+#: identity; larger ones a SHA-256 of IDENTITY_SAMPLES evenly spaced chunks (first and last
+#: included) and their size and modification time, which a rewrite changes too
+FULL_DIGEST_BYTES = 256 * 2**20
+IDENTITY_SAMPLES = 64
+IDENTITY_CHUNK = 2**20
 
 _PROGRESS_SCHEMA = sc.Obj({
     "format": sc.Str((PROGRESS_FORMAT,)),
@@ -49,6 +59,79 @@ _PROGRESS_SCHEMA = sc.Obj({
                            "size": sc.Int(min=0), "data_start": sc.Int(min=0),
                            "tail_sha256": sc.Str()})),
 })
+
+
+def input_identity(source: RasterSource) -> list[dict]:
+    """What identifies the content of every file or remote dataset ``source`` reads (see
+    :data:`FULL_DIGEST_BYTES`), for ``--resume`` to refuse an input changed meanwhile."""
+    identity = []
+    for name in source.files:
+        try:
+            st = os.stat(name)
+            identity.append({"file": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                             "sha256": _file_digest(Path(name), st.st_size)})
+        except OSError as e:
+            raise GeotranslateError(f"{name}: cannot read ({e.strerror or e})") from None
+    for gdal_name in source.remote:
+        identity.append({"remote": gdal_name, **_remote_identity(gdal_name)})
+    return identity
+
+
+def _file_digest(path: Path, size: int) -> str:
+    """SHA-256 of the whole file, or ``sampled:`` SHA-256 of evenly spaced chunks of a large
+    one (:data:`FULL_DIGEST_BYTES`)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if size <= FULL_DIGEST_BYTES:
+            while chunk := f.read(8 * 2**20):
+                digest.update(chunk)
+            return digest.hexdigest()
+        last = size - IDENTITY_CHUNK
+        for i in range(IDENTITY_SAMPLES):
+            f.seek(last * i // (IDENTITY_SAMPLES - 1))
+            digest.update(f.read(IDENTITY_CHUNK))
+    return "sampled:" + digest.hexdigest()
+
+
+def _remote_identity(gdal_name: str) -> dict:
+    """ETag, Last-Modified and size of an http(s) dataset, from one request for its first byte
+    (as GDAL itself asks); for other remote names (/vsis3/, whose requests need signing) a
+    SHA-256 of three decoded windows and the dataset's shape."""
+    import urllib.request
+
+    url = gdal_name.split("/vsicurl/", 1)[1] if gdal_name.startswith("/vsicurl/") else None
+    if url and url.startswith(("http://", "https://")):
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                headers = response.headers
+        except OSError:  # refused or unreachable: the reads will say what is wrong
+            return {"unchecked": True}
+        size = (headers.get("Content-Range") or "").rpartition("/")[2]
+        return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
+                "size": size or headers.get("Content-Length")}
+    return {"pixels_sha256": _pixels_digest(gdal_name)}
+
+
+def _pixels_digest(gdal_name: str) -> str:
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    from geotranslate.raster.io import open_dataset
+    from geotranslate.raster.sources import single_source
+
+    digest = hashlib.sha256()
+    with open_dataset(single_source(gdal_name)) as ds:
+        digest.update(repr((ds.width, ds.height, ds.count, ds.dtypes)).encode())
+        h, w = min(256, ds.height), min(256, ds.width)
+        try:
+            for row, col in [(0, 0), ((ds.height - h) // 2, (ds.width - w) // 2),
+                             (ds.height - h, ds.width - w)]:
+                digest.update(ds.read(window=Window(col, row, w, h)).tobytes())
+        except RasterioError as e:
+            raise GeotranslateError(
+                f"{gdal_name}: read failed ({first_line(e.__cause__ or e)})") from None
+    return digest.hexdigest()
 
 
 def partial_paths(out: Path) -> tuple[Path, Path]:
@@ -175,6 +258,10 @@ def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
 
 
 def _check_resumable(out, tiff, progress, meta, key, profile) -> tuple[int, int] | None:
+    if key.get("input_identity") != meta["key"].get("input_identity"):
+        raise GeotranslateError(
+            f"{key.get('input')}: changed since the interrupted run of {out} (size, time or "
+            "content); rerun with --overwrite to start again")
     differs = sorted(k for k in set(key) | set(meta["key"]) if key.get(k) != meta["key"].get(k))
     if differs:
         raise GeotranslateError(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -28,7 +27,8 @@ from rasterio.windows import Window
 from geotranslate.errors import GeotranslateError
 from geotranslate.modelfile import DomainSpec
 from geotranslate.models.norms import NORM_STATS_MODES, norm_layer_kinds, scene_normalized
-from geotranslate.raster.io import GDAL_CACHE_BYTES, read_window
+from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window
+from geotranslate.raster.sources import RasterSource
 from geotranslate.raster.windows import reflect_pad
 
 #: most tiles, and most pixels in all, of the calibration sample
@@ -44,7 +44,7 @@ def sample_offsets(length: int, tile: int, count: int) -> list[int]:
 
 
 def scene_sample(
-    path: Path,
+    source_raster: RasterSource,
     bands: list[int],
     source: DomainSpec,
     region: tuple[int, int, int, int],
@@ -53,7 +53,8 @@ def scene_sample(
     max_tiles: int = SAMPLE_TILES,
     max_pixels: int = SAMPLE_PIXELS,
 ) -> np.ndarray:
-    """(N, C, tile, tile) normalized input tiles spread evenly over ``region`` of the raster.
+    """(N, C, tile, tile) normalized input tiles spread evenly over ``region`` of the raster
+    ``source_raster`` (parsed: a file, a URL, band files or a STAC item, raster/sources.py).
 
     N is at most ``max_tiles`` and N * tile² at most ``max_pixels`` (at least one tile).
     Tiles without any valid pixel are left out (unless no tile has one); a region smaller
@@ -65,7 +66,10 @@ def scene_sample(
     rows = sample_offsets(height, tile, per_side)
     cols = sample_offsets(width, tile, per_side)
     tiles, any_valid = [], []
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(path) as ds:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        open_raster(source_raster, allow_no_crs=True) as ds,
+    ):
         for r in rows:
             for c in cols:
                 h, w = min(tile, height - r), min(tile, width - c)

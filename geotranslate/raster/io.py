@@ -134,6 +134,9 @@ def open_failure(source: RasterSource, error: Exception) -> str:
     message = first_line(error)
     if source.local and not source.gdal_name.startswith("<"):
         return f"cannot open as a raster ({message})"
+    archive = _archive_failure(source)
+    if archive is not None:
+        return archive
     text = str(error)
     http = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
     s3 = "/vsis3/" in source.gdal_name
@@ -157,6 +160,32 @@ def open_failure(source: RasterSource, error: Exception) -> str:
     if "does not exist in the file system" in text or "key does not exist" in text:
         return "cannot open: not found" + (" (no such key)" if s3 else "")
     return f"cannot open as a raster ({message})"
+
+
+def _archive_failure(source: RasterSource) -> str | None:
+    """Why a ``/vsizip/`` or ``/vsitar/`` name did not open: the archive is damaged or not one,
+    or it lacks the member; None when the archive looks sound (GDAL's reason then stands)."""
+    import tarfile
+    import zipfile
+
+    name = source.gdal_name
+    kind = "zip" if name.startswith("/vsizip/") else "tar" if name.startswith("/vsitar/") else None
+    if kind is None or len(source.files) != 1:
+        return None
+    archive = source.files[0]
+    member = name.split(archive, 1)[-1].lstrip("/}")
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as z:
+                members = set(z.namelist())
+        else:
+            with tarfile.open(archive) as t:
+                members = set(t.getnames())
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError):
+        return f"cannot open: {display_path(archive)} is not a {kind} archive, or is truncated"
+    if member and member not in members:
+        return f"cannot open: {display_path(archive)} has no member {member!r}"
+    return None
 
 
 def _http_status(source: RasterSource) -> str | None:
@@ -468,13 +497,31 @@ def display_path(path: str | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
-                    what: str = "output") -> None:
-    """Refuse an output path that is one of the command's inputs (same path or same file)."""
+def input_files(inputs: Sequence[str | os.PathLike | RasterSource]) -> list[Path]:
+    """The files on this machine that ``inputs`` read: a plain path is itself; a source
+    (raster/sources.py) is expanded once into its files (the band files of a ``stack:``, a
+    STAC item and its local assets, the archive of a ``/vsizip/`` name); remote ones add none."""
+    files: list[Path] = []
+    for item in inputs:
+        if isinstance(item, os.PathLike):
+            files.append(Path(item))
+            continue
+        source = item if isinstance(item, RasterSource) else parse_source(item)
+        files += [Path(f) for f in source.files]
+    return files
+
+
+def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | RasterSource],
+                    what: str = "output", *, folders: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse an output path that is one of the command's inputs (same path or same file,
+    through symbolic or hard links), or lies in one of the input ``folders``.
+
+    ``inputs`` are paths (``os.PathLike``: taken as they are) or raster sources (a string or a
+    :class:`RasterSource`, expanded by :func:`input_files`)."""
     out_path = Path(out)
-    for source in inputs:
-        source = Path(source)
-        same = out_path.resolve() == source.resolve()
+    resolved = resolved_path(out_path)
+    for source in input_files(inputs):
+        same = resolved == resolved_path(source)
         if not same and out_path.exists() and source.exists():
             with contextlib.suppress(OSError):
                 same = os.path.samefile(out_path, source)
@@ -483,6 +530,50 @@ def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                 f"{display_path(out_path)}: {what} would overwrite the input "
                 f"{display_path(source)}; choose another name"
             )
+    for folder in folders:
+        folder = resolved_path(Path(folder))
+        if resolved == folder or folder in resolved.parents:
+            raise GeotranslateError(
+                f"{display_path(out_path)}: {what} would be written into the input folder "
+                f"{display_path(folder)}; choose another name"
+            )
+
+
+def resolved_path(path: Path) -> Path:
+    """The absolute path with symbolic links resolved; as given (made absolute) when a link
+    loops."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(path))
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> None:
+    """Refuse an output directory that is a file or lies under one (it may not exist yet)."""
+    folder = Path(path)
+    for p in [folder, *folder.parents]:
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == folder else f"lies under the file {display_path(p)}"
+            raise GeotranslateError(f"{display_path(folder)}: {what} {where}, not a directory")
+
+
+def make_output_dir(path: str | os.PathLike, what: str = "output directory") -> bool:
+    """Create an output directory (and its parents); True if it was created. A file in the way
+    (the path itself or a parent) is one line, not a traceback."""
+    folder = Path(path)
+    if folder.is_dir():
+        return False
+    check_output_dir(folder, what)
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return False  # made meanwhile by a concurrent run
+    except OSError as e:
+        raise GeotranslateError(
+            f"{display_path(folder)}: cannot create the {what} ({e.strerror or e})") from None
+    return True
+
+
 def check_file_output(path: str | os.PathLike) -> None:
     """Refuse an output file named like a directory: ``newdir/`` or an existing directory.
 

@@ -47,8 +47,13 @@ class RasterSource:
 
     name: str
     gdal_name: str  # a path, a /vsi… name, or a VRT document
-    stem: str  # for chip names and default output names
+    stem: str  # for chip names and default output names (made safe: :func:`safe_name`)
     local: bool  # a plain file on this machine
+    #: the files on this machine it reads: the file itself, a /vsizip/ archive, the band
+    #: files of a ``stack:``, a STAC item and its local assets (what no output may replace)
+    files: tuple[str, ...] = ()
+    #: the datasets it reads over the network (GDAL names: /vsicurl/…, /vsis3/…)
+    remote: tuple[str, ...] = ()
 
     def record(self) -> str:
         """How meta.json records the source: a local file's absolute path, else the name."""
@@ -78,10 +83,36 @@ def single_source(text: str) -> RasterSource:
     if scheme in URL_SCHEMES:
         rest = text.split("://", 1)[1]
         vsi = URL_SCHEMES[scheme] + (text if scheme.startswith("http") else rest)
-        return RasterSource(text, vsi, _stem_of(urlparse(text).path), local=False)
+        return RasterSource(text, vsi, _stem_of(urlparse(text).path), local=False,
+                            remote=(vsi,))
+    if scheme == "file":  # file:///path (STAC hrefs)
+        return _local(urlparse(text).path)
     if text.startswith("/vsi"):
-        return RasterSource(text, text, _stem_of(text), local=False)
+        files = archive_files(text)
+        return RasterSource(text, text, _stem_of(text), local=False, files=files,
+                            remote=() if files else (text,))
     return _local(text)
+
+
+#: GDAL virtual file systems that read a file of this machine (an archive, a compressed file)
+_VSI_ARCHIVES = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
+
+
+def archive_files(gdal_name: str) -> tuple[str, ...]:
+    """The local file a ``/vsizip/``-like name reads (``/vsizip/a.zip/b.tif`` -> ``a.zip``,
+    ``/vsizip//abs/a.zip/b.tif`` -> ``/abs/a.zip``); none for remote ones (``/vsicurl/``)."""
+    rest = gdal_name
+    while prefix := next((p for p in _VSI_ARCHIVES if rest.startswith(p)), None):
+        rest = rest[len(prefix):]  # chains: /vsitar//vsigzip/…
+    if rest == gdal_name or rest.startswith("/vsi"):
+        return ()
+    if rest.startswith("{"):  # /vsizip/{/path/a.zip}/b.tif
+        rest = rest[1:].split("}", 1)[0]
+    path = Path(rest)
+    for candidate in [path, *path.parents]:
+        if candidate.is_file():
+            return (str(candidate),)
+    return ()
 
 
 #: environment variables :func:`apply_remote_config` set (and may update when the user's change)
@@ -117,12 +148,26 @@ def apply_remote_config() -> None:
 
 
 def _local(text: str) -> RasterSource:
-    return RasterSource(text, text, Path(text).stem, local=True)
+    return RasterSource(text, text, safe_name(Path(text).stem), local=True, files=(text,))
 
 
 def _stem_of(path: str) -> str:
     name = PurePosixPath(path.rstrip("/")).name
-    return name.rsplit(".", 1)[0] if "." in name else name
+    return safe_name(name.rsplit(".", 1)[0] if "." in name else name)
+
+
+#: characters that must not reach a file name: path separators and control characters
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def safe_name(text: str, fallback: str = "raster") -> str:
+    """A name from external metadata (a STAC item id, a band description, a file stem) made
+    safe to use as part of a file name: no path separator, no control character, no leading
+    dot (``../../x`` -> ``_.._x``), at most 150 characters (room for a suffix)."""
+    name = _UNSAFE_NAME.sub("_", text)[:150]
+    if name.startswith("."):
+        name = "_" + name[1:]
+    return name or fallback
 
 
 # ---- band files -> one multiband VRT ----------------------------------------------------------
@@ -184,7 +229,9 @@ def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None)
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
         f"<GeoTransform>{gdal_transform}</GeoTransform>{''.join(bands)}</VRTDataset>"
     )
-    return RasterSource(name, xml, stem, local=False)
+    files = tuple(dict.fromkeys(f for part in parts for f in part.files))
+    remote = tuple(dict.fromkeys(r for part in parts for r in part.remote))
+    return RasterSource(name, xml, stem, local=False, files=files, remote=remote)
 
 
 def _vrt_band(index, gdal_name, dtype, nodata, description, size, dst) -> str:
@@ -231,7 +278,13 @@ def _stac_cached(name: str, item_href: str, keys: tuple[str, ...]) -> RasterSour
             )
         hrefs.append(asset.get_absolute_href() or asset.href)
     parts = [single_source(h) for h in hrefs]
+    item_remote = urlparse(item_href).scheme.lower() in URL_SCHEMES
+    files = tuple(dict.fromkeys([*(() if item_remote else (item_href,)),
+                                 *(f for part in parts for f in part.files)]))
+    remote = tuple(dict.fromkeys(r for part in parts for r in part.remote))
     if len(parts) == 1:
-        return RasterSource(name, parts[0].gdal_name, parts[0].stem, local=False)
+        return RasterSource(name, parts[0].gdal_name, parts[0].stem, local=False, files=files,
+                            remote=remote)
     stacked = _stack(name, parts, keys)
-    return RasterSource(name, stacked.gdal_name, item.id or stacked.stem, local=False)
+    stem = safe_name(item.id) if item.id else stacked.stem
+    return RasterSource(name, stacked.gdal_name, stem, local=False, files=files, remote=remote)

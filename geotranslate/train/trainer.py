@@ -16,10 +16,12 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import threading
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.metrics import MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
 from geotranslate.models import build_discriminator, unwrap
-from geotranslate.raster.io import atomic_path
+from geotranslate.raster.io import atomic_path, check_output_dir
 from geotranslate.stats import stats_from_dict
 from geotranslate.train import distributed
 from geotranslate.train.checkpoint import (
@@ -297,8 +299,14 @@ class Trainer:
         Method.backward_step(self.method, loss, group)
 
     def end_epoch(self) -> None:
-        self.sched_g.step()
-        self.sched_d.step()
+        with warnings.catch_warnings():
+            # a run resumed at the very end of an epoch steps the schedule before its first
+            # optimizer step; the optimizers did step (before the checkpoint), so torch's
+            # warning about a skipped first rate does not apply
+            warnings.filterwarnings(
+                "ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
+            self.sched_g.step()
+            self.sched_d.step()
 
     @property
     def lr(self) -> float:
@@ -399,8 +407,22 @@ class _InterruptAtStepEnd:
         return distributed.any_rank(self.requested, self.ctx)
 
 
-def _check_separate(run_dir: Path, data_dir: str) -> None:
-    """Refuse a run directory that is, holds or lies inside the chip folder."""
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_separate(run_dir: Path, data_dir: str, vgg_weights: str | None = None) -> None:
+    """Refuse a run directory that is, holds or lies inside the chip folder, that is a file
+    (or under one), or that holds the --vgg-weights file (an input it could write over)."""
+    check_output_dir(run_dir, "run directory")
+    if vgg_weights and run_dir.resolve() in Path(vgg_weights).resolve().parents:
+        raise GeotranslateError(
+            f"{vgg_weights}: --vgg-weights lies in the run directory {run_dir}, whose files "
+            "the run writes; keep it elsewhere")
     run, data = run_dir.resolve(), Path(data_dir).resolve()
     if run == data or data in run.parents or run in data.parents:
         raise GeotranslateError(
@@ -558,9 +580,15 @@ def train(config: TrainConfig) -> Path:
 
 def _train(config: TrainConfig, ctx: distributed.DistContext, undo: dict) -> Path:
     run = _Run(config, ctx, undo)
-    with run.interrupts():
-        train_loop(run.trainer, run)
-    return run.write_model()
+    try:
+        with run.interrupts():
+            train_loop(run.trainer, run)
+        return run.write_model()
+    finally:
+        # before a failed fresh run's directory is removed: no TensorBoard writer thread may
+        # write into it afterwards
+        if run.metrics is not None:
+            run.metrics.close()
 
 
 class _Run:
@@ -604,12 +632,12 @@ class _Run:
         # run directory: rank 0 decides, everyone agrees
         if config.resume:
             run_dir = Path(config.resume)
-            _check_separate(run_dir, config.data_dir)
+            _check_separate(run_dir, config.data_dir, config.vgg_weights)
             checkpoint = load_checkpoint(run_dir)
         else:
             checkpoint = None
             run_dir = Path(config.out) if config.out else _default_run_dir(config.dataset_type)
-            _check_separate(run_dir, config.data_dir)
+            _check_separate(run_dir, config.data_dir, config.vgg_weights)
             if run_dir.exists() and (
                     checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
                 raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
@@ -661,8 +689,13 @@ class _Run:
 
         self.sampler = EpochSampler(len(train_set), seed=config.seed, rank=ctx.rank,
                                     world_size=ctx.world_size)
+        cores = _usable_cores()
         workers = config.workers if config.workers is not None else (
-            0 if train_set.cached else min(4, os.cpu_count() or 1))
+            0 if train_set.cached else min(4, cores))
+        if workers > cores:  # CPU-bound processes: more than the cores only wait (and cost RAM)
+            self.log(f"note: --workers {workers}: more loader processes than usable cores "
+                     f"({cores}) gain nothing; using {cores}")
+            workers = cores
         self.loader = DataLoader(
             ErrorsAsItems(train_set), batch_size=config.batch_size, sampler=self.sampler,
             num_workers=workers, pin_memory=device.type == "cuda",
