@@ -46,8 +46,10 @@ def unpaired_chips(tmp_path_factory) -> Path:
 
 
 def test_pix2pix_learns_a_known_mapping(paired_chips, tmp_path):
+    # fp32: the model file's generator is checked against the logged validation L1 below
     run = train(TrainConfig("Pix2Pix", data_dir=str(paired_chips), out=str(tmp_path / "run"),
-                            epochs=30, epochs_decay=0, batch_size=4, lr=1e-3, **TINY))
+                            epochs=30, epochs_decay=0, batch_size=4, lr=1e-3,
+                            precision="fp32", **TINY))
     rows = read_metrics(run)
     val = [r for r in rows if r["val_l1"]]
     assert [int(r["epoch"]) for r in val] == list(range(31))  # untrained baseline + each epoch
