@@ -164,14 +164,20 @@ def test_resolution_comes_from_the_training_chips_in_metres(tmp_path):
 # ---- colour interpretation of the GeoTIFFs written ------------------------------------------
 
 
+def _bgr_nir_model(tmp_path, make_raster, descriptions: list[str]):
+    """A model whose uint16 target has 4 bands described ``descriptions``, and an input."""
+    run = make_model(tmp_path, bands_b=4, dtype_b="uint16", nodata_b=0, chip=TILE)
+    meta = json.loads((run / "model.json").read_text())
+    meta["domains"]["b"]["band_descriptions"] = descriptions
+    (run / "model.json").write_text(json.dumps(meta))
+    _, src = _raster(make_raster)
+    return run, src
+
+
 def test_translation_of_a_bgr_nir_target_has_its_colour_interpretation(tmp_path, make_raster):
     from rasterio.enums import ColorInterp as CI
 
-    run = make_model(tmp_path, bands_b=4, dtype_b="uint16", nodata_b=0, chip=TILE)
-    meta = json.loads((run / "model.json").read_text())
-    meta["domains"]["b"]["band_descriptions"] = ["Blue", "green", "red", "nir"]
-    (run / "model.json").write_text(json.dumps(meta))
-    _, src = _raster(make_raster)
+    run, src = _bgr_nir_model(tmp_path, make_raster, ["Blue", "green", "red", "nir"])
     for cog in (False, True):
         out = tmp_path / f"out_{cog}.tif"
         predict_raster(src, run, out, progress=False, cog=cog)
@@ -208,11 +214,7 @@ def test_vrt_mosaic_keeps_the_colour_interpretation(tmp_path, make_raster):
 
     from geotranslate.raster.vrt import write_vrt
 
-    run = make_model(tmp_path, bands_b=4, dtype_b="uint16", nodata_b=0, chip=TILE)
-    meta = json.loads((run / "model.json").read_text())
-    meta["domains"]["b"]["band_descriptions"] = ["blue", "green", "red", "nir"]
-    (run / "model.json").write_text(json.dumps(meta))
-    _, src = _raster(make_raster)
+    run, src = _bgr_nir_model(tmp_path, make_raster, ["blue", "green", "red", "nir"])
     predict_raster(src, run, tmp_path / "t.tif", progress=False)
     with rasterio.open(write_vrt([tmp_path / "t.tif"], tmp_path / "m.vrt")) as ds:
         assert ds.colorinterp == (CI.blue, CI.green, CI.red, CI.undefined)
