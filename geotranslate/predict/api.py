@@ -15,6 +15,7 @@ import torch
 from geotranslate.device import autocast as device_autocast
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
+from geotranslate.inputs import check_composition, input_reader, scene_spec
 from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.blend import BLEND_MODES
@@ -199,6 +200,9 @@ def predict_raster(
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
         check_memory(_working_set(tile, batch_size, source.band_count, target.band_count),
                      f"--tile-size {tile}", "use a smaller --tile-size (or --batch-size)")
+        check_composition(source, in_source, in_path, direction)
+        read = input_reader(source, bands)
+        source = scene_spec(source, ds, bands, read)
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
     if out_path:
@@ -215,7 +219,7 @@ def predict_raster(
         sample_tile = max(divisor, sample_tile // divisor * divisor)
     generator, norm_label = scene_generator(
         generator, norm_stats,
-        lambda: scene_sample(in_path, bands, source, grid_region, sample_tile),
+        lambda: scene_sample(in_path, bands, source, grid_region, sample_tile, read=read),
         dev, autocast,
     )
     use_channels_last = dev.type == "cuda" if channels_last is None else channels_last
@@ -246,7 +250,7 @@ def predict_raster(
                                 out_rows[1])
         try:
             counts = run_pipeline(
-                PipelineInput(in_path, bands, source, grid_region, todo, tile),
+                PipelineInput(in_path, bands, source, grid_region, todo, tile, read),
                 PipelineCompute(generator, dev, autocast, use_channels_last, batch_size),
                 PipelineOutput(tmp_tiff, out, profile, target, nodata, tags, overlap, blend,
                                out_rows[0], checkpoint),
