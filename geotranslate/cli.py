@@ -194,8 +194,9 @@ def _printable(message: str) -> str:
                    "recorded in the model, which applies it at prediction.")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 def export_tiles_command(a_rasters, b_rasters, a_extra, out_dir, tile_size, stride, mode,
-                         domain, bands_a, bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
-                         allow_no_crs, seed, workers, relative_elevation, no_progress) -> None:
+                         domain, bands_a, bands_b, resampling, max_nodata, aoi, exclude,
+                         val_fraction, allow_no_crs, seed, workers, relative_elevation,
+                         no_progress) -> None:
     """Cut rasters into georeferenced GeoTIFF chips: DIR/train_a, train_b, meta.json, index.gpkg.
 
     \b
