@@ -361,3 +361,32 @@ def check_composition(spec, in_source, in_path: str, direction: str) -> None:
                 f"expects {want['band_count']} {want['dtype']} band(s) there "
                 f"(as {want.get('source')})"
             )
+
+
+def chip_normalizer(spec, data_dir, domain: str) -> Callable:
+    """``normalizer(chip name)`` of chips of ``domain`` under ``data_dir`` as the model's
+    input domain ``spec`` (a DomainSpec) normalizes them: with the scene scope, by the chip's
+    scene statistics in the folder's meta.json."""
+    from pathlib import Path
+
+    from geotranslate.schema import load_json
+
+    if spec.norm_scope != "scene":
+        return lambda name: spec.normalizer
+    meta_path = Path(data_dir) / "meta.json"
+    meta = load_json(meta_path, "corrupt meta.json")
+    dom = (meta.get("domains") or {}).get(domain) if isinstance(meta, dict) else None
+    if not isinstance(dom, dict):
+        raise GeotranslateError(f"{meta_path}: no domain {domain.upper()}")
+    scenes = scene_stats_of(dom, f"{meta_path} (domain {domain.upper()})")
+    normalizers = {stem: scene_normalizer(spec.normalizer, s, spec.reference)
+                   for stem, s in scenes.items()}
+
+    def normalizer(name: str) -> Normalizer:
+        if chip_stem(name) not in normalizers:
+            raise GeotranslateError(
+                f"{meta_path}: no scene statistics for chip {name} (scene {chip_stem(name)!r})"
+            )
+        return normalizers[chip_stem(name)]
+
+    return normalizer

@@ -15,6 +15,7 @@ from rasterio.windows import Window
 
 from geotranslate.data import ChipDataset
 from geotranslate.errors import GeotranslateError
+from geotranslate.evaluate import evaluate_chips
 from geotranslate.export import export_tiles
 from geotranslate.inputs import RelativeElevation, input_reader, scene_spec
 from geotranslate.modelfile import DomainSpec, load_model
@@ -91,6 +92,9 @@ def test_scene_scope_recorded_in_model_and_refused_without_scene_stats(tmp_path,
     predict_raster(a, run, tmp_path / "out.tif", device="cpu", progress=False)
     with rasterio.open(tmp_path / "out.tif") as ds:
         assert ds.read().std() > 0
+    # chip mode normalizes each chip by its scene, as training did
+    report = evaluate_chips(run, chips, split="train", progress=False)
+    assert report.metrics["overall"]["psnr"] > 0
     meta = json.loads((chips / "meta.json").read_text())
     for d in meta["domains"].values():
         del d["scene_stats"]  # as written before the option existed
@@ -215,6 +219,8 @@ def test_model_refuses_input_of_another_composition(tmp_path, sensors, make_rast
     assert len(load_model(run).domains["a"].composition) == 2
     summary = predict_raster(fused, run, tmp_path / "ok.tif", device="cpu", progress=False)
     assert summary.bands_in == 5
+    with pytest.raises(GeotranslateError, match="would overwrite the input"):
+        predict_raster(fused, run, sensors["opt"], device="cpu", progress=False, overwrite=True)
     swapped = f"fuse:{sensors['opt']}+{sensors['sar']}"
     with pytest.raises(GeotranslateError, match=r"raster 1 of the fuse .*3 uint16 band\(s\), "
                        r"but the model's domain A expects 2 float32"):

@@ -44,7 +44,7 @@ from geotranslate.raster.io import (
     spectral_bands,
     verify_geotiff,
 )
-from geotranslate.raster.sources import parse_source
+from geotranslate.raster.sources import fused_files, parse_source
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -210,6 +210,8 @@ def predict_raster(
     out = Path(out_path) if out_path else default_output(in_source, rank, world_size)
     if in_source.local:
         check_not_input(out, [in_source.gdal_name])
+    elif in_source.composition:  # a fuse: none of its files
+        check_not_input(out, fused_files(in_source))
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
 

@@ -349,3 +349,11 @@ def _fused_band(index, gdal_name, source_band, description, src_rect, dst_rect,
         f'<DstRect xOff="{dx}" yOff="{dy}" xSize="{dw}" ySize="{dh}"/>'
         f"{nodata_xml}</ComplexSource></VRTRasterBand>"
     )
+
+
+def fused_files(source: RasterSource) -> list[str]:
+    """The local files a ``fuse:`` source reads (those of its parts that are plain files)."""
+    if not source.composition or not (source.recorded or "").startswith(FUSE_PREFIX):
+        return []
+    return [p for p in source.recorded[len(FUSE_PREFIX):].split(FUSE_SEPARATOR)
+            if Path(p).is_file()]
