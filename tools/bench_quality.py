@@ -42,6 +42,15 @@ Tasks (a task whose data is absent is skipped):
 * ``floods_s1s2``: Sen1Floods11 S1 (VV, VH) -> S2 RGB; test on the south quarter.
 * ``dsm_ortho``: drone DSM (0.25 m) -> RGB ortho mosaic; test on the middle of the east
   quarter.
+* ``naip_nir_scene``: ``naip_nir`` trained with ``norm_scope="scene"`` (each date matched to
+  the training radiometry by its own statistics; geotranslate/inputs.py).
+* ``dsm_ortho_relative``: ``dsm_ortho`` with the DSM exported as elevation relative to its
+  surroundings (``relative_elevation=32`` px, 8 m).
+* ``cloud_removal``: SEN12MS-CR, A = ``fuse:`` S1 (VV, VH dB) + cloudy S2 (13 bands), B =
+  cloud-free S2 (13 bands); training on the north half of both patches, test on the south
+  half of one. Its own table (:func:`run_cloud_task`): the model, the same model trained on
+  S1 alone, the flat image and the cloudy input copied, in reflectance / 10000 clipped to
+  [0, 1] (MAE, PSNR, SSIM, SAM), beside the published SEN12MS-CR rows (other data, budgets).
 
 Expected run time on 2 free CPU cores at the default budget (1500 iterations; the default
 Pix2Pix, U-Net depth 4, ngf 64, bf16 on a CPU with AMX, trains at about 0.1 s per iteration
