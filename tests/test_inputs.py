@@ -92,6 +92,7 @@ def test_scene_scope_recorded_in_model_and_refused_without_scene_stats(tmp_path,
     predict_raster(a, run, tmp_path / "out.tif", device="cpu", progress=False)
     with rasterio.open(tmp_path / "out.tif") as ds:
         assert ds.read().std() > 0
+        assert ds.tags()["GEOTRANSLATE_INPUT"] == "norm scope scene"
     # chip mode normalizes each chip by its scene, as training did
     report = evaluate_chips(run, chips, split="train", progress=False)
     assert report.metrics["overall"]["psnr"] > 0

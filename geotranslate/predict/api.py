@@ -240,6 +240,10 @@ def predict_raster(
         "GEOTRANSLATE_OVERLAP": str(overlap),
         "GEOTRANSLATE_RECEPTIVE_FIELD": str(field),
     })
+    if source.norm_scope != "dataset" or source.input_transforms:  # inputs.py
+        tags["GEOTRANSLATE_INPUT"] = "; ".join(
+            [f"norm scope {source.norm_scope}"]
+            + [f"{t['kind']} radius {t['radius_px']} px" for t in source.input_transforms])
     key = {"input": str(in_path), "weights_sha256": digest, "direction": direction,
            "region": list(region), "grid": list(grid_region), "tile": tile, "overlap": overlap,
            "blend": blend, "norm_stats": norm_label, "batch_size": batch_size,
