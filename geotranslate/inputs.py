@@ -212,8 +212,8 @@ class RelativeElevation:
             )
 
     def apply(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """float32 (C, H, W): the chosen bands relative to their surroundings (0 where
-        invalid), the others as they are. The edges of the arrays count as invalid
+        """float32 (C, H, W): the chosen bands relative to their surroundings (NaN where
+        invalid: a relative height of any value is data), the others as they are. The edges of the arrays count as invalid
         beyond: give a halo of ``radius`` px for exact values."""
         out = data.astype(np.float32)
         weight = valid.astype(np.float64)
@@ -221,7 +221,7 @@ class RelativeElevation:
         for b in self.bands or range(1, len(data) + 1):
             z = np.where(valid, data[b - 1].astype(np.float64), 0.0)
             mean = _box_sum(z, self.radius) / np.maximum(count, 1.0)
-            out[b - 1] = np.where(valid, z - mean, 0.0).astype(np.float32)
+            out[b - 1] = np.where(valid, z - mean, np.nan).astype(np.float32)
         return out
 
     def wrap(self, read: Read, height: int, width: int) -> Read:

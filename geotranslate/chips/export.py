@@ -335,7 +335,7 @@ def export_tiles(
 
 def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
     """{domain: input transforms} of the run (only A takes one); records them in the domain's
-    meta, whose chips become float32."""
+    meta, whose chips become float32 with NaN as nodata."""
     if relative_elevation is None or "a" not in domain_meta:
         if relative_elevation is not None:
             raise GeotranslateError("--relative-elevation applies to domain A; export A too")
@@ -344,6 +344,7 @@ def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
                  else RelativeElevation.parse(relative_elevation))
     transform.check_bands(domain_meta["a"]["band_count"], "domain A")
     domain_meta["a"]["dtype"] = "float32"
+    domain_meta["a"]["nodata"] = float("nan")  # any relative height is data
     domain_meta["a"]["input_transforms"] = [transform.to_dict()]
     return {"a": [transform]}
 
