@@ -250,3 +250,16 @@ def test_a_extra_fuses_each_a_with_the_raster_covering_it(tmp_path, make_raster)
     assert sources[1].endswith("s1_e.tif+" + str(extra[0].resolve()))
     with rasterio.open(chips / "train_a" / "s1_e_0_0.tif") as ds, rasterio.open(extra[0]) as e:
         np.testing.assert_array_equal(ds.read()[2:], e.read().astype(np.float32))
+
+
+def test_fuse_errors_are_one_line(sensors, tmp_path):
+    from geotranslate.raster.sources import parse_source
+
+    with pytest.raises(GeotranslateError, match="takes two rasters or more"):
+        parse_source(f"fuse:{sensors['sar']}")
+    with pytest.raises(GeotranslateError, match="no such file"):
+        parse_source(f"fuse:{sensors['sar']}+{tmp_path / 'missing.tif'}")
+    chips = tmp_path / "chips"
+    with pytest.raises(GeotranslateError, match="--bands cannot select among fused bands"):
+        export_tiles([f"fuse:{sensors['sar']}+{sensors['opt']}"], [sensors["target"]], chips,
+                     tile_size=16, bands_a="1,2", progress=False)
