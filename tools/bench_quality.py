@@ -716,10 +716,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    table = format_table([r for r in results if "rows" not in r])
-    for r in results:
-        if "rows" in r:
-            table += "\n\n" + format_cloud_table(r)
+    common = [r for r in results if "rows" not in r]
+    tables = [format_table(common)] if common else []
+    tables += [format_cloud_table(r) for r in results if "rows" in r]
+    table = "\n\n".join(tables)
     if winners(results):
         table += "\n\n" + winners(results)
     print(table)
