@@ -213,8 +213,8 @@ class RelativeElevation:
 
     def apply(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """float32 (C, H, W): the chosen bands relative to their surroundings (NaN where
-        invalid: a relative height of any value is data), the others as they are. The edges of the arrays count as invalid
-        beyond: give a halo of ``radius`` px for exact values."""
+        invalid: a relative height of any value is data), the others as they are. Beyond
+        the arrays' edges counts as invalid: give a halo of ``radius`` px for exact values."""
         out = data.astype(np.float32)
         weight = valid.astype(np.float64)
         count = _box_sum(weight, self.radius)
