@@ -168,6 +168,10 @@ def _printable(message: str) -> str:
 @click.option("--b", "b_rasters", cls=ListOption, type=click.Path(path_type=str),
               help="Domain-B rasters: every raster after --b up to the next option "
                    "(--b s2_*.tif), or --b repeated.")
+@click.option("--a-extra", "a_extra", cls=ListOption, type=click.Path(path_type=str),
+              help="Rasters of another sensor fused into A: each A raster gets the bands of "
+                   "the one covering it most, warped onto its grid (--a s1_*.tif --a-extra "
+                   "s2_*.tif: A = fuse:s1_X.tif+s2_X.tif).")
 @click.option("--out", "out_dir", default="chips", type=click.Path(path_type=str),
               help="Output directory; a run into an existing one adds to it.")
 @click.option("--tile-size", default=256, type=int, help="Chip width and height in pixels.")
@@ -200,10 +204,15 @@ def _printable(message: str) -> str:
 @click.option("--workers", default=None, type=int,
               help="Threads reading windows in parallel (at most 4 per usable core); the "
                    "output is the same for any number [default: the usable cores].")
+@click.option("--relative-elevation", default=None, metavar="RADIUS_PX[:BANDS]",
+              help="A's bands (all, or BANDS of the selected ones, e.g. 32:1) as height minus "
+                   "the mean height within RADIUS_PX pixels (a DEM/DSM's local relief); "
+                   "recorded in the model, which applies it at prediction.")
 @progress_option()
-def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode, domain, bands_a,
-                         bands_b, resampling, max_nodata, aoi, exclude, val_fraction,
-                         allow_no_crs, seed, workers, progress) -> None:
+def export_tiles_command(a_rasters, b_rasters, a_extra, out_dir, tile_size, stride, mode,
+                         domain, bands_a, bands_b, resampling, max_nodata, aoi, exclude,
+                         val_fraction, allow_no_crs, seed, workers, relative_elevation,
+                         progress) -> None:
     """Cut rasters into georeferenced GeoTIFF chips: DIR/train_a, train_b, meta.json, index.gpkg.
 
     \b
@@ -213,8 +222,9 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
       geotranslate export-tiles dsm.tif --domain a --out chips   (then --domain b)
 
     A raster is a file, a URL (https://, s3://), a GDAL name (/vsizip/..., /vsicurl/...),
-    band files (stack:B02.tif,B03.tif,B04.tif) or a STAC item with asset keys
-    (item.json:B04,B03,B02); the same holds for predict-raster, evaluate and preview.
+    band files (stack:B02.tif,B03.tif,B04.tif), a STAC item with asset keys
+    (item.json:B04,B03,B02) or rasters of several sensors fused on the first one's grid
+    (fuse:s1.tif+s2.tif); the same holds for predict-raster, evaluate and preview.
 
     A raster smaller than the tile gives one chip padded with nodata (its padding counts as
     invalid pixels for --max-nodata). Complex and 64-bit integer rasters are refused (convert
@@ -227,6 +237,7 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
         mode=mode, domain=domain, bands_a=bands_a, bands_b=bands_b, resampling=resampling,
         max_nodata=max_nodata, aoi=aoi, exclude=exclude, val_fraction=val_fraction,
         allow_no_crs=allow_no_crs, seed=seed, progress=progress, workers=workers,
+        relative_elevation=relative_elevation, extra_a=[list(a_extra)] if a_extra else None,
     )
     click.echo(str(summary))
 
@@ -318,6 +329,11 @@ def export_tiles_command(a_rasters, b_rasters, out_dir, tile_size, stride, mode,
               default="robust", help="Band scaling to [-1, 1] from meta.json statistics "
               "(robust: min-max, clipped only at far outliers beyond the 0.1/99.9th "
               "percentiles; percentile: 2nd-98th percentile range, clipped).")
+@click.option("--norm-scope", type=click.Choice(["dataset", "scene"]), default="dataset",
+              help="dataset: every chip scaled by the domain's statistics; scene: each scene "
+              "(source raster) first matched to the domain's mean and std by its own "
+              "statistics, recorded at export and computed from the input at prediction "
+              "(for dates or sensors of different radiometry).")
 @click.option("--augment", type=click.Choice(list(AUGMENTS)), default=DEFAULT_AUGMENT,
               help="Random flips/rotations, applied to A and B alike: " + "; ".join(
                   f"{name}: {what}" for name, what in AUGMENTS.items()) + ". Keep none when "

@@ -23,6 +23,15 @@ from geotranslate.augment import DEFAULT_AUGMENT, augment_mode, draw_transform
 from geotranslate.chips.meta import META_NAME, check_meta
 from geotranslate.dirlock import LOCK_NAME, lock_state
 from geotranslate.errors import GeotranslateError
+from geotranslate.inputs import (
+    DEFAULT_NORM_SCOPE,
+    check_norm_scope,
+    chip_stem,
+    matched_stats,
+    reference_of,
+    scene_normalizer,
+    scene_stats_of,
+)
 from geotranslate.raster.io import open_raster, read_window, spectral_bands
 from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
 
@@ -106,6 +115,7 @@ class ChipDataset(Dataset):
         cache: bool | None = None,
         seed: int = 0,
         meta: dict | None = None,
+        norm_scope: str = DEFAULT_NORM_SCOPE,
     ):
         self.root = Path(data_dir)
         self.meta = meta if meta is not None else read_meta(self.root)
@@ -118,6 +128,11 @@ class ChipDataset(Dataset):
         self.random_crop = random_crop
         self.seed = int(seed)
         self.norm = normalizers(self.meta, norm_method)
+        self.norm_scope = check_norm_scope(norm_scope)
+        self.reference: dict[str, dict] = {}
+        self.scene_norm: dict[str, dict[str, Normalizer]] = {}
+        if self.norm_scope == "scene":
+            self._scene_normalizers(norm_method)
         if paired and self.meta.get("dataset_type") == "unpaired":
             raise GeotranslateError(
                 f"{self.root / META_NAME}: the chips are unpaired (exported without a common "
@@ -153,6 +168,31 @@ class ChipDataset(Dataset):
                 for path in self.paths[d]:
                     with open_raster(path, allow_no_crs=True) as ds:
                         self._check_chip(ds, d)
+
+    def _scene_normalizers(self, norm_method: str) -> None:
+        """Per-scene normalization (inputs.py): the domain's normalizer from its scenes matched
+        to the reference, and one normalizer per scene (chip name stem)."""
+        for d in ("a", "b"):
+            dom = self.meta["domains"][d]
+            scenes = scene_stats_of(dom, f"{self.root / META_NAME} (domain {d.upper()})")
+            stats = stats_from_dict(dom["stats"])
+            self.reference[d] = reference_of(stats)
+            self.norm[d] = Normalizer.from_stats(matched_stats(list(scenes.values()), stats),
+                                                 norm_method)
+            self.scene_norm[d] = {stem: scene_normalizer(self.norm[d], s, self.reference[d])
+                                  for stem, s in scenes.items()}
+
+    def normalizer_of(self, domain: str, path: Path) -> Normalizer:
+        """The normalizer of a chip: its domain's, or with the scene scope its scene's."""
+        if self.norm_scope != "scene":
+            return self.norm[domain]
+        norm = self.scene_norm[domain].get(chip_stem(path.name))
+        if norm is None:
+            raise GeotranslateError(
+                f"{path}: meta.json has no scene statistics for {chip_stem(path.name)!r}; "
+                "re-export the chips with this version of export-tiles"
+            )
+        return norm
 
     # -- checks -------------------------------------------------------------------------------
     def _check_described(self, folder: Path, domain: str) -> None:
@@ -219,7 +259,8 @@ class ChipDataset(Dataset):
     def _load(self, domain: str, index: int, check: bool = False) -> tuple[np.ndarray, np.ndarray]:
         vet = (lambda ds: self._check_chip(ds, domain)) if check else None
         data, valid = read_chip(self.paths[domain][index], vet)
-        return self.norm[domain].to_model(data, valid), valid
+        path = self.paths[domain][index]
+        return self.normalizer_of(domain, path).to_model(data, valid), valid
 
     def _get(self, domain: str, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is not None:

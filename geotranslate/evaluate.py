@@ -48,6 +48,7 @@ from rasterio.windows import Window
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
+from geotranslate.inputs import chip_normalizer
 from geotranslate.log import show_progress
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.raster.io import (
@@ -258,8 +259,9 @@ def evaluate_chips(
             f"{src_dir} and {tgt_dir}: no chip names in common (chip mode needs paired chips)"
         )
 
+    source_norm = chip_normalizer(source, data_dir, src_name)  # the scene scope's per chip
     generator, norm_label = _chip_scene_generator(
-        generator, norm_stats, src_dir, names, source, src_name, device
+        generator, norm_stats, src_dir, names, source, src_name, device, source_norm
     )
     normalizer = target.normalizer
     if data_range is None:
@@ -297,7 +299,7 @@ def evaluate_chips(
                         f"{tgt_dir / name}: {tgt.shape[2]} x {tgt.shape[1]} px, but its source "
                         f"chip is {src.shape[2]} x {src.shape[1]} px"
                     )
-                x = source.normalizer.to_model(src, src_valid)
+                x = source_norm(name).to_model(src, src_valid)
                 groups.setdefault(x.shape, []).append((x, tgt, src_valid & tgt_valid))
             for items in groups.values():
                 x = torch.from_numpy(np.stack([it[0] for it in items])).to(device)
@@ -372,7 +374,8 @@ def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list 
     return [s.mean for s in bands], ""
 
 
-def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_name, device):
+def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_name, device,
+                          source_norm=None):
     """The generator with scene statistics from chips spread over the split, and the label."""
     from contextlib import nullcontext
 
@@ -390,7 +393,8 @@ def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_nam
         for i in sample_offsets(len(names), 1, count):
             data, valid = _read_chip(src_dir / names[i], source.band_count, src_name)
             if data.shape == first.shape:  # one batch: one shape
-                chips.append(source.normalizer.to_model(data, valid))
+                norm = source.normalizer if source_norm is None else source_norm(names[i])
+                chips.append(norm.to_model(data, valid))
         return np.stack(chips)
 
     return scene_generator(generator, norm_stats, sample, device, nullcontext)

@@ -41,7 +41,13 @@ _DOMAIN = sc.Obj(
      "normalizer": sc.Obj({"method": sc.Str(NORM_METHODS), "low": sc.List(sc.Num(), 1),
                            "high": sc.List(sc.Num(), 1)})},
     optional={"band_descriptions": sc.Opt(sc.List(sc.Opt(sc.Str()))),
-              "nodata": sc.Opt(sc.Num(finite=False))},
+              "nodata": sc.Opt(sc.Num(finite=False)),
+              "norm_scope": sc.Str(("dataset", "scene")),
+              "reference": sc.Obj({"mean": sc.List(sc.Num(), 1), "std": sc.List(sc.Num(), 1)}),
+              "input_transforms": sc.List(sc.Obj({"kind": sc.Str(("relative_elevation",)),
+                                                  "radius_px": sc.Int(min=1)})),
+              "composition": sc.List(sc.Obj({"band_count": sc.Int(min=1),
+                                             "dtype": sc.DTYPE}))},
 )
 #: what load_model needs of model.json (other keys are allowed: newer optional fields)
 MODEL_SCHEMA = sc.Obj(
@@ -66,15 +72,31 @@ class DomainSpec:
     band_descriptions: list[str | None]
     nodata: float | None
     normalizer: Normalizer
+    #: "scene": each input is first matched to ``reference`` by its own statistics (inputs.py);
+    #: "dataset" (files written before the option existed): the normalizer alone
+    norm_scope: str = "dataset"
+    reference: dict | None = None  # {"mean": [...], "std": [...]} of the scene scope
+    input_transforms: list[dict] = field(default_factory=list)  # e.g. relative elevation
+    #: the sources the domain's bands come from, in order ({band_count, dtype, source}), when
+    #: they are fused from several (raster/sources.py ``fuse:``)
+    composition: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "band_count": self.band_count,
             "dtype": self.dtype,
             "band_descriptions": list(self.band_descriptions),
             "nodata": self.nodata,
             "normalizer": self.normalizer.to_dict(),
+            "norm_scope": self.norm_scope,
         }
+        if self.norm_scope == "scene":
+            out["reference"] = self.reference
+        if self.input_transforms:
+            out["input_transforms"] = list(self.input_transforms)
+        if self.composition:
+            out["composition"] = list(self.composition)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> DomainSpec:
@@ -84,6 +106,10 @@ class DomainSpec:
             band_descriptions=list(d.get("band_descriptions") or [None] * int(d["band_count"])),
             nodata=d.get("nodata"),
             normalizer=Normalizer.from_dict(d["normalizer"]),
+            norm_scope=str(d.get("norm_scope", "dataset")),
+            reference=d.get("reference"),
+            input_transforms=list(d.get("input_transforms") or []),
+            composition=list(d.get("composition") or []),
         )
 
 
@@ -213,6 +239,14 @@ def _check_model_fields(meta: dict, path: Path) -> None:
                 raise sc.invalid(path, f"{where}.normalizer",
                                  f"band {i + 1} has an empty range (low {low}, high {high})")
         sc.check_nodata(path, f"{where}.nodata", dom.get("nodata"), dom["dtype"])
+        if dom.get("norm_scope") == "scene":
+            reference = dom.get("reference")
+            if reference is None:
+                raise sc.invalid(path, f"{where}.reference", "missing for norm_scope scene")
+            for key in ("mean", "std"):
+                if len(reference[key]) != count:
+                    raise sc.invalid(path, f"{where}.reference.{key}",
+                                     f"{len(reference[key])} values for {count} bands")
     for direction, spec in meta["generators"].items():
         source, target = DIRECTIONS[direction]
         for key, d in (("in_channels", source), ("out_channels", target)):

@@ -157,6 +157,14 @@ INPUTS: dict[str, Callable[[Path, dict], None]] = {
     "big_mosaic.tif": _file(_optical, size=512, rows=1024),
     "s1_*.tif": _glob_pair("s1_", _sar),
     "s2_*.tif": _glob_pair("s2_", _optical),
+    "cloudy_*.tif": _glob_pair("cloudy_", _optical),
+    "clear_*.tif": _glob_pair("clear_", _optical),
+    "s1_20240615.tif": _glob_pair("s1_", _sar),
+    "cloudy_20240615.tif": _glob_pair("cloudy_", _optical),
+    "clear_20240615.tif": _glob_pair("clear_", _optical),
+    "declouded.tif": _file(_optical, crs="EPSG:32634", x0=166000),  # on clear_20240615
+    "cloud_chips": _copy_tree("cloud_chips"),
+    "runs/cloud": _link("cloud"),
     "north/*.tif": _glob_pair("n_", _sar),
     "maps/*.tif": _glob_pair("m_", _optical),
     "chips": _copy_tree("chips"),
@@ -200,7 +208,21 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         assert cli_main(["train", str(chips), "--dataset-type", kind, "--out", str(run),
                          *SPEED_TRAIN]) == 0
         runs[kind.lower()] = run
-    return {"chips": chips, **runs}
+    # the cloud-removal example: A = S1 fused with the cloudy optical scene covering it
+    scenes = root / "cloud_scenes"
+    scenes.mkdir()
+    for prefix, maker in (("s1_", _sar), ("cloudy_", _optical), ("clear_", _optical)):
+        _glob_pair(prefix, maker)(scenes / f"{prefix}x.tif", {})
+    cloud_chips = root / "cloud_chips"
+    names = {p: sorted(str(f) for f in scenes.glob(f"{p}*.tif"))
+             for p in ("s1_", "cloudy_", "clear_")}
+    assert cli_main(["export-tiles", *names["s1_"], "--a-extra", *names["cloudy_"], "--b",
+                     *names["clear_"], "--out", str(cloud_chips), "--tile-size", "128",
+                     "--no-progress"]) == 0
+    runs["cloud"] = root / "cloud"
+    assert cli_main(["train", str(cloud_chips), "--dataset-type", "Pix2Pix", "--out",
+                     str(runs["cloud"]), *SPEED_TRAIN]) == 0
+    return {"chips": chips, "cloud_chips": cloud_chips, **runs}
 
 
 def _translate(token: str, ctx: dict) -> str:
@@ -225,6 +247,10 @@ def _provide(token: str, work: Path, ctx: dict, assets: dict, direction_b2a: boo
         key = token[len("/vsizip/"):].split("/", 1)[0]
     if token.startswith("stack:"):
         for part in token[len("stack:"):].split(","):
+            _provide(part, work, ctx, assets, direction_b2a)
+        return
+    if token.startswith("fuse:"):
+        for part in token[len("fuse:"):].split("+"):
             _provide(part, work, ctx, assets, direction_b2a)
         return
     if re.match(r"^.+\.json:[^/]+$", token):

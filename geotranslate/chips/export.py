@@ -50,11 +50,13 @@ from geotranslate.chips.sources import (
     _domain_bands,
     _domain_meta,
     _resolve_mode,
+    fuse_extras,
 )
 from geotranslate.chips.split import _assign_validation
 from geotranslate.chips.writer import _write_chip_atomic
 from geotranslate.dirlock import LOCK_NAME, DirectoryLock
 from geotranslate.errors import GeotranslateError
+from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
 from geotranslate.log import logger, show_progress
 from geotranslate.memory import check_memory
 from geotranslate.raster.io import (
@@ -223,6 +225,8 @@ def export_tiles(
     seed: int = 0,
     progress: bool | None = None,
     workers: int | None = None,
+    relative_elevation: str | RelativeElevation | None = None,
+    extra_a: Sequence[Sequence[str | Path]] | None = None,
 ) -> ExportSummary:
     """Cut ``a_paths`` (and ``b_paths``) into chips under ``out_dir``; see docs/formats.md.
 
@@ -230,11 +234,18 @@ def export_tiles(
     tiles A and B independently. Without ``b_paths`` one domain is exported (``domain``,
     default "a"). ``workers`` threads read windows in parallel (default: the usable cores); the
     chips, meta.json and index.gpkg are the same for any number. Raises GeotranslateError for
-    bad input, leaving no chip of this run behind.
+    bad input, leaving no chip of this run behind. ``relative_elevation`` (``RADIUS_PX`` or
+    ``RADIUS_PX:BANDS``, see :class:`geotranslate.inputs.RelativeElevation`) writes domain A's
+    chosen bands as height relative to their surroundings (float32 chips). ``extra_a``:
+    lists of rasters of other sensors, each A raster fused (``fuse:``) with the raster of each
+    list that covers it most.
     """
     started = time.perf_counter()
     b_paths = list(b_paths or [])
     a_paths = list(a_paths)
+    if extra_a:
+        a_paths = fuse_extras([str(p) for p in a_paths],
+                              [[str(p) for p in extra] for extra in extra_a], allow_no_crs)
     mode, run_domains = _resolve_mode(a_paths, b_paths, mode, domain)
     stride = tile_size if stride is None else stride
     _check_numbers(tile_size, stride, max_nodata, val_fraction)
@@ -270,6 +281,7 @@ def export_tiles(
             specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
         bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
         domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
+        transforms = _input_transforms(relative_elevation, domain_meta)
         writers = max(WRITER_THREADS, workers)
         in_flight = WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
         with_workers = f" with --workers {workers}" if workers > 1 else ""
@@ -288,11 +300,18 @@ def export_tiles(
             "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
         }
         pairs_new: list[dict] = []
-        jobs = _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack)
+        jobs = _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
+                          transforms)
         jobs += _stats_only_jobs(
-            meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs
+            meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
+            transforms,
         )
         for job in jobs:
+            job.scene_stats = {
+                d: (scene_accumulator(domain_meta[d]["band_count"]),
+                    scene_step(job.height, job.width))
+                for d in job.readers
+            }
             job.windows = list(tile_windows(job.grid.height, job.grid.width, tile_size, stride))
             job.splits = ["train"] * len(job.windows)
             if job.padded and not job.stats_only:
@@ -318,7 +337,7 @@ def export_tiles(
                 _process(jobs, stats, run, tile_size, progress, reader)
             run.finish()
             _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
-                        tile_size, stride, pairs_new, a_paths + b_paths)
+                        tile_size, stride, pairs_new, a_paths + b_paths, jobs)
         except KeyboardInterrupt:
             run.finish(cancel=True)  # complete chips stay: a re-run resumes
             raise
@@ -331,8 +350,38 @@ def export_tiles(
     return summary
 
 
+def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
+    """{domain: input transforms} of the run (only A takes one); records them in the domain's
+    meta, whose chips become float32 with NaN as nodata."""
+    if relative_elevation is None or "a" not in domain_meta:
+        if relative_elevation is not None:
+            raise GeotranslateError("--relative-elevation applies to domain A; export A too")
+        return {}
+    transform = (relative_elevation if isinstance(relative_elevation, RelativeElevation)
+                 else RelativeElevation.parse(relative_elevation))
+    transform.check_bands(domain_meta["a"]["band_count"], "domain A")
+    domain_meta["a"]["dtype"] = "float32"
+    domain_meta["a"]["nodata"] = float("nan")  # any relative height is data
+    domain_meta["a"]["input_transforms"] = [transform.to_dict()]
+    return {"a": [transform]}
+
+
+def _scene_stats(jobs, domain: str) -> dict:
+    """meta.json's ``scene_stats`` of a domain: {chip name stem: statistics of that scene}."""
+    scenes = {}
+    for job in jobs:
+        if domain not in job.scene_stats:
+            continue
+        acc, step = job.scene_stats[domain]
+        if acc.count:
+            scenes[job.stem] = {**acc.to_dict(), "pixel_step": step}
+            if job.sources.get(domain):
+                scenes[job.stem]["source"] = job.sources[domain]
+    return scenes
+
+
 def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type, tile_size,
-                stride, pairs_new, paths) -> None:
+                stride, pairs_new, paths, jobs=()) -> None:
     """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
     summary = run.summary
     if summary.chips_written + summary.already_present == 0:
@@ -349,6 +398,9 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
         if stats[d].step > 1:
             domain_meta[d]["stats"]["method"] = "sample"
         summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
+        scenes = dict((meta_old or {}).get("domains", {}).get(d, {}).get("scene_stats", {}))
+        scenes.update(_scene_stats(jobs, d))
+        domain_meta[d]["scene_stats"] = scenes
     meta = _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
     meta["chips"] = _count_chips(out)
     summary.totals = meta["chips"]
@@ -544,6 +596,9 @@ def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progres
             for d, (data, valid) in reads.items():
                 if stats is not None and d in stats:
                     stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
+                    scene, step = job.scene_stats[d]
+                    scene.add(*lattice(data[:, :own_h, :own_w], valid[:own_h, :own_w], step,
+                                       row, col))
             if survey:
                 if not job.stats_only:
                     job.survives[wi] = _passes_filters(job, window, reads, run)

@@ -13,6 +13,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.inputs import transformed_read
 from geotranslate.raster.io import open_raster, read_window, source_of
 from geotranslate.raster.sources import parse_source
 from geotranslate.raster.warp import Grid, GridReader, pair_sources
@@ -39,6 +40,7 @@ class _Job:
     windows: list[Window] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "train" | "val" | "buffer"
     survives: list[bool] | None = None  # passes the filters (known after a survey pass)
+    scene_stats: dict = field(default_factory=dict)  # domain -> (StatsAccumulator, step)
 
     @property
     def padded(self) -> bool:
@@ -60,18 +62,24 @@ def _job(ds, grid: Grid, make_readers: ReaderFactory, stack: contextlib.ExitStac
 
 
 def _readers(grid: Grid, resampling: str, direct: dict | None = None,
-             warped: dict | None = None) -> ReaderFactory:
+             warped: dict | None = None, transforms: dict | None = None) -> ReaderFactory:
     """A job's readers: ``direct`` {domain: (dataset, bands)} read on its own pixel grid,
-    ``warped`` {domain: (datasets, bands)} mosaicked and warped onto ``grid``."""
+    ``warped`` {domain: (datasets, bands)} mosaicked and warped onto ``grid``; a domain in
+    ``transforms`` {domain: input transforms (inputs.py)} reads through them."""
 
     def make(stack: contextlib.ExitStack, handle: Callable[[Any], Any]) -> dict[str, Reader]:
         readers = {}
         for d, (ds, bands) in (direct or {}).items():
             readers[d] = _direct_reader(handle(ds), bands, grid)
+            if (transforms or {}).get(d):
+                readers[d] = transformed_read(readers[d], transforms[d], ds.height, ds.width)
         for d, (dss, bands) in (warped or {}).items():
             reader = GridReader([handle(ds) for ds in dss], bands, grid, resampling)
             stack.callback(reader.close)
             readers[d] = reader.read
+            if (transforms or {}).get(d):
+                readers[d] = transformed_read(readers[d], transforms[d], grid.height,
+                                              grid.width)
         return readers
 
     return make
@@ -86,7 +94,8 @@ def _direct_reader(ds, bands: list[int], grid: Grid) -> Reader:
     return read
 
 
-def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -> list[_Job]:
+def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
+               transforms=None) -> list[_Job]:
     jobs = []
     if mode == "paired":
         pairing = pair_sources(datasets["a"], datasets["b"])
@@ -94,7 +103,7 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
             grid = _grid_of(a_ds, tile_size)
             b_dss = [datasets["b"][j] for j in b_indexes]
             readers = _readers(grid, resampling, direct={"a": (a_ds, bands["a"])},
-                               warped={"b": (b_dss, bands["b"])})
+                               warped={"b": (b_dss, bands["b"])}, transforms=transforms)
             sources = {"a": str(a_ds.name), "b": ";".join(str(ds.name) for ds in b_dss)}
             jobs.append(_job(a_ds, grid, readers, stack, sources))
             pairs_new.append(
@@ -107,13 +116,15 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack) -
     for d, dss in datasets.items():
         for ds in dss:
             grid = _grid_of(ds, tile_size)
-            readers = _readers(grid, resampling, direct={d: (ds, bands[d])})
+            readers = _readers(grid, resampling, direct={d: (ds, bands[d])},
+                               transforms=transforms)
             jobs.append(_job(ds, grid, readers, stack, {d: str(ds.name)}))
     return jobs
 
 
 def _stats_only_jobs(
-    meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs
+    meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
+    transforms=None,
 ) -> list[_Job]:
     """Passes over sources of earlier runs, so a domain's statistics cover all its sources."""
     if meta_old is None:
@@ -139,7 +150,8 @@ def _stats_only_jobs(
                 continue
             ds = stack.enter_context(_open_old(path, allow_no_crs))
             grid = _grid_of(ds, tile_size)
-            readers = _readers(grid, resampling, direct={d: (ds, old["bands"])})
+            readers = _readers(grid, resampling, direct={d: (ds, old["bands"])},
+                               transforms=transforms)
             jobs.append(_job(ds, grid, readers, stack, {}, stats_only=True))
     return jobs
 

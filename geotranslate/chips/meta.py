@@ -88,6 +88,12 @@ def _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
                     f"{where}: domain {d} has {key} {old[key]}, this run would write "
                     f"{new[key]} (use another --out)"
                 )
+        for key in ("input_transforms", "composition"):
+            if old.get(key) != new.get(key):
+                raise GeotranslateError(
+                    f"{where}: domain {d} has {key} {old.get(key)}, this run would write "
+                    f"{new.get(key)} (use another --out)"
+                )
 
 
 def _check_stray_chips(out: Path, tile_size: int, domain_meta: dict) -> None:

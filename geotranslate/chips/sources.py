@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from geotranslate.errors import GeotranslateError
@@ -68,7 +69,8 @@ def _domain_meta(datasets, bands: list[int]) -> dict:
         crs = ds.crs.to_string() if ds.crs else None
         if crs not in crss:
             crss.append(crs)
-    return {
+    composition = _composition(datasets, bands)
+    out = {
         "sources": [source_of(ds).record() for ds in datasets],
         "bands": list(bands),
         "band_count": len(bands),
@@ -79,6 +81,50 @@ def _domain_meta(datasets, bands: list[int]) -> dict:
         "crs_all": crss,
         "pixel_size": list(info.pixel_size),
     }
+    if composition:
+        out["composition"] = composition
+    return out
+
+
+def _composition(datasets, bands: list[int]) -> list[dict]:
+    """The parts of a domain fused from several rasters (``fuse:``), which all its rasters
+    must share (the bands of every part, each exported whole)."""
+    parts = [list(source_of(ds).composition) for ds in datasets]
+    if not any(parts):
+        return []
+    first = parts[0]
+    for ds, got in zip(datasets, parts, strict=True):
+        shape = [(p["band_count"], p["dtype"]) for p in got]
+        if shape != [(p["band_count"], p["dtype"]) for p in first]:
+            raise GeotranslateError(
+                f"{ds.name}: fused from other rasters than {datasets[0].name}; a domain's "
+                "rasters must agree (the same kinds of raster, in the same order)"
+            )
+    if list(bands) != list(range(1, sum(p["band_count"] for p in first) + 1)):
+        raise GeotranslateError(
+            f"{datasets[0].name}: --bands cannot select among fused bands; fuse band files "
+            "(stack:) or rasters of the bands wanted"
+        )
+    return [dict(p) for p in first]
+
+
+def fuse_extras(a_paths: list[str], extras: list[list[str]], allow_no_crs: bool) -> list[str]:
+    """``fuse:A+E1+…`` for each A raster: A fused with the raster of each extra list that
+    covers it most (pairing by footprint, as --b)."""
+    from geotranslate.raster.io import open_raster
+    from geotranslate.raster.sources import FUSE_PREFIX, FUSE_SEPARATOR
+    from geotranslate.raster.warp import pair_sources
+
+    fused = [[str(a)] for a in a_paths]
+    for extra in extras:
+        with contextlib.ExitStack() as stack:
+            a_dss = [stack.enter_context(open_raster(p, allow_no_crs=allow_no_crs))
+                     for p in a_paths]
+            e_dss = [stack.enter_context(open_raster(p, allow_no_crs=allow_no_crs))
+                     for p in extra]
+            for names, overlapping in zip(fused, pair_sources(a_dss, e_dss), strict=True):
+                names.append(str(extra[overlapping[0]]))
+    return [FUSE_PREFIX + FUSE_SEPARATOR.join(names) for names in fused]
 
 
 def _check_stems(datasets: dict[str, list]) -> None:

@@ -14,6 +14,7 @@ import torch
 from geotranslate.device import autocast as device_autocast
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
+from geotranslate.inputs import check_composition, input_reader, scene_spec
 from geotranslate.log import logger
 from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model, model_files
@@ -219,6 +220,9 @@ def predict_raster(
             raise GeotranslateError(f"overlap {overlap}: must be >= 0 and < the tile size {tile}")
         check_memory(_working_set(tile, batch_size, source.band_count, target.band_count),
                      f"--tile-size {tile}", "use a smaller --tile-size (or --batch-size)")
+        check_composition(source, in_source, in_path, direction)
+        read = input_reader(source, bands)
+        source = scene_spec(source, ds, bands, read)
         nodata = output_nodata(target.dtype, target.nodata)
         profile = output_profile(ds, region, target, nodata, cog)
     if out_path:
@@ -238,7 +242,7 @@ def predict_raster(
         sample_tile = max(divisor, sample_tile // divisor * divisor)
     generator, norm_label = scene_generator(
         generator, norm_stats,
-        lambda: scene_sample(in_source, bands, source, grid_region, sample_tile),
+        lambda: scene_sample(in_source, bands, source, grid_region, sample_tile, read=read),
         dev, autocast,
     )
     use_channels_last = dev.type == "cuda" if channels_last is None else channels_last
@@ -257,6 +261,10 @@ def predict_raster(
         "GEOTRANSLATE_OVERLAP": str(overlap),
         "GEOTRANSLATE_RECEPTIVE_FIELD": str(field),
     })
+    if source.norm_scope != "dataset" or source.input_transforms:  # inputs.py
+        tags["GEOTRANSLATE_INPUT"] = "; ".join(
+            [f"norm scope {source.norm_scope}"]
+            + [f"{t['kind']} radius {t['radius_px']} px" for t in source.input_transforms])
     key = {"input": str(in_path), "input_identity": input_identity(in_source),
            "weights_sha256": digest, "direction": direction,
            "region": list(region), "grid": list(grid_region), "tile": tile, "overlap": overlap,
@@ -270,7 +278,7 @@ def predict_raster(
                                 out_rows[1])
         try:
             counts = run_pipeline(
-                PipelineInput(in_source, bands, source, grid_region, todo, tile),
+                PipelineInput(in_source, bands, source, grid_region, todo, tile, read),
                 PipelineCompute(generator, dev, autocast, use_channels_last, batch_size),
                 PipelineOutput(tmp_tiff, out, profile, target, nodata, tags, overlap, blend,
                                out_rows[0], checkpoint),

@@ -62,6 +62,8 @@ class PipelineInput:
     region: tuple[int, int, int, int]  # the grid's (row, col, height, width) in the raster
     plan: list[Strip]
     tile: int
+    #: ``read(ds, window)`` through the model's input transforms (inputs.py); None: plain
+    read: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,10 @@ class Reader(threading.Thread):
         cols = _span(c_lo + col0, c_hi + col0, ds.width)
         (r_min, r_max, top, bottom), (c_min, c_max, left, right) = rows, cols
         window = Window(c_min, r_min, c_max - c_min, r_max - r_min)
-        data, valid = read_window(ds, window, self.inp.bands)
+        if self.inp.read is not None:
+            data, valid = self.inp.read(ds, window)
+        else:
+            data, valid = read_window(ds, window, self.inp.bands)
         if top or bottom or left or right:
             data, valid = reflect_pad(data, valid, ((top, bottom), (left, right)))
         r0 = strip.row + row0 - (r_min - top)

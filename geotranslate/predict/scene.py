@@ -52,13 +52,15 @@ def scene_sample(
     *,
     max_tiles: int = SAMPLE_TILES,
     max_pixels: int = SAMPLE_PIXELS,
+    read: Callable | None = None,
 ) -> np.ndarray:
     """(N, C, tile, tile) normalized input tiles spread evenly over ``region`` of the raster
     ``source_raster`` (parsed: a file, a URL, band files or a STAC item, raster/sources.py).
 
     N is at most ``max_tiles`` and N * tile² at most ``max_pixels`` (at least one tile).
     Tiles without any valid pixel are left out (unless no tile has one); a region smaller
-    than a tile is mirrored to its size, as the tiled pass does.
+    than a tile is mirrored to its size, as the tiled pass does. ``read(ds, window)``: the
+    model's input transforms (inputs.py), if any.
     """
     count = max(1, min(max_tiles, max_pixels // (tile * tile)))
     row0, col0, height, width = region
@@ -73,7 +75,11 @@ def scene_sample(
         for r in rows:
             for c in cols:
                 h, w = min(tile, height - r), min(tile, width - c)
-                data, valid = read_window(ds, Window(col0 + c, row0 + r, w, h), bands)
+                window = Window(col0 + c, row0 + r, w, h)
+                if read is not None:
+                    data, valid = read(ds, window)
+                else:
+                    data, valid = read_window(ds, window, bands)
                 if h < tile or w < tile:
                     data, valid = reflect_pad(data, valid, ((0, tile - h), (0, tile - w)))
                 tiles.append(source.normalizer.to_model(data, valid))

@@ -10,7 +10,11 @@ A source is one of
   stacked in that order on the finest file's grid, coarser bands resampled bilinearly, as an
   in-memory VRT (nothing written);
 - a STAC item and asset keys: ``item.json:B04,B03,B02`` (a file or a URL), the same as a
-  ``stack:`` of those assets' hrefs, each band described by its key.
+  ``stack:`` of those assets' hrefs, each band described by its key;
+- rasters of several sensors fused into one domain: ``fuse:s1.tif+s2.tif`` (each part any of
+  the above but ``fuse:``), the bands of every part in that order on the first part's grid,
+  as float32 with NaN as nodata; a part on another grid (resolution, CRS) is warped onto it
+  bilinearly as B is onto A's (raster/warp.py), keeping its own nodata (an in-memory VRT).
 
 :func:`parse_source` turns the string into a :class:`RasterSource`; ``open_raster`` (io.py)
 opens it. Errors are one line, naming the source as the user wrote it.
@@ -30,6 +34,11 @@ from xml.sax.saxutils import escape
 from geotranslate.errors import GeotranslateError, first_line
 
 STACK_PREFIX = "stack:"
+#: ``fuse:s1.tif+s2.tif`` — several rasters (any dtype, nodata, resolution, CRS) as one domain
+FUSE_PREFIX = "fuse:"
+FUSE_SEPARATOR = "+"
+#: resampling of fused rasters onto the first one's grid (as B onto A's by default)
+FUSE_RESAMPLING = "bilinear"
 #: ``item.json:B04,B03`` — a STAC item (file or URL) followed by asset keys
 STAC_PATTERN = re.compile(r"^(?P<item>.+\.json):(?P<keys>[^/:]+)$", re.IGNORECASE)
 #: URL schemes and the GDAL virtual file system that reads them
@@ -54,9 +63,14 @@ class RasterSource:
     files: tuple[str, ...] = ()
     #: the datasets it reads over the network (GDAL names: /vsicurl/…, /vsis3/…)
     remote: tuple[str, ...] = ()
+    #: a ``fuse:`` source: what its bands come from, in order (:func:`composition_entry`)
+    composition: tuple[dict, ...] = ()
+    recorded: str | None = None  # how meta.json records it, when not the name
 
     def record(self) -> str:
         """How meta.json records the source: a local file's absolute path, else the name."""
+        if self.recorded is not None:
+            return self.recorded
         return str(Path(self.name).resolve()) if self.local else self.name
 
 
@@ -71,6 +85,8 @@ def parse_source(source: str | os.PathLike) -> RasterSource:
         if not parts:
             raise GeotranslateError(f"{text}: no band files after {STACK_PREFIX}")
         return _stack(text, [single_source(p) for p in parts], None)
+    if text.startswith(FUSE_PREFIX):
+        return _fuse(text)
     stac = STAC_PATTERN.match(text)
     if stac:
         return _stac_cached(text, stac["item"], tuple(k for k in stac["keys"].split(",") if k))
@@ -288,3 +304,102 @@ def _stac_cached(name: str, item_href: str, keys: tuple[str, ...]) -> RasterSour
     stacked = _stack(name, parts, keys)
     stem = safe_name(item.id) if item.id else stacked.stem
     return RasterSource(name, stacked.gdal_name, stem, local=False, files=files, remote=remote)
+
+# ---- several rasters fused into one domain ---------------------------------------------------
+
+
+def composition_entry(name: str, band_count: int, dtype: str, nodata) -> dict:
+    """One part of a fused source as model.json records it."""
+    nodata = None if nodata is None else float(nodata)
+    return {"source": name, "band_count": int(band_count), "dtype": str(dtype),
+            "nodata": None if nodata is not None and nodata != nodata else nodata}
+
+
+def _fuse(text: str) -> RasterSource:
+    """``fuse:P1+P2+…``: the bands of every part, in order, on P1's grid (a VRT document)."""
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+    from rasterio.vrt import WarpedVRT
+
+    from geotranslate.raster.io import open_dataset, spectral_bands
+    from geotranslate.raster.warp import Grid, grid_offset
+
+    names = [p for p in text[len(FUSE_PREFIX):].split(FUSE_SEPARATOR) if p]
+    if len(names) < 2:
+        raise GeotranslateError(f"{text}: {FUSE_PREFIX} takes two rasters or more, joined by "
+                                f"{FUSE_SEPARATOR} (fuse:s1.tif+s2.tif)")
+    if any(n.startswith(FUSE_PREFIX) for n in names):
+        raise GeotranslateError(f"{text}: a {FUSE_PREFIX} part cannot be a {FUSE_PREFIX} itself")
+    parts = [parse_source(n) for n in names]
+    bands_xml, composition, band = [], [], 0
+    grid = None
+    for part in parts:
+        with open_dataset(part) as ds:
+            if grid is None:
+                t = ds.transform
+                if t.b or t.d:
+                    raise GeotranslateError(f"{part.name}: rotated grid; cannot fuse onto it")
+                if ds.crs is None:
+                    raise GeotranslateError(f"{part.name}: no CRS; {FUSE_PREFIX} needs one to "
+                                            "place the other rasters")
+                grid = Grid(ds.crs, ds.transform, ds.width, ds.height)
+            elif ds.crs is None:
+                raise GeotranslateError(f"{text}: {part.name} has no CRS; cannot place it")
+            own = spectral_bands(ds)
+            descriptions = ds.descriptions
+            composition.append(composition_entry(part.stem, len(own), ds.dtypes[own[0] - 1],
+                                                 ds.nodata))
+            offset = grid_offset(ds, grid)
+            if offset is not None:  # on the grid: read directly
+                source_name = part.gdal_name
+                src_rect = (0, 0, ds.width, ds.height)
+                dst_rect = (offset[1], offset[0], ds.width, ds.height)
+                source_nodata = ds.nodata
+            else:
+                kwargs = dict(crs=grid.crs, transform=grid.transform, width=grid.width,
+                              height=grid.height, resampling=Resampling[FUSE_RESAMPLING],
+                              nodata=float("nan"), dtype="float32")
+                if ds.nodata is not None:
+                    kwargs["src_nodata"] = ds.nodata
+                try:
+                    with WarpedVRT(ds, **kwargs) as vrt:
+                        source_name = next(iter(vrt.tags(ns="xml:VRT").values()))
+                except (RasterioError, StopIteration) as e:
+                    raise GeotranslateError(
+                        f"{text}: cannot warp {part.name} onto {parts[0].name}'s grid "
+                        f"({first_line(e)})") from None
+                src_rect = dst_rect = (0, 0, grid.width, grid.height)
+                source_nodata = float("nan")
+            for b in own:
+                band += 1
+                description = descriptions[b - 1] or f"{part.stem}_{b}"
+                bands_xml.append(_fused_band(band, source_name, b, description, src_rect,
+                                             dst_rect, source_nodata))
+    gdal_transform = ", ".join(repr(float(v)) for v in grid.transform.to_gdal())
+    xml = (
+        f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">'
+        f"<SRS>{escape(grid.crs.to_wkt())}</SRS>"
+        f"<GeoTransform>{gdal_transform}</GeoTransform>{''.join(bands_xml)}</VRTDataset>"
+    )
+    recorded = FUSE_PREFIX + FUSE_SEPARATOR.join(p.record() for p in parts)
+    files = tuple(dict.fromkeys(f for part in parts for f in part.files))
+    remote = tuple(dict.fromkeys(r for part in parts for r in part.remote))
+    return RasterSource(text, xml, parts[0].stem, local=False, files=files, remote=remote,
+                        composition=tuple(composition), recorded=recorded)
+
+
+def _fused_band(index, gdal_name, source_band, description, src_rect, dst_rect,
+                source_nodata) -> str:
+    sx, sy, sw, sh = src_rect
+    dx, dy, dw, dh = dst_rect
+    nodata_xml = "" if source_nodata is None else f"<NODATA>{float(source_nodata)!r}</NODATA>"
+    return (
+        f'<VRTRasterBand dataType="Float32" band="{index}">'
+        f"<Description>{escape(description)}</Description><NoDataValue>nan</NoDataValue>"
+        f"<ComplexSource>"
+        f'<SourceFilename relativeToVRT="0">{escape(gdal_name)}</SourceFilename>'
+        f"<SourceBand>{source_band}</SourceBand>"
+        f'<SrcRect xOff="{sx}" yOff="{sy}" xSize="{sw}" ySize="{sh}"/>'
+        f'<DstRect xOff="{dx}" yOff="{dy}" xSize="{dw}" ySize="{dh}"/>'
+        f"{nodata_xml}</ComplexSource></VRTRasterBand>"
+    )

@@ -18,6 +18,7 @@ from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT, LEGACY_AUGMENT
 from geotranslate.choices import DEFAULT_UPSAMPLE, LEGACY_UPSAMPLE, NORM_KINDS, UPSAMPLE_KINDS
 from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
+from geotranslate.inputs import NORM_SCOPES
 from geotranslate.methods import METHODS
 
 CONFIG_NAME = "config.json"
@@ -80,6 +81,7 @@ class TrainConfig:
     crop_size: int | None = None
     augment: str = DEFAULT_AUGMENT  # none | hflip | vflip | rot180 | d4 (geotranslate/augment.py)
     norm_method: str = "robust"  # see stats.robust_range
+    norm_scope: str = "dataset"  # or "scene": each scene by its own statistics (inputs.py)
     cache: bool | None = None  # None: cache normalized chips in memory when they fit in 2 GB
     workers: int | None = None  # None: 0 when cached, else min(4, cpus)
     # running
@@ -113,6 +115,7 @@ class TrainConfig:
             ("discriminator norm", self.d_norm, NETWORK_NORMS),
             ("upsample", self.upsample, UPSAMPLE_KINDS),
             ("normalization", self.norm_method, NORM_METHODS),
+            ("norm scope", self.norm_scope, NORM_SCOPES),
         ]
         if self.gan_mode is not None:
             checks.append(("GAN mode", self.gan_mode, GAN_MODES))

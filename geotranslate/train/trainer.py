@@ -538,7 +538,10 @@ def _model_domains(meta: dict, dataset: ChipDataset) -> dict[str, DomainSpec]:
         count = int(dom["band_count"])
         out[d] = DomainSpec(count, str(dom["dtype"]),
                             list(dom.get("band_descriptions") or [None] * count),
-                            dom.get("nodata"), dataset.norm[d])
+                            dom.get("nodata"), dataset.norm[d],
+                            norm_scope=dataset.norm_scope, reference=dataset.reference.get(d),
+                            input_transforms=list(dom.get("input_transforms") or []),
+                            composition=list(dom.get("composition") or []))
     return out
 
 
@@ -613,12 +616,14 @@ class _Run:
         paired = METHODS[config.dataset_type].paired
         self.train_set = train_set = ChipDataset(
             config.data_dir, "train", paired=paired, norm_method=config.norm_method,
+            norm_scope=config.norm_scope,
             crop_size=config.crop_size, augment=config.augment, cache=config.cache,
             seed=config.seed, meta=meta)
         self.val_set = None
         if paired and has_split(config.data_dir, "val"):
             self.val_set = ChipDataset(config.data_dir, "val", paired=True,
                                        norm_method=config.norm_method,
+                                       norm_scope=config.norm_scope,
                                        crop_size=config.crop_size, augment=False,
                                        random_crop=False, cache=config.cache,
                                        seed=config.seed, meta=meta)
