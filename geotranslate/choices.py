@@ -21,9 +21,10 @@ UPSAMPLE_KINDS: tuple[str, ...] = ("resize", "transpose")
 DEFAULT_UPSAMPLE = "resize"
 LEGACY_UPSAMPLE = "transpose"
 
-#: what every method trains its generators with unless told otherwise (docs/benchmarks.md,
-#: "Generator normalization")
-DEFAULT_NET_NORM = "layer"
+#: what every method trains its generators with unless told otherwise: instance norm, with a
+#: scene pass at prediction (predict/scene.py); it beat the per-pixel layer norm, batch norm and
+#: none on every real task measured (docs/benchmarks.md, "Generator normalization")
+DEFAULT_NET_NORM = "instance"
 #: paired methods: iterations with the adversarial term off, then iterations of its ramp
 DEFAULT_GAN_WARMUP = 0
 DEFAULT_GAN_RAMP = 0

@@ -16,7 +16,7 @@ from geotranslate.models.receptive import receptive_field
 from geotranslate.predict import predict_raster
 from geotranslate.stats import BandStats, Normalizer
 
-TOLERANCE = 1.0  # mean |tile 128 - tile 256| in grey levels of the 8-bit output
+TOLERANCE = 0.5  # mean |tile 128 - tile 256| in grey levels of the 8-bit output (the target)
 
 
 def _normalizer(bands: int, low: float, high: float) -> Normalizer:
@@ -88,14 +88,14 @@ def test_translation_does_not_depend_on_tile_size(tmp_path, scene, arch, norm):
         assert _tile_dependence(tmp_path, scene, run, norm_stats="tile") < 0.1
     if norm == "instance":
         # per-tile statistics (the old behaviour) give every tile its own tone
-        assert _tile_dependence(tmp_path, scene, run, norm_stats="tile") > 5 * TOLERANCE
+        assert _tile_dependence(tmp_path, scene, run, norm_stats="tile") > 5.0
 
 
 @pytest.mark.parametrize("direction", ["a2b", "b2a"])
 def test_cyclegan_both_directions_do_not_depend_on_tile_size(tmp_path, scene, direction):
     run = make_model(tmp_path, "resnet", "instance", "CycleGAN")
     assert _tile_dependence(tmp_path, scene, run, direction) <= TOLERANCE
-    assert _tile_dependence(tmp_path, scene, run, direction, norm_stats="tile") > 5 * TOLERANCE
+    assert _tile_dependence(tmp_path, scene, run, direction, norm_stats="tile") > 5.0
 
 
 @pytest.mark.parametrize(
