@@ -27,6 +27,7 @@ from geotranslate.models import (
     build_generator,
     default_unet_depth,
     generator_spec,
+    keep_channels_last,
     unwrap,
 )
 
@@ -113,6 +114,8 @@ class Method:
                               else default_channels_last(self.device, self.precision))
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in self.nets.values():
+            if self.channels_last:  # norms and paddings that stay channels_last (no copies)
+                keep_channels_last(net)
             net.to(self.device, memory_format=memory_format)
             net.train()
         betas = (config.beta1, config.beta2)
