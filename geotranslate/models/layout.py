@@ -68,13 +68,18 @@ class ChannelsLastReflectionPad2d(nn.ReflectionPad2d):
         return _ReflectionPad.apply(x, tuple(self.padding))
 
 
-def keep_channels_last(net: nn.Module) -> int:
+def keep_channels_last(net: nn.Module) -> nn.Module:
     """Swap ``net``'s instance norms (without running statistics) and reflection paddings for
-    the channels_last-keeping layers above, in place; returns how many were swapped.
+    the channels_last-keeping layers above, in place; returns ``net``.
 
     The state dict does not change (neither layer has parameters or buffers of its own beyond
     the affine ones, which are moved over).
     """
+    _swap(net)
+    return net
+
+
+def _swap(net: nn.Module) -> int:
     swapped = 0
     for name, child in net.named_children():
         if type(child) is nn.InstanceNorm2d and not child.track_running_stats:
@@ -88,5 +93,5 @@ def keep_channels_last(net: nn.Module) -> int:
             setattr(net, name, ChannelsLastReflectionPad2d(child.padding))
             swapped += 1
         else:
-            swapped += keep_channels_last(child)
+            swapped += _swap(child)
     return swapped

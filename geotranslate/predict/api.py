@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -223,19 +224,20 @@ def predict_raster(
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
 
     generator = generator.to(dev).eval()
+    use_channels_last = (default_channels_last(dev, precision) if channels_last is None
+                         else channels_last)
+    if use_channels_last:  # with norms and paddings that keep the layout (models/layout.py)
+        generator = keep_channels_last(copy.deepcopy(generator))
+        generator = generator.to(memory_format=torch.channels_last)
     sample_tile = int(model.chip_size)
     if sample_tile % divisor:
         sample_tile = max(divisor, sample_tile // divisor * divisor)
+    # the calibration pass runs in the tiles' precision and layout
     generator, norm_label = scene_generator(
         generator, norm_stats,
         lambda: scene_sample(in_path, bands, source, grid_region, sample_tile),
-        dev, autocast,
+        dev, autocast, channels_last=use_channels_last,
     )
-    use_channels_last = (default_channels_last(dev, precision) if channels_last is None
-                         else channels_last)
-    if use_channels_last:  # with paddings that stay channels_last and in the compute dtype
-        keep_channels_last(generator)
-        generator = generator.to(memory_format=torch.channels_last)
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
     plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows,
                        align=divisor)
