@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import socket
 from pathlib import Path
@@ -474,3 +475,6 @@ def test_channels_last_layers_compute_what_they_replace() -> None:
     assert torch.allclose(y, torch.nn.functional.instance_norm(x), atol=1e-10)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the pad stays in the input's dtype
         assert pad(x.bfloat16()).dtype == torch.bfloat16
+    probe = copy.deepcopy(swapped).to("meta")  # the trainer's dry run on the meta device
+    x = torch.empty(2, 3, 20, 24, device="meta", dtype=torch.float64)
+    assert probe(x).shape == (2, 2, 20, 24)

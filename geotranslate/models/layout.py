@@ -40,6 +40,8 @@ class _ReflectionPad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
         ctx.padding = padding
+        if x.device.type not in ("cpu", "cuda"):  # e.g. meta (shapes only): no autocast there
+            return F.pad(x, padding, mode="reflect")
         with torch.autocast(x.device.type, enabled=False):
             return F.pad(x, padding, mode="reflect")
 
