@@ -85,3 +85,14 @@ def test_bad_compress_is_refused_in_one_line(tmp_path, make_raster, compress):
         predict_raster(src, run, tmp_path / "out.tif", compress=compress, **OPTS)
     with pytest.raises(GeotranslateError, match="threads"):
         predict_raster(src, run, tmp_path / "out.tif", compress_threads="many", **OPTS)
+
+
+def test_cog_takes_the_compress_choice(tmp_path, make_raster):
+    run = make_model(tmp_path)
+    src = make_raster("in.tif", _smooth_field(2, 300, 280))
+    predict_raster(src, run, tmp_path / "out.tif", cog=True, compress="deflate:4", **OPTS)
+    predict_raster(src, run, tmp_path / "plain.tif", compress="none", **OPTS)
+    with rasterio.open(tmp_path / "out.tif") as a, rasterio.open(tmp_path / "plain.tif") as b:
+        assert a.compression.name == "deflate" and a.overviews(1)
+        assert a.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert np.array_equal(a.read(), b.read())

@@ -122,6 +122,10 @@ def child(args: argparse.Namespace) -> None:
     from geotranslate.predict import predict_raster
 
     torch.set_num_threads(args.threads)
+    if args.checkpoints == ["off"]:  # what the writes cost without resume's close and reopen
+        from geotranslate.predict.resume import Checkpoint
+
+        Checkpoint.due = lambda self, row, height, width: False
     model = load_model(args.model)
     if args.ceiling:
         model.generators["a2b"] = FreeGenerator(BANDS)
@@ -143,6 +147,7 @@ def child(args: argparse.Namespace) -> None:
                                 args.compress)
         print(json.dumps({
             "size": summary.width, "precision": summary.precision,
+            "checkpoints": args.checkpoints[0], "compress": args.compress,
             "tiles": summary.tiles - summary.tiles_skipped,
             "seconds": round(summary.seconds, 2),
             "mpx_per_s": round(summary.megapixels_per_second, 2),
@@ -210,6 +215,10 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["auto"],
                         help="auto (the default's choice), fp32, bf16")
     parser.add_argument("--compress", default="zstd", help="the output's --compress")
+    parser.add_argument("--checkpoints", nargs="+", default=["on"], choices=["on", "off"],
+                        metavar="on|off",
+                        help="off: no resume checkpoint closes and reopens the output "
+                        "(measures what they cost; a killed run could not be resumed)")
     parser.add_argument("--arch", choices=sorted(ARCHS), default="unet-small",
                         help="the generator (resnet9: the default CycleGAN network)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -238,11 +247,13 @@ def main() -> None:
             t0 = time.perf_counter()
             write_test_raster(raster, size)
             print(f"# generated {size}x{size} in {time.perf_counter() - t0:.1f} s", flush=True)
-            for precision in args.precisions:
+            for precision, checkpoints in [(p, c) for p in args.precisions
+                                           for c in args.checkpoints]:
                 cmd = [sys.executable, __file__, "--child", "--raster", str(raster),
                        "--model", str(work / "run"), "--out", str(work / f"out_{size}.tif"),
                        "--precision", precision, "--batch-size", str(args.batch_size),
                        "--threads", str(args.threads), "--compress", args.compress,
+                       "--checkpoints", checkpoints,
                        "--sample-batches", str(args.sample_batches)]
                 if args.ceiling:
                     cmd.append("--ceiling")
@@ -251,13 +262,14 @@ def main() -> None:
                 print(json.dumps(result), flush=True)
             raster.unlink()
         if args.ceiling:
-            print("\n| size | compress | time (s) | Mpx/s | CPU (s, all threads) "
+            print("\n| size | compress | checkpoints | time (s) | Mpx/s | CPU (s, all threads) "
                   "| stages: read / normalize / blend / cast / write (CPU s) "
                   "| limits: read / normalize / write (CPU s) | vs limit | peak RSS (MB) |")
-            print("|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             for r in results:
                 st, lim = r["stages"], r["limits"]
-                print(f"| {r['size']}² | {args.compress} | {r['seconds']} | {r['mpx_per_s']} "
+                print(f"| {r['size']}² | {args.compress} | {r['checkpoints']} | {r['seconds']} "
+                      f"| {r['mpx_per_s']} "
                       f"| {r['cpu_s']} | {st['read']} / {st['normalize']} / {st['blend']} / "
                       f"{st['cast']} / {st['write']} | {lim['read']} / {lim['normalize']} / "
                       f"{lim['write']} | {r['vs_limit']} | {r['peak_rss_mb']} |")

@@ -82,7 +82,7 @@ def georeference(ds, region: tuple[int, int, int, int]) -> dict:
 
 #: ``--compress`` codecs; zstd and deflate take a level as ``zstd:9``, ``deflate:6``
 COMPRESS_CODECS = ("zstd", "deflate", "lzw", "none")
-#: zstd at level 3 (1 for the intermediate file of a COG, 9 in the COG itself)
+#: zstd at level 3 (9 in a COG)
 DEFAULT_COMPRESS = "zstd"
 _LEVELS = {"zstd": (1, 22), "deflate": (1, 12)}
 
@@ -115,15 +115,19 @@ def parse_threads(threads: int | str | None) -> str | None:
 def compression_options(compress: str, floating: bool, cog: bool,
                         threads: int | str | None = None) -> dict:
     """GTiff creation options of ``compress`` (:func:`parse_compress`) for the written file:
-    the codec, its level, a predictor (3 for floats, 2 for integers) and NUM_THREADS."""
+    the codec, its level, a predictor (3 for floats, 2 for integers) and NUM_THREADS.
+
+    The file a COG is re-encoded from is written with LZW: resume checkpoints reopen it in
+    update mode, where GDAL keeps the codec but not its level (zstd falls back to level 9,
+    which costs 6x level 1); LZW has no level to lose (2.6x zstd level 1's CPU, for all of
+    the file instead of a part; measured in docs/benchmarks.md)."""
     codec, level = parse_compress(compress)
     options: dict = {}
     if codec != "none":
-        options = {"compress": codec, "predictor": 3 if floating else 2}
-    if codec == "zstd":
-        # a COG is re-encoded at the end: keep the intermediate cheap to write
-        options["zstd_level"] = level or (1 if cog else 3)
-    elif codec == "deflate" and level:
+        options = {"compress": "lzw" if cog else codec, "predictor": 3 if floating else 2}
+    if codec == "zstd" and not cog:
+        options["zstd_level"] = level or 3
+    elif codec == "deflate" and level and not cog:
         options["zlevel"] = level
     if (num_threads := parse_threads(threads)) is not None and codec != "none":
         options["num_threads"] = num_threads
