@@ -34,16 +34,21 @@ class ChannelsLastInstanceNorm2d(nn.InstanceNorm2d):
 
 
 class _ReflectionPad(torch.autograd.Function):
-    """Reflection padding in the input's dtype (autocast would make it float32) with a
-    backward that folds the borders back without leaving the gradient's layout."""
+    """Reflection padding in the input's dtype (autocast would make it float32) and layout,
+    with a backward that folds the borders back without leaving the gradient's layout."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
         ctx.padding = padding
-        if x.device.type not in ("cpu", "cuda"):  # e.g. meta (shapes only): no autocast there
-            return F.pad(x, padding, mode="reflect")
-        with torch.autocast(x.device.type, enabled=False):
-            return F.pad(x, padding, mode="reflect")
+        left, right, top, bottom = padding
+        if x.ndim != 4 or max(top, bottom) >= x.shape[-2] or max(left, right) >= x.shape[-1]:
+            return F.pad(x, padding, mode="reflect")  # (F.pad explains what does not fit)
+        # mirrored borders joined by torch.cat (no autocast cast, the input's layout): half
+        # the CPU time of F.pad's reflect kernel on a channels_last bf16 tensor
+        rows = [x[..., 1:top + 1, :].flip(-2), x, x[..., -bottom - 1:-1, :].flip(-2)]
+        x = torch.cat([r for r in rows if r.shape[-2]], dim=-2)
+        columns = [x[..., 1:left + 1].flip(-1), x, x[..., -right - 1:-1].flip(-1)]
+        return torch.cat([c for c in columns if c.shape[-1]], dim=-1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
