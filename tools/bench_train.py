@@ -247,7 +247,7 @@ def run_one(spec: dict) -> dict:
         config = TrainConfig(dataset_type, data_dir=str(chips), out=str(tmp / "run"), epochs=1,
                              epochs_decay=0, batch_size=spec["batch"], max_steps=steps,
                              precision=precision, channels_last=channels_last,
-                             compile="compile" in variant,
+                             compile="compile" in variant, unet_depth=spec.get("unet_depth"),
                              device=spec["device"], preview=False, progress=True, workers=0,
                              cache=True, seed=0)
         starts: list[float] = []
@@ -354,6 +354,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--bands", default="2,3", help="bands of A and B (CUT's identity NCE "
                         "needs equal counts, e.g. 3,3)")
+    parser.add_argument("--unet-depth", type=int, default=None,
+                        help="Pix2Pix's U-Net depth (default: ours at the size; 8 is the "
+                        "reference's unet_256)")
     parser.add_argument("--iters", type=int, default=2, help="timed iterations per run")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -405,7 +408,8 @@ def main() -> None:
             base = {"model": model, "batch": batch, "size": args.size, "iters": args.iters,
                     "warmup": args.warmup, "device": args.device, "threads": args.threads,
                     "bands_a": int(args.bands.split(",")[0]),
-                    "bands_b": int(args.bands.split(",")[1]), "profile": args.profile}
+                    "bands_b": int(args.bands.split(",")[1]), "profile": args.profile,
+                    "unet_depth": args.unet_depth}
             ref_cpu = None
             if args.reference and model in ("cyclegan", "pix2pix"):
                 ref = run({**base, "precision": "fp32", "mode": "reference",
