@@ -112,11 +112,7 @@ class Method:
         self.nets: dict[str, nn.Module] = self.build_networks()
         self.channels_last = (config.channels_last if config.channels_last is not None
                               else default_channels_last(self.device, self.precision))
-        # channels_last activations (inputs in that layout, layers that keep it); on a CPU the
-        # weights stay in the default layout: the convolutions take them as they are, and the
-        # fused Adam step would copy channels_last ones (U-Net 8: 0.61 -> 0.55 CPU-s a step)
-        weights_cl = self.channels_last and self.device.type != "cpu"
-        memory_format = torch.channels_last if weights_cl else torch.preserve_format
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in self.nets.values():
             if self.channels_last:  # norms and paddings that stay channels_last (no copies)
                 keep_channels_last(net)
