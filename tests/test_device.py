@@ -48,10 +48,11 @@ def test_channels_last_follows_device_and_precision():
 
 def test_precision_rules(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"  # prediction: fp32 on any CPU
     for native in (True, False):
         monkeypatch.setattr("geotranslate.device.cpu_has_native_bf16", lambda native=native: native)
-        assert resolve_precision("auto", cpu, training=True) == ("bf16" if native else "fp32")
+        for training in (True, False):  # training and prediction alike
+            assert resolve_precision("auto", cpu, training=training) == ("bf16" if native
+                                                                         else "fp32")
         assert resolve_precision("fp32", cpu, training=True) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(GeotranslateError, match="fp16"):

@@ -287,6 +287,26 @@ def test_bf16_steps_on_cpu():
         assert all(torch.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.parametrize("name", ["CycleGAN", "Pix2Pix"])
+def test_bf16_training_on_cpu_follows_fp32_losses(name):
+    """The default bf16 path (channels_last, layout-keeping norms and paddings) gives the
+    fp32 losses within bf16's precision over a few steps, from the same initial weights."""
+    batch = make_batch(3, 3, n=1, size=32, paired=name == "Pix2Pix")
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = config(name, ngf=8, unet_depth=3, pool_size=0, seed=1)
+        method = build_method(name, cfg, {"a": 3, "b": 3}, 32, precision=precision,
+                              log=lambda m: None)
+        assert method.channels_last == (precision == "bf16")
+        if precision == "bf16":  # no layer left that drops channels_last
+            kinds = {type(m).__name__ for net in method.nets.values() for m in net.modules()}
+            assert "InstanceNorm2d" not in kinds and "ReflectionPad2d" not in kinds
+        runs[precision] = [method.step(batch) for _ in range(3)]
+    for fp32, bf16 in zip(runs["fp32"], runs["bf16"], strict=True):
+        for key, value in fp32.items():
+            assert float(bf16[key]) == pytest.approx(float(value), rel=0.05, abs=0.02), key
+
+
 # -- the perceptual loss needs a weights file -----------------------------------------------
 
 def test_vgg_loss_loads_user_weights_and_fails_clearly_without(tmp_path):

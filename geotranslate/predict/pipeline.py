@@ -11,6 +11,7 @@ writing overlap the compute. The reader and the writer each open their own raste
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import sys
@@ -32,7 +33,7 @@ from geotranslate.log import show_progress
 from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import OUT_BLOCK, Strip
-from geotranslate.predict.output import apply_nodata
+from geotranslate.predict.output import apply_nodata, update_options
 from geotranslate.predict.queues import Stop, get, put
 from geotranslate.predict.resume import Checkpoint
 from geotranslate.raster.io import (
@@ -50,6 +51,25 @@ READ_AHEAD = 3
 WRITE_BEHIND = 4
 #: niceness of the reader, blending and writer threads (the compute thread keeps 0).
 IO_NICENESS = 5
+#: the pipeline's stages, whose CPU seconds a run reports (logged at INFO, in the summary)
+STAGES = ("read", "normalize", "forward", "blend", "cast", "write")
+
+log = logging.getLogger(__name__)
+
+
+class StageClock:
+    """CPU seconds of each stage, each measured on its own thread (``time.thread_time``)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.thread_time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.thread_time() - start
 
 
 @dataclass(frozen=True)
@@ -96,10 +116,11 @@ class PipelineOutput:
 class Reader(threading.Thread):
     """Reads, mirrors and normalizes the strip of each tile row, in plan order."""
 
-    def __init__(self, inp: PipelineInput, out_q: queue.Queue, stop: threading.Event):
+    def __init__(self, inp: PipelineInput, out_q: queue.Queue, stop: threading.Event,
+                 clock: StageClock):
         super().__init__(daemon=True, name="geotranslate-reader")
         self.inp, self.tile = inp, inp.tile
-        self.out_q, self.stop = out_q, stop
+        self.out_q, self.stop, self.clock = out_q, stop, clock
 
     def run(self) -> None:
         _lower_priority()
@@ -125,17 +146,20 @@ class Reader(threading.Thread):
         cols = _span(c_lo + col0, c_hi + col0, ds.width)
         (r_min, r_max, top, bottom), (c_min, c_max, left, right) = rows, cols
         window = Window(c_min, r_min, c_max - c_min, r_max - r_min)
-        if self.inp.read is not None:
-            data, valid = self.inp.read(ds, window)
-        else:
-            data, valid = read_window(ds, window, self.inp.bands)
-        if top or bottom or left or right:
-            data, valid = reflect_pad(data, valid, ((top, bottom), (left, right)))
-        r0 = strip.row + row0 - (r_min - top)
-        c0 = c_lo + col0 - (c_min - left)
-        data = data[:, r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
-        valid = valid[r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
-        return self.inp.source.normalizer.to_model(data, valid), np.ascontiguousarray(valid), c_lo
+        with self.clock("read"):
+            if self.inp.read is not None:
+                data, valid = self.inp.read(ds, window)
+            else:
+                data, valid = read_window(ds, window, self.inp.bands)
+        with self.clock("normalize"):
+            if top or bottom or left or right:
+                data, valid = reflect_pad(data, valid, ((top, bottom), (left, right)))
+            r0 = strip.row + row0 - (r_min - top)
+            c0 = c_lo + col0 - (c_min - left)
+            data = data[:, r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
+            valid = valid[r0 : r0 + self.tile, c0 : c0 + c_hi - c_lo]
+            x = self.inp.source.normalizer.to_model(data, valid)
+            return x, np.ascontiguousarray(valid), c_lo
 
 
 def _span(start: int, stop: int, length: int) -> tuple[int, int, int, int]:
@@ -157,10 +181,11 @@ def _span(start: int, stop: int, length: int) -> tuple[int, int, int, int]:
 class Writer(threading.Thread):
     """Finishes accumulated rows (weighted mean, de-normalize, cast, nodata) and writes them."""
 
-    def __init__(self, out: PipelineOutput, in_q: queue.Queue, stop: threading.Event):
+    def __init__(self, out: PipelineOutput, in_q: queue.Queue, stop: threading.Event,
+                 clock: StageClock):
         super().__init__(daemon=True, name="geotranslate-writer")
         self.out = out
-        self.in_q, self.stop = in_q, stop
+        self.in_q, self.stop, self.clock = in_q, stop, clock
         self.error: BaseException | None = None
         self._pending: list | None = None  # (chunk column, block row, its rows, rows filled)
 
@@ -176,13 +201,16 @@ class Writer(threading.Thread):
                 try:
                     while (item := get(self.in_q, self.stop)) is not None:
                         window, acc, weight, valid = item
-                        values = self._finish(acc, weight, valid)
-                        if checkpoint is None:
-                            dst.write(values, window=window)
-                        else:
-                            dst = self._write_checkpointed(dst, values, window, checkpoint)
+                        with self.clock("cast"):
+                            values = self._finish(acc, weight, valid)
+                        with self.clock("write"):
+                            if checkpoint is None:
+                                dst.write(values, window=window)
+                            else:
+                                dst = self._write_checkpointed(dst, values, window, checkpoint)
                 finally:
-                    dst.close()
+                    with self.clock("write"):
+                        dst.close()
         except Stop:
             return
         except (RasterioError, OSError) as e:  # OSError: syncing a checkpoint
@@ -193,8 +221,8 @@ class Writer(threading.Thread):
             self.stop.set()
 
     def _open(self, mode: str):
-        if mode == "r+":
-            return rasterio.open(self.out.path, "r+")
+        if mode == "r+":  # GDAL keeps the codec and predictor, not the codec's level
+            return rasterio.open(self.out.path, "r+", **update_options(self.out.profile))
         dst = rasterio.open(self.out.path, "w", **self.out.profile)
         for i, d in enumerate(self.out.target.band_descriptions):
             if d:
@@ -275,17 +303,21 @@ def _tiles(
 class BlendThread(threading.Thread):
     """Adds each batch's outputs into the accumulator off the compute thread."""
 
-    def __init__(self, blender: Blender, in_q: queue.Queue, writer_q: queue.Queue, stop):
+    def __init__(self, blender: Blender, in_q: queue.Queue, writer_q: queue.Queue, stop,
+                 clock: StageClock):
         super().__init__(daemon=True, name="geotranslate-blender")
         self.blender, self.in_q, self.writer_q, self.stop = blender, in_q, writer_q, stop
+        self.clock = clock
         self.error: BaseException | None = None
 
     def run(self) -> None:
         _lower_priority()
         try:
             while (item := get(self.in_q, self.stop)) is not None:
-                self.blender.consume(*item)
-            self.blender.close()
+                with self.clock("blend"):
+                    self.blender.consume(*item)
+            with self.clock("blend"):
+                self.blender.close()
             put(self.writer_q, None, self.stop)
         except Stop:
             return
@@ -295,13 +327,15 @@ class BlendThread(threading.Thread):
 
 
 def run_pipeline(
-    inp: PipelineInput, compute: PipelineCompute, out: PipelineOutput, progress: bool | None
+    inp: PipelineInput, compute: PipelineCompute, out: PipelineOutput, progress: bool | None,
+    stage_seconds: dict[str, float] | None = None,
 ) -> tuple[int, int, float, float]:
     """Reader thread -> batched generator (this thread) -> blending thread -> writer thread.
 
     Returns (tiles, tiles skipped because they hold no valid pixel, seconds the compute
     thread waited for input, seconds it waited to hand outputs on): the two waits say whether
-    reading or writing held the generator back.
+    reading or writing held the generator back. ``stage_seconds`` (a dict) receives the CPU
+    seconds of each of :data:`STAGES`, also logged at INFO.
     """
     from tqdm import tqdm
 
@@ -312,10 +346,11 @@ def run_pipeline(
     tile, batch_size = inp.tile, compute.batch_size
     weights = blend_weights(tile, out.overlap, out.blend)
     blender = Blender(out.out_row0, tile, out.target.band_count, weights, writer_q, stop)
+    clock = StageClock()
     threads = [
-        Reader(inp, reader_q, stop),
-        BlendThread(blender, blend_q, writer_q, stop),
-        Writer(out, writer_q, stop),
+        Reader(inp, reader_q, stop, clock),
+        BlendThread(blender, blend_q, writer_q, stop, clock),
+        Writer(out, writer_q, stop, clock),
     ]
     total = sum(len(s.tile_cols) for s in inp.plan)
     # by default no bar when stderr is not a terminal (logs, CI): geotranslate/log.py
@@ -341,14 +376,16 @@ def run_pipeline(
                 pending.append(("tile", strip, c, len(batch)))
                 batch.append(x)
             if len(batch) == batch_size:
-                outputs = _forward(compute, batch)
+                with clock("forward"):
+                    outputs = _forward(compute, batch)
                 started = time.perf_counter()
                 put(blend_q, (pending, outputs), stop)
                 output_wait += time.perf_counter() - started
                 computed += len(batch)
                 bar.update(len(batch))
                 batch, pending = [], []
-        outputs = _forward(compute, batch) if batch else None
+        with clock("forward"):
+            outputs = _forward(compute, batch) if batch else None
         put(blend_q, (pending, outputs), stop)
         put(blend_q, None, stop)
         computed += len(batch)
@@ -367,6 +404,9 @@ def run_pipeline(
         bar.close()
         for thread in threads:
             thread.join(timeout=30)
+    if stage_seconds is not None:
+        stage_seconds.update(clock.seconds)
+    log.info("stage CPU seconds: %s", ", ".join(f"{k} {v:.2f}" for k, v in clock.seconds.items()))
     return computed + skipped, skipped, input_wait[0], output_wait
 
 

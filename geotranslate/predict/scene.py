@@ -95,11 +95,17 @@ def scene_generator(
     sample: Callable[[], np.ndarray],
     device: torch.device,
     autocast,
+    *,
+    channels_last: bool = False,
 ) -> tuple[torch.nn.Module, str]:
     """(the generator to run tiles through, what its normalization layers do: the tag).
 
     ``mode`` ``"scene"`` calibrates instance norms on ``sample()`` (called only when the
     generator has instance norms); ``"tile"`` keeps per-tile statistics (the old behaviour).
+    The sample is one batch, in ``autocast``'s precision and (``channels_last``) the tiles'
+    layout: each layer's statistics need every earlier layer's scene statistics, which only
+    the whole sample gives, so it cannot be split into the tiles' smaller batches without
+    changing them; its size is bounded by :data:`SAMPLE_PIXELS`.
     """
     if mode not in NORM_STATS_MODES:
         raise GeotranslateError(f"norm stats {mode!r}: choose from {', '.join(NORM_STATS_MODES)}")
@@ -108,6 +114,8 @@ def scene_generator(
         return generator, norm_stats_label(kinds, mode, 0, 0)
     tiles = sample()
     x = torch.from_numpy(tiles).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with autocast():
         frozen, _ = scene_normalized(generator, x)
     return frozen, norm_stats_label(kinds, mode, len(tiles), tiles.shape[-1])
