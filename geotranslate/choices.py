@@ -17,7 +17,7 @@ NORM_KINDS: tuple[str, ...] = ("layer", "instance", "batch", "none")
 #: convolution, which has no checkerboard (Odena, Dumoulin and Olah 2016); ``transpose``: a
 #: stride-2 transposed convolution, whose uneven kernel overlap paints a pattern at the
 #: stride (the papers' networks, and every model file written before ``upsample`` existed)
-UPSAMPLE_KINDS: tuple[str, ...] = ("resize", "transpose")
+UPSAMPLE_KINDS: tuple[str, ...] = ("resize", "bilinear", "transpose")
 DEFAULT_UPSAMPLE = "resize"
 LEGACY_UPSAMPLE = "transpose"
 

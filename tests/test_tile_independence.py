@@ -171,7 +171,10 @@ def _empirical_receptive_field(net: torch.nn.Module, stride: int) -> int:
      ("resnet", {"ngf": 4, "n_blocks": 1, "norm": "none", "upsample": "transpose"}, True),
      ("unet", {"ngf": 4, "num_downs": 3, "norm": "none", "dropout": False}, False),
      ("unet", {"ngf": 4, "num_downs": 3, "norm": "none", "dropout": False,
-               "upsample": "transpose"}, False)],
+               "upsample": "transpose"}, False),
+     ("unet", {"ngf": 4, "num_downs": 3, "norm": "none", "dropout": False,
+               "upsample": "bilinear"}, False),
+     ("resnet", {"ngf": 4, "n_blocks": 1, "norm": "none", "upsample": "bilinear"}, False)],
 )
 def test_receptive_field_matches_impulse_response(arch, kwargs, exact):
     net = build_generator(arch, 2, 1, **kwargs)

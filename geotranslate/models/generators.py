@@ -42,7 +42,8 @@ def upsample_conv(in_channels: int, out_channels: int, upsample: str, *, bias: b
                                       output_padding=1, bias=bias)
         return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=bias)
     pad_layers, conv_pad = _padding_layer(padding, 1)
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *pad_layers,
+    mode = "bilinear" if upsample == "bilinear" else "nearest"
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), *pad_layers,
                          nn.Conv2d(in_channels, out_channels, 3, padding=conv_pad, bias=bias))
 
 

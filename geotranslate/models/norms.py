@@ -97,13 +97,10 @@ class SceneNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
-            # each tile's pixels as the rows of (N, H * W, C), a view of a channels_last
-            # tensor: half the CPU of reducing over H and W (same statistics)
-            n, c = x.shape[:2]
-            xf = x.permute(0, 2, 3, 1).reshape(n, -1, c).float()
-            tile_mean = xf.mean(dim=1)
-            self.mean = tile_mean.mean(dim=0)
-            self.var = (xf - tile_mean[:, None]).square_().mean(dim=1).mean(dim=0)
+            # reduced as earlier versions did, so their model files predict bit for bit alike
+            xf = x.float()
+            self.mean = xf.mean(dim=(0, 2, 3))
+            self.var = xf.var(dim=(2, 3), unbiased=False).mean(dim=0)
         scale = torch.rsqrt(self.var + self.eps)
         shift = -self.mean * scale
         if self.weight is not None:

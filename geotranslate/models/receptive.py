@@ -8,12 +8,13 @@ larger). Each layer widens the receptive field by ``(kernel - 1) * dilation * ju
 pixels; a transposed convolution, a convolution on its ``stride`` times finer output grid, by
 ``(kernel - 1) * jump / stride``; a nearest-neighbour upsampling by ``scale``, whose output
 pixel takes its value from an input pixel at one of ``scale`` phases, by
-``(scale - 1) * jump / scale`` (a bound: the ResNet generator's measured field is 3 px
-smaller, a U-Net's a few px). The receptive field is 1 plus the sum over all layers. The
+``(scale - 1) * jump / scale``, and a bilinear one, which interpolates two input pixels, by
+``jump`` more (bounds: the measured fields of the ResNet generator and of a U-Net are a few px
+smaller). The receptive field is 1 plus the sum over all layers. The
 skips of the generators here (ResNet blocks, U-Net levels, smp U-Nets) only carry features of
 layers already on the longest path, so the sum is that path's field: exact for the ResNet
-generator, and a bound at most a few pixels above the measured field of a U-Net (whose
-up-sampling phases do not all reach as far).
+generator with transposed convolutions, and a bound at most a few pixels above the measured
+field otherwise (up-sampling phases do not all reach as far).
 
 Normalization layers are taken as pointwise (their statistics are frozen for the scene at
 inference, see :class:`geotranslate.models.norms.SceneNorm`); global poolings inside an
@@ -66,6 +67,8 @@ def receptive_field(net: nn.Module, in_channels: int | None = None) -> int:
         if isinstance(module, nn.Upsample):
             scale = int(_pair(module.scale_factor)[1])
             field += (scale - 1) * jump / scale
+            if module.mode != "nearest":  # an output pixel interpolates two input pixels
+                field += jump
             continue
         kernel = _pair(module.kernel_size)[1]
         layer_stride = _pair(module.stride if module.stride is not None else kernel)[1]
