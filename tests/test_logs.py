@@ -111,9 +111,9 @@ def test_flat_image_advice_is_said_once_then_counted():
     lines = [trainer_module.validation_line(epoch, scores, advice) for epoch in range(5, 9)]
     assert "check --augment" in lines[0]
     assert all("check --augment" not in line for line in lines[1:])
-    assert lines[1].endswith("no better than a flat image after 6 epochs "
+    assert lines[1].endswith("no better than a flat image after 6 epochs (PSNR) "
                              "(2 times; see the advice above)")
-    assert lines[3].endswith("after 8 epochs (4 times; see the advice above)")
+    assert lines[3].endswith("after 8 epochs (PSNR) (4 times; see the advice above)")
     # lines stay short: the figures and the reminder, not the 260-character advice
     assert len(lines[3]) <= len(lines[0]) - 100
 

@@ -48,7 +48,7 @@ def _run_onnx(path, data: np.ndarray) -> np.ndarray:
 def _predicted(src, run, tmp_path, norm_stats="scene") -> np.ndarray:
     out = tmp_path / f"pred_{norm_stats}.tif"
     predict_raster(src, run, out, overlap=0, blend="none", norm_stats=norm_stats,
-                   progress=False)
+                   precision="fp32", progress=False)  # the ONNX model computes in fp32
     with rasterio.open(out) as ds:
         return ds.read()
 
