@@ -29,7 +29,7 @@ def test_default_decoders_have_no_transposed_convolution(method, generator):
     generators = [net for name, net in built.nets.items() if name.startswith("g_")]
     assert generators
     for net in generators:
-        assert net.arch_kwargs.get("upsample", "bilinear") == "bilinear"
+        assert net.arch_kwargs.get("upsample", "resize") == "resize"
         assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
     # the papers' transposed convolutions remain on request
     config.upsample = "transpose"
@@ -92,7 +92,7 @@ def test_default_model_records_its_decoder_and_normalization(tmp_path):
                             ngf=4, ndf=4, n_layers_d=2, max_steps=2, preview=False,
                             progress=False, tensorboard=False))
     model = load_model(run)
-    assert model.generator_specs["a2b"]["kwargs"]["upsample"] == "bilinear"
+    assert model.generator_specs["a2b"]["kwargs"]["upsample"] == "resize"
     assert model.generator_specs["a2b"]["kwargs"]["norm"] == "instance"
     shutil.rmtree(run)
 

@@ -112,11 +112,11 @@ def test_output_tags_record_what_was_done(tmp_path, scene, norm, norm_stats, exp
         tags = ds.tags()
     assert tags["GEOTRANSLATE_NORM_STATS"] == expected == summary.norm_stats
     assert tags["GEOTRANSLATE_TILE_SIZE"] == "128"
-    # default overlap: the receptive field (50 px: 41 of the convolutions, and a bound of 9 px
-    # for the two bilinear upsamplings) rounded up to the total stride (4)
-    assert summary.receptive_field == 50
-    assert tags["GEOTRANSLATE_RECEPTIVE_FIELD"] == "50"
-    assert tags["GEOTRANSLATE_OVERLAP"] == str(summary.overlap) == "52"
+    # default overlap: the receptive field (44 px: 41 measured, and a bound of 3 px for the
+    # two nearest-neighbour upsamplings' phases) rounded up to the total stride (4)
+    assert summary.receptive_field == 44
+    assert tags["GEOTRANSLATE_RECEPTIVE_FIELD"] == "44"
+    assert tags["GEOTRANSLATE_OVERLAP"] == str(summary.overlap) == "44"
     assert f"norm stats: {expected}" in str(summary)
 
 
@@ -189,11 +189,11 @@ def test_receptive_field_matches_impulse_response(arch, kwargs, exact):
 def test_model_json_records_receptive_field_and_old_files_still_load(tmp_path, scene):
     run = make_model(tmp_path, "resnet", "instance", "CycleGAN")
     meta = json.loads((run / "model.json").read_text())
-    assert meta["receptive_field"] == {"a2b": 50, "b2a": 50}
+    assert meta["receptive_field"] == {"a2b": 44, "b2a": 44}
     del meta["receptive_field"]  # as written before the field existed
     (run / "model.json").write_text(json.dumps(meta))
     model = load_model(run)
-    assert model.receptive_field("b2a") == 50
+    assert model.receptive_field("b2a") == 44
     summary = predict_raster(scene, model, tmp_path / "old.tif", direction="b2a",
                              progress=False)
-    assert summary.receptive_field == 50 and summary.norm_stats.startswith("scene-sample")
+    assert summary.receptive_field == 44 and summary.norm_stats.startswith("scene-sample")
