@@ -19,9 +19,9 @@ NORM_KINDS: tuple[str, ...] = ("layer", "instance", "batch", "none")
 #: convolution, whose uneven kernel overlap paints a pattern at the decoder's stride (the
 #: papers' networks, and every model file written before ``upsample`` existed). Measured at
 #: the default budget (docs/benchmarks.md): nearest is level with transposed convolutions
-#: on DEM -> hillshade and 3.2 dB above bilinear there; on SEN12MS-CR transposed
-#: convolutions score 4.5 dB above nearest (and 3.7 above bilinear) with a pattern of
-#: 1.6 grey levels on a constant input
+#: on DEM -> hillshade, Sen1Floods11 and NAIP and 3.2 dB above bilinear on hillshade;
+#: transposed convolutions score 4.5 dB above nearest on SEN12MS-CR and 3 dB on drone
+#: DSM -> ortho, with a pattern of 1.6 grey levels on a constant input
 UPSAMPLE_KINDS: tuple[str, ...] = ("resize", "bilinear", "transpose")
 DEFAULT_UPSAMPLE = "resize"
 LEGACY_UPSAMPLE = "transpose"
