@@ -18,8 +18,8 @@ NORM_KINDS: tuple[str, ...] = ("layer", "instance", "batch", "none")
 #: checkerboard (Odena, Dumoulin and Olah 2016); ``transpose``: a stride-2 transposed
 #: convolution, whose uneven kernel overlap paints a pattern at the decoder's stride (the
 #: papers' networks, and every model file written before ``upsample`` existed). Measured at
-#: the default budget (docs/benchmarks.md): nearest is level with transposed convolutions
-#: on DEM -> hillshade, Sen1Floods11 and NAIP and 3.2 dB above bilinear on hillshade;
+#: the default budget (docs/benchmarks.md): nearest is within 0.6 dB of transposed
+#: convolutions on DEM -> hillshade, Sen1Floods11 and NAIP, 3.2 dB above bilinear on hillshade;
 #: transposed convolutions score 4.5 dB above nearest on SEN12MS-CR and 3 dB on drone
 #: DSM -> ortho, with a pattern of 1.6 grey levels on a constant input
 UPSAMPLE_KINDS: tuple[str, ...] = ("resize", "bilinear", "transpose")
