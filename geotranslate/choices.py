@@ -30,6 +30,8 @@ LEGACY_UPSAMPLE = "transpose"
 #: scene pass at prediction (predict/scene.py); it beat the per-pixel layer norm, batch norm and
 #: none on every real task measured (docs/benchmarks.md, "Generator normalization")
 DEFAULT_NET_NORM = "instance"
+#: the discriminators' normalization (the PatchGAN papers')
+DEFAULT_D_NORM = "instance"
 #: paired methods: iterations with the adversarial term off, then iterations of its ramp
 DEFAULT_GAN_WARMUP = 0
 DEFAULT_GAN_RAMP = 0

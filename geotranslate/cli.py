@@ -17,6 +17,7 @@ import click
 from geotranslate import __version__
 from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT
 from geotranslate.choices import (
+    DEFAULT_D_NORM,
     DEFAULT_GAN_RAMP,
     DEFAULT_GAN_WARMUP,
     DEFAULT_NET_NORM,
@@ -271,7 +272,7 @@ def export_tiles_command(a_rasters, b_rasters, a_extra, out_dir, tile_size, stri
               "each chip's own statistics, a scene sample's at prediction)  "
               f"[default: {DEFAULT_NET_NORM}]")
 @click.option("--d-norm", type=click.Choice(list(NORM_KINDS)),
-              default="instance", show_default=True,
+              default=DEFAULT_D_NORM, show_default=True,
               help="Normalization layers in the discriminators.")
 @click.option("--upsample", type=click.Choice(list(UPSAMPLE_KINDS)),
               default=DEFAULT_UPSAMPLE, show_default=True,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from geotranslate.choices import (
+    DEFAULT_D_NORM,
     DEFAULT_GAN_RAMP,
     DEFAULT_GAN_WARMUP,
     DEFAULT_NET_NORM,
@@ -52,7 +53,7 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
     """
     c = config
     arch = c.resolved_generator()
-    norm = norm or getattr(c, "net_norm", None) or "instance"
+    norm = norm or getattr(c, "net_norm", None) or DEFAULT_NET_NORM
     upsample = getattr(c, "upsample", None) or DEFAULT_UPSAMPLE
     try:
         if arch == "resnet":
@@ -105,7 +106,7 @@ class Method:
     #: (and override) those of the classes it derives from
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "net_norm": DEFAULT_NET_NORM,
-        "d_norm": "instance",
+        "d_norm": DEFAULT_D_NORM,
         # iterations with the adversarial term off, then iterations of its linear ramp
         "gan_warmup": DEFAULT_GAN_WARMUP,
         "gan_ramp": DEFAULT_GAN_RAMP,

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from geotranslate import schema as sc
 from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT, LEGACY_AUGMENT
-from geotranslate.choices import DEFAULT_UPSAMPLE, LEGACY_UPSAMPLE, NORM_KINDS, UPSAMPLE_KINDS
+from geotranslate.choices import (
+    DEFAULT_D_NORM,
+    DEFAULT_UPSAMPLE,
+    LEGACY_UPSAMPLE,
+    NORM_KINDS,
+    UPSAMPLE_KINDS,
+)
 from geotranslate.device import PRECISIONS, check_device_name
 from geotranslate.errors import GeotranslateError
 from geotranslate.inputs import NORM_SCOPES
@@ -43,7 +49,7 @@ class TrainConfig:
     ndf: int = 64
     n_layers_d: int = 3
     net_norm: str | None = None  # the generators' normalization; None: the method's default
-    d_norm: str = "instance"  # the discriminators' normalization (PatchGAN: instance norm)
+    d_norm: str = DEFAULT_D_NORM  # the discriminators' normalization
     upsample: str = DEFAULT_UPSAMPLE  # decoders: resize + conv (no checkerboard) or transpose
     pretrained: bool = False  # ImageNet encoder weights (smp-unet only)
     # losses
@@ -199,7 +205,7 @@ class TrainConfig:
         # before --upsample and --d-norm: transposed convolutions, one norm for G and D, no
         # GAN warm-up
         values.setdefault("upsample", LEGACY_UPSAMPLE)
-        values.setdefault("d_norm", values.get("net_norm") or "instance")
+        values.setdefault("d_norm", values.get("net_norm") or DEFAULT_D_NORM)
         values.setdefault("gan_warmup", 0)
         values.setdefault("gan_ramp", 0)
         return cls(**values)
