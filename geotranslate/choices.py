@@ -35,3 +35,16 @@ DEFAULT_D_NORM = "instance"
 #: paired methods: iterations with the adversarial term off, then iterations of its ramp
 DEFAULT_GAN_WARMUP = 0
 DEFAULT_GAN_RAMP = 0
+
+#: adversarial losses (models/losses.py)
+GAN_MODES: tuple[str, ...] = ("lsgan", "vanilla", "hinge")
+#: autocast precisions (device.py); auto: bf16 where the hardware has it, else fp32
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+#: translation directions of a trained model; b2a only for methods with two generators
+DIRECTIONS: tuple[str, ...] = ("a2b", "b2a")
+#: how overlapping prediction tiles are weighted (predict/blend.py)
+BLEND_MODES: tuple[str, ...] = ("hann", "linear", "none")
+#: where an instance-norm generator takes its statistics at prediction (models/norms.py)
+NORM_STATS_MODES: tuple[str, ...] = ("scene", "tile")
+#: how the chips of export-tiles pair A with B (chips/): the same place in both, or no pairing
+PAIRINGS: tuple[str, ...] = ("paired", "unpaired")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
+from geotranslate.choices import PRECISIONS
 from geotranslate.errors import GeotranslateError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _mps_available() -> bool:

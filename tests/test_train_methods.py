@@ -191,7 +191,8 @@ def test_old_config_json_loads_and_resume_checks_nce_layers(unpaired_chips, tmp_
     (tmp_path / "old" / "config.json").write_text(json.dumps(old))
     config = TrainConfig.from_run(tmp_path / "old")
     config.validate()
-    assert config.lambda_l1 == 100.0 and config.num_patches == 256 and config.keep == "last"
+    # settings it lacks take their declared defaults: the method's own when None
+    assert config.lambda_l1 == 100.0 and config.num_patches is None and config.keep == "last"
     # resuming with other NCE layers would mix two losses: refused in one line
     status = main(["train", "--resume", str(run), "--nce-layers", "0,4", "--max-steps", "2"])
     err = capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 import rasterio
 
 from geotranslate import schema as sc
+from geotranslate.choices import PAIRINGS
 from geotranslate.errors import GeotranslateError
 from geotranslate.schema import load_json
 
@@ -28,7 +29,7 @@ _META_DOMAIN = sc.Obj(
 )
 #: what the tool reads of meta.json (other keys are allowed: newer optional fields)
 META_SCHEMA = sc.Obj(
-    {"dataset_type": sc.Str(("paired", "unpaired")), "tile_size": sc.Int(min=1),
+    {"dataset_type": sc.Str(PAIRINGS), "tile_size": sc.Int(min=1),
      "domains": sc.Map(_META_DOMAIN, keys=("a", "b"))},
     optional={"stride": sc.Int(min=1),
               "pairs": sc.List(sc.Obj({"a": sc.Str(), "b": sc.List(sc.Str())})),

@@ -5,9 +5,13 @@ A :class:`Method` owns its networks (``nets``, named g_ab, d_b, ...), the two op
 :meth:`Method.step`. It knows nothing about the loop: epochs, learning-rate schedules,
 checkpoints on disk, metrics and previews belong to the caller.
 
-Settings come from a :class:`~geotranslate.train.config.TrainConfig` (or anything with the
-same attributes); a setting the config does not have, or has as ``None``, takes the method's
-default from :attr:`Method.DEFAULTS` (see :meth:`Method.option`).
+A method declares its own settings in :attr:`Method.OPTIONS` (name, type, default, help,
+bounds: :class:`~geotranslate.settings.Setting`); the ``train`` command and
+:class:`~geotranslate.train.config.TrainConfig` gain them from the registry, so a new method
+is one module in this folder. Settings come from a ``TrainConfig`` (or anything with the same
+attributes); a setting the config does not have, or has as ``None``, takes the method's
+default (see :meth:`Method.option`): its ``OPTIONS``, or for the shared settings that each
+method chooses (generator, GAN mode, norms) its :attr:`Method.DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -37,9 +41,25 @@ from geotranslate.models import (
     keep_channels_last,
     unwrap,
 )
+from geotranslate.settings import Setting
 
 #: the networks that translate each direction
 GENERATOR_OF = {"a2b": "g_ab", "b2a": "g_ba"}
+
+#: fidelity first, for paired methods: iterations with the adversarial term off, then
+#: iterations of its linear ramp to full weight
+GAN_WARMUP = Setting("gan_warmup", int, DEFAULT_GAN_WARMUP, "Iterations with the adversarial "
+                     "term off (reconstruction first).", minimum=0)
+GAN_RAMP = Setting("gan_ramp", int, DEFAULT_GAN_RAMP, "Iterations over which the adversarial "
+                   "weight then rises linearly to 1.", minimum=0)
+
+
+def with_defaults(options: tuple[Setting, ...], **defaults: Any) -> tuple[Setting, ...]:
+    """``options`` with other defaults for some (a variant method's own choices)."""
+    unknown = set(defaults) - {s.name for s in options}
+    if unknown:
+        raise KeyError(f"no such options: {', '.join(sorted(unknown))}")
+    return tuple(s.with_default(defaults[s.name]) if s.name in defaults else s for s in options)
 
 
 def build_generator_for(config: Any, in_channels: int, out_channels: int,
@@ -102,14 +122,15 @@ class Method:
     directions: ClassVar[tuple[str, ...]] = ("a2b",)
     #: whether training needs A and B of the same place (and a validation split makes sense)
     paired: ClassVar[bool] = True
-    #: defaults of settings a config may lack or leave as None; a subclass's DEFAULTS add to
-    #: (and override) those of the classes it derives from
+    #: this method's own settings: they become ``train`` options and TrainConfig fields
+    OPTIONS: ClassVar[tuple[Setting, ...]] = ()
+    #: this method's choice for shared settings left as None, and for internal settings that
+    #: are not options; a subclass's DEFAULTS add to (and override) those of its bases
     DEFAULTS: ClassVar[dict[str, Any]] = {
+        "generator": "resnet",
+        "gan_mode": "lsgan",
         "net_norm": DEFAULT_NET_NORM,
         "d_norm": DEFAULT_D_NORM,
-        # iterations with the adversarial term off, then iterations of its linear ramp
-        "gan_warmup": DEFAULT_GAN_WARMUP,
-        "gan_ramp": DEFAULT_GAN_RAMP,
     }
 
     def __init__(self, config: Any, bands: dict[str, int], chip_size: int,
@@ -177,13 +198,26 @@ class Method:
     def extra_state(self) -> dict[str, Any]:
         return {}
 
+    def summary(self) -> dict[str, Any]:
+        """This method's own settings as the run used them (model.json's training summary)."""
+        return {s.name: self.option(s.name) for s in self.OPTIONS}
+
+    @classmethod
+    def check_options(cls, config: Any) -> None:
+        """Refuse settings that contradict each other, before any file is read (each setting's
+        own bounds are checked from its declaration)."""
+
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
     # -- helpers for subclasses ------------------------------------------------------------------
     @classmethod
     def default(cls, name: str) -> Any:
-        """This method's default for setting ``name`` (its own DEFAULTS, then its bases')."""
+        """This method's default for setting ``name``: its OPTIONS, then the DEFAULTS of the
+        class and of its bases."""
+        for s in cls.OPTIONS:
+            if s.name == name:
+                return s.default
         for klass in cls.__mro__:
             if name in vars(klass).get("DEFAULTS", {}):
                 return vars(klass)["DEFAULTS"][name]

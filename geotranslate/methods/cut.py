@@ -29,19 +29,17 @@ from geotranslate.models import (
     unwrap,
 )
 from geotranslate.models.nce import check_nce_layers
+from geotranslate.settings import Setting, as_list
 
-from .base import Method
+from .base import Method, with_defaults
 
 
 def parse_layers(value) -> tuple[int, ...]:
     """``"0,4,8"`` or a sequence of ints -> a tuple of layer indices."""
-    if isinstance(value, str):
-        try:
-            return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-        except ValueError:
-            raise GeotranslateError(f"--nce-layers {value!r}: expected e.g. 0,4,8,12,16") \
-                from None
-    return tuple(int(v) for v in value)
+    try:
+        return as_list(value, int, "--nce-layers")
+    except ValueError as e:
+        raise GeotranslateError(str(e)) from None
 
 
 class CUT(Method):
@@ -50,8 +48,18 @@ class CUT(Method):
     name = "CUT"
     directions = ("a2b",)
     paired = False
-    DEFAULTS = {"lambda_gan": 1.0, "lambda_nce": 1.0, "nce_idt": True, "nce_layers": None,
-                "num_patches": 256, "nce_temperature": 0.07, "nce_units": 256}
+    OPTIONS = (
+        Setting("lambda_gan", float, 1.0, "Adversarial weight.", minimum=0),
+        Setting("lambda_nce", float, 1.0, "PatchNCE weight.", minimum=0),
+        Setting("nce_idt", bool, True, "Identity NCE on B images (off when the band counts "
+                "differ)."),
+        Setting("nce_layers", str, None, "Generator encoder layers for PatchNCE, e.g. "
+                "0,4,8,12,16.", default_text="the paper's"),
+        Setting("num_patches", int, 256, "Patches per layer.", minimum=1),
+        Setting("nce_temperature", float, 0.07, "PatchNCE temperature.", above=0),
+    )
+    #: the width of the NCE heads' MLP; not a command-line option
+    DEFAULTS = {"nce_units": 256}
 
     def build_networks(self) -> dict[str, nn.Module]:
         a, b = self.bands["a"], self.bands["b"]
@@ -137,4 +145,4 @@ class FastCUT(CUT):
     """CUT without identity NCE and with NCE weighted 10 (the paper's FastCUT)."""
 
     name = "FastCUT"
-    DEFAULTS = {**CUT.DEFAULTS, "lambda_nce": 10.0, "nce_idt": False}
+    OPTIONS = with_defaults(CUT.OPTIONS, lambda_nce=10.0, nce_idt=False)

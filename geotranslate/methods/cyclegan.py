@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geotranslate.choices import DIRECTIONS
 from geotranslate.models import ImagePool, masked_l1, total_variation, unwrap
+from geotranslate.settings import Setting
 
 from .base import Method
 
@@ -14,12 +16,19 @@ class CycleGAN(Method):
     """g_ab / g_ba translate both ways; d_b / d_a judge single images; fakes go through pools."""
 
     name = "CycleGAN"
-    directions = ("a2b", "b2a")
+    directions = DIRECTIONS
     paired = False
+    OPTIONS = (
+        Setting("lambda_a", float, 10.0, "Cycle weight A->B->A.", minimum=0),
+        Setting("lambda_b", float, 10.0, "Cycle weight B->A->B.", minimum=0),
+        Setting("lambda_identity", float, 0.5, "Identity weight (x lambda-a/b); off "
+                "automatically when the domains' band counts differ.", minimum=0),
+        Setting("pool_size", int, 50, "Image pool of past fakes.", minimum=0),
+    )
 
     def build_networks(self) -> dict[str, nn.Module]:
         a, b = self.bands["a"], self.bands["b"]
-        self.lambda_identity = self.config.lambda_identity
+        self.lambda_identity = float(self.option("lambda_identity"))
         if self.lambda_identity > 0 and a != b:
             self.log(f"identity loss off: domain A has {a} bands and domain B {b} "
                      "(the identity mapping needs equal band counts)")
@@ -28,10 +37,13 @@ class CycleGAN(Method):
         return {"g_ab": self.generator(a, b), "d_b": self.discriminator(b),
                 "g_ba": self.generator(b, a), "d_a": self.discriminator(a)}
 
+    def summary(self) -> dict:
+        return {**super().summary(), "lambda_identity": self.lambda_identity}  # as applied
+
     def setup(self) -> None:
-        c = self.config
-        self.pools = {"a": ImagePool(c.pool_size, seed=c.seed * 2 + 1 + self.rank),
-                      "b": ImagePool(c.pool_size, seed=c.seed * 2 + 2 + self.rank)}
+        c, size = self.config, int(self.option("pool_size"))
+        self.pools = {"a": ImagePool(size, seed=c.seed * 2 + 1 + self.rank),
+                      "b": ImagePool(size, seed=c.seed * 2 + 2 + self.rank)}
 
     def loss_names(self) -> list[str]:
         names = ["d_a", "d_b", "g_ab_gan", "g_ba_gan", "cycle_a", "cycle_b"]
@@ -41,6 +53,7 @@ class CycleGAN(Method):
 
     def optimize(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.config
+        lambda_a, lambda_b = float(self.option("lambda_a")), float(self.option("lambda_b"))
         g_ab, g_ba = self.run_nets["g_ab"], self.run_nets["g_ba"]
         real_a, real_b, valid_a, valid_b = b["a"], b["b"], b["valid_a"], b["valid_b"]
         d_plain = {k: unwrap(self.run_nets[k]) for k in ("d_a", "d_b")}
@@ -57,15 +70,15 @@ class CycleGAN(Method):
         losses = {
             "g_ab_gan": self.gan_loss(pred_fake_b, True, for_discriminator=False),
             "g_ba_gan": self.gan_loss(pred_fake_a, True, for_discriminator=False),
-            "cycle_a": masked_l1(rec_a, real_a, valid_a) * c.lambda_a,
-            "cycle_b": masked_l1(rec_b, real_b, valid_b) * c.lambda_b,
+            "cycle_a": masked_l1(rec_a, real_a, valid_a) * lambda_a,
+            "cycle_b": masked_l1(rec_b, real_b, valid_b) * lambda_b,
         }
         if self.lambda_identity > 0:
             with self.autocast():
                 idt_b = g_ab(real_b)  # g_ab should leave a B image unchanged
                 idt_a = g_ba(real_a)
-            losses["idt_a"] = masked_l1(idt_a, real_a, valid_a) * c.lambda_a * self.lambda_identity
-            losses["idt_b"] = masked_l1(idt_b, real_b, valid_b) * c.lambda_b * self.lambda_identity
+            losses["idt_a"] = masked_l1(idt_a, real_a, valid_a) * lambda_a * self.lambda_identity
+            losses["idt_b"] = masked_l1(idt_b, real_b, valid_b) * lambda_b * self.lambda_identity
         if c.lambda_tv > 0:
             losses["tv"] = (total_variation(fake_b) + total_variation(fake_a)) * c.lambda_tv
         self.backward_step(sum(losses.values()), "g")

@@ -6,8 +6,12 @@ import torch
 from torch import nn
 
 from geotranslate.models import masked_l1, total_variation
+from geotranslate.settings import Setting
 
-from .base import Method
+from .base import GAN_RAMP, GAN_WARMUP, Method
+
+#: the L1 loss to B, beside the adversarial one
+LAMBDA_L1 = Setting("lambda_l1", float, 100.0, "L1 weight to B.", minimum=0)
 
 
 class Pix2Pix(Method):
@@ -16,7 +20,8 @@ class Pix2Pix(Method):
     name = "Pix2Pix"
     directions = ("a2b",)
     paired = True
-    DEFAULTS = {"lambda_l1": 100.0}
+    OPTIONS = (LAMBDA_L1, GAN_WARMUP, GAN_RAMP)
+    DEFAULTS = {"generator": "unet", "gan_mode": "vanilla"}
 
     def build_networks(self) -> dict[str, nn.Module]:
         g_ab = self.generator(self.bands["a"], self.bands["b"])

@@ -9,10 +9,12 @@ not offered (yet).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, OptionError
 from geotranslate.models import (
     VGGLoss,
     build_multiscale_discriminator,
@@ -22,8 +24,10 @@ from geotranslate.models import (
     max_num_d,
     total_variation,
 )
+from geotranslate.settings import Setting
 
-from .base import Method
+from .base import GAN_RAMP, GAN_WARMUP, Method
+from .pix2pix import LAMBDA_L1
 
 
 class Pix2PixHD(Method):
@@ -32,13 +36,35 @@ class Pix2PixHD(Method):
     name = "Pix2PixHD"
     directions = ("a2b",)
     paired = True
-    DEFAULTS = {"num_d": None, "lambda_feat": 10.0, "lambda_vgg": 0.0, "vgg_weights": None,
-                "vgg_bands": None, "lambda_l1": 0.0}
+    OPTIONS = (
+        Setting("num_d", int, None, "Discriminator scales (inputs halved by average pooling).",
+                minimum=1, default_text="3, or as many as the chips allow"),
+        Setting("lambda_feat", float, 10.0, "Discriminator feature-matching weight.",
+                minimum=0),
+        Setting("lambda_vgg", float, 0.0, "VGG19 perceptual weight (needs --vgg-weights).",
+                minimum=0),
+        Setting("vgg_weights", str, None, "A local VGG19 weights file (safetensors or a torch "
+                "state_dict).", metavar="PATH", default_text="none"),
+        LAMBDA_L1.with_default(0.0),
+        GAN_WARMUP,
+        GAN_RAMP,
+    )
+    #: the bands the VGG loss sees (None: the first three); not a command-line option
+    DEFAULTS = {"vgg_bands": None}
+
+    @classmethod
+    def check_options(cls, config) -> None:
+        weights = getattr(config, "vgg_weights", None)
+        if (getattr(config, "lambda_vgg", None) or 0) > 0 and not (
+                weights and Path(weights).is_file()):
+            raise OptionError(
+                f"{weights or '--vgg-weights'}: --lambda-vgg needs a local VGG19 weights file "
+                "(none can be downloaded here); give --vgg-weights PATH or use --lambda-vgg 0")
 
     def build_networks(self) -> dict[str, nn.Module]:
         c = self.config
         fits = max_num_d(self.chip_size, c.n_layers_d)
-        num_d = getattr(c, "num_d", None)
+        num_d = self.option("num_d")
         if fits == 0 or (num_d is not None and num_d > fits):
             raise GeotranslateError(
                 f"--num-d {num_d or 1}: {self.chip_size} px chips leave room for at most "

@@ -6,14 +6,11 @@ bfloat16 lose too much precision for a stable training signal.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-GANMode = Literal["lsgan", "vanilla", "hinge"]
-GAN_MODES: tuple[str, ...] = ("lsgan", "vanilla", "hinge")
+from geotranslate.choices import GAN_MODES
 
 
 class GANLoss(nn.Module):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from geotranslate.choices import NORM_KINDS
-
-NormKind = Literal["layer", "instance", "batch", "none"]
 
 
 def check_norm(norm: str) -> str:
@@ -65,9 +62,6 @@ def conv_bias_for(norm: str) -> bool:
 
 
 # ---- scene statistics: instance norm made independent of the tile --------------------------
-
-#: how a generator's normalization layers get their statistics at inference
-NORM_STATS_MODES: tuple[str, ...] = ("scene", "tile")
 
 
 class SceneNorm(nn.Module):

@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 from rasterio.windows import Window
 
+from geotranslate.choices import BLEND_MODES
 from geotranslate.errors import GeotranslateError
 from geotranslate.predict.grid import Strip
 from geotranslate.predict.queues import put
-
-BLEND_MODES = ("hann", "linear", "none")
 
 
 def blend_weights(tile: int, overlap: int, mode: str = "hann") -> np.ndarray:

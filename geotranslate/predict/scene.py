@@ -24,9 +24,10 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from geotranslate.choices import NORM_STATS_MODES
 from geotranslate.errors import GeotranslateError
 from geotranslate.modelfile import DomainSpec
-from geotranslate.models.norms import NORM_STATS_MODES, norm_layer_kinds, scene_normalized
+from geotranslate.models.norms import norm_layer_kinds, scene_normalized
 from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window
 from geotranslate.raster.sources import RasterSource
 from geotranslate.raster.windows import reflect_pad

@@ -1,194 +1,207 @@
-"""Every training setting in one dataclass, with the papers' defaults.
+"""Every training setting, declared once: the settings all methods share, and each method's own.
 
-The CLI builds a :class:`TrainConfig` from its options; Python users build one directly. It is
+:class:`TrainConfig` is one dataclass. Its first fields are the shared settings declared below
+with :func:`~geotranslate.settings.setting` (type, default, help, allowed values, bounds); the
+rest are the ``OPTIONS`` of every method in the registry (geotranslate/methods/), added when
+this module is imported, so a new method module brings its settings with it. The command line's
+``train`` options, config.json's schema and :meth:`TrainConfig.validate` are derived from these
+declarations. The CLI builds a config from its options; Python users build one directly. It is
 saved as ``RUN_DIR/config.json``, so ``--resume`` (:meth:`TrainConfig.from_run`) continues a
 run with the settings it had.
 """
 
 from __future__ import annotations
 
-import math
-import types
+import dataclasses
 import typing
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from geotranslate import schema as sc
 from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT, LEGACY_AUGMENT
 from geotranslate.choices import (
     DEFAULT_D_NORM,
     DEFAULT_UPSAMPLE,
+    GAN_MODES,
     LEGACY_UPSAMPLE,
     NORM_KINDS,
+    PRECISIONS,
     UPSAMPLE_KINDS,
 )
-from geotranslate.device import PRECISIONS, check_device_name
-from geotranslate.errors import GeotranslateError
+from geotranslate.device import check_device_name
+from geotranslate.errors import OptionError
 from geotranslate.inputs import NORM_SCOPES
-from geotranslate.methods import METHODS
+from geotranslate.methods import METHODS, Method
+from geotranslate.settings import Setting, check, field_settings, scalar_type, setting
+from geotranslate.stats import NORM_METHODS
 
 CONFIG_NAME = "config.json"
-DATASET_TYPES = tuple(METHODS)
-NETWORK_NORMS = NORM_KINDS
-NORM_METHODS = ("robust", "percentile", "minmax", "meanstd")
-GAN_MODES = ("lsgan", "vanilla", "hinge")
+
+
+def _shown(value: Any) -> str:
+    """A default as the help shows it: on/off for switches."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def _per_method(name: str, what: str = "") -> str:
+    """``"unet for Pix2Pix, resnet for the others"``: a shared setting's default per method."""
+    values: dict[Any, list[str]] = {}
+    for method in METHODS.values():
+        values.setdefault(_shown(method.default(name)), []).append(method.name)
+    if len(values) == 1:
+        return str(next(iter(values)))
+    common = max(values, key=lambda v: len(values[v]))
+    parts = [f"{v} for {', '.join(names)}" for v, names in values.items() if v != common]
+    return ", ".join(parts) + f", {common} for the others"
 
 
 @dataclass
-class TrainConfig:
-    """One training run. ``None`` means "choose from the dataset type / chip size / device"."""
+class SharedSettings:
+    """The settings every method shares. ``None`` means "chosen from the method, the chip size
+    or the device" (the help says how)."""
 
-    dataset_type: str  # "Pix2Pix" (paired) or "CycleGAN" (unpaired)
-    data_dir: str = "chips"
-    out: str | None = None  # default runs/<dataset_type>-<YYYYmmdd-HHMMSS>
+    dataset_type: str = setting(
+        MISSING, "The method: " + ", ".join(
+            f"{name} ({'paired' if m.paired else 'unpaired'})" for name, m in METHODS.items())
+        + ". Required unless --resume.", choices=tuple(METHODS))
+    data_dir: str = setting("chips", "The chip folder (export-tiles --out).", cli=False)
+    out: str | None = setting(
+        None, "Run directory.", default_text="runs/<dataset-type>-<YYYYmmdd-HHMMSS>, and "
+        "runs/latest points at it")
     # networks
-    generator: str | None = None  # resnet | unet | smp-unet:<encoder>; None: unet (Pix2Pix), resnet
-    ngf: int = 64
-    n_blocks: int | None = None  # resnet blocks; None: 9 at >= 256 px, else 6
-    unet_depth: int | None = None  # U-Net num_downs; None: receptive field <= chip (128 px: 4)
-    ndf: int = 64
-    n_layers_d: int = 3
-    net_norm: str | None = None  # the generators' normalization; None: the method's default
-    d_norm: str = DEFAULT_D_NORM  # the discriminators' normalization
-    upsample: str = DEFAULT_UPSAMPLE  # decoders: resize + conv (no checkerboard) or transpose
-    pretrained: bool = False  # ImageNet encoder weights (smp-unet only)
+    generator: str | None = setting(
+        None, "resnet | unet | smp-unet:<encoder> (e.g. smp-unet:resnet34).",
+        default_text=_per_method("generator"))
+    ngf: int = setting(64, "Generator filters in the first layer.", minimum=1)
+    n_blocks: int | None = setting(
+        None, "ResNet generator blocks.", minimum=0,
+        default_text="9 at >= 256 px chips, else 6 (the papers' choices)")
+    unet_depth: int | None = setting(
+        None, "U-Net down-samplings.", minimum=1,
+        default_text="the deepest whose receptive field fits in a chip (3*2^(depth+1)-5 px: "
+        "128 px -> 4, 256 -> 5), so that tiled prediction does not depend on the tile size")
+    ndf: int = setting(64, "Discriminator filters in the first layer.", minimum=1)
+    n_layers_d: int = setting(3, "PatchGAN layers (3 = 70x70 patches).", minimum=1)
+    net_norm: str | None = setting(
+        None, "Normalization layers in the generators (layer: each pixel's features over "
+        "their channels, the same in training and in tiled prediction; instance: each chip's "
+        "own statistics, a scene sample's at prediction).", choices=NORM_KINDS,
+        default_text=_per_method("net_norm"))
+    d_norm: str = setting(DEFAULT_D_NORM, "Normalization layers in the discriminators.",
+                          choices=NORM_KINDS)
+    upsample: str = setting(
+        DEFAULT_UPSAMPLE, "How the resnet and unet decoders double the resolution: resize "
+        "(nearest x2, then a 3x3 convolution: no checkerboard), bilinear (the same with "
+        "bilinear x2) or transpose (the papers' transposed convolutions).",
+        choices=UPSAMPLE_KINDS)
+    pretrained: bool = setting(False, "ImageNet weights for the smp-unet encoder (downloaded "
+                               "once).")
     # losses
-    gan_mode: str | None = None  # None: vanilla (Pix2Pix), lsgan (CycleGAN)
-    lambda_l1: float | None = None  # L1 to B; None: 100 (Pix2Pix), 0 (Pix2PixHD)
-    lambda_a: float = 10.0
-    lambda_b: float = 10.0
-    lambda_identity: float = 0.5
-    lambda_tv: float = 0.0
-    pool_size: int = 50
-    # paired methods: iterations of reconstruction only, then a linear ramp of the GAN term
-    gan_warmup: int | None = None  # None: the method's default
-    gan_ramp: int | None = None
-    # Pix2PixHD
-    num_d: int | None = None  # discriminator scales; None: 3 where the chips allow it
-    lambda_feat: float = 10.0  # discriminator feature matching
-    lambda_vgg: float = 0.0  # VGG19 perceptual loss (needs vgg_weights)
-    vgg_weights: str | None = None  # a local VGG19 weights file (safetensors or state_dict)
-    # CUT / FastCUT
-    lambda_gan: float = 1.0
-    lambda_nce: float | None = None  # None: 1 (CUT), 10 (FastCUT)
-    nce_idt: bool | None = None  # identity NCE on B; None: on (CUT), off (FastCUT)
-    nce_layers: str | None = None  # encoder layers, e.g. "0,4,8,12,16"; None: the paper's
-    num_patches: int = 256
-    nce_temperature: float = 0.07
+    gan_mode: str | None = setting(None, "Adversarial loss.", choices=GAN_MODES,
+                                   default_text=_per_method("gan_mode"))
+    lambda_tv: float = setting(0.0, "Total-variation weight on fakes.", minimum=0)
     # optimisation
-    batch_size: int = 1
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    epochs: int = 100  # at constant lr
-    epochs_decay: int = 100  # then linear decay to 0
-    max_steps: int | None = None  # stop after this many iterations in total
+    batch_size: int = setting(1, "Chips per iteration (per process).", minimum=1)
+    lr: float = setting(2e-4, "Adam learning rate (betas 0.5, 0.999).", above=0)
+    beta1: float = setting(0.5, "Adam beta1.", minimum=0, below=1, cli=False)
+    beta2: float = setting(0.999, "Adam beta2.", minimum=0, below=1, cli=False)
+    epochs: int = setting(100, "Epochs at constant learning rate (100 as in the papers; sized "
+                          "for real data — use a few for a trial).", minimum=0)
+    epochs_decay: int = setting(100, "Further epochs with the learning rate decaying linearly "
+                                "to 0.", minimum=0)
+    max_steps: int | None = setting(None, "Stop after this many iterations in total.", minimum=1)
     # data
-    crop_size: int | None = None
-    augment: str = DEFAULT_AUGMENT  # none | hflip | vflip | rot180 | d4 (geotranslate/augment.py)
-    norm_method: str = "robust"  # see stats.robust_range
-    norm_scope: str = "dataset"  # or "scene": each scene by its own statistics (inputs.py)
-    cache: bool | None = None  # None: cache normalized chips in memory when they fit in 2 GB
-    workers: int | None = None  # None: 0 when cached, else min(4, cpus)
+    crop_size: int | None = setting(None, "Random crops of this size.", minimum=4,
+                                    default_text="whole chips")
+    augment: str = setting(
+        DEFAULT_AUGMENT, "Random flips/rotations, applied to A and B alike: " + "; ".join(
+            f"{name}: {what}" for name, what in AUGMENTS.items()) + ". Keep none when the "
+        "mapping depends on directions (a hillshade on the sun's azimuth, shadows on the sun, "
+        "SAR layover on the look direction): a rotated pair teaches the wrong light. d4 suits "
+        "rotation-invariant mappings (land-cover style maps).", choices=tuple(AUGMENTS))
+    norm_method: str = setting(
+        "robust", "Band scaling to [-1, 1] from meta.json statistics (robust: min-max, "
+        "clipped only at far outliers beyond the 0.1/99.9th percentiles; percentile: "
+        "2nd-98th percentile range, clipped).", choices=NORM_METHODS)
+    norm_scope: str = setting(
+        "dataset", "dataset: every chip scaled by the domain's statistics; scene: each scene "
+        "(source raster) first matched to the domain's mean and std by its own statistics, "
+        "recorded at export and computed from the input at prediction (for dates or sensors "
+        "of different radiometry).", choices=NORM_SCOPES)
+    cache: bool | None = setting(None, "Keep normalized chips in memory.",
+                                 default_text="when they fit in 2 GB")
+    workers: int | None = setting(None, "DataLoader worker processes, at most the usable "
+                                  "cores.", minimum=0,
+                                  default_text="0 when cached, else min(4, cores)")
     # running
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA when supported and on CPUs with native bf16
-    channels_last: bool | None = None  # None: on for CUDA and for bf16 on CPU
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact resume)
-    save_every: int = 0  # also checkpoint every N iterations (0: only at each epoch's end)
-    keep: str = "last"  # which generator model.safetensors holds: "last" or "best" (val PSNR)
-    patience: int | None = None  # stop a paired run after N epochs without a better val PSNR
-    resume: str | None = None  # a run directory to continue
-    rgb_bands: str | None = None  # e.g. "3,2,1" or "a:1,2,3;b:3,2,1" (1-based)
-    preview: bool = True
-    progress: bool | None = None  # None: a bar when stderr is a terminal (geotranslate/log.py)
-    tensorboard: bool = True  # when the tensorboard package is installed
+    device: str = setting("auto", "Where to train: auto, cpu, cuda, cuda:N or mps (under "
+                          "torchrun, cuda gives each process its own GPU).")
+    precision: str = setting(
+        "auto", "Autocast precision (auto: bf16 on CUDA when supported and on CPUs with native "
+        "bf16 (AVX512-BF16/AMX: 1.85x faster, same quality), else fp32; fp16 CUDA only, with "
+        "a grad scaler).", choices=PRECISIONS)
+    channels_last: bool | None = setting(None, "channels_last memory format.",
+                                         default_text="on for CUDA and for bf16 on CPU")
+    compile: bool = setting(False, "torch.compile the networks.", negatable=False)
+    seed: int = setting(0, "Seed for weights, data order, augmentation.", minimum=0)
+    deterministic: bool = setting(False, "Deterministic algorithms (slower; bitwise-"
+                                  "reproducible resume on CPU).", negatable=False)
+    save_every: int = setting(0, "Also checkpoint every N iterations (0: at the end of each "
+                              "epoch only).", minimum=0)
+    keep: str = setting("last", "What model.safetensors holds: the last generator or the one "
+                        "with the best validation PSNR (both are written when there is a "
+                        "validation split).", choices=("last", "best"))
+    patience: int | None = setting(None, "Stop a paired run after this many epochs without a "
+                                   "better validation PSNR.", minimum=1)
+    resume: str | None = setting(None, "Continue the run in this directory from "
+                                 "checkpoints/last.pt (its settings are reused; options given "
+                                 "here override them).")
+    rgb_bands: str | None = setting(None, "Preview bands (1-based), e.g. 3,2,1 or "
+                                    "'a:1,2,3;b:3,2,1'.",
+                                    default_text="from band descriptions")
+    preview: bool = setting(True, "Write previews/epoch_XXX.png and, at the end, report.html.")
+    progress: bool | None = setting(None, "A progress bar (geotranslate/log.py).", cli=False,
+                                    default_text="when stderr is a terminal")
+    tensorboard: bool = setting(True, "TensorBoard logs, when the package is installed.",
+                                cli=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, bool):  # augment=True/False of earlier versions
             self.augment = LEGACY_AUGMENT[self.augment]
 
+    @property
+    def method(self) -> type[Method]:
+        """The method class of ``dataset_type``."""
+        try:
+            return METHODS[self.dataset_type]
+        except KeyError:
+            raise OptionError(f"--dataset-type {self.dataset_type!r}: choose from "
+                              f"{', '.join(METHODS)}") from None
+
     def validate(self) -> None:
         """Refuse impossible settings before any file is read."""
-        if self.dataset_type not in DATASET_TYPES:
-            raise GeotranslateError(
-                f"dataset type {self.dataset_type!r}: choose from {', '.join(DATASET_TYPES)}"
-            )
-        checks = [
-            ("precision", self.precision, PRECISIONS),
-            ("discriminator norm", self.d_norm, NETWORK_NORMS),
-            ("upsample", self.upsample, UPSAMPLE_KINDS),
-            ("normalization", self.norm_method, NORM_METHODS),
-            ("norm scope", self.norm_scope, NORM_SCOPES),
-        ]
-        if self.gan_mode is not None:
-            checks.append(("GAN mode", self.gan_mode, GAN_MODES))
-        if self.net_norm is not None:
-            checks.append(("network norm", self.net_norm, NETWORK_NORMS))
+        method = self.method
+        for s in shared_settings():
+            check(s, getattr(self, s.name))
+        for s in method_settings():  # a method's own, and any other given: bounds are bounds
+            check(s, getattr(self, s.name))
+        for s in method.OPTIONS:
+            check(s, getattr(self, s.name))
         check_device_name(self.device)
-        checks.append(("augment", self.augment, tuple(AUGMENTS)))
-        for what, value, allowed in checks:
-            if value not in allowed:
-                raise GeotranslateError(f"{what} {value!r}: choose from {', '.join(allowed)}")
-        positive = {"batch size": self.batch_size, "ngf": self.ngf, "ndf": self.ndf,
-                    "n-layers-d": self.n_layers_d, "unet-depth": self.unet_depth}
-        for what, value in positive.items():
-            if value is not None and value < 1:
-                raise GeotranslateError(f"{what} must be >= 1, got {value}")
-        not_negative = {"n-blocks": self.n_blocks, "workers": self.workers,
-                        "pool-size": self.pool_size, "seed": self.seed,
-                        "gan-warmup": self.gan_warmup, "gan-ramp": self.gan_ramp}
-        for what, value in not_negative.items():
-            if value is not None and value < 0:
-                raise GeotranslateError(f"{what} must be >= 0, got {value}")
-        weights = {"lambda-l1": self.lambda_l1, "lambda-a": self.lambda_a,
-                   "lambda-b": self.lambda_b, "lambda-identity": self.lambda_identity,
-                   "lambda-tv": self.lambda_tv, "lambda-feat": self.lambda_feat,
-                   "lambda-vgg": self.lambda_vgg, "lambda-gan": self.lambda_gan,
-                   "lambda-nce": self.lambda_nce}
-        for what, value in weights.items():
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise GeotranslateError(f"{what} must be a finite number >= 0, got {value}")
-        for what, value in (("beta1", self.beta1), ("beta2", self.beta2)):
-            if not 0 <= value < 1:
-                raise GeotranslateError(f"{what} must be in [0, 1), got {value}")
-        if self.epochs < 0 or self.epochs_decay < 0 or self.epochs + self.epochs_decay < 1:
-            raise GeotranslateError("epochs + epochs-decay must be >= 1 (and neither negative)")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise GeotranslateError(f"learning rate must be a finite number > 0, got {self.lr}")
-        if self.crop_size is not None and self.crop_size < 4:
-            raise GeotranslateError(f"crop size must be >= 4 px, got {self.crop_size}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise GeotranslateError(f"max-steps must be >= 1, got {self.max_steps}")
-        if self.save_every < 0:
-            raise GeotranslateError(f"save-every must be >= 0, got {self.save_every}")
-        positive = {"num-d": self.num_d, "num-patches": self.num_patches,
-                    "patience": self.patience}
-        for what, value in positive.items():
-            if value is not None and value < 1:
-                raise GeotranslateError(f"{what} must be >= 1, got {value}")
-        if not (math.isfinite(self.nce_temperature) and self.nce_temperature > 0):
-            raise GeotranslateError("nce-temperature must be a finite number > 0, got "
-                                    f"{self.nce_temperature}")
-        if self.keep not in ("last", "best"):
-            raise GeotranslateError(f"keep {self.keep!r}: choose from last, best")
-        if self.lambda_vgg > 0 and not (self.vgg_weights and Path(self.vgg_weights).is_file()):
-            raise GeotranslateError(
-                f"{self.vgg_weights or '--vgg-weights'}: --lambda-vgg needs a local VGG19 "
-                "weights file (none can be downloaded here); give --vgg-weights PATH or use "
-                "--lambda-vgg 0")
+        if self.epochs + self.epochs_decay < 1:
+            raise OptionError("--epochs + --epochs-decay must be >= 1")
+        method.check_options(self)
 
     @property
     def total_epochs(self) -> int:
         return self.epochs + self.epochs_decay
 
     def resolved_gan_mode(self) -> str:
-        return self.gan_mode or ("vanilla" if self.dataset_type == "Pix2Pix" else "lsgan")
+        return self.gan_mode or self.method.default("gan_mode")
 
     def resolved_generator(self) -> str:
-        return self.generator or ("unet" if self.dataset_type == "Pix2Pix" else "resnet")
+        return self.generator or self.method.default("generator")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,9 +228,59 @@ class TrainConfig:
         """The settings of the run in ``run_dir``, with ``overrides`` on top, set to resume it."""
         saved = Path(run_dir) / CONFIG_NAME
         if not saved.exists():
-            raise GeotranslateError(f"{saved}: missing; is {run_dir} a training run?")
+            raise OptionError(f"{saved}: missing; is {run_dir} a training run?")
         values = sc.load_json(saved, "corrupt")
         return replace(cls.from_dict(values, saved), **overrides, resume=str(run_dir))
+
+
+def shared_settings() -> list[Setting]:
+    """The settings every method shares, in declaration order."""
+    return field_settings(SharedSettings)
+
+
+def method_settings() -> list[Setting]:
+    """Each setting some method declares, once, for the command line: its default is None
+    (each method's own, which the help lists) and its help names the methods that take it."""
+    merged: dict[str, list[tuple[type[Method], Setting]]] = {}
+    for method in METHODS.values():
+        for s in method.OPTIONS:
+            merged.setdefault(s.name, []).append((method, s))
+    out = []
+    for name, declared in merged.items():
+        first = declared[0][1]
+        if any(s.type is not first.type for _, s in declared):
+            raise TypeError(f"methods declare setting {name!r} with different types")
+        defaults: dict[Any, list[str]] = {}
+        for method, s in declared:
+            defaults.setdefault(_shown(s.default), []).append(method.name)
+        takers = ", ".join(method.name for method, _ in declared)
+        if len(defaults) == 1:
+            text = first.default_text if first.default is None else _shown(first.default)
+        else:
+            text = ", ".join(f"{first.default_text if v == 'None' else v} for "
+                             f"{', '.join(names)}" for v, names in defaults.items())
+        out.append(dataclasses.replace(first, default=None, default_text=text,
+                                       help=f"{takers}: {first.help}"))
+    return out
+
+
+def _method_fields() -> list[tuple[str, Any, Any]]:
+    return [(s.name, s.type | None, dataclasses.field(default=None, metadata={"setting": s}))
+            for s in method_settings()]
+
+
+#: one training run: the shared settings, then every method's own (None: the method's default)
+TrainConfig = dataclasses.make_dataclass("TrainConfig", _method_fields(),
+                                         bases=(SharedSettings,))
+TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = (
+    "One training run: :class:`SharedSettings`, then each method's ``OPTIONS`` as fields "
+    "(``None``: the method's default). ``TrainConfig('Pix2Pix', lambda_l1=50)``.")
+
+
+def all_settings() -> list[Setting]:
+    """Every setting of :class:`TrainConfig`, shared first, in field order."""
+    return shared_settings() + method_settings()
 
 
 _SCALARS = {int: sc.Int(), float: sc.Num(), str: sc.Str(), bool: sc.Bool()}
@@ -228,13 +291,8 @@ def config_schema() -> sc.Obj:
     hints = typing.get_type_hints(TrainConfig)
     optional = {}
     for f in fields(TrainConfig):
-        if f.name == "augment":
-            continue  # a mode, or the boolean of earlier versions: __post_init__/validate()
-        hint = hints[f.name]
-        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        kinds = [_SCALARS[a] for a in args if a in _SCALARS]
-        if len(kinds) != 1:
-            continue  # an unusual type: left to validate()
-        node = kinds[0]
-        optional[f.name] = sc.Opt(node) if type(None) in args else node
+        if f.name in ("dataset_type", "augment"):
+            continue  # augment: a mode, or the boolean of earlier versions (__post_init__)
+        node = _SCALARS[scalar_type(hints[f.name])]
+        optional[f.name] = sc.Opt(node) if type(None) in typing.get_args(hints[f.name]) else node
     return sc.Obj({"dataset_type": sc.Str()}, optional=optional)

@@ -930,11 +930,8 @@ class _Run:
                 "device": str(self.device), "precision": self.precision,
                 "batch_size": config.batch_size, "world_size": ctx.world_size,
                 "gan_mode": self.trainer.gan_mode,
-                "lambda_identity": getattr(self.trainer.method, "lambda_identity", None),
                 "pretrained": config.pretrained, "norm_method": config.norm_method,
-                "augment": config.augment,
-                "gan_warmup": self.trainer.method.option("gan_warmup"),
-                "gan_ramp": self.trainer.method.option("gan_ramp"),
+                "augment": config.augment, **self.trainer.method.summary(),
                 "data_dir": config.data_dir,
                 "started": datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
             }

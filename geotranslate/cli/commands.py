@@ -1,165 +1,26 @@
-"""The ``geotranslate`` command line: parses options and calls the library functions.
-
-Each subcommand is a thin wrapper; the work happens in chips/, train/, predict/,
-evaluate.py and render.py, which are usable from Python too. A GeotranslateError (bad input)
-is printed as one line, without a traceback, and exits with status 1; Ctrl-C exits with 130.
-"""
+"""The subcommands: each parses its options and calls a library function."""
 
 from __future__ import annotations
 
-import errno
-import sys
-import warnings
 from pathlib import Path
 
 import click
 
-from geotranslate import __version__
-from geotranslate.augment import AUGMENTS, DEFAULT_AUGMENT
+from geotranslate.chips.meta import DOMAINS, SPLITS
 from geotranslate.choices import (
-    DEFAULT_D_NORM,
-    DEFAULT_GAN_RAMP,
-    DEFAULT_GAN_WARMUP,
-    DEFAULT_NET_NORM,
-    DEFAULT_UPSAMPLE,
-    NORM_KINDS,
-    UPSAMPLE_KINDS,
+    BLEND_MODES,
+    DIRECTIONS,
+    NORM_STATS_MODES,
+    PAIRINGS,
+    PRECISIONS,
 )
-from geotranslate.errors import GeotranslateError
-from geotranslate.log import (
-    is_main_process,
-    logger,
-    progress_option,
-    set_verbosity,
-    verbosity_options,
-)
-from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
+from geotranslate.cli import CONTEXT, cli
+from geotranslate.cli.options import ListOption, SettingsCommand, number_list
+from geotranslate.errors import GeotranslateError, OptionError
+from geotranslate.log import is_main_process, logger, progress_option
+from geotranslate.raster.io import check_file_output, check_not_input
 from geotranslate.raster.warp import RESAMPLING_NAMES
 from geotranslate.report import DEFAULT_CHIPS
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
-
-
-class ListOption(click.Option):
-    """An option that takes every value that follows it, up to the next option.
-
-    ``export-tiles s1_*.tif --b s2_*.tif`` gives all the shell's B files to ``--b``, wherever
-    the option stands (last too); repeating it adds to the list and ``--`` ends it. The option
-    without any value is an error, not an empty list.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, multiple=True, **kwargs)
-        # the parser then hands over a marker, not the next option, when no value follows
-        self._flag_needs_value = True
-
-    def add_to_parser(self, parser, ctx: click.Context) -> None:
-        super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            option = parser._long_opt.get(name) or parser._short_opt.get(name)
-            option.process = _list_taker(option.process, name)
-
-
-def _list_taker(process, name: str):
-    """``process`` of a parser option, taking the values that follow the first one too."""
-
-    def take(value, state) -> None:
-        if not isinstance(value, str):  # the marker: nothing, or another option, follows
-            raise GeotranslateError(f"{name}: give at least one value after it")
-        process(value, state)
-        while state.rargs and not (state.rargs[0].startswith("-") and state.rargs[0] != "-"):
-            process(state.rargs.pop(0), state)
-
-    return take
-
-
-class VerbosityGroup(click.Group):
-    """A group whose every command takes --quiet and --verbose (geotranslate/log.py)."""
-
-    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        cmd.params.extend(verbosity_options())
-        super().add_command(cmd, name)
-
-
-@click.group(cls=VerbosityGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "--version", prog_name="geotranslate")
-def cli() -> None:
-    """Translate georeferenced rasters between imaging domains with GANs.
-
-    \b
-    Typical pipeline:
-      geotranslate export-tiles sar.tif --b optical.tif --out chips
-      geotranslate train chips --dataset-type Pix2Pix
-      geotranslate predict-raster sar.tif --model runs/latest
-    """
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
-    with warnings.catch_warnings():
-        _one_line_warnings()
-        return _main(argv)
-
-
-def _one_line_warnings() -> None:
-    """Library warnings as one line each, not two lines of their source; harmless ones off."""
-    from rasterio.errors import NotGeoreferencedWarning
-
-    # rasters without georeference are refused or announced by geotranslate itself
-    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        logger.warning(f"{_printable(str(message))} ({category.__name__})")
-
-    warnings.showwarning = show
-
-
-def _main(argv: list[str] | None) -> int:
-    set_verbosity(0)  # each command line starts at the default (tests run many in one process)
-    try:
-        status = cli.main(args=argv, prog_name="geotranslate", standalone_mode=False)
-        if isinstance(status, int) and status:
-            return status  # a command's click.exceptions.Exit(status)
-    except GeotranslateError as e:
-        click.echo(f"geotranslate: error: {_printable(str(e))}", err=True)
-        return 1
-    except OSError as e:
-        # a full disk, or a permission change mid-run, outside an atomic write: no traceback
-        # either; any other OSError is a bug and keeps its traceback
-        if e.errno not in OUTPUT_ERRNOS | {errno.EACCES, errno.EPERM}:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        click.echo(f"geotranslate: error: {where}{e.strerror or e}", err=True)
-        return 1
-    except UnicodeEncodeError as e:
-        # a file name with bytes that are not UTF-8 (surrogate-escaped by Python) reached a
-        # library that encodes names as UTF-8 (GDAL, OGR)
-        if not isinstance(e.object, str) or "surrogates" not in e.reason:
-            raise
-        click.echo(f"geotranslate: error: {not_utf8(e.object)}", err=True)
-        return 1
-    except click.exceptions.Abort:
-        click.echo("geotranslate: interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("geotranslate: interrupted", err=True)
-        return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    return 0
-
-
-def _printable(message: str) -> str:
-    """File names that are not UTF-8 show their odd bytes as \\xNN (Python keeps them as
-    surrogates, which a terminal cannot show)."""
-    try:
-        return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeError:
-        return message.encode("utf-8", "backslashreplace").decode("utf-8")
-
 
 # ---- export-tiles (geotranslate/chips/) -----------------------------------------------------
 
@@ -178,10 +39,10 @@ def _printable(message: str) -> str:
 @click.option("--tile-size", default=256, type=int, help="Chip width and height in pixels.")
 @click.option("--stride", default=None, type=int,
               help="Step between chips in pixels [default: the tile size].")
-@click.option("--mode", type=click.Choice(["paired", "unpaired"]), default=None,
+@click.option("--mode", type=click.Choice(PAIRINGS), default=None,
               help="paired: B resampled onto A's grid, same names; unpaired: tiled "
                    "independently (CycleGAN) [default: paired when --b is given].")
-@click.option("--domain", type=click.Choice(["a", "b"]), default=None,
+@click.option("--domain", type=click.Choice(DOMAINS), default=None,
               help="Export a single raster list as this domain (no --b) [default: a].")
 @click.option("--bands", "bands_a", default=None,
               help="Bands of A (1-based, e.g. 1,2,3) [default: all except alpha].")
@@ -244,164 +105,51 @@ def export_tiles_command(a_rasters, b_rasters, a_extra, out_dir, tile_size, stri
 
 # ---- train (geotranslate/train/) --------------------------------------------------------------
 
-@cli.command("train", context_settings=CONTEXT)
+def _train_settings():
+    from geotranslate.train.config import all_settings
+
+    return all_settings()
+
+
+@cli.command("train", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
 @click.argument("data_dir", default="chips", type=click.Path())
-@click.option("--dataset-type",
-              type=click.Choice(["Pix2Pix", "CycleGAN", "Pix2PixHD", "CUT", "FastCUT"]),
-              help="Pix2Pix or Pix2PixHD (paired chips, same names in train_a/ and train_b/), "
-              "CycleGAN, CUT or FastCUT (unpaired). Required unless --resume.")
-@click.option("--out", type=click.Path(),
-              help="Run directory  [default: runs/<dataset-type>-<YYYYmmdd-HHMMSS>, and "
-              "runs/latest points at it]")
-@click.option("--resume", type=click.Path(),
-              help="Continue the run in this directory from checkpoints/last.pt (its settings "
-              "are reused; options given here override them).")
-@click.option("--generator", help="resnet | unet | smp-unet:<encoder> (e.g. smp-unet:resnet34)  "
-              "[default: unet for Pix2Pix, resnet for CycleGAN]")
-@click.option("--ngf", type=int, default=64, help="Generator filters in the first layer.")
-@click.option("--n-blocks", type=int, help="ResNet generator blocks  [default: 9 at >= 256 px "
-              "chips, else 6 (the papers' choices)]")
-@click.option("--unet-depth", type=int, help="U-Net down-samplings  [default: the deepest whose "
-              "receptive field fits in a chip (3*2^(depth+1)-5 px: 128 px -> 4, 256 -> 5), so "
-              "that tiled prediction does not depend on the tile size]")
-@click.option("--ndf", type=int, default=64, help="Discriminator filters in the first layer.")
-@click.option("--n-layers-d", type=int, default=3, help="PatchGAN layers (3 = 70x70 patches).")
-@click.option("--net-norm", type=click.Choice(list(NORM_KINDS)),
-              help="Normalization layers in the generators (layer: each pixel's features "
-              "over their channels, the same in training and in tiled prediction; instance: "
-              "each chip's own statistics, a scene sample's at prediction)  "
-              f"[default: {DEFAULT_NET_NORM}]")
-@click.option("--d-norm", type=click.Choice(list(NORM_KINDS)),
-              default=DEFAULT_D_NORM, show_default=True,
-              help="Normalization layers in the discriminators.")
-@click.option("--upsample", type=click.Choice(list(UPSAMPLE_KINDS)),
-              default=DEFAULT_UPSAMPLE, show_default=True,
-              help="How the resnet and unet decoders double the resolution: resize "
-              "(nearest x2, then a 3x3 convolution: no checkerboard) or transpose (the "
-              "papers' transposed convolutions).")
-@click.option("--pretrained/--no-pretrained", default=False,
-              help="ImageNet weights for the smp-unet encoder (downloaded once).")
-@click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla", "hinge"]),
-              help="Adversarial loss  [default: vanilla for Pix2Pix, lsgan for CycleGAN]")
-@click.option("--lambda-l1", type=float,
-              help="L1 weight to B  [default: 100 for Pix2Pix, 0 for Pix2PixHD]")
-@click.option("--lambda-a", type=float, default=10.0, help="CycleGAN cycle weight A->B->A.")
-@click.option("--lambda-b", type=float, default=10.0, help="CycleGAN cycle weight B->A->B.")
-@click.option("--lambda-identity", type=float, default=0.5,
-              help="CycleGAN identity weight (x lambda-a/b); off automatically when the "
-              "domains' band counts differ.")
-@click.option("--lambda-tv", type=float, default=0.0, help="Total-variation weight on fakes.")
-@click.option("--pool-size", type=int, default=50, help="CycleGAN image pool of past fakes.")
-@click.option("--gan-warmup", type=int,
-              help="Pix2Pix/Pix2PixHD: iterations with the adversarial term off "
-              "(reconstruction first)  "
-              f"[default: {DEFAULT_GAN_WARMUP}]")
-@click.option("--gan-ramp", type=int,
-              help="Pix2Pix/Pix2PixHD: iterations over which the adversarial weight then rises "
-              f"linearly to 1  [default: {DEFAULT_GAN_RAMP}]")
-@click.option("--num-d", type=int, help="Pix2PixHD discriminator scales (inputs halved by "
-              "average pooling)  [default: 3, or as many as the chips allow]")
-@click.option("--lambda-feat", type=float, default=10.0,
-              help="Pix2PixHD discriminator feature-matching weight.")
-@click.option("--lambda-vgg", type=float, default=0.0,
-              help="Pix2PixHD VGG19 perceptual weight (needs --vgg-weights).")
-@click.option("--vgg-weights", type=click.Path(path_type=str),
-              help="A local VGG19 weights file (safetensors or a torch state_dict).")
-@click.option("--lambda-gan", type=float, default=1.0, help="CUT/FastCUT adversarial weight.")
-@click.option("--lambda-nce", type=float,
-              help="CUT/FastCUT PatchNCE weight  [default: 1 for CUT, 10 for FastCUT]")
-@click.option("--nce-idt/--no-nce-idt", default=None,
-              help="CUT identity NCE on B images  [default: on for CUT, off for FastCUT; off "
-              "when the band counts differ]")
-@click.option("--nce-layers", help="Generator encoder layers for PatchNCE, e.g. 0,4,8,12,16  "
-              "[default: the paper's]")
-@click.option("--num-patches", type=int, default=256, help="CUT/FastCUT patches per layer.")
-@click.option("--nce-temperature", type=float, default=0.07, help="PatchNCE temperature.")
-@click.option("--batch-size", type=int, default=1, help="Chips per iteration (per process).")
-@click.option("--lr", type=float, default=2e-4, help="Adam learning rate (betas 0.5, 0.999).")
-@click.option("--epochs", type=int, default=100,
-              help="Epochs at constant learning rate (100 as in the papers; sized for "
-              "real data — use a few for a trial).")
-@click.option("--epochs-decay", type=int, default=100,
-              help="Further epochs with the learning rate decaying linearly to 0.")
-@click.option("--max-steps", type=int, help="Stop after this many iterations in total.")
-@click.option("--crop-size", type=int, help="Random crops of this size  [default: whole chips]")
-@click.option("--norm-method", type=click.Choice(["robust", "percentile", "minmax", "meanstd"]),
-              default="robust", help="Band scaling to [-1, 1] from meta.json statistics "
-              "(robust: min-max, clipped only at far outliers beyond the 0.1/99.9th "
-              "percentiles; percentile: 2nd-98th percentile range, clipped).")
-@click.option("--norm-scope", type=click.Choice(["dataset", "scene"]), default="dataset",
-              help="dataset: every chip scaled by the domain's statistics; scene: each scene "
-              "(source raster) first matched to the domain's mean and std by its own "
-              "statistics, recorded at export and computed from the input at prediction "
-              "(for dates or sensors of different radiometry).")
-@click.option("--augment", type=click.Choice(list(AUGMENTS)), default=DEFAULT_AUGMENT,
-              help="Random flips/rotations, applied to A and B alike: " + "; ".join(
-                  f"{name}: {what}" for name, what in AUGMENTS.items()) + ". Keep none when "
-              "the mapping depends on directions (a hillshade on the sun's azimuth, shadows on "
-              "the sun, SAR layover on the look direction): a rotated pair teaches the wrong "
-              "light. d4 suits rotation-invariant mappings (land-cover style maps).")
 @click.option("--no-augment", is_flag=True, hidden=True,
               help="Deprecated: the same as --augment none (now the default).")
-@click.option("--cache/--no-cache", default=None,
-              help="Keep normalized chips in memory  [default: when they fit in 2 GB]")
-@click.option("--workers", type=int, help="DataLoader worker processes, at most the usable "
-              "cores  [default: 0 when cached, else min(4, cores)]")
-@click.option("--device", default="auto",
-              help="Where to train: auto, cpu, cuda, cuda:N or mps (under torchrun, cuda "
-                   "gives each process its own GPU).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              default="auto", help="Autocast precision (auto: bf16 on CUDA when supported and on "
-              "CPUs with native bf16 (AVX512-BF16/AMX: 1.85x faster, same quality), else fp32; "
-              "fp16 CUDA only, with a grad scaler).")
-@click.option("--channels-last/--no-channels-last", default=None,
-              help="channels_last memory format  [default: on for CUDA and for bf16 on CPU]")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
-@click.option("--seed", type=int, default=0, help="Seed for weights, data order, augmentation.")
-@click.option("--deterministic", is_flag=True,
-              help="Deterministic algorithms (slower; bitwise-reproducible resume on CPU).")
-@click.option("--save-every", type=int, default=0,
-              help="Also checkpoint every N iterations (0: at the end of each epoch only).")
-@click.option("--keep", type=click.Choice(["last", "best"]), default="last",
-              help="What model.safetensors holds: the last generator or the one with the best "
-              "validation PSNR (both are written when there is a validation split).")
-@click.option("--patience", type=int, help="Stop a paired run after this many epochs without "
-              "a better validation PSNR.")
-@click.option("--rgb-bands", help="Preview bands (1-based), e.g. 3,2,1 or 'a:1,2,3;b:3,2,1' "
-              "[default: from band descriptions]")
-@click.option("--preview/--no-preview", default=True,
-              help="Write previews/epoch_XXX.png and, at the end, report.html.")
 @progress_option()
 @click.pass_context
-def train_command(ctx: click.Context, compile_: bool, resume: str | None, **options) -> None:
-    """Train a Pix2Pix, Pix2PixHD, CycleGAN, CUT or FastCUT translator on chips.
+def train_command(ctx: click.Context, resume: str | None, **options) -> None:
+    """Train a translator on chips: Pix2Pix, Pix2PixHD, CycleGAN, CUT, FastCUT, or any method
+    in geotranslate/methods/ (--dataset-type).
 
     Writes RUN_DIR/config.json, metrics.csv, previews/, checkpoints/last.pt and the final
     model.safetensors + model.json. Several GPUs or nodes:
     torchrun --nproc_per_node N -m geotranslate train ...
     """
     from geotranslate.train import TrainConfig, train
+    from geotranslate.train.config import method_settings
 
-    options["compile"] = compile_
     no_augment = options.pop("no_augment")
     if no_augment:  # the former switch: geometry kept
         if options["augment"] != "none":
-            raise GeotranslateError(f"--no-augment contradicts --augment {options['augment']}")
-    if resume:
-        # the run's own settings, overridden only by options typed on this command line
-        typed = {
-            name: value for name, value in options.items()
-            if ctx.get_parameter_source("compile_" if name == "compile" else name).name
-            not in ("DEFAULT", "DEFAULT_MAP")
-        }
+            raise OptionError(f"--no-augment contradicts --augment {options['augment']}")
+    # the options typed on this command line (the others hold their defaults)
+    typed = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+    if resume:  # the run's own settings, overridden only by options typed here
         if no_augment:
             typed["augment"] = "none"
         config = TrainConfig.from_run(resume, **typed)
     else:
         if not options.get("dataset_type"):
-            raise GeotranslateError("--dataset-type is required (Pix2Pix, CycleGAN, "
-                                    "Pix2PixHD, CUT or FastCUT)")
+            from geotranslate.methods import METHODS
+
+            raise OptionError(f"--dataset-type is required ({', '.join(METHODS)})")
         config = TrainConfig(**options)
+    own = {s.name for s in config.method.OPTIONS}
+    for s in method_settings():
+        if s.name in typed and s.name not in own:
+            logger.warning(f"{s.option} is not an option of {config.dataset_type} "
+                           f"({s.help.split(':')[0]}); ignored")
     run_dir = train(config)
     if is_main_process():  # under torchrun: once
         click.echo(str(run_dir))
@@ -443,21 +191,21 @@ def report_command(run_dir, out_path, chips, device) -> None:
 @click.option("--split-mpx", type=float, default=64.0,
               help="With several processes, split inputs of at least this many megapixels "
                    "over them by bands of rows (joined into <stem>_translated.vrt).")
-@click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
+@click.option("--direction", type=click.Choice(DIRECTIONS), default="a2b",
               help="Translation direction (CycleGAN models have both; Pix2Pix only a2b).")
 @click.option("--tile-size", type=int, default=None,
               help="Tile size in pixels. Default: the model's chip size.")
 @click.option("--overlap", type=int, default=None,
               help="Overlap between tiles in pixels. Default: half the generator's receptive "
               "field, within a quarter to a half of the tile size.")
-@click.option("--blend", type=click.Choice(["hann", "linear", "none"]), default="hann",
+@click.option("--blend", type=click.Choice(BLEND_MODES), default="hann",
               help="Window that merges overlapping tiles (none: hard seams, for comparison).")
-@click.option("--norm-stats", type=click.Choice(["scene", "tile"]), default="scene",
+@click.option("--norm-stats", type=click.Choice(NORM_STATS_MODES), default="scene",
               help="Instance-norm statistics: of a sample of the whole scene, so the result "
               "does not depend on the tile size (scene), or of each tile (tile).")
 @click.option("--batch-size", type=int, default=4, help="Tiles per forward pass.")
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+@click.option("--precision", type=click.Choice(PRECISIONS),
               default="auto", help="Compute precision (autocast); fp16 only on GPUs. auto: bf16 "
               "on GPUs and CPUs with native bf16 (same PSNR within 0.1 dB), else fp32.")
 @click.option("--channels-last/--no-channels-last", default=None,
@@ -548,7 +296,7 @@ def model_stac_cmd(run, out_path, onnx_paths, overwrite) -> None:
 @click.argument("run", type=click.Path())
 @click.option("--out", "out_path", required=True, type=click.Path(),
               help="The ONNX model file to write.")
-@click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
+@click.option("--direction", type=click.Choice(DIRECTIONS), default="a2b",
               help="Which generator to export (b2a: CycleGAN, CUT's have only a2b).")
 @click.option("--tile-size", type=int, default=None,
               help="The model's input size in pixels. Default: the model's chip size.")
@@ -579,15 +327,10 @@ def export_onnx_cmd(run, out_path, direction, tile_size, calibrate_on, resolutio
 def _parse_data_range_option(text: str | None) -> list[float] | str | None:
     if text is None or text.strip() == "model":
         return None if text is None else "model"
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        values = []
+    values = number_list(text, "--data-range", float)
     if not values:
-        raise GeotranslateError(
-            f"--data-range {text!r}: expected a number or a comma-separated list"
-        )
-    return values
+        raise OptionError(f"--data-range {text!r}: expected a number or a comma-separated list")
+    return list(values)
 
 
 def _check_evaluate_json(json_path, rasters, model_path, data_dir) -> None:
@@ -612,13 +355,13 @@ def _check_evaluate_json(json_path, rasters, model_path, data_dir) -> None:
               help="Chip mode: run directory (or model.json) of a trained model.")
 @click.option("--data", "data_dir", default="chips", type=click.Path(),
               help="Chip mode: chip directory made by export-tiles.")
-@click.option("--split", type=click.Choice(["val", "train"]), default="val",
+@click.option("--split", type=click.Choice(SPLITS), default="val",
               help="Chip mode: which chips to evaluate on.")
-@click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b",
+@click.option("--direction", type=click.Choice(DIRECTIONS), default="a2b",
               help="Chip mode: translation direction (b2a needs a CycleGAN model).")
 @click.option("--device", default="auto", help="Chip mode: torch device (auto, cpu, cuda, cuda:1).")
 @click.option("--batch-size", type=int, default=8, help="Chip mode: chips per forward pass.")
-@click.option("--norm-stats", type=click.Choice(["scene", "tile"]), default="scene",
+@click.option("--norm-stats", type=click.Choice(NORM_STATS_MODES), default="scene",
               help="Chip mode: instance-norm statistics of a sample of the split's chips, as "
               "predict-raster uses them (scene), or of each chip (tile).")
 @click.option("--resampling", type=click.Choice(RESAMPLING_NAMES),
@@ -742,6 +485,3 @@ def preview_command(
     )
     click.echo(f"wrote {out_png} ({image.width} x {image.height} px)")
 
-
-if __name__ == "__main__":
-    sys.exit(main())
