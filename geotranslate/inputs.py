@@ -33,6 +33,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.settings import split_list
 from geotranslate.stats import BandStats, Normalizer, StatsAccumulator, stats_from_dict
 
 #: how each domain is normalized: by the statistics of the whole dataset (default, and what
@@ -182,7 +183,7 @@ class RelativeElevation:
         radius_text, _, bands_text = str(text).partition(":")
         try:
             radius = int(radius_text)
-            bands = tuple(int(b) for b in bands_text.split(",") if b.strip())
+            bands = split_list(bands_text, int)
         except ValueError:
             raise GeotranslateError(
                 f"--relative-elevation {text!r}: expected RADIUS_PX or RADIUS_PX:BANDS "

@@ -35,6 +35,7 @@ from geotranslate.raster.io import (
     read_window,
 )
 from geotranslate.raster.windows import parse_pixel_window
+from geotranslate.settings import split_list
 
 _COLOUR_NAMES = {
     "red": ("red", "r", "b4", "b04", "sr_b4"),
@@ -239,7 +240,7 @@ def parse_window(spec: str | None) -> DisplayWindow | None:
             raise GeotranslateError(f"window {spec!r}: row and column offsets must be >= 0")
         return DisplayWindow("pixel", (col, row, width, height))
     try:
-        values = tuple(float(v) for v in text[4:].replace(" ", "").split(","))
+        values = split_list(text[4:], float)
     except ValueError:
         values = ()
     if len(values) != 4:

@@ -93,6 +93,11 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         click.echo("geotranslate: interrupted", err=True)
         return 130
+    except click.UsageError as e:  # a bad option: one line too, with click's status (2)
+        where = f"; see {e.ctx.command_path} --help" if e.ctx is not None else ""
+        message = e.format_message().rstrip(".")
+        click.echo(f"geotranslate: error: {_printable(message)}{where}", err=True)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
         return e.exit_code

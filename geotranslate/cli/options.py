@@ -109,7 +109,7 @@ class NumberList(click.ParamType):
         try:
             return split_list(value, self.kind, param.opts[0] if param else "value")
         except ValueError as e:
-            self.fail(str(e).split(": ", 1)[-1], param, ctx)
+            self.fail(str(e).split(" ", 1)[-1], param, ctx)
 
 
 def number_list(text: str | None, name: str, kind: type = int) -> tuple | None:
@@ -119,4 +119,4 @@ def number_list(text: str | None, name: str, kind: type = int) -> tuple | None:
     try:
         return split_list(text, kind, name)
     except ValueError as e:
-        raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint=name) from None
+        raise click.BadParameter(str(e).split(" ", 1)[-1], param_hint=name) from None

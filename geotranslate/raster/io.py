@@ -33,6 +33,7 @@ from geotranslate.raster.sources import (
     apply_remote_config,
     parse_source,
 )
+from geotranslate.settings import split_list
 
 #: GDAL block cache for export and prediction: small and fixed, because GDAL's default (5 %
 #: of RAM) would make memory grow with the raster's size.
@@ -262,7 +263,7 @@ def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) ->
         return available
     if isinstance(spec, str):
         try:
-            bands = [int(s) for s in spec.replace(" ", "").split(",") if s]
+            bands = list(split_list(spec, int))
         except ValueError:
             raise GeotranslateError(f"bands {spec!r}: expected a list like 1,2,3") from None
     else:

@@ -12,6 +12,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.settings import split_list
 
 
 def tile_offsets(length: int, tile: int, stride: int, *, start: int = 0) -> list[int]:
@@ -78,7 +79,7 @@ def parse_pixel_window(
         return None
     if isinstance(spec, str):
         try:
-            values = tuple(int(v) for v in spec.replace(" ", "").split(","))
+            values = split_list(spec, int)
         except ValueError:
             values = ()
         if len(values) != 4:
