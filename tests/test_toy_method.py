@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from conftest import write_raster
+from builders import write_raster
 
 import geotranslate
 
