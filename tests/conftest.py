@@ -1,84 +1,22 @@
-"""Shared test fixtures: small rasters written on the fly, and the optional real-data folder."""
+"""Shared test fixtures: small rasters written on the fly, chips and models, and the optional
+real-data folder. The builders behind them are in builders.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
-import rasterio
 import torch
-from rasterio.transform import Affine, from_origin
+from builders import ROOT, make_chip_model, make_chips, write_raster
 
-ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "real"
-
-def load_tool(name: str) -> ModuleType:
-    """A script of tools/ imported as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
-
 
 # Tiny test networks gain nothing from several threads, and on a shared 2-core machine OpenMP
 # threads waiting for each other (beside the predictor's I/O threads) make them 10-50x slower.
 torch.set_num_threads(1)
-
-
-def write_raster(
-    path: str | Path,
-    data: np.ndarray,
-    *,
-    crs: str | None = "EPSG:32633",
-    transform: Affine | None = None,
-    nodata: float | None = None,
-    descriptions: Sequence[str] | None = None,
-    tiled: bool = True,
-    blocksize: int = 64,
-    alpha: np.ndarray | None = None,
-) -> Path:
-    """Write a (bands, rows, cols) array as a GeoTIFF; returns its path.
-
-    ``alpha`` (rows, cols; 0 = transparent) is appended as an alpha band.
-    """
-    path = Path(path)
-    data = np.asarray(data)
-    if data.ndim == 2:
-        data = data[None]
-    count, height, width = data.shape
-    if transform is None:
-        transform = from_origin(500000.0, 5300000.0, 10.0, 10.0)
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count + (alpha is not None),
-        "dtype": data.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-    }
-    if tiled and height >= blocksize and width >= blocksize:
-        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, indexes=list(range(1, count + 1)))
-        if alpha is not None:
-            dst.write(alpha.astype(data.dtype), count + 1)
-            dst.colorinterp = [rasterio.enums.ColorInterp.undefined] * count + [
-                rasterio.enums.ColorInterp.alpha
-            ]
-        for i, d in enumerate(descriptions or []):
-            dst.set_band_description(i + 1, d)
-    return path
 
 
 @pytest.fixture
@@ -129,3 +67,15 @@ def small_disk(tmp_path):
 
     yield _leave
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture(scope="module")
+def paired_chips(tmp_path_factory) -> Path:
+    """16 train and 4 val chip pairs following builders.known_mapping, one folder per module."""
+    return make_chips(tmp_path_factory.mktemp("paired") / "chips", n_train=16, n_val=4)
+
+
+@pytest.fixture
+def chip_model(tmp_path):
+    """(chips, run, g_ab, model): builders.make_chip_model in this test's folder."""
+    return make_chip_model(tmp_path)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import make_model, predict_interrupted, textured_field
 from rasterio.transform import Affine
-from test_predict import _smooth_field, make_model
 
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
@@ -24,40 +24,20 @@ from geotranslate.predict.resume import partial_paths
 # ---- resume ---------------------------------------------------------------------------------
 
 
-_real_call = torch.nn.Module.__call__
-
-
-def _interrupt_at(monkeypatch, call: int) -> None:
-    real_forward = _real_call
-    calls = {"n": 0}
-
-    def interrupting(self, *args, **kwargs):
-        if type(self).__name__ == "ResnetGenerator":
-            calls["n"] += 1
-            if calls["n"] == call:
-                raise KeyboardInterrupt
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", interrupting)
-
-
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, make_raster,
                                                              monkeypatch):
     run = make_model(tmp_path, norm="instance", smooth=True, seed=3)
-    src = make_raster("in.tif", _smooth_field(2, 1100, 300, seed=5))
+    src = make_raster("in.tif", textured_field(2, 1100, 300, seed=5))
     opts = dict(tile_size=64, overlap=16, batch_size=4, chunk_width=256, progress=False)
     monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 256 * 512)  # every 2nd block row
     predict_raster(src, run, tmp_path / "whole.tif", **opts)
-    _interrupt_at(monkeypatch, 40)
     out = tmp_path / "out.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict_raster(src, run, out, **opts)
+    predict_interrupted(src, run, out, at_call=40, **opts)
     assert not out.exists()  # the partial never sits at the final name
     tiff, progress = partial_paths(out)
     done = json.loads(progress.read_text())["done"]
     assert done is not None and done != {"chunk_col": 0, "row": 0}
     assert done["row"] % 512 == 0 or done["row"] == 1100  # a checkpoint row, or a chunk's end
-    monkeypatch.setattr(torch.nn.Module, "__call__", _real_call)
     # another run without --resume does not throw the partial away
     with pytest.raises(GeotranslateError, match="pass --resume"):
         predict_raster(src, run, out, **opts)
@@ -99,7 +79,7 @@ def test_sigkilled_run_resumes_byte_for_byte(tmp_path, make_raster, monkeypatch)
     import signal
 
     run = make_model(tmp_path, norm="instance", smooth=True, seed=4)
-    src = make_raster("in.tif", _smooth_field(2, 1300, 128, seed=6))
+    src = make_raster("in.tif", textured_field(2, 1300, 128, seed=6))
     opts = dict(tile_size=64, overlap=16, batch_size=4, progress=False)
     out = tmp_path / "out.tif"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
@@ -123,14 +103,11 @@ def test_sigkilled_run_resumes_byte_for_byte(tmp_path, make_raster, monkeypatch)
 def test_resume_refuses_a_partial_changed_after_its_checkpoint(tmp_path, make_raster,
                                                               monkeypatch):
     run = make_model(tmp_path, seed=3)
-    src = make_raster("in.tif", _smooth_field(2, 1100, 100, seed=5))
+    src = make_raster("in.tif", textured_field(2, 1100, 100, seed=5))
     opts = dict(tile_size=64, overlap=16, batch_size=4, cog=True, progress=False)
     monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 1)
-    _interrupt_at(monkeypatch, 14)
     out = tmp_path / "out.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict_raster(src, run, out, **opts)
-    monkeypatch.setattr(torch.nn.Module, "__call__", _real_call)
+    predict_interrupted(src, run, out, at_call=14, **opts)
     tiff, progress = partial_paths(out)
     size = json.loads(progress.read_text())["done"]["size"]
     data = tiff.read_bytes()[:size]
@@ -148,7 +125,7 @@ def test_resume_refuses_a_partial_changed_after_its_checkpoint(tmp_path, make_ra
 
 def test_resume_without_partial_starts_over_with_a_warning(tmp_path, make_raster, capsys):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 40, 40))
+    src = make_raster("in.tif", textured_field(2, 40, 40))
     predict_raster(src, run, tmp_path / "out.tif", resume=True, progress=False)
     assert "nothing to resume" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -164,7 +141,7 @@ def test_output_tags_carry_the_provenance(tmp_path, make_raster):
 
     run = make_model(tmp_path, seed=1)
     other = make_model(tmp_path, seed=2, name="other")
-    src = make_raster("in.tif", _smooth_field(2, 40, 40))
+    src = make_raster("in.tif", textured_field(2, 40, 40))
     predict_raster(src, run, tmp_path / "out.tif", tile_size=32, overlap=8, blend="linear",
                    progress=False)
     with rasterio.open(tmp_path / "out.tif") as ds:
@@ -189,7 +166,7 @@ def _scenes(make_raster, tmp_path, n=3):
     for i in range(n):
         north = 5300000.0 - 240 * (i == 2)
         transform = Affine(10.0, 0.0, 500000.0 + 400 * i, 0.0, -10.0, north)
-        paths.append(make_raster(f"scene{i}.tif", _smooth_field(2, 48, 40, seed=i),
+        paths.append(make_raster(f"scene{i}.tif", textured_field(2, 48, 40, seed=i),
                                  transform=transform))
     return paths
 
@@ -230,8 +207,8 @@ def test_many_inputs_one_output_each_and_a_mosaic(tmp_path, make_raster, capsys)
 def test_inputs_with_one_stem_and_mosaic_of_two_crs_are_refused(tmp_path, make_raster, capsys):
     run = make_model(tmp_path)
     (tmp_path / "x").mkdir()
-    a = make_raster("a.tif", _smooth_field(2, 40, 40))
-    b = make_raster("x/a.tif", _smooth_field(2, 40, 40))
+    a = make_raster("a.tif", textured_field(2, 40, 40))
+    b = make_raster("x/a.tif", textured_field(2, 40, 40))
     out = tmp_path / "out"
     out.mkdir()
     assert cli_main(["predict-raster", str(a), str(b), "--model", str(run),
@@ -239,7 +216,7 @@ def test_inputs_with_one_stem_and_mosaic_of_two_crs_are_refused(tmp_path, make_r
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a_translated.tif" in err and "x/a.tif" in err
     assert list(out.iterdir()) == []
-    c = make_raster("c.tif", _smooth_field(2, 40, 40), crs="EPSG:32634")
+    c = make_raster("c.tif", textured_field(2, 40, 40), crs="EPSG:32634")
     assert cli_main(["predict-raster", str(a), str(c), "--model", str(run),
                      "--out-dir", str(out), "--mosaic", str(out / "m.vrt"),
                      "--no-progress"]) == 1
@@ -253,7 +230,7 @@ def test_inputs_with_one_stem_and_mosaic_of_two_crs_are_refused(tmp_path, make_r
 
 def test_two_processes_under_torchrun_equal_one(tmp_path, make_raster):
     run = make_model(tmp_path, norm="instance", smooth=True, seed=6)
-    big = make_raster("big.tif", _smooth_field(2, 600, 90, seed=7))
+    big = make_raster("big.tif", textured_field(2, 600, 90, seed=7))
     small = _scenes(make_raster, tmp_path, n=2)
     inputs = [str(big), *map(str, small)]
     opts = ["--tile-size", "32", "--overlap", "8", "--no-progress"]

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import write_raster
+from builders import make_model, stac_item, write_raster
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from servers import range_server
-from test_predict import make_model
 
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
@@ -129,24 +128,13 @@ def test_band_files_that_do_not_fit_together_are_refused(band_files, tmp_path, c
     assert not (tmp_path / "chips").exists()
 
 
-def _stac_item(path: Path, hrefs: dict[str, str]) -> Path:
-    import pystac
-
-    item = pystac.Item("T32-scene", geometry=None, bbox=None,
-                       datetime=__import__("datetime").datetime(2024, 6, 1), properties={})
-    for key, href in hrefs.items():
-        item.add_asset(key, pystac.Asset(href, media_type=pystac.MediaType.COG))
-    path.write_text(json.dumps(item.to_dict(include_self_link=False)))
-    return path
-
-
 def test_stac_item_assets_stack_like_band_files(band_files, tmp_path, capsys):
     keys = ["B04", "B03", "B02", "B11"]
     by_key = {f.stem.split("_")[1]: f for f in band_files}
     with range_server(tmp_path) as server:
-        item = _stac_item(tmp_path / "item.json",
+        item = stac_item(tmp_path / "item.json",
                           {k: f"{server.url}/{by_key[k].name}" for k in keys})
-        local_item = _stac_item(tmp_path / "local.json",
+        local_item = stac_item(tmp_path / "local.json",
                                 {k: f"./{by_key[k].name}" for k in keys})  # relative hrefs
         for source in [f"{item}:{','.join(keys)}", f"{server.url}/item.json:{','.join(keys)}",
                        f"{local_item}:{','.join(keys)}"]:

@@ -8,7 +8,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from conftest import load_tool
+from builders import load_tool
 
 
 @pytest.fixture(scope="module")

@@ -10,84 +10,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import write_raster
+from builders import NODATA, known_mapping, make_chips, write_raster
 
 from geotranslate.data import ChipDataset, EpochSampler
 from geotranslate.errors import GeotranslateError
-from geotranslate.stats import StatsAccumulator
-
-NODATA = -9999.0
-
-
-
-def smooth_field(rng: np.random.Generator, bands: int, size: int) -> np.ndarray:
-    """Smooth random images (sums of random sinusoids): easy to learn, not constant."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    out = np.zeros((bands, size, size))
-    for b in range(bands):
-        for _ in range(3):
-            fy, fx, phase = rng.uniform(0.5, 3, 2).tolist() + [rng.uniform(0, 6.3)]
-            out[b] += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)
-    return out.astype(np.float32)
-
-
-def known_mapping(a: np.ndarray) -> np.ndarray:
-    """B from A, pixel by pixel (2 bands -> 3 bands): what Pix2Pix should learn."""
-    return np.stack([a[0] * 2.0 + 1.0, -a[1], 0.5 * (a[0] + a[1])]).astype(np.float32)
-
-
-def make_chips(
-    root: Path,
-    *,
-    n_train: int = 8,
-    n_val: int = 0,
-    size: int = 32,
-    bands_a: int = 2,
-    bands_b: int = 3,
-    paired: bool = True,
-    mapping: Callable[[np.ndarray], np.ndarray] | None = known_mapping,
-    nodata_holes: bool = False,
-    seed: int = 0,
-) -> Path:
-    """A chip folder in the export-tiles layout (train_a/, train_b/, val_*, meta.json)."""
-    rng = np.random.default_rng(seed)
-    acc = {"a": StatsAccumulator(bands_a), "b": StatsAccumulator(bands_b)}
-    splits = {"train": n_train, "val": n_val}
-    for split, n in splits.items():
-        if n == 0:
-            continue
-        for d in ("a", "b"):
-            (root / f"{split}_{d}").mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            a = smooth_field(rng, bands_a, size)
-            if mapping is not None and paired:
-                b = mapping(a)
-            else:
-                b = smooth_field(rng, bands_b, size)
-            assert b.shape[0] == bands_b
-            if nodata_holes and i % 2 == 0:
-                a[:, :4, :6] = NODATA
-                b[:, -5:, -3:] = NODATA
-            for d, data in (("a", a), ("b", b)):
-                valid = (data != NODATA).all(axis=0)
-                acc[d].add(data, valid)
-                name = f"src_{i * size}_0.tif" if paired or d == "a" else f"other_{i}_0.tif"
-                write_raster(root / f"{split}_{d}" / name, data, nodata=NODATA,
-                             descriptions=[f"{d}{k}" for k in range(data.shape[0])])
-    meta = {
-        "format": "geotranslate-chips", "format_version": 1,
-        "dataset_type": "paired" if paired else "unpaired", "tile_size": size, "stride": size,
-        "domains": {
-            d: {"sources": [f"/x/{d}.tif"], "bands": list(range(1, n + 1)), "band_count": n,
-                "dtype": "float32", "band_descriptions": [f"{d}{k}" for k in range(n)],
-                "nodata": NODATA, "crs": "EPSG:32633", "pixel_size": [10.0, 10.0],
-                "stats": acc[d].to_dict()}
-            for d, n in (("a", bands_a), ("b", bands_b))
-        },
-        "chips": {s: {"a": n, "b": n} for s, n in splits.items()},
-    }
-    (root / "meta.json").write_text(json.dumps(meta))
-    return root
 
 
 def test_paired_items_share_augmentation_and_follow_the_mapping(tmp_path):

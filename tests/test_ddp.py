@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_data import known_mapping, make_chips
+from builders import known_mapping, make_chips
 
 from geotranslate import load_model
 

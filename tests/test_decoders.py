@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from test_data import make_chips
+from builders import make_chips
 
 from geotranslate import load_model
 from geotranslate.methods import build_method

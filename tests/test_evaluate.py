@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from builders import CHIP, write_sar_rgb_chips
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from skimage.metrics import structural_similarity
@@ -15,10 +16,6 @@ from skimage.metrics import structural_similarity
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
 from geotranslate.evaluate import evaluate_chips, evaluate_rasters
-from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
-from geotranslate.models import build_generator, generator_spec
-from geotranslate.stats import Normalizer
-from tests.conftest import write_raster
 
 # ---- raster mode -------------------------------------------------------------------------------
 
@@ -156,54 +153,6 @@ def test_cli_raster_mode_table_and_json(make_raster, tmp_path, capsys):
 
 # ---- chip mode ---------------------------------------------------------------------------------
 
-CHIP = 32
-
-
-def _write_chips(root, split: str, count: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    (root / f"{split}_a").mkdir(parents=True)
-    (root / f"{split}_b").mkdir(parents=True)
-    for k in range(count):
-        a = rng.normal(-12, 3, size=(2, CHIP, CHIP)).astype(np.float32)
-        b = rng.integers(200, 4000, size=(3, CHIP, CHIP)).astype(np.uint16)
-        if k == 0:
-            a[:, :5, :] = -9999.0  # source nodata
-            b[:, -4:, -6:] = 0  # target nodata
-        transform = from_origin(500000.0 + k * 320, 5300000.0, 10.0, 10.0)
-        name = f"scene_{k * CHIP}_0.tif"
-        write_raster(root / f"{split}_a" / name, a, transform=transform, nodata=-9999.0,
-                     descriptions=["VV", "VH"])
-        write_raster(root / f"{split}_b" / name, b, transform=transform, nodata=0,
-                     descriptions=["red", "green", "blue"])
-
-
-@pytest.fixture
-def chip_model(tmp_path):
-    """Chips in the export layout plus a tiny real Pix2Pix-style model saved to a run dir."""
-    chips = tmp_path / "chips"
-    _write_chips(chips, "train", 2, seed=1)
-    _write_chips(chips, "val", 3, seed=2)
-    (chips / "meta.json").write_text(json.dumps({"format": "geotranslate-chips",
-                                                 "format_version": 1, "tile_size": CHIP}))
-    torch.manual_seed(0)
-    g_ab = build_generator("resnet", 2, 3, ngf=4, n_blocks=1, norm="instance").eval()
-    model = TranslationModel(
-        dataset_type="Pix2Pix",
-        generators={"a2b": g_ab},
-        generator_specs={"a2b": generator_spec(g_ab).to_dict()},
-        domains={
-            "a": DomainSpec(2, "float32", ["VV", "VH"], -9999.0,
-                            Normalizer("percentile", (-18.0, -17.0), (-6.0, -7.0))),
-            "b": DomainSpec(3, "uint16", ["red", "green", "blue"], 0.0,
-                            Normalizer("percentile", (300.0, 250.0, 200.0),
-                                       (3800.0, 3900.0, 3000.0))),
-        },
-        chip_size=CHIP,
-    )
-    save_model(model, tmp_path / "run")
-    return chips, tmp_path / "run", g_ab, model
-
-
 def _by_hand(chips, g_ab, model):
     """Metrics of the val chips computed independently of geotranslate.metrics."""
     import rasterio
@@ -289,7 +238,7 @@ def test_chip_mode_errors(chip_model, tmp_path):
     with pytest.raises(GeotranslateError, match="has no b2a generator"):
         evaluate_chips(run_dir, chips, direction="b2a")
     no_val = tmp_path / "no_val"
-    _write_chips(no_val, "train", 1, seed=5)
+    write_sar_rgb_chips(no_val, "train", 1, seed=5)
     with pytest.raises(GeotranslateError, match="--val-fraction"):
         evaluate_chips(run_dir, no_val, split="val")
     with pytest.raises(GeotranslateError, match="no such chip directory"):

@@ -20,6 +20,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from builders import make_chips, make_model
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine, from_origin
 from shapely.geometry import Point, box
@@ -170,8 +171,6 @@ def test_polygon_aoi_still_selects(rasters, tmp_path):
 
 def test_crop_smaller_than_the_generator_stride_gets_a_possible_hint(tmp_path, capsys):
     """A 16 px crop for a 5-level U-Net (stride 32) was told "use --crop-size 0"."""
-    from test_data import make_chips
-
     chips = make_chips(tmp_path / "chips", n_train=2, size=32)
     args = ["train", str(chips), "--dataset-type", "Pix2Pix", "--unet-depth", "5",
             "--crop-size", "16", "--ngf", "4", "--ndf", "4", "--epochs", "1",
@@ -398,8 +397,6 @@ def test_export_memory_estimate_against_available_memory(rasters, tmp_path, monk
 
 
 def test_predict_tile_size_beyond_memory_is_refused(rasters, tmp_path, make_raster, capsys):
-    from test_predict import make_model
-
     run = make_model(tmp_path, bands_a=2, bands_b=3)
     src = make_raster("in.tif", np.ones((2, 20, 20), np.float32))
     out = tmp_path / "out.tif"
@@ -477,8 +474,6 @@ def test_val_fraction_on_real_raster_with_aoi(real_data, tmp_path):
 @pytest.mark.parametrize("option", [["--tile-size", "0"], ["--out", "OUTDIR/"]])
 def test_predict_zero_tile_size_and_trailing_slash_are_refused(tmp_path, make_raster, capsys,
                                                                option):
-    from test_predict import make_model
-
     run = make_model(tmp_path, bands_a=2, bands_b=3)
     src = make_raster("in.tif", np.ones((2, 20, 20), np.float32))
     if option[0] == "--out":
@@ -493,8 +488,6 @@ def test_predict_zero_tile_size_and_trailing_slash_are_refused(tmp_path, make_ra
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_predict_raster_pixel_space_output_evaluates_against_a_pixel_space_reference(
         tmp_path, capsys):
-    from test_predict import make_model
-
     from geotranslate.predict import predict_raster
 
     run = make_model(tmp_path, bands_a=2, bands_b=3)

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_raster
+from builders import make_chips, write_raster
 from safetensors.torch import load_file, save_file
-from test_data import make_chips
 
 from geotranslate.cli import main
 from geotranslate.modelfile import _sha256

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data import make_chips
-from test_train import checkpoint as last_checkpoint
-from test_train import read_metrics
+from builders import last_checkpoint, make_chips, read_metrics
 
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError

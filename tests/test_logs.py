@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_raster
+from builders import ROOT, write_raster
 from rasterio.transform import from_origin
 
 from geotranslate.cli import main

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from test_data import known_mapping, smooth_field
+from builders import known_mapping, smooth_field
 
 from geotranslate.errors import GeotranslateError
 from geotranslate.methods import METHODS, build_method

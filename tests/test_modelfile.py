@@ -6,51 +6,19 @@ import json
 
 import pytest
 import torch
+from builders import tiny_cyclegan_model
 
 from geotranslate import load_model
 from geotranslate.errors import GeotranslateError
 from geotranslate.modelfile import (
     META_NAME,
     WEIGHTS_NAME,
-    DomainSpec,
-    TranslationModel,
     save_model,
 )
-from geotranslate.models import build_generator, generator_spec
-from geotranslate.stats import Normalizer
-
-
-def _tiny_model() -> TranslationModel:
-    torch.manual_seed(0)
-    g_ab = build_generator("resnet", 2, 3, ngf=4, n_blocks=1)
-    g_ba = build_generator("unet", 3, 2, ngf=4, num_downs=3)
-    domains = {
-        "a": DomainSpec(
-            2, "float32", ["VV", "VH"], -9999.0, Normalizer("percentile", (-25, -30), (0, -5))
-        ),
-        "b": DomainSpec(
-            3,
-            "uint8",
-            ["red", "green", "blue"],
-            None,
-            Normalizer("minmax", (0, 0, 0), (255, 255, 255)),
-        ),
-    }
-    return TranslationModel(
-        dataset_type="CycleGAN",
-        generators={"a2b": g_ab, "b2a": g_ba},
-        generator_specs={
-            "a2b": generator_spec(g_ab).to_dict(),
-            "b2a": generator_spec(g_ba).to_dict(),
-        },
-        domains=domains,
-        chip_size=32,
-        training={"iterations": 3},
-    )
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
-    model = _tiny_model()
+    model = tiny_cyclegan_model()
     save_model(model, tmp_path)
     loaded = load_model(tmp_path)
     x = torch.randn(1, 2, 32, 32)
@@ -70,7 +38,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
 
 
 def test_tampered_weights_are_refused(tmp_path):
-    save_model(_tiny_model(), tmp_path)
+    save_model(tiny_cyclegan_model(), tmp_path)
     weights = tmp_path / WEIGHTS_NAME
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF  # flip bits inside the last tensor's data
@@ -80,7 +48,7 @@ def test_tampered_weights_are_refused(tmp_path):
 
 
 def test_truncated_weights_are_refused(tmp_path):
-    save_model(_tiny_model(), tmp_path)
+    save_model(tiny_cyclegan_model(), tmp_path)
     weights = tmp_path / WEIGHTS_NAME
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(GeotranslateError, match="truncated or modified"):
@@ -89,7 +57,7 @@ def test_truncated_weights_are_refused(tmp_path):
 
 def test_truncated_weights_with_matching_hash_are_refused_as_corrupt(tmp_path):
     """Even with a recomputed hash, a file safetensors cannot parse is a clear error."""
-    save_model(_tiny_model(), tmp_path)
+    save_model(tiny_cyclegan_model(), tmp_path)
     weights = tmp_path / WEIGHTS_NAME
     weights.write_bytes(weights.read_bytes()[:100])
     meta = json.loads((tmp_path / META_NAME).read_text())
@@ -102,7 +70,7 @@ def test_truncated_weights_with_matching_hash_are_refused_as_corrupt(tmp_path):
 
 
 def test_other_format_version_and_foreign_json_are_refused(tmp_path):
-    save_model(_tiny_model(), tmp_path)
+    save_model(tiny_cyclegan_model(), tmp_path)
     meta_path = tmp_path / META_NAME
     meta = json.loads(meta_path.read_text())
     meta["format_version"] = 99
@@ -118,7 +86,7 @@ def test_other_format_version_and_foreign_json_are_refused(tmp_path):
 
 
 def test_architecture_mismatch_is_refused(tmp_path):
-    save_model(_tiny_model(), tmp_path)
+    save_model(tiny_cyclegan_model(), tmp_path)
     meta_path = tmp_path / META_NAME
     meta = json.loads(meta_path.read_text())
     meta["generators"]["a2b"]["kwargs"]["ngf"] = 8  # weights were saved for ngf=4
@@ -132,14 +100,14 @@ def test_missing_model_and_missing_direction(tmp_path):
         load_model(tmp_path / "nope")
     with pytest.raises(GeotranslateError, match="no such model file"):
         load_model(tmp_path)
-    model = _tiny_model()
+    model = tiny_cyclegan_model()
     del model.generators["b2a"]
     with pytest.raises(GeotranslateError, match="no b2a generator"):
         model.generator("b2a")
 
 
 def test_weights_file_holds_no_pickle(tmp_path):
-    save_model(_tiny_model(), tmp_path)
+    save_model(tiny_cyclegan_model(), tmp_path)
     head = (tmp_path / WEIGHTS_NAME).read_bytes()[:8]
     assert head[:2] != b"\x80\x04"  # not a pickle protocol header
     header_len = int.from_bytes(head, "little")

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
-from test_predict import make_model
+from builders import make_model, write_raster
 
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
@@ -187,7 +187,6 @@ def test_translation_of_a_bgr_nir_target_has_its_colour_interpretation(tmp_path,
 
 
 def test_chips_get_colours_from_descriptions_or_the_source_colour_interpretation(tmp_path):
-    from conftest import write_raster
     from rasterio.enums import ColorInterp as CI
 
     from geotranslate.export import export_tiles

@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, write_raster
+from builders import ROOT, make_model, tiny_cyclegan_model, write_raster
 from PIL import Image
-from test_modelfile import _tiny_model
-from test_predict import make_model
 
 from geotranslate import load_model
 from geotranslate.cli import main
@@ -145,9 +143,9 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next(make_raster, tm
 
 
 def test_a_save_killed_between_its_renames_is_completed_at_load(tmp_path, monkeypatch):
-    old = _tiny_model()
+    old = tiny_cyclegan_model()
     save_model(old, tmp_path)
-    new = _tiny_model()
+    new = tiny_cyclegan_model()
     with torch.no_grad():
         for p in new.generators["a2b"].parameters():
             p.add_(0.5)
@@ -177,7 +175,7 @@ def test_a_save_killed_between_its_renames_is_completed_at_load(tmp_path, monkey
 
 
 def test_a_save_killed_before_the_weights_rename_keeps_the_old_pair(tmp_path, monkeypatch):
-    old = _tiny_model()
+    old = tiny_cyclegan_model()
     save_model(old, tmp_path)
     real_replace = os.replace
 
@@ -188,7 +186,7 @@ def test_a_save_killed_before_the_weights_rename_keeps_the_old_pair(tmp_path, mo
 
     monkeypatch.setattr(os, "replace", die_at_weights)
     with pytest.raises(KeyboardInterrupt):
-        save_model(_tiny_model(), tmp_path)
+        save_model(tiny_cyclegan_model(), tmp_path)
     monkeypatch.setattr(os, "replace", real_replace)
     loaded = load_model(tmp_path)  # the old pair, intact
     x = torch.randn(1, 2, 32, 32)

@@ -15,11 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_raster
-from test_band_stack import _stac_item
-from test_data import make_chips
-from test_evaluate import chip_model  # noqa: F401 - a fixture
-from test_predict import _smooth_field, make_model
+from builders import make_chips, make_model, stac_item, textured_field, write_raster
 
 from geotranslate.cli import main
 
@@ -40,7 +36,7 @@ def build_source(form: str, main_file: Path, cwd: Path, item_path: Path | None =
     """A 2-band raster in source form ``form`` whose (first) file is ``main_file``: the
     argument naming it and every file it reads."""
     main_file.parent.mkdir(parents=True, exist_ok=True)
-    data = _smooth_field(2, 40, 40, seed=seed)
+    data = textured_field(2, 40, 40, seed=seed)
     if form in ("plain", "relative", "symlink"):
         write_raster(main_file, data)
         if form == "plain":
@@ -56,7 +52,7 @@ def build_source(form: str, main_file: Path, cwd: Path, item_path: Path | None =
         if form == "stack":
             return f"stack:{main_file},{other}", [main_file, other]
         item = item_path or cwd / f"item{seed}.json"
-        _stac_item(item, {"B1": str(main_file), "B2": str(other)})
+        stac_item(item, {"B1": str(main_file), "B2": str(other)})
         return f"{item}:B1,B2", [item, main_file, other]
     assert form == "vsizip"
     inner = write_raster(cwd / f"inner{seed}.tif", data)
@@ -118,7 +114,7 @@ def test_predict_out(form, run, tmp_path, monkeypatch, capsys):
 def test_predict_out_dir(form, run, tmp_path, monkeypatch, capsys):
     """One input's output, DIR/<stem>_translated.tif, is a file of another input."""
     monkeypatch.chdir(tmp_path)
-    first = write_raster(tmp_path / "first.tif", _smooth_field(2, 40, 40, seed=5))
+    first = write_raster(tmp_path / "first.tif", textured_field(2, 40, 40, seed=5))
     out_dir = tmp_path / "D"
     source, files = build_source(form, out_dir / "first_translated.tif", tmp_path, seed=1)
     files = [first, *files]
@@ -151,7 +147,7 @@ def test_predict_mosaic(form, run, tmp_path, monkeypatch, capsys):
 def test_evaluate_json(form, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     source, files = build_source(form, _main_file(form, tmp_path / "src"), tmp_path)
-    pred = write_raster(tmp_path / "pred.tif", _smooth_field(2, 40, 40, seed=7))
+    pred = write_raster(tmp_path / "pred.tif", textured_field(2, 40, 40, seed=7))
     before = state([*files, pred])
     for target in [*files, pred]:
         for _way, out in landings(target, tmp_path).items():
@@ -192,7 +188,7 @@ def test_export_tiles(form, tmp_path, monkeypatch, capsys):
         for way in (str(out), "E", f"{out}/.", f"{out}/sub/..", str(tmp_path / "to_E")):
             refused(capsys, ["export-tiles", source, "--out", way, "--tile-size", "16",
                              "--no-progress"])
-            other = str(write_raster(tmp_path / "other.tif", _smooth_field(2, 40, 40)))
+            other = str(write_raster(tmp_path / "other.tif", textured_field(2, 40, 40)))
             refused(capsys, ["export-tiles", other, "--out", way, "--tile-size", "16",
                              "--no-progress", "--b", source])
         for target in files:  # the output directory is an input file, or under one

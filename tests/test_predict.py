@@ -10,86 +10,13 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import make_model, predict_interrupted, textured_field
 from rasterio.transform import Affine
 
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
-from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
-from geotranslate.models import build_generator
 from geotranslate.predict import predict_raster
 from geotranslate.raster.windows import tile_offsets
-from geotranslate.stats import BandStats, Normalizer
-
-
-def _stats(low: float, high: float) -> list[BandStats]:
-    return [BandStats(low, high, (low + high) / 2, 1.0, low, high, 100)]
-
-
-def _normalizer(bands: int, low: float, high: float) -> Normalizer:
-    return Normalizer.from_stats(_stats(low, high) * bands, "minmax")
-
-
-def make_model(
-    tmp_path: Path,
-    *,
-    bands_a: int = 2,
-    bands_b: int = 3,
-    norm: str = "none",
-    dtype_a: str = "float32",
-    dtype_b: str = "float32",
-    range_a: tuple[float, float] = (-1.0, 1.0),
-    range_b: tuple[float, float] = (-1.0, 1.0),
-    nodata_a: float | None = None,
-    nodata_b: float | None = None,
-    chip: int = 64,
-    seed: int = 0,
-    name: str = "run",
-    smooth: bool = False,
-) -> Path:
-    """A tiny ResNet generator, saved; Kaiming weights so its outputs vary over [-1, 1].
-
-    ``smooth``: every kernel is a positive average (with a random sign per output channel),
-    so the network is a smooth filter bank whose output shows per-tile statistics clearly.
-    """
-    torch.manual_seed(seed)
-    g_ab = build_generator("resnet", bands_a, bands_b, ngf=4, n_blocks=1, norm=norm, init=False)
-    for layer in g_ab.modules():
-        if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            if smooth:
-                w = layer.weight.data
-                sign = torch.sign(torch.randn(w.shape[0], 1, 1, 1))
-                if isinstance(layer, torch.nn.ConvTranspose2d):
-                    sign = 1.0
-                layer.weight.data = w.abs() / w[0].numel() * 2 * sign
-    model = TranslationModel(
-        dataset_type="Pix2Pix",
-        generators={"a2b": g_ab},
-        generator_specs={
-            "a2b": {"arch": "resnet", "in_channels": bands_a, "out_channels": bands_b,
-                    "kwargs": dict(g_ab.arch_kwargs)}
-        },
-        domains={
-            "a": DomainSpec(bands_a, dtype_a, [f"a{i}" for i in range(bands_a)], nodata_a,
-                            _normalizer(bands_a, *range_a)),
-            "b": DomainSpec(bands_b, dtype_b, [f"b{i}" for i in range(bands_b)], nodata_b,
-                            _normalizer(bands_b, *range_b)),
-        },
-        chip_size=chip,
-    )
-    save_model(model, tmp_path / name)
-    return tmp_path / name
-
-
-def _smooth_field(bands: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Texture plus large-scale gradients, in [-1, 1]: tiles see different statistics."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
-    out = []
-    for b in range(bands):
-        trend = np.sin(3 * xx + b) * np.cos(2 * yy - b)
-        out.append(0.6 * trend + 0.3 * rng.uniform(-1, 1, (height, width)))
-    return np.clip(np.stack(out), -1, 1).astype("float32")
 
 
 def _no_leftovers(directory: Path) -> list[str]:
@@ -131,7 +58,7 @@ def test_output_georeference_dtype_and_nodata(tmp_path, make_raster):
 
 def test_float_output_without_declared_nodata_uses_nan(tmp_path, make_raster):
     # GDAL honours an alpha band as a mask for Byte and UInt16 rasters
-    data = _smooth_field(2, 40, 40)
+    data = textured_field(2, 40, 40)
     alpha = np.full((40, 40), 255, np.uint8)
     alpha[:5] = 0
     src = make_raster("in.tif", (data * 100 + 1000).astype("uint16"), alpha=alpha)
@@ -145,7 +72,7 @@ def test_float_output_without_declared_nodata_uses_nan(tmp_path, make_raster):
 
 def test_tiles_without_valid_pixels_are_skipped(tmp_path, make_raster):
     run = make_model(tmp_path)
-    data = _smooth_field(2, 200, 64)
+    data = textured_field(2, 200, 64)
     data[:, :120] = -9999.0
     src = make_raster("in.tif", data, nodata=-9999.0)
     summary = predict_raster(src, run, tmp_path / "out.tif", progress=False)
@@ -177,7 +104,7 @@ def test_tiled_blended_output_equals_whole_image_pass(tmp_path, make_raster, ble
     # pads at the finer grid), every blended pixel equals the whole-image pass;
     # chunk_width=256 forces two column chunks, checking their border
     run = make_model(tmp_path)
-    data = _smooth_field(2, 120, 300)
+    data = textured_field(2, 120, 300)
     src = make_raster("in.tif", data)
     predict_raster(src, run, tmp_path / "out.tif", tile_size=128, overlap=88, blend=blend,
                    batch_size=5, chunk_width=256, progress=False, precision="fp32")
@@ -189,7 +116,7 @@ def test_tiled_blended_output_equals_whole_image_pass(tmp_path, make_raster, ble
 
 def test_window_reads_context_around_it_and_matches_whole_image(tmp_path, make_raster):
     run = make_model(tmp_path)
-    data = _smooth_field(2, 300, 76, seed=3)
+    data = textured_field(2, 300, 76, seed=3)
     transform = Affine(2.0, 0.0, 1000.0, 0.0, -2.0, 9000.0)
     src = make_raster("in.tif", data, transform=transform)
     expected = _reference(run, data, 80)
@@ -207,7 +134,7 @@ def test_rank_parts_join_into_exactly_the_whole_run(tmp_path, make_raster):
     # are the whole run's rows
     run = make_model(tmp_path, norm="instance", smooth=True, seed=2)
     transform = Affine(2.0, 0.0, 1000.0, 0.0, -2.0, 9000.0)
-    src = make_raster("in.tif", _smooth_field(2, 300, 70, seed=4), transform=transform)
+    src = make_raster("in.tif", textured_field(2, 300, 70, seed=4), transform=transform)
     predict_raster(src, run, tmp_path / "whole.tif", progress=False)
     with rasterio.open(tmp_path / "whole.tif") as out:
         whole = out.read()
@@ -266,7 +193,7 @@ def test_instance_norm_seams_hidden_by_hann_visible_without_blend(tmp_path, make
 def test_rotated_transform_without_crs_is_kept_with_warning(tmp_path, make_raster, capsys):
     run = make_model(tmp_path, bands_a=1, bands_b=1)
     rotated = Affine(20.0, 5.0, 100.0, 10.0, -10.0, 200.0)
-    src = make_raster("rot.tif", _smooth_field(1, 50, 40), crs=None, transform=rotated)
+    src = make_raster("rot.tif", textured_field(1, 50, 40), crs=None, transform=rotated)
     predict_raster(src, run, tmp_path / "out.tif", progress=False)
     assert "no CRS" in capsys.readouterr().err
     with rasterio.open(tmp_path / "out.tif") as out:
@@ -296,7 +223,7 @@ def test_raster_smaller_than_a_tile(tmp_path, make_raster):
 
 def test_cog_output_is_a_cog_with_overviews(tmp_path, make_raster):
     run = make_model(tmp_path, dtype_b="uint8", range_b=(0, 255))
-    src = make_raster("in.tif", _smooth_field(2, 300, 280))
+    src = make_raster("in.tif", textured_field(2, 300, 280))
     predict_raster(src, run, tmp_path / "out.tif", cog=True, progress=False)
     with rasterio.open(tmp_path / "out.tif") as out:
         assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
@@ -310,7 +237,7 @@ def test_cog_output_is_a_cog_with_overviews(tmp_path, make_raster):
 
 def test_band_count_mismatch_names_both_counts(tmp_path, make_raster):
     run = make_model(tmp_path, bands_a=2)
-    src = make_raster("in.tif", _smooth_field(3, 20, 20))
+    src = make_raster("in.tif", textured_field(3, 20, 20))
     with pytest.raises(GeotranslateError, match=r"has 3 band\(s\).*expects 2"):
         predict_raster(src, run, tmp_path / "out.tif", progress=False)
     assert not (tmp_path / "out.tif").exists()
@@ -318,7 +245,7 @@ def test_band_count_mismatch_names_both_counts(tmp_path, make_raster):
 
 def test_missing_input_missing_or_bad_model(tmp_path, make_raster):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 20, 20))
+    src = make_raster("in.tif", textured_field(2, 20, 20))
     with pytest.raises(GeotranslateError, match="no such file"):
         predict_raster(tmp_path / "nope.tif", run, tmp_path / "out.tif", progress=False)
     with pytest.raises(GeotranslateError, match="no such model"):
@@ -336,7 +263,7 @@ def test_missing_input_missing_or_bad_model(tmp_path, make_raster):
 
 def test_existing_output_refused_unless_overwrite(tmp_path, make_raster):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 20, 20))
+    src = make_raster("in.tif", textured_field(2, 20, 20))
     (tmp_path / "out.tif").write_bytes(b"keep me")
     with pytest.raises(GeotranslateError, match="already exists"):
         predict_raster(src, run, tmp_path / "out.tif", progress=False)
@@ -348,7 +275,7 @@ def test_existing_output_refused_unless_overwrite(tmp_path, make_raster):
 
 def test_missing_or_unwritable_output_directory(tmp_path, make_raster):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 20, 20))
+    src = make_raster("in.tif", textured_field(2, 20, 20))
     with pytest.raises(GeotranslateError, match="output directory does not exist"):
         predict_raster(src, run, tmp_path / "missing" / "out.tif", progress=False)
     with pytest.raises(GeotranslateError, match="is a directory"):
@@ -365,22 +292,10 @@ def test_missing_or_unwritable_output_directory(tmp_path, make_raster):
         locked.chmod(0o700)
 
 
-def test_interrupt_mid_run_leaves_no_output(tmp_path, make_raster, monkeypatch):
+def test_interrupt_mid_run_leaves_no_output(tmp_path, make_raster):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 200, 200))
-    calls = {"n": 0}
-    real_forward = torch.nn.Module.__call__
-
-    def interrupting(self, *args, **kwargs):
-        if type(self).__name__ == "ResnetGenerator":
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        predict_raster(src, run, tmp_path / "out.tif", batch_size=2, progress=False)
+    src = make_raster("in.tif", textured_field(2, 200, 200))
+    predict_interrupted(src, run, tmp_path / "out.tif", at_call=3, batch_size=2, progress=False)
     assert not (tmp_path / "out.tif").exists()
     assert _no_leftovers(tmp_path) == []
 
@@ -392,7 +307,7 @@ def test_write_failure_leaves_no_output(tmp_path, make_raster, monkeypatch):
     from geotranslate.predict import pipeline
 
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 300, 100))
+    src = make_raster("in.tif", textured_field(2, 300, 100))
     real_finish = pipeline.Writer._finish
     calls = {"n": 0}
 
@@ -417,7 +332,7 @@ def test_full_disk_fails_in_one_line_and_leaves_no_output(tmp_path, make_raster,
     # verify_geotiff a truncated file would be renamed into place as the result. At 300 px the
     # block writes fail during the run.
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, size, size))
+    src = make_raster("in.tif", textured_field(2, size, size))
     out_dir = small_disk(60_000 if size == 128 else 300_000)
     out = out_dir / "out.tif"
     status = cli_main(["predict-raster", str(src), "--model", str(run), "--out", str(out),
@@ -436,7 +351,7 @@ def test_full_disk_fails_in_one_line_and_leaves_no_output(tmp_path, make_raster,
 
 def test_cli_predicts_and_reports_errors_in_one_line(tmp_path, make_raster, capsys):
     run = make_model(tmp_path)
-    src = make_raster("scene.tif", _smooth_field(2, 40, 30))
+    src = make_raster("scene.tif", textured_field(2, 40, 30))
     assert cli_main(["predict-raster", str(src), "--model", str(run), "--no-progress"]) == 0
     assert "Mpx/s" in capsys.readouterr().out
     assert (tmp_path / "scene_translated.tif").exists()

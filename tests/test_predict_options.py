@@ -7,9 +7,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
-import torch
-from test_archive import _interrupt_at, _real_call
-from test_predict import _smooth_field, make_model
+from builders import make_model, predict_interrupted, textured_field
 
 from geotranslate.errors import GeotranslateError
 from geotranslate.predict import predict_raster
@@ -25,7 +23,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(tmp_path, make_ra
                                                                monkeypatch, native):
     monkeypatch.setattr("geotranslate.device.cpu_has_native_bf16", lambda: native)
     run = make_model(tmp_path, norm="instance", smooth=True)
-    src = make_raster("in.tif", _smooth_field(2, 150, 170))
+    src = make_raster("in.tif", textured_field(2, 150, 170))
     auto = predict_raster(src, run, tmp_path / "auto.tif", device="cpu", **OPTS)
     assert auto.precision == ("bf16" if native else "fp32")
     fp32 = predict_raster(src, run, tmp_path / "fp32.tif", device="cpu", precision="fp32", **OPTS)
@@ -41,16 +39,13 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(tmp_path, make_ra
 def test_resumed_run_with_other_compression_equals_the_uninterrupted_one(tmp_path, make_raster,
                                                                          monkeypatch):
     run = make_model(tmp_path, norm="instance", smooth=True, seed=3)
-    src = make_raster("in.tif", _smooth_field(2, 1100, 300, seed=5))
+    src = make_raster("in.tif", textured_field(2, 1100, 300, seed=5))
     opts = dict(OPTS, chunk_width=256, compress="deflate:6", compress_threads=2)
     monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 256 * 512)  # every 2nd block row
     whole = predict_raster(src, run, tmp_path / "whole.tif", **opts)
-    _interrupt_at(monkeypatch, 40)
     out = tmp_path / "out.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict_raster(src, run, out, **opts)
+    predict_interrupted(src, run, out, at_call=40, **opts)
     assert json.loads(partial_paths(out)[1].read_text())["done"] is not None
-    monkeypatch.setattr(torch.nn.Module, "__call__", _real_call)
     with pytest.raises(GeotranslateError, match="another compress"):
         predict_raster(src, run, out, resume=True, **{**opts, "compress": "lzw"})
     resumed = predict_raster(src, run, out, resume=True, **opts)
@@ -65,7 +60,7 @@ def test_resumed_run_with_other_compression_equals_the_uninterrupted_one(tmp_pat
 def test_compress_choice_sets_the_codec_and_keeps_the_values(tmp_path, make_raster, compress,
                                                              codec):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 100, 120))
+    src = make_raster("in.tif", textured_field(2, 100, 120))
     default = predict_raster(src, run, tmp_path / "default.tif", **OPTS)
     summary = predict_raster(src, run, tmp_path / "out.tif", compress=compress, **OPTS)
     with rasterio.open(tmp_path / "out.tif") as a, rasterio.open(tmp_path / "default.tif") as b:
@@ -80,7 +75,7 @@ def test_compress_choice_sets_the_codec_and_keeps_the_values(tmp_path, make_rast
 @pytest.mark.parametrize("compress", ["jpeg", "zstd:0", "zstd:x", "lzw:3"])
 def test_bad_compress_is_refused_in_one_line(tmp_path, make_raster, compress):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 70, 70))
+    src = make_raster("in.tif", textured_field(2, 70, 70))
     with pytest.raises(GeotranslateError, match="compress"):
         predict_raster(src, run, tmp_path / "out.tif", compress=compress, **OPTS)
     with pytest.raises(GeotranslateError, match="threads"):
@@ -89,7 +84,7 @@ def test_bad_compress_is_refused_in_one_line(tmp_path, make_raster, compress):
 
 def test_cog_takes_the_compress_choice(tmp_path, make_raster):
     run = make_model(tmp_path)
-    src = make_raster("in.tif", _smooth_field(2, 300, 280))
+    src = make_raster("in.tif", textured_field(2, 300, 280))
     predict_raster(src, run, tmp_path / "out.tif", cog=True, compress="deflate:4", **OPTS)
     predict_raster(src, run, tmp_path / "plain.tif", compress="none", **OPTS)
     with rasterio.open(tmp_path / "out.tif") as a, rasterio.open(tmp_path / "plain.tif") as b:

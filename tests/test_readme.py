@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_raster
+from builders import ROOT, write_raster
 from rasterio.transform import from_origin
 from servers import GDAL_TEST_ENV, range_server, s3_env, s3_server
 

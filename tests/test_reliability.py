@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import write_raster
-from test_archive import _interrupt_at, _real_call
-from test_band_stack import _stac_item
-from test_data import make_chips
-from test_evaluate import chip_model  # noqa: F401 - a fixture
-from test_predict import _smooth_field, make_model
+from builders import (
+    make_chips,
+    make_model,
+    predict_interrupted,
+    stac_item,
+    textured_field,
+    write_raster,
+)
 
 from geotranslate.chips import export as export_module
 from geotranslate.cli import main
@@ -61,7 +62,7 @@ def scene_model(tmp_path_factory) -> Path:
 
 
 def _bands(folder: Path, *names: str, size: int = 40, seed: int = 0) -> list[Path]:
-    data = _smooth_field(len(names), size, size, seed=seed)
+    data = textured_field(len(names), size, size, seed=seed)
     return [write_raster(folder / n, data[i : i + 1]) for i, n in enumerate(names)]
 
 
@@ -70,7 +71,7 @@ def _bands(folder: Path, *names: str, size: int = 40, seed: int = 0) -> list[Pat
 
 def test_predict_stack_and_stac_item_with_scene_statistics(scene_model, tmp_path, capsys):
     b1, b2 = _bands(tmp_path, "T_B1.tif", "T_B2.tif")
-    item = _stac_item(tmp_path / "item.json", {"B1": "./T_B1.tif", "B2": "./T_B2.tif"})
+    item = stac_item(tmp_path / "item.json", {"B1": "./T_B1.tif", "B2": "./T_B2.tif"})
     with rasterio.open(b1) as d1, rasterio.open(b2) as d2:
         write_raster(tmp_path / "stacked.tif", np.concatenate([d1.read(), d2.read()]))
     outputs = {}
@@ -90,7 +91,7 @@ def test_predict_stack_and_stac_item_with_scene_statistics(scene_model, tmp_path
 
 
 def test_mosaic_never_replaces_an_input_or_an_existing_file(scene_model, tmp_path, capsys):
-    src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+    src = write_raster(tmp_path / "in.tif", textured_field(2, 40, 40))
     other = tmp_path / "notes.vrt"
     other.write_text("mine")
     before = snapshot(src, other)
@@ -111,8 +112,8 @@ def test_mosaic_never_replaces_an_input_or_an_existing_file(scene_model, tmp_pat
 def test_out_dir_output_may_not_be_another_input(scene_model, tmp_path, capsys):
     out_dir = tmp_path / "D"
     out_dir.mkdir()
-    a = write_raster(tmp_path / "a.tif", _smooth_field(2, 40, 40, seed=1))
-    b = write_raster(out_dir / "a_translated.tif", _smooth_field(2, 40, 40, seed=2))
+    a = write_raster(tmp_path / "a.tif", textured_field(2, 40, 40, seed=1))
+    b = write_raster(out_dir / "a_translated.tif", textured_field(2, 40, 40, seed=2))
     before = snapshot(a, b, out_dir)
     for extra in ([], ["--overwrite"], ["--resume"]):
         assert main(["predict-raster", str(a), str(b), "--model", str(scene_model),
@@ -123,7 +124,7 @@ def test_out_dir_output_may_not_be_another_input(scene_model, tmp_path, capsys):
 
 def test_mosaic_in_a_missing_directory_is_refused_before_any_work(scene_model, tmp_path,
                                                                    capsys):
-    src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+    src = write_raster(tmp_path / "in.tif", textured_field(2, 40, 40))
     assert main(["predict-raster", str(src), "--model", str(scene_model), "--out-dir",
                  str(tmp_path / "o"), "--mosaic", str(tmp_path / "missing" / "all.vrt"),
                  *PREDICT]) == 1
@@ -142,10 +143,10 @@ def test_mosaic_in_a_missing_directory_is_refused_before_any_work(scene_model, t
 
 
 def test_out_dir_naming_a_file_and_same_stems_leave_nothing(scene_model, tmp_path, capsys):
-    src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+    src = write_raster(tmp_path / "in.tif", textured_field(2, 40, 40))
     sub = tmp_path / "sub"
     sub.mkdir()
-    twin = write_raster(sub / "in.tif", _smooth_field(2, 40, 40, seed=3))
+    twin = write_raster(sub / "in.tif", textured_field(2, 40, 40, seed=3))
     base = ["predict-raster", "--model", str(scene_model), *PREDICT]
     assert main([*base, str(src), str(twin), "--out-dir", str(src)]) == 1
     one_line_error(capsys, "is a file")
@@ -166,8 +167,8 @@ def test_out_dir_naming_a_file_and_same_stems_leave_nothing(scene_model, tmp_pat
 
 def test_preview_and_evaluate_refuse_the_files_of_stacks_and_items(tmp_path, capsys):
     b02, b03 = _bands(tmp_path, "b02.tif", "b03.tif")
-    item = _stac_item(tmp_path / "item.json", {"B02": "./b02.tif", "B03": "./b03.tif"})
-    pred = write_raster(tmp_path / "pred.tif", _smooth_field(2, 40, 40, seed=4))
+    item = stac_item(tmp_path / "item.json", {"B02": "./b02.tif", "B03": "./b03.tif"})
+    pred = write_raster(tmp_path / "pred.tif", textured_field(2, 40, 40, seed=4))
     before = snapshot(b02, b03, item, pred)
     assert main(["preview", f"stack:{b02},{b03}", "--out", str(b02)]) == 1
     one_line_error(capsys, "would overwrite the input")
@@ -183,18 +184,15 @@ def test_preview_and_evaluate_refuse_the_files_of_stacks_and_items(tmp_path, cap
 
 def _interrupted_run(tmp_path, monkeypatch, src: Path, run: Path, opts: dict) -> Path:
     monkeypatch.setattr(resume_mod, "CHECKPOINT_PIXELS", 1)
-    _interrupt_at(monkeypatch, 6)
     out = tmp_path / "out.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict_raster(src, run, out, **opts)
-    monkeypatch.setattr(torch.nn.Module, "__call__", _real_call)
+    predict_interrupted(src, run, out, at_call=6, **opts)
     assert partial_paths(out)[1].exists()
     return out
 
 
 def test_resume_refuses_an_input_whose_content_changed(tmp_path, monkeypatch):
     run = make_model(tmp_path, seed=3)
-    data = _smooth_field(2, 600, 100, seed=5)
+    data = textured_field(2, 600, 100, seed=5)
     src = write_raster(tmp_path / "in.tif", data)
     opts = dict(tile_size=64, overlap=16, batch_size=4, progress=False)
     out = _interrupted_run(tmp_path, monkeypatch, src, run, opts)
@@ -228,7 +226,7 @@ def test_resume_refuses_a_changed_band_file_of_a_stack(tmp_path, monkeypatch):
 
 
 def test_resume_after_a_complete_run_changes_nothing(scene_model, tmp_path, capsys):
-    src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+    src = write_raster(tmp_path / "in.tif", textured_field(2, 40, 40))
     out = tmp_path / "out.tif"
     args = ["predict-raster", str(src), "--model", str(scene_model), "--out", str(out),
             *PREDICT]
@@ -255,7 +253,7 @@ def test_chip_mode_evaluate_on_a_deeply_nested_meta_json(chip_model, capsys):  #
 def test_stac_item_id_cannot_escape_the_chip_folder(tmp_path, capsys):
     b1, b2 = _bands(tmp_path, "x_B1.tif", "x_B2.tif", size=64)
     item = tmp_path / "item.json"
-    _stac_item(item, {"B1": "./x_B1.tif", "B2": "./x_B2.tif"})
+    stac_item(item, {"B1": "./x_B1.tif", "B2": "./x_B2.tif"})
     body = json.loads(item.read_text())
     body["id"] = "../../x"
     item.write_text(json.dumps(body))
@@ -272,7 +270,7 @@ def test_stac_item_id_cannot_escape_the_chip_folder(tmp_path, capsys):
 
 def test_export_workers_beyond_the_cores_are_bounded_with_a_note(tmp_path, monkeypatch,
                                                                    capsys):
-    src = write_raster(tmp_path / "a.tif", _smooth_field(2, 96, 96))
+    src = write_raster(tmp_path / "a.tif", textured_field(2, 96, 96))
     monkeypatch.setattr(export_module, "default_workers", lambda: 1)
     started = []
     real_start = threading.Thread.start
@@ -298,8 +296,8 @@ def test_export_workers_beyond_the_cores_are_bounded_with_a_note(tmp_path, monke
 
 
 def test_list_options_given_last_and_empty(tmp_path, capsys):
-    a = write_raster(tmp_path / "A.tif", _smooth_field(2, 64, 64, seed=1))
-    b = write_raster(tmp_path / "B.tif", _smooth_field(3, 64, 64, seed=2))
+    a = write_raster(tmp_path / "A.tif", textured_field(2, 64, 64, seed=1))
+    b = write_raster(tmp_path / "B.tif", textured_field(3, 64, 64, seed=2))
     out = tmp_path / "c"
     assert main(["export-tiles", str(a), "--out", str(out), "--tile-size", "32", "--no-progress",
                  "--b", str(b)]) == 0, capsys.readouterr().err
@@ -322,7 +320,7 @@ def test_list_options_given_last_and_empty(tmp_path, capsys):
 
 
 def test_rank_world_size_and_split_size_are_checked(scene_model, tmp_path, capsys):
-    src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+    src = write_raster(tmp_path / "in.tif", textured_field(2, 40, 40))
     base = ["predict-raster", str(src), "--model", str(scene_model), *PREDICT]
     for extra, words in [(["--rank", "0", "--world-size", "0"], "world size 0"),
                          (["--rank", "2", "--world-size", "2"], "rank 2"),
@@ -342,7 +340,7 @@ def test_model_stac_out_naming_a_directory(scene_model, tmp_path, capsys):
 
 
 def test_index_gpkg_is_byte_identical_whatever_the_workers_and_time(tmp_path):
-    src = write_raster(tmp_path / "a.tif", _smooth_field(2, 96, 96))
+    src = write_raster(tmp_path / "a.tif", textured_field(2, 96, 96))
     outs = []
     for workers in (1, 2):
         outs.append(tmp_path / f"w{workers}")
@@ -354,7 +352,7 @@ def test_index_gpkg_is_byte_identical_whatever_the_workers_and_time(tmp_path):
 
 
 def test_broken_zip_archives_say_so(tmp_path, capsys):
-    src = write_raster(tmp_path / "a.tif", _smooth_field(2, 40, 40))
+    src = write_raster(tmp_path / "a.tif", textured_field(2, 40, 40))
     good = tmp_path / "good.zip"
     with zipfile.ZipFile(good, "w") as z:
         z.write(src, "a.tif")
@@ -426,7 +424,7 @@ def test_model_format_version_message_names_what_it_found(scene_model, tmp_path,
     for version in ("1", True, 1.0):
         meta["format_version"] = version
         (run / "model.json").write_text(json.dumps(meta))
-        src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+        src = write_raster(tmp_path / "in.tif", textured_field(2, 40, 40))
         assert main(["predict-raster", str(src), "--model", str(run), *PREDICT]) == 1
         err = one_line_error(capsys, f"format_version {json.dumps(version)} is not supported")
         assert "version 1 is not supported" not in err
@@ -439,7 +437,7 @@ def test_resume_identity_of_a_remote_input_follows_its_headers(tmp_path):
     from geotranslate.predict.resume import input_identity
     from geotranslate.raster.sources import parse_source
 
-    src = write_raster(tmp_path / "in.tif", _smooth_field(2, 40, 40))
+    src = write_raster(tmp_path / "in.tif", textured_field(2, 40, 40))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

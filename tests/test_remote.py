@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
-from conftest import write_raster
+from builders import make_model, write_raster
 from servers import GDAL_TEST_ENV, range_server, s3_env, s3_server
-from test_predict import make_model
 
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError

@@ -9,8 +9,8 @@ import json
 import re
 
 import pytest
+from builders import make_chips
 from PIL import Image
-from test_data import make_chips
 
 from geotranslate.cli import main
 

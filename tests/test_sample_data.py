@@ -8,7 +8,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import rasterio
-from conftest import ROOT, load_tool
+from builders import ROOT, load_tool
 from rasterio.warp import transform_bounds
 
 SAMPLE = ROOT / "sample_data"

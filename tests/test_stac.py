@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import make_model
+from builders import make_model
 
 from geotranslate.cli import main as cli_main
 from geotranslate.stac import MLM_SCHEMA, mlm_name, model_stac_item

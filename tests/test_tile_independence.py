@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import minmax_normalizer
 
 from geotranslate.modelfile import DomainSpec, TranslationModel, load_model, save_model
 from geotranslate.models import build_generator
 from geotranslate.models.receptive import receptive_field
 from geotranslate.predict import predict_raster
-from geotranslate.stats import BandStats, Normalizer
 
 TOLERANCE = 0.5  # mean |tile 128 - tile 256| in grey levels of the 8-bit output (the target)
-
-
-def _normalizer(bands: int, low: float, high: float) -> Normalizer:
-    stats = [BandStats(low, high, (low + high) / 2, 1.0, low, high, 100)] * bands
-    return Normalizer.from_stats(stats, "minmax")
 
 
 def _generator(arch: str, norm: str, seed: int) -> torch.nn.Module:
@@ -45,7 +40,7 @@ def _generator(arch: str, norm: str, seed: int) -> torch.nn.Module:
 def make_model(tmp_path: Path, arch: str, norm: str, dataset_type: str = "Pix2Pix") -> Path:
     directions = ("a2b", "b2a") if dataset_type == "CycleGAN" else ("a2b",)
     gens = {d: _generator(arch, norm, seed) for seed, d in enumerate(directions)}
-    domain = DomainSpec(2, "uint8", ["x", "y"], None, _normalizer(2, 0.0, 255.0))
+    domain = DomainSpec(2, "uint8", ["x", "y"], None, minmax_normalizer(2, 0.0, 255.0))
     model = TranslationModel(
         dataset_type, gens,
         {d: {"arch": arch, "in_channels": 2, "out_channels": 2, "kwargs": dict(g.arch_kwargs)}

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import last_checkpoint, make_chips, read_metrics
 from safetensors.torch import load_file
-from test_data import make_chips
 
 from geotranslate import load_model
 from geotranslate.cli import main
@@ -23,20 +23,6 @@ from geotranslate.train import trainer as trainer_module
 
 TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
 
-
-
-def read_metrics(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def checkpoint(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def paired_chips(tmp_path_factory) -> Path:
-    return make_chips(tmp_path_factory.mktemp("paired") / "chips", n_train=16, n_val=4)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +73,7 @@ def test_pix2pix_learns_a_known_mapping(paired_chips, tmp_path):
     assert model.domains["a"].normalizer.low[0] == robust_range(band)[0]
     # the saved weights are the checkpoint's generator
     weights = load_file(run / "model.safetensors")
-    for name, value in checkpoint(run)["nets"]["g_ab"].items():
+    for name, value in last_checkpoint(run)["nets"]["g_ab"].items():
         torch.testing.assert_close(weights[f"g_ab.{name}"], value, rtol=0, atol=0)
 
 
@@ -130,9 +116,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
               "pool_size": 2, **TINY}
     full = train(TrainConfig(dataset_type, out=str(tmp_path / "full"), max_steps=9, **common))
     part = train(TrainConfig(dataset_type, out=str(tmp_path / "part"), max_steps=4, **common))
-    assert checkpoint(part)["iteration"] == 4
+    assert last_checkpoint(part)["iteration"] == 4
     train(TrainConfig(dataset_type, resume=str(part), max_steps=9, **common))
-    a, b = checkpoint(full), checkpoint(part)
+    a, b = last_checkpoint(full), last_checkpoint(part)
     assert a["iteration"] == b["iteration"] == 9 and a["epoch"] == b["epoch"]
     for net in a["nets"]:
         for name, value in a["nets"][net].items():
@@ -202,7 +188,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path,
                          epochs=1, epochs_decay=0, preview=False, **TINY)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    state = checkpoint(tmp_path / "run")
+    state = last_checkpoint(tmp_path / "run")
     assert state["iteration"] == 4 and state["epoch"] == 0 and state["epoch_batch"] == 4
     assert "interrupted at iteration 4" in (tmp_path / "run" / "train.log").read_text()
     assert not (tmp_path / "run" / "model.json").exists()
@@ -232,7 +218,7 @@ def test_tensorboard_scalars_follow_metrics_csv_across_a_crash_and_resume(
               "preview": False, **TINY}
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(TrainConfig("Pix2Pix", out=str(tmp_path / "run"), **common))
-    assert checkpoint(tmp_path / "run")["iteration"] == 2
+    assert last_checkpoint(tmp_path / "run")["iteration"] == 2
     monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
     run = train(TrainConfig("Pix2Pix", resume=str(tmp_path / "run"), **common))
     events = EventAccumulator(str(run / "tensorboard"))

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import last_checkpoint, make_chips, read_metrics
 from rasterio.transform import Affine
 from safetensors.torch import load_file
-from test_data import make_chips
-from test_train import checkpoint, read_metrics
 
 from geotranslate import load_model
 from geotranslate.cli import main
@@ -23,11 +22,6 @@ from geotranslate.train import TrainConfig, train
 TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
 TINY_CLI = ["--ngf", "8", "--ndf", "8", "--n-layers-d", "2", "--n-blocks", "1",
             "--no-progress", "--no-preview"]
-
-
-@pytest.fixture(scope="module")
-def paired_chips(tmp_path_factory) -> Path:
-    return make_chips(tmp_path_factory.mktemp("paired") / "chips", n_train=16, n_val=4)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +56,7 @@ def test_new_methods_learn_and_predict_a_georeferenced_raster(
     # the model file holds the final generator, and predict-raster writes a correct GeoTIFF
     model = load_model(run)
     assert model.dataset_type == dataset_type and set(model.generators) == {"a2b"}
-    saved = checkpoint(run)["nets"]["g_ab"]
+    saved = last_checkpoint(run)["nets"]["g_ab"]
     for name, value in model.generators["a2b"].state_dict().items():
         assert torch.equal(value, saved[name]), name
     data = np.random.default_rng(3).uniform(0, 1, (2, 50, 70)).astype("float32")
@@ -89,9 +83,9 @@ def test_new_methods_resume_exactly(dataset_type, paired_chips, unpaired_chips, 
               **TINY}
     full = train(TrainConfig(dataset_type, out=str(tmp_path / "full"), max_steps=7, **common))
     part = train(TrainConfig(dataset_type, out=str(tmp_path / "part"), max_steps=3, **common))
-    assert checkpoint(part)["iteration"] == 3
+    assert last_checkpoint(part)["iteration"] == 3
     train(TrainConfig.from_run(part, max_steps=7))
-    a, b = checkpoint(full), checkpoint(part)
+    a, b = last_checkpoint(full), last_checkpoint(part)
     assert a["iteration"] == b["iteration"] == 7 and list(a["nets"]) == list(b["nets"])
     for net in a["nets"]:
         for name, value in a["nets"][net].items():
@@ -107,7 +101,7 @@ def test_cut_translates_two_bands_to_four(tmp_path, capsys):
     run = train(TrainConfig("CUT", data_dir=str(chips), out=str(tmp_path / "run"), epochs=2,
                             epochs_decay=0, batch_size=2, num_patches=32, preview=True, **TINY))
     assert "identity NCE off: domain A has 2 bands and domain B 4" in capsys.readouterr().err
-    nets = checkpoint(run)["nets"]
+    nets = last_checkpoint(run)["nets"]
     assert set(nets) == {"g_ab", "d_b", "f_ab", "e_b"}  # e_b feeds 4-band fakes to the encoder
     assert nets["e_b"]["weight"].shape == (2, 4, 1, 1)
     rows = read_metrics(run)
@@ -147,7 +141,7 @@ def test_best_model_is_kept_and_patience_stops(paired_chips, tmp_path, capsys):
     assert best["training"]["best_epoch"] == best_epoch
     assert _val_psnr(run / "best", paired_chips) == pytest.approx(max(psnr), abs=1e-3)
     final = load_file(str(run / "model.safetensors"))
-    last = checkpoint(run)["nets"]["g_ab"]
+    last = last_checkpoint(run)["nets"]["g_ab"]
     assert all(torch.equal(final[f"g_ab.{k}"], v) for k, v in last.items())
     summary = json.loads((run / "model.json").read_text())["training"]
     assert summary["best_epoch"] == best_epoch and summary["kept"] == "last"

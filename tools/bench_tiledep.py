@@ -47,7 +47,7 @@ def scene(tmp: Path) -> tuple[Path, Path, Path, Path, str]:
     import rasterio
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import write_raster
+    from builders import write_raster
 
     if DEM.exists():
         with rasterio.open(DEM) as ds:
@@ -109,7 +109,7 @@ def time_stats_pass(run: Path, size: int, time_size: int) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import write_raster
+    from builders import write_raster
 
     from geotranslate.modelfile import load_model
     from geotranslate.models.norms import scene_normalized
