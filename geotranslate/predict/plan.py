@@ -162,9 +162,12 @@ def make_layout(
         nodata = output_nodata(domain_out.dtype, domain_out.nodata)
         profile = output_profile(ds, region, domain_out, nodata, cog, compress, compress_threads)
     strips = plan_strips(grid, region, tile, overlap, chunk_width, align)
-    return Layout(source, direction, model, compute, tuple(bands), domain_in, domain_out, read,
-                  grid, region, tile, overlap, align, blend, norm_stats, field, chunk_width,
-                  tuple(strips), nodata, profile, compress)
+    return Layout(
+        source=source, direction=direction, model=model, compute=compute, bands=tuple(bands),
+        domain_in=domain_in, domain_out=domain_out, read=read, grid=grid, region=region,
+        tile=tile, overlap=overlap, align=align, blend=blend, norm_stats=norm_stats,
+        receptive_field=field, chunk_width=chunk_width, strips=tuple(strips), nodata=nodata,
+        profile=profile, compress=compress)
 
 
 def _check_bands(ds, name: str, expected: int, direction: str) -> list[int]:
