@@ -263,7 +263,9 @@ def export_onnx(
 def _calibrated(generator, model: TranslationModel, direction: str, raster):
     """The generator with the scene statistics of ``raster`` (as predict-raster computes them
     for the whole raster) and the label of what was done."""
-    from geotranslate.predict.scene import scene_generator, scene_sample
+    from rasterio.windows import Window
+
+    from geotranslate.predict.scene import sample_tile, scene_generator, scene_sample
     from geotranslate.raster.io import open_raster, spectral_bands
     from geotranslate.raster.sources import parse_source
 
@@ -271,16 +273,13 @@ def _calibrated(generator, model: TranslationModel, direction: str, raster):
     in_source = parse_source(raster)
     with open_raster(in_source, allow_no_crs=True) as ds:
         bands = spectral_bands(ds)
-        region = (0, 0, ds.height, ds.width)
+        region = Window(0, 0, ds.width, ds.height)
     if len(bands) != source.band_count:
         raise GeotranslateError(
             f"{in_source.name}: has {len(bands)} band(s) but the model's {direction} "
             f"generator expects {source.band_count}")
-    divisor = int(getattr(generator, "total_stride", 1))
-    sample_tile = int(model.chip_size)
-    if sample_tile % divisor:
-        sample_tile = max(divisor, sample_tile // divisor * divisor)
+    tile = sample_tile(int(model.chip_size), int(getattr(generator, "total_stride", 1)))
     return scene_generator(
         generator, "scene",
-        lambda: scene_sample(in_source.name, bands, source, region, sample_tile),
+        lambda: scene_sample(in_source, bands, source, region, tile),
         torch.device("cpu"), contextlib.nullcontext)

@@ -18,7 +18,7 @@ from geotranslate import load_model
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
 from geotranslate.modelfile import META_NAME, WEIGHTS_NAME, save_model
-from geotranslate.predict import api as predict_api
+from geotranslate.predict import output as predict_output
 from geotranslate.predict import predict_raster
 from geotranslate.raster.io import atomic_path
 
@@ -88,7 +88,7 @@ def test_two_predictions_to_one_output_do_not_both_succeed(tmp_path, monkeypatch
     rng = np.random.default_rng(1)
     src = write_raster(tmp_path / "in.tif", rng.normal(size=(2, 64, 64)).astype(np.float32))
     out = tmp_path / "out.tif"
-    real_verify = predict_api.verify_geotiff
+    real_verify = predict_output.verify_geotiff
     calls = []
 
     def verify_then_let_another_run_finish(path, label=None):
@@ -97,7 +97,7 @@ def test_two_predictions_to_one_output_do_not_both_succeed(tmp_path, monkeypatch
             calls.append(path)  # the other run starts and finishes while this one verifies
             predict_raster(src, run, out, window="0,0,32,32", device="cpu", progress=False)
 
-    monkeypatch.setattr(predict_api, "verify_geotiff", verify_then_let_another_run_finish)
+    monkeypatch.setattr(predict_output, "verify_geotiff", verify_then_let_another_run_finish)
     with pytest.raises(GeotranslateError, match="out.tif: already exists"):
         predict_raster(src, run, out, device="cpu", progress=False)
     import rasterio

@@ -97,7 +97,8 @@ def machine_limits(raster: Path, model, out: Path, compress: str) -> dict[str, f
     target = model.target_domain("a2b")
     seconds = {"read": 0.0, "normalize": 0.0, "write": 0.0}
     with rasterio.open(raster) as ds:
-        profile = output_profile(ds, (0, 0, ds.height, ds.width), target, 0.0, False, compress)
+        profile = output_profile(ds, Window(0, 0, ds.width, ds.height), target, 0.0, False,
+                                 compress)
         with rasterio.open(out, "w", **profile) as dst:
             for row in range(0, ds.height, TILE):
                 window = Window(0, row, ds.width, min(TILE, ds.height - row))
@@ -164,6 +165,7 @@ def child(args: argparse.Namespace) -> None:
     # on the same scene sample, same batch size, precision, layout and CPU settings
     # (flush-to-zero of denormals)
     import rasterio
+    from rasterio.windows import Window
 
     from geotranslate.device import autocast as device_autocast
     from geotranslate.device import default_channels_last
@@ -174,7 +176,7 @@ def child(args: argparse.Namespace) -> None:
     autocast = lambda: device_autocast(cpu, summary.precision)  # noqa: E731
     source = model.source_domain("a2b")
     with rasterio.open(args.raster) as ds:
-        region = (0, 0, ds.height, ds.width)
+        region = Window(0, 0, ds.width, ds.height)
         data = ds.read(window=((0, TILE), (0, ds.width)))
     channels_last = default_channels_last(cpu, summary.precision)
     generator = model.generator("a2b").eval()

@@ -107,6 +107,7 @@ def psnr(pred: np.ndarray, truth: np.ndarray) -> float:
 def time_stats_pass(run: Path, size: int, time_size: int) -> dict:
     """Seconds of the statistics pass and of a whole prediction of a ``size`` px raster."""
     import torch
+    from rasterio.windows import Window
 
     sys.path.insert(0, str(ROOT / "tests"))
     from builders import write_raster
@@ -122,7 +123,8 @@ def time_stats_pass(run: Path, size: int, time_size: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src = write_raster(Path(tmp) / "big.tif", data, blocksize=256)
         started = time.perf_counter()
-        sample = scene_sample(src, [1], model.domains["a"], (0, 0, size, size), model.chip_size)
+        sample = scene_sample(src, [1], model.domains["a"], Window(0, 0, size, size),
+                              model.chip_size)
         scene_normalized(model.generator("a2b"), torch.from_numpy(sample))
         stats_seconds = time.perf_counter() - started
         started = time.perf_counter()

@@ -247,7 +247,9 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
     """
     from geotranslate.predict import predict_raster
     from geotranslate.predict.batch import predict_rasters, resolve_rank
+    from geotranslate.predict.grid import parse_region
 
+    window = parse_region(window)  # a rasterio Window from here on
     if not 0 < split_mpx < float("inf"):
         raise GeotranslateError(f"--split-mpx {split_mpx}: must be a positive number")
     options = dict(direction=direction, tile_size=tile_size, overlap=overlap, blend=blend,

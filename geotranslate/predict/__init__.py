@@ -1,5 +1,10 @@
 """Stream a raster of any size through a generator into a seamless, georeferenced GeoTIFF.
 
+Plan -> pipeline -> output. :func:`predict_raster` (api.py) parses the source once, builds the
+plan once (plan.py: tile grid as Windows, overlap, blend, scene statistics, provenance, resume
+key, output profile), runs it through the threaded pipeline (pipeline.py) and writes into an
+output (output.py: today a resumable GeoTIFF or COG). Many rasters and processes: batch.py.
+
 How it works. The raster (or ``window``) is cut into overlapping square tiles on one grid
 (:func:`geotranslate.raster.windows.tile_offsets`, with a margin of ``overlap`` pixels beyond the
 edges so that edge pixels lie in well-weighted tile interiors; outside the raster the input is

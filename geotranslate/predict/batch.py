@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import unescape
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, OptionError
 from geotranslate.log import logger
 from geotranslate.modelfile import TranslationModel, load_model
 from geotranslate.predict.api import PredictSummary, predict_raster
@@ -48,7 +48,7 @@ from geotranslate.raster.io import (
     open_raster,
     resolved_path,
 )
-from geotranslate.raster.sources import parse_source, safe_name
+from geotranslate.raster.sources import RasterSource, parse_source, safe_name
 from geotranslate.raster.vrt import write_vrt
 
 #: inputs of at least this many pixels are split over the processes by row bands.
@@ -60,6 +60,9 @@ class WorkUnit:
     """One input, or one band of rows of it (``part`` of ``parts``)."""
 
     input: str
+    #: parsed once (raster/sources.py); a name that cannot be parsed keeps its error, which
+    #: the unit reports when it runs
+    source: RasterSource | GeotranslateError
     output: Path  # the final output: the GeoTIFF, or for a split input its VRT
     part: int | None = None
     parts: int = 1
@@ -105,40 +108,49 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def output_stem(name: str) -> str:
-    """The stem of an input (a path, URL, GDAL name or band-file stack: raster/sources.py)."""
+def parse_input(name: str) -> RasterSource | GeotranslateError:
+    """An input parsed (raster/sources.py), or the error that says why it cannot be."""
     try:
-        return parse_source(name).stem
-    except GeotranslateError:  # reported when the unit runs
-        last = str(name).rstrip("/").replace("\\", "/").split("/")[-1].split("?")[0]
-        return safe_name(Path(last).stem)
+        return parse_source(name)
+    except GeotranslateError as e:  # reported when its unit runs
+        return e
+
+
+def output_stem(name: str, source: RasterSource | GeotranslateError) -> str:
+    """The stem of an input (a path, URL, GDAL name or band-file stack: raster/sources.py)."""
+    if isinstance(source, RasterSource):
+        return source.stem
+    last = str(name).rstrip("/").replace("\\", "/").split("/")[-1].split("?")[0]
+    return safe_name(Path(last).stem)
 
 
 def plan_units(inputs: list[str], out_dir: Path, world_size: int,
                split_pixels: int = SPLIT_PIXELS) -> list[WorkUnit]:
-    """Every process's work, in one order: whole inputs, and big inputs by row bands."""
+    """Every process's work, in one order: whole inputs, and big inputs by row bands; each
+    input parsed once."""
+    sources = [(name, parse_input(name)) for name in inputs]
     seen: dict[str, str] = {}
-    for name in inputs:
-        stem = output_stem(name)
+    for name, source in sources:
+        stem = output_stem(name, source)
         if stem in seen:
-            raise GeotranslateError(
+            raise OptionError(
                 f"{name} and {seen[stem]}: both would be written to {stem}_translated.tif in "
                 f"{out_dir}; rename one or run them into different --out-dir")
         seen[stem] = name
     units = []
-    for name in inputs:
-        stem = output_stem(name)
+    for name, source in sources:
+        stem = output_stem(name, source)
         parts = 1
-        if world_size > 1:
+        if world_size > 1 and isinstance(source, RasterSource):
             with contextlib.suppress(GeotranslateError):  # unreadable: fails as a unit later
-                with open_raster(name, allow_no_crs=True) as ds:
+                with open_raster(source, allow_no_crs=True) as ds:
                     if ds.width * ds.height >= split_pixels:
                         parts = min(world_size, math.ceil(ds.height / OUT_BLOCK))
         if parts > 1:
             vrt = out_dir / f"{stem}_translated.vrt"
-            units += [WorkUnit(name, vrt, p, parts) for p in range(parts)]
+            units += [WorkUnit(name, source, vrt, p, parts) for p in range(parts)]
         else:
-            units.append(WorkUnit(name, out_dir / f"{stem}_translated.tif"))
+            units.append(WorkUnit(name, source, out_dir / f"{stem}_translated.tif"))
     return units
 
 
@@ -219,7 +231,7 @@ def predict_rasters(
     if mosaic is not None:
         check_file_output(mosaic)  # "DIR/" names a directory: before Path drops the slash
         mosaic = Path(mosaic)
-    _check_outputs(units, mosaic, inputs, model, cog)
+    _check_outputs(units, mosaic, model, cog)
     replace_mosaic = _check_mosaic(mosaic, out_dir, units, overwrite, resume)
     make_output_dir(out_dir, "--out-dir")  # only once every check passed
     if isinstance(model, (str, os.PathLike)):
@@ -230,47 +242,55 @@ def predict_rasters(
     result = BatchResult()
     who = f"rank {rank}/{world_size}: " if world_size > 1 else ""
     for unit in units[rank::world_size]:
-        final = unit.output if unit.part is None else _part_path(unit)
-        if unit.part is not None:
-            final.parent.mkdir(exist_ok=True)
-        if resume and final.exists():
-            result.skipped.append(unit.input)
-            echo(f"{who}{display_path(final)}: exists, kept")
-        else:
-            try:
-                summary = predict_raster(
-                    unit.input, model, final, rank=unit.part,
-                    world_size=unit.parts, cog=cog and unit.part is None, overwrite=overwrite,
-                    resume=resume, device=device, **options)
-            except GeotranslateError as e:
-                result.failed.append((unit.input, str(e)))
-                echo(f"geotranslate: error: {e}", err=True)
-                continue
-            result.summaries.append(summary)
-            echo(f"{who}{summary}")
-        if unit.part is not None and _complete_set(final.parent, final.stem, unit.parts):
-            joined = _join(unit, cog, overwrite)
-            result.joined.append(joined)
-            echo(f"{who}joined {unit.parts} parts of {unit.input} into {joined}")
+        _run_unit(unit, model, result, echo, who, cog=cog, overwrite=overwrite, resume=resume,
+                  options={**options, "device": device})
     if mosaic is not None:
         result.mosaic = _mosaic(units, mosaic, rank, world_size, echo, replace_mosaic)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _check_outputs(units: list[WorkUnit], mosaic: Path | None, inputs: list[str], model,
-                   cog: bool) -> None:
+def _run_unit(unit: WorkUnit, model: TranslationModel, result: BatchResult, echo, who: str, *,
+              cog: bool, overwrite: bool, resume: bool, options: dict) -> None:
+    """Translate one unit into ``result`` (with ``resume``, an output that exists is kept);
+    the process that finishes a split input's last part joins its parts."""
+    final = unit.output if unit.part is None else _part_path(unit)
+    if unit.part is not None:
+        final.parent.mkdir(exist_ok=True)
+    if resume and final.exists():
+        result.skipped.append(unit.input)
+        echo(f"{who}{display_path(final)}: exists, kept")
+    else:
+        try:
+            if isinstance(unit.source, GeotranslateError):
+                raise unit.source
+            summary = predict_raster(
+                unit.source, model, final, rank=unit.part, world_size=unit.parts,
+                cog=cog and unit.part is None, overwrite=overwrite, resume=resume, **options)
+        except GeotranslateError as e:
+            result.failed.append((unit.input, str(e)))
+            echo(f"geotranslate: error: {e}", err=True)
+            return
+        result.summaries.append(summary)
+        echo(f"{who}{summary}")
+    if unit.part is not None and _complete_set(final.parent, final.stem, unit.parts):
+        joined = _join(unit, cog, overwrite)
+        result.joined.append(joined)
+        echo(f"{who}joined {unit.parts} parts of {unit.input} into {joined}")
+
+
+def _check_outputs(units: list[WorkUnit], mosaic: Path | None, model, cog: bool) -> None:
     """Before any work: no output (a raster, a split input's parts, VRT and COG, the mosaic)
     may be an input (any file of a ``stack:`` or STAC item, the model), with or without
     --overwrite; nor may the mosaic be one of the outputs."""
     from geotranslate.modelfile import model_files
 
     files = []
-    for name in inputs:
-        try:
-            files += input_files([name])
-        except GeotranslateError:  # unreadable: it fails as a unit; its own name still counts
-            files.append(Path(name))
+    for unit in units:
+        if unit.part in (None, 0):  # each input once
+            # an input that cannot be parsed fails as a unit; its own name still counts
+            files += (input_files([unit.source]) if isinstance(unit.source, RasterSource)
+                      else [Path(unit.input)])
     if isinstance(model, (str, os.PathLike)):
         files += model_files(model)
     outputs = []

@@ -1,4 +1,8 @@
-"""The tile grid of a prediction: column chunks, tile rows, and which rows each one finishes.
+"""The tile grid of a prediction: its extent, column chunks, tile rows, and the rows each finishes.
+
+Regions are :class:`rasterio.windows.Window` in the raster's pixels; ``--window`` spells one
+row first (``ROW_OFF,COL_OFF,HEIGHT,WIDTH``) and becomes a Window as soon as it is parsed
+(:func:`parse_region`).
 
 Tiles come from :func:`geotranslate.raster.windows.tile_offsets` (the one windowing module)
 with a margin of ``overlap`` beyond every edge. Splitting the grid into column chunks bounds
@@ -11,8 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from geotranslate.errors import GeotranslateError
-from geotranslate.raster.windows import tile_offsets
+from rasterio.windows import Window
+
+from geotranslate.errors import OptionError
+from geotranslate.raster.windows import parse_pixel_window, tile_offsets
 
 #: widest column chunk processed at once: bounds memory for arbitrarily wide rasters.
 CHUNK_WIDTH = 2048
@@ -46,27 +52,29 @@ def default_overlap(tile: int, receptive_field: int, stride: int = 1) -> int:
 
 
 def plan_strips(
-    height: int,
-    width: int,
+    grid: Window,
+    region: Window,
     tile: int,
     overlap: int,
     chunk_width: int,
-    rows_out: tuple[int, int] | None = None,
     align: int = 1,
 ) -> list[Strip]:
-    """Every tile row of every column chunk, in processing order, with the rows it finishes.
+    """Every tile row of every column chunk of ``grid``, in processing order, with the rows it
+    finishes (relative to the grid).
 
     Rows above the next tile row's top are touched by no later tile, so they can be written.
-    ``rows_out`` restricts the output to a band of rows of the grid (``--rank``): only the
-    tile rows touching it are planned, on the same grid as a whole run, so the parts of a
-    split run are exactly the corresponding rows of the whole run.
+    Only the tile rows touching ``region`` (the output: the grid, or a band of its rows for
+    ``--rank``) are planned, on the same grid as a whole run, so the parts of a split run are
+    exactly the corresponding rows of the whole run.
 
     ``align`` (the generator's total stride): when the tile stride and the overlap are
     multiples of it, the last tile is not moved flush with the edge but reaches beyond it
     (into the mirrored margin), so every tile starts on the ``align`` lattice and a network
     that is equivariant only to shifts by its total stride sees every tile in the same phase.
     """
-    out_start, out_stop = rows_out or (0, height)
+    height, width = grid.height, grid.width
+    out_start = region.row_off - grid.row_off
+    out_stop = out_start + region.height
     stride = tile - overlap
     if align > 1 and stride % align == 0 and overlap % align == 0:
         rows = _lattice_offsets(height + overlap, tile, stride, -overlap)
@@ -98,19 +106,44 @@ def _lattice_offsets(length: int, tile: int, stride: int, start: int) -> list[in
     return offsets
 
 
-def rank_window(
-    region: tuple[int, int, int, int], rank: int, world_size: int
-) -> tuple[int, int, int, int]:
+def rank_window(region: Window, rank: int, world_size: int) -> Window:
     """The ``rank``-th of ``world_size`` horizontal bands of ``region``, block-aligned rows."""
     if world_size < 1 or not 0 <= rank < world_size:
-        raise GeotranslateError(f"rank {rank} / world size {world_size}: need 0 <= rank < size")
-    row0, col0, height, width = region
-    blocks = math.ceil(height / OUT_BLOCK)
+        raise OptionError(f"rank {rank} / world size {world_size}: need 0 <= rank < size")
+    blocks = math.ceil(region.height / OUT_BLOCK)
     if world_size > blocks:
-        raise GeotranslateError(
+        raise OptionError(
             f"world size {world_size} is more than the {blocks} bands of {OUT_BLOCK} rows "
             f"this raster has; use at most {blocks} processes"
         )
     start = rank * blocks // world_size * OUT_BLOCK
-    stop = min(height, (rank + 1) * blocks // world_size * OUT_BLOCK)
-    return row0 + start, col0, stop - start, width
+    stop = min(region.height, (rank + 1) * blocks // world_size * OUT_BLOCK)
+    return Window(region.col_off, region.row_off + start, region.width, stop - start)
+
+
+def row_first(window: Window) -> tuple[int, int, int, int]:
+    """``(row_off, col_off, height, width)``: a window as ``--window`` spells it."""
+    return window.row_off, window.col_off, window.height, window.width
+
+
+def parse_region(spec: str | tuple[int, int, int, int] | Window | None) -> Window | None:
+    """``--window``'s ``"ROW_OFF,COL_OFF,HEIGHT,WIDTH"`` (or such a tuple, or a Window) as a
+    Window with offsets >= 0 and sizes > 0; None (or "") stays None."""
+    values = row_first(spec) if isinstance(spec, Window) else parse_pixel_window(spec)
+    if values is None:
+        return None
+    row, col, height, width = values
+    if height <= 0 or width <= 0 or row < 0 or col < 0:
+        raise OptionError(f"window {values}: offsets must be >= 0 and sizes > 0")
+    return Window(col, row, width, height)
+
+
+def grid_window(window: Window | None, height: int, width: int, name: str) -> Window:
+    """The tile grid's extent: ``window`` inside the raster ``name`` of ``height`` rows and
+    ``width`` columns, or (None) the whole raster."""
+    if window is None:
+        return Window(0, 0, width, height)
+    if window.row_off + window.height > height or window.col_off + window.width > width:
+        raise OptionError(f"window {row_first(window)} reaches outside {name} "
+                          f"({height} rows x {width} cols)")
+    return window

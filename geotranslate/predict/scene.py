@@ -44,11 +44,19 @@ def sample_offsets(length: int, tile: int, count: int) -> list[int]:
     return sorted({round(i * (length - tile) / (count - 1)) for i in range(count)})
 
 
+def sample_tile(chip_size: int, stride: int) -> int:
+    """The sample's tile size: the model's chip size, cut to a multiple of the generator's
+    total ``stride`` (at least one stride)."""
+    if chip_size % stride:
+        return max(stride, chip_size // stride * stride)
+    return chip_size
+
+
 def scene_sample(
     source_raster: RasterSource,
     bands: list[int],
     source: DomainSpec,
-    region: tuple[int, int, int, int],
+    region: Window,
     tile: int,
     *,
     max_tiles: int = SAMPLE_TILES,
@@ -64,7 +72,7 @@ def scene_sample(
     model's input transforms (inputs.py), if any.
     """
     count = max(1, min(max_tiles, max_pixels // (tile * tile)))
-    row0, col0, height, width = region
+    row0, col0, height, width = region.row_off, region.col_off, region.height, region.width
     per_side = max(1, math.isqrt(count))
     rows = sample_offsets(height, tile, per_side)
     cols = sample_offsets(width, tile, per_side)
