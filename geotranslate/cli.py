@@ -26,6 +26,7 @@ from geotranslate.choices import (
     UPSAMPLE_KINDS,
 )
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.log import (
     is_main_process,
     logger,
@@ -33,7 +34,6 @@ from geotranslate.log import (
     set_verbosity,
     verbosity_options,
 )
-from geotranslate.raster.io import OUTPUT_ERRNOS, check_file_output, check_not_input, not_utf8
 from geotranslate.raster.warp import RESAMPLING_NAMES
 from geotranslate.report import DEFAULT_CHIPS
 
@@ -594,10 +594,11 @@ def _check_evaluate_json(json_path, rasters, model_path, data_dir) -> None:
     """evaluate's --json must not replace what it reads: the rasters (and the files of a
     stack: or STAC item), the model, or the chip folder's meta.json and chips."""
     from geotranslate.modelfile import model_files
+    from geotranslate.raster.sources import input_files
 
     check_file_output(json_path)  # before the work, not after it
     if model_path is None:
-        check_not_input(json_path, list(rasters))
+        check_not_input(json_path, input_files(rasters))
         return
     data = Path(data_dir)
     folders = [p for p in data.glob("*_[ab]") if p.is_dir()]

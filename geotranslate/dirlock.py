@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import write_failed
 from geotranslate.log import logger
-from geotranslate.raster.io import write_failed
 
 LOCK_NAME = "export.lock"
 

@@ -48,15 +48,11 @@ from rasterio.windows import Window
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path
 from geotranslate.inputs import chip_normalizer
 from geotranslate.log import show_progress
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
-from geotranslate.raster.io import (
-    atomic_path,
-    open_raster,
-    parse_bands,
-    read_window,
-)
+from geotranslate.raster.io import open_raster, parse_bands, read_window
 from geotranslate.raster.warp import Grid, GridReader
 from geotranslate.raster.windows import own_extents, tile_offsets
 from geotranslate.stats import StatsAccumulator, stats_from_dict

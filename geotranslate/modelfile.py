@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.files import atomic_path, write_failed
 from geotranslate.methods import METHODS
-from geotranslate.raster.io import atomic_path, write_failed
 from geotranslate.stats import NORM_METHODS, Normalizer
 
 FORMAT = "geotranslate-model"

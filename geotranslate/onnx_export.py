@@ -44,11 +44,11 @@ import torch
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.files import atomic_path, check_not_input
 from geotranslate.modelfile import DomainSpec, TranslationModel, load_model
 from geotranslate.predict.grid import default_overlap
 from geotranslate.predict.output import output_nodata
 from geotranslate.predict.provenance import weights_sha256
-from geotranslate.raster.io import atomic_path, check_not_input
 
 #: ONNX operator set of the export (onnxruntime >= 1.14 runs it)
 OPSET = 17

@@ -27,13 +27,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import (
-    atomic_path,
-    check_not_input,
-    open_raster,
-    parse_bands,
-    read_window,
-)
+from geotranslate.files import atomic_path, check_not_input
+from geotranslate.raster.io import open_raster, parse_bands, read_window
+from geotranslate.raster.sources import input_files
 from geotranslate.raster.windows import parse_pixel_window
 
 _COLOUR_NAMES = {
@@ -393,7 +389,7 @@ def render_rasters(
         raise GeotranslateError("preview: give at least one raster")
     if titles is not None and len(titles) != len(sources):
         raise GeotranslateError(f"preview: {len(titles)} titles for {len(sources)} rasters")
-    check_not_input(out_png, [s for s in sources if isinstance(s, (str, os.PathLike))])
+    check_not_input(out_png, input_files([s for s in sources if isinstance(s, (str, os.PathLike))]))
     if columns is not None and columns < 1:
         raise GeotranslateError(f"--columns {columns}: must be at least 1")
     if isinstance(window, str):

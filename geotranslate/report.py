@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import atomic_path, check_file_output, check_not_input
+from geotranslate.files import atomic_path, check_file_output, check_not_input
 
 REPORT_NAME = "report.html"
 #: validation chips shown by default (rows of the chip grid).

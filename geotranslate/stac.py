@@ -33,6 +33,7 @@ import torch
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path, check_file_output, check_not_input
 from geotranslate.modelfile import (
     DIRECTIONS,
     META_NAME,
@@ -43,7 +44,6 @@ from geotranslate.modelfile import (
     model_files,
 )
 from geotranslate.predict.provenance import weights_sha256
-from geotranslate.raster.io import atomic_path, check_file_output, check_not_input
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"

@@ -13,8 +13,8 @@ from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path
 from geotranslate.raster.io import (
-    atomic_path,
     open_raster,
     parse_bands,
     raster_info,

@@ -56,22 +56,19 @@ from geotranslate.chips.split import _assign_validation
 from geotranslate.chips.writer import _write_chip_atomic
 from geotranslate.dirlock import LOCK_NAME, DirectoryLock
 from geotranslate.errors import GeotranslateError
-from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
-from geotranslate.log import logger, show_progress
-from geotranslate.memory import check_memory
-from geotranslate.raster.io import (
-    GDAL_CACHE_BYTES,
+from geotranslate.files import (
     atomic_path,
     check_not_input,
     check_output_dir,
     display_path,
-    input_files,
     make_output_dir,
-    open_dataset,
-    open_raster,
     resolved_path,
-    source_of,
 )
+from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
+from geotranslate.log import logger, show_progress
+from geotranslate.memory import check_memory
+from geotranslate.raster.io import GDAL_CACHE_BYTES, open_dataset, open_raster, source_of
+from geotranslate.raster.sources import input_files
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 from geotranslate.stats import StatsAccumulator

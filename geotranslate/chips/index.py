@@ -9,7 +9,7 @@ from pathlib import Path
 import rasterio
 
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import write_failed
+from geotranslate.files import write_failed
 
 INDEX_NAME = "index.gpkg"
 

@@ -9,7 +9,8 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
-from geotranslate.raster.io import atomic_path, colour_interpretation, valid_from_data
+from geotranslate.files import atomic_path
+from geotranslate.raster.io import colour_interpretation, valid_from_data
 
 
 def _write_chip_atomic(target: Path, *args, **kwargs) -> None:

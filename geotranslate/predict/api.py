@@ -15,6 +15,7 @@ import torch
 from geotranslate.device import autocast as device_autocast
 from geotranslate.device import default_channels_last, resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path, check_file_output, check_not_input
 from geotranslate.inputs import check_composition, input_reader, scene_spec
 from geotranslate.log import logger
 from geotranslate.memory import check_memory
@@ -46,15 +47,8 @@ from geotranslate.predict.resume import (
     remove_partial,
 )
 from geotranslate.predict.scene import scene_generator, scene_sample
-from geotranslate.raster.io import (
-    atomic_path,
-    check_file_output,
-    check_not_input,
-    open_raster,
-    spectral_bands,
-    verify_geotiff,
-)
-from geotranslate.raster.sources import parse_source
+from geotranslate.raster.io import open_raster, spectral_bands, verify_geotiff
+from geotranslate.raster.sources import input_files, parse_source
 from geotranslate.raster.windows import parse_pixel_window
 
 
@@ -243,7 +237,7 @@ def predict_raster(
         check_file_output(out_path)
     out = Path(out_path) if out_path else default_output(in_source, rank, world_size)
     # every file it reads: the raster's (band files, STAC item and assets, archive), the model
-    check_not_input(out, [in_source, *read_too])
+    check_not_input(out, input_files([in_source, *read_too]))
     if out.is_dir():
         raise GeotranslateError(f"{out}: is a directory; give the output file's name")
     if resume and not overwrite and out.exists() and not partial_paths(out)[1].exists():

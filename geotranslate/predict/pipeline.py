@@ -29,6 +29,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from geotranslate.errors import first_line
+from geotranslate.files import write_failed
 from geotranslate.log import show_progress
 from geotranslate.modelfile import DomainSpec
 from geotranslate.predict.blend import Blender, blend_weights
@@ -41,7 +42,6 @@ from geotranslate.raster.io import (
     colour_interpretation,
     open_raster,
     read_window,
-    write_failed,
 )
 from geotranslate.raster.sources import RasterSource
 from geotranslate.raster.windows import reflect_pad

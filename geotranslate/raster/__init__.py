@@ -2,7 +2,6 @@
 
 from geotranslate.raster.io import (
     RasterInfo,
-    atomic_path,
     open_raster,
     parse_bands,
     raster_info,
@@ -19,7 +18,6 @@ from geotranslate.raster.windows import (
 
 __all__ = [
     "RasterInfo",
-    "atomic_path",
     "open_raster",
     "parse_pixel_window",
     "parse_bands",

@@ -18,7 +18,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import atomic_path
+from geotranslate.files import atomic_path
 
 GDAL_TYPES = {
     "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",

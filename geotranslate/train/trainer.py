@@ -41,12 +41,12 @@ from geotranslate.data import (
 )
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.files import atomic_path, check_output_dir
 from geotranslate.log import Advice, show_progress
 from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.metrics import MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
 from geotranslate.models import build_discriminator, unwrap
-from geotranslate.raster.io import atomic_path, check_output_dir
 from geotranslate.stats import stats_from_dict
 from geotranslate.train import distributed
 from geotranslate.train.checkpoint import (
