@@ -32,7 +32,8 @@ from geotranslate.inputs import (
     scene_normalizer,
     scene_stats_of,
 )
-from geotranslate.raster.io import open_raster, read_window, spectral_bands
+from geotranslate.raster.io import open_raster, read_window
+from geotranslate.raster.opening import spectral_bands
 from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
 
 CHIP_SUFFIXES = (".tif", ".tiff")

@@ -53,8 +53,8 @@ from geotranslate.inputs import chip_normalizer
 from geotranslate.log import show_progress
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.raster.io import open_raster, parse_bands, read_window
-from geotranslate.raster.warp import Grid, GridReader
-from geotranslate.raster.windows import own_extents, tile_offsets
+from geotranslate.raster.warp import GridReader
+from geotranslate.raster.windows import Grid, own_extents, tile_offsets
 from geotranslate.stats import StatsAccumulator, stats_from_dict
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).

@@ -264,7 +264,8 @@ def _calibrated(generator, model: TranslationModel, direction: str, raster):
     """The generator with the scene statistics of ``raster`` (as predict-raster computes them
     for the whole raster) and the label of what was done."""
     from geotranslate.predict.scene import scene_generator, scene_sample
-    from geotranslate.raster.io import open_raster, spectral_bands
+    from geotranslate.raster.io import open_raster
+    from geotranslate.raster.opening import spectral_bands
     from geotranslate.raster.sources import parse_source
 
     source = model.source_domain(direction)

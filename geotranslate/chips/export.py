@@ -67,7 +67,8 @@ from geotranslate.files import (
 from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
 from geotranslate.log import logger, show_progress
 from geotranslate.memory import check_memory
-from geotranslate.raster.io import GDAL_CACHE_BYTES, open_dataset, open_raster, source_of
+from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, source_of
+from geotranslate.raster.opening import open_dataset
 from geotranslate.raster.sources import input_files
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows

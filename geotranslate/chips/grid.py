@@ -16,7 +16,8 @@ from geotranslate.errors import GeotranslateError
 from geotranslate.inputs import transformed_read
 from geotranslate.raster.io import open_raster, read_window, source_of
 from geotranslate.raster.sources import parse_source
-from geotranslate.raster.warp import Grid, GridReader, pair_sources
+from geotranslate.raster.warp import GridReader, pair_sources
+from geotranslate.raster.windows import Grid
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 #: builds a job's readers (closed with the ExitStack); the callable maps each of the job's

@@ -47,7 +47,8 @@ from geotranslate.predict.resume import (
     remove_partial,
 )
 from geotranslate.predict.scene import scene_generator, scene_sample
-from geotranslate.raster.io import open_raster, spectral_bands, verify_geotiff
+from geotranslate.raster.io import open_raster, verify_geotiff
+from geotranslate.raster.opening import spectral_bands
 from geotranslate.raster.sources import input_files, parse_source
 from geotranslate.raster.windows import parse_pixel_window
 

@@ -117,7 +117,7 @@ def _pixels_digest(gdal_name: str) -> str:
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
-    from geotranslate.raster.io import open_dataset
+    from geotranslate.raster.opening import open_dataset
     from geotranslate.raster.sources import single_source
 
     digest = hashlib.sha256()

@@ -6,9 +6,9 @@ from geotranslate.raster.io import (
     parse_bands,
     raster_info,
     read_window,
-    spectral_bands,
     valid_from_data,
 )
+from geotranslate.raster.opening import spectral_bands
 from geotranslate.raster.windows import (
     parse_pixel_window,
     reflect_pad,

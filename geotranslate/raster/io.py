@@ -9,7 +9,6 @@ not masked by an alpha band or an internal mask, in every selected band.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,12 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
-from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.files import display_path, not_utf8, write_failed
-from geotranslate.raster.sources import (
-    REMOTE_OPEN_DEFAULTS,
-    RasterSource,
-    apply_remote_config,
-    parse_source,
-)
+from geotranslate.files import write_failed
+from geotranslate.raster.opening import alpha_index, open_dataset, spectral_bands
+from geotranslate.raster.sources import RasterSource, parse_source
 
 #: GDAL block cache for export and prediction: small and fixed, because GDAL's default (5 %
 #: of RAM) would make memory grow with the raster's size.
@@ -63,16 +57,6 @@ class RasterInfo:
     pixel_size: tuple[float, float]
 
 
-class SourceDataset(DatasetReader):
-    """A dataset that carries the name its user gave it (a URL, ``stack:…``), not GDAL's."""
-
-    source: RasterSource | None = None
-
-    @property
-    def name(self) -> str:
-        return self.source.name if self.source is not None else super().name
-
-
 def open_raster(
     path: str | os.PathLike | RasterSource, *, allow_no_crs: bool = False
 ) -> rasterio.DatasetReader:
@@ -100,115 +84,6 @@ def source_of(ds: rasterio.DatasetReader) -> RasterSource:
     return source if source is not None else parse_source(str(ds.name))
 
 
-def open_dataset(source: RasterSource) -> SourceDataset:
-    """Open a source with GDAL, without the toolkit's checks; failures as one line."""
-    if source.local:
-        p = Path(source.gdal_name)
-        if not p.exists():
-            raise GeotranslateError(f"{source.name}: no such file")
-        if p.is_dir():
-            raise GeotranslateError(f"{source.name}: is a directory, not a raster")
-        if not os.access(p, os.R_OK):
-            raise GeotranslateError(f"{source.name}: not readable (permission denied)")
-    config = {}
-    if not source.local:
-        config = dict(REMOTE_OPEN_DEFAULTS)
-        apply_remote_config()
-    try:
-        with rasterio.Env(**{k: v for k, v in config.items() if k not in os.environ}):
-            ds = SourceDataset(source.gdal_name)
-    except RasterioError as e:
-        raise GeotranslateError(f"{source.name}: {open_failure(source, e)}") from None
-    except UnicodeEncodeError:
-        raise not_utf8(source.gdal_name) from None
-    ds.source = source
-    return ds
-
-
-def open_failure(source: RasterSource, error: Exception) -> str:
-    """Why a source could not be opened, in the user's terms (HTTP status, credentials)."""
-    message = first_line(error)
-    if source.local and not source.gdal_name.startswith("<"):
-        return f"cannot open as a raster ({message})"
-    archive = _archive_failure(source)
-    if archive is not None:
-        return archive
-    text = str(error)
-    http = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
-    s3 = "/vsis3/" in source.gdal_name
-    if re.search(r"NoSuchBucket|bucket does not exist", text):
-        return "cannot open: no such bucket"
-    if re.search(r"AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|InvalidAccessKeyId|"
-                 r"SignatureDoesNotMatch|AccessDenied|credentials", text) or (
-            s3 and http and http[1] == "403"):
-        return "cannot open: access denied: check AWS credentials (AWS_ACCESS_KEY_ID, " \
-            "AWS_SECRET_ACCESS_KEY)"
-    if re.search(r"timed out|Timeout", text, re.IGNORECASE):
-        return "cannot open: timed out"
-    if re.search(r"Couldn't connect|Connection refused|Could not resolve|Failed to connect",
-                 text):
-        return f"cannot open: unreachable ({message})"
-    if http:
-        return f"cannot open: HTTP {http[1]}"
-    status = _http_status(source) if "/vsicurl/" in source.gdal_name else None
-    if status is not None:
-        return status
-    if "does not exist in the file system" in text or "key does not exist" in text:
-        return "cannot open: not found" + (" (no such key)" if s3 else "")
-    return f"cannot open as a raster ({message})"
-
-
-def _archive_failure(source: RasterSource) -> str | None:
-    """Why a ``/vsizip/`` or ``/vsitar/`` name did not open: the archive is damaged or not one,
-    or it lacks the member; None when the archive looks sound (GDAL's reason then stands)."""
-    import tarfile
-    import zipfile
-
-    name = source.gdal_name
-    kind = "zip" if name.startswith("/vsizip/") else "tar" if name.startswith("/vsitar/") else None
-    if kind is None or len(source.files) != 1:
-        return None
-    archive = source.files[0]
-    member = name.split(archive, 1)[-1].lstrip("/}")
-    try:
-        if kind == "zip":
-            with zipfile.ZipFile(archive) as z:
-                members = set(z.namelist())
-        else:
-            with tarfile.open(archive) as t:
-                members = set(t.getnames())
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError):
-        return f"cannot open: {display_path(archive)} is not a {kind} archive, or is truncated"
-    if member and member not in members:
-        return f"cannot open: {display_path(archive)} has no member {member!r}"
-    return None
-
-
-def _http_status(source: RasterSource) -> str | None:
-    """GDAL hides an HTTP failure behind "does not exist": ask the server once, briefly."""
-    import urllib.error
-    import urllib.request
-
-    url = source.gdal_name.split("/vsicurl/", 1)[1]
-    if not url.startswith(("http://", "https://")):
-        return None
-    timeout = float(os.environ.get("GDAL_HTTP_TIMEOUT", "30") or 30)
-    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return None
-    except urllib.error.HTTPError as e:
-        return f"cannot open: HTTP {e.code}"
-    except TimeoutError:
-        return "cannot open: timed out"
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-            return "cannot open: timed out"
-        why = first_line(reason) if isinstance(reason, BaseException) else str(reason)
-        return f"cannot open: unreachable ({why})"
-
-
 def _validate(ds: rasterio.DatasetReader, p: str, allow_no_crs: bool) -> None:
     dtype = ds.dtypes[0]
     if dtype in REFUSED_DTYPES:
@@ -228,27 +103,6 @@ def _validate(ds: rasterio.DatasetReader, p: str, allow_no_crs: bool) -> None:
                 "or pass --allow-no-crs to work in pixel space"
             )
         raise GeotranslateError(f"{p}: has no CRS; pass --allow-no-crs to work in pixel space")
-
-
-def alpha_index(ds: rasterio.DatasetReader) -> int | None:
-    """1-based index of the alpha band, if the dataset has one."""
-    for i, ci in enumerate(ds.colorinterp):
-        if ci == ColorInterp.alpha:
-            return i + 1
-    return None
-
-
-def spectral_bands(ds: rasterio.DatasetReader) -> list[int]:
-    """1-based indexes of the bands that carry data: an alpha band is a mask, not a band.
-
-    A raster whose only bands are alpha holds no data: refused here, for every reader.
-    """
-    bands = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
-    if not bands:
-        raise GeotranslateError(
-            f"{ds.name}: has no data band (its {ds.count} band(s) are alpha, a mask)"
-        )
-    return bands
 
 
 def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) -> list[int]:
@@ -414,7 +268,6 @@ def _fill_value(nodata: float | None, dtype: np.dtype) -> float:
         return nodata
     info = np.iinfo(dtype)
     return nodata if float(nodata).is_integer() and info.min <= nodata <= info.max else 0
-
 
 
 def verify_geotiff(path: str | os.PathLike, label: str | os.PathLike | None = None) -> None:

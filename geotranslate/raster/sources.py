@@ -32,6 +32,8 @@ from urllib.parse import urlparse
 from xml.sax.saxutils import escape
 
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.raster.opening import open_dataset, spectral_bands
+from geotranslate.raster.windows import Grid, grid_offset
 
 STACK_PREFIX = "stack:"
 #: ``fuse:s1.tif+s2.tif`` — several rasters (any dtype, nodata, resolution, CRS) as one domain
@@ -45,9 +47,6 @@ STAC_PATTERN = re.compile(r"^(?P<item>.+\.json):(?P<keys>[^/:]+)$", re.IGNORECAS
 URL_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
 #: resampling of band files coarser than the finest one, onto its grid
 STACK_RESAMPLING = "bilinear"
-#: GDAL settings while a remote source is opened, unless the user's environment sets them: no
-#: directory listing (one request per file instead of listing a bucket or a web folder)
-REMOTE_OPEN_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 @dataclass(frozen=True)
@@ -146,38 +145,6 @@ def archive_files(gdal_name: str) -> tuple[str, ...]:
     return ()
 
 
-#: environment variables :func:`apply_remote_config` set (and may update when the user's change)
-_DERIVED: dict[str, str] = {}
-
-
-def remote_config(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """GDAL settings for remote reads: ``AWS_ENDPOINT_URL`` (the AWS tools' variable)
-    translated into GDAL's own, where the environment does not set those."""
-    env = dict(os.environ if environ is None else environ)
-    user = {k: v for k, v in env.items() if _DERIVED.get(k) != v}  # the user's own settings
-    config = {}
-    endpoint = user.get("AWS_ENDPOINT_URL_S3") or user.get("AWS_ENDPOINT_URL")
-    if endpoint and "AWS_S3_ENDPOINT" not in user:
-        parsed = urlparse(endpoint)
-        config["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
-        if "AWS_HTTPS" not in user:
-            config["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
-        if "AWS_VIRTUAL_HOSTING" not in user:
-            config["AWS_VIRTUAL_HOSTING"] = "FALSE"
-    return config
-
-
-def apply_remote_config() -> None:
-    """Put :func:`remote_config` into the environment, where GDAL reads it on every request
-    (from every thread); settings it put there earlier follow the user's current ones."""
-    config = remote_config()
-    for key in [k for k in _DERIVED if k not in config]:
-        if os.environ.get(key) == _DERIVED.pop(key):
-            del os.environ[key]
-    for key, value in config.items():
-        os.environ[key] = _DERIVED[key] = value
-
-
 def _local(text: str) -> RasterSource:
     return RasterSource(text, text, safe_name(Path(text).stem), local=True, files=(text,))
 
@@ -206,8 +173,6 @@ def safe_name(text: str, fallback: str = "raster") -> str:
 
 def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None) -> RasterSource:
     """Stack single-band sources in order on the finest one's grid, as a VRT document."""
-    from geotranslate.raster.io import open_dataset
-
     infos = []
     for part in parts:
         with open_dataset(part) as ds:
@@ -335,9 +300,6 @@ def _fuse(text: str) -> RasterSource:
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
     from rasterio.vrt import WarpedVRT
-
-    from geotranslate.raster.io import open_dataset, spectral_bands
-    from geotranslate.raster.warp import Grid, grid_offset
 
     names = [p for p in text[len(FUSE_PREFIX):].split(FUSE_SEPARATOR) if p]
     if len(names) < 2:
