@@ -539,7 +539,7 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
 def model_stac_cmd(run, out_path, onnx_paths, overwrite) -> None:
     """Write RUN's model (a run directory or its model.json) as a STAC item with the Machine
     Learning Model extension (MLM v1.4.0), for catalogues."""
-    from geotranslate.stac import write_model_stac
+    from geotranslate.modelstac import write_model_stac
 
     click.echo(str(write_model_stac(run, out_path, overwrite=overwrite, onnx=onnx_paths)))
 

@@ -26,7 +26,6 @@ from safetensors.torch import load_file, save_file
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.files import atomic_path, write_failed
-from geotranslate.methods import METHODS
 from geotranslate.stats import NORM_METHODS, Normalizer
 
 FORMAT = "geotranslate-model"
@@ -49,9 +48,10 @@ _DOMAIN = sc.Obj(
               "composition": sc.List(sc.Obj({"band_count": sc.Int(min=1),
                                              "dtype": sc.DTYPE}))},
 )
-#: what load_model needs of model.json (other keys are allowed: newer optional fields)
+#: what load_model needs of model.json (other keys are allowed: newer optional fields);
+#: ``dataset_type`` must also name a method of the registry (:func:`_check_method`)
 MODEL_SCHEMA = sc.Obj(
-    {"dataset_type": sc.Str(tuple(METHODS)),
+    {"dataset_type": sc.Str(),
      "generators": sc.Map(sc.Obj({"arch": sc.Str(), "in_channels": sc.Int(min=1),
                                   "out_channels": sc.Int(min=1)},
                                  optional={"kwargs": sc.Obj()}),
@@ -117,13 +117,14 @@ class DomainSpec:
 class TranslationModel:
     """Generators by direction plus what is needed to feed them rasters and decode their output."""
 
-    dataset_type: str  # a key of geotranslate.methods.METHODS
+    dataset_type: str  # the method that trained it: a key of geotranslate.methods.METHODS
     generators: dict[str, torch.nn.Module]  # "a2b" -> g_ab, "b2a" -> g_ba
     generator_specs: dict[str, dict]  # direction -> GeneratorSpec.to_dict()
     domains: dict[str, DomainSpec]  # "a", "b"
     chip_size: int
     training: dict = field(default_factory=dict)
     receptive_fields: dict[str, int] = field(default_factory=dict)  # direction -> input px
+    weights_file_sha256: str | None = None  # of model.safetensors, as loaded (model.json's)
 
     def receptive_field(self, direction: str) -> int:
         """Receptive field of the ``direction`` generator in input pixels (computed once)."""
@@ -149,7 +150,7 @@ class TranslationModel:
     def target_domain(self, direction: str) -> DomainSpec:
         return self.domains[DIRECTIONS[direction][1]]
 
-    def to_json_dict(self, weights_sha256: str) -> dict:
+    def to_json_dict(self, weights_digest: str) -> dict:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -159,11 +160,23 @@ class TranslationModel:
             "chip_size": self.chip_size,
             "training": self.training,
             "receptive_field": {d: self.receptive_field(d) for d in sorted(self.generators)},
-            "weights": {"file": WEIGHTS_NAME, "sha256": weights_sha256},
+            "weights": {"file": WEIGHTS_NAME, "sha256": weights_digest},
         }
 
 
-def _sha256(path: Path) -> str:
+def weights_sha256(generator: torch.nn.Module) -> str:
+    """SHA-256 of a generator's tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(generator.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        # reshape(-1): 0-d tensors (batch norm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (model.json records the weights file's)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -193,7 +206,7 @@ def save_model(model: TranslationModel, out_dir: str | os.PathLike) -> Path:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
         except SafetensorError as e:  # an I/O error (a full disk) comes as this type
             raise write_failed(out / WEIGHTS_NAME, first_line(e)) from None
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         with atomic_path(pending) as tmp_meta:
             tmp_meta.write_text(json.dumps(model.to_json_dict(digest), indent=2))
     os.replace(pending, out / META_NAME)
@@ -215,9 +228,18 @@ def _read_model_json(path: Path) -> dict:
             f"{path}: model format_version {json.dumps(version)} is not supported by this "
             f"geotranslate, which reads only format_version {FORMAT_VERSION} (an integer)"
         )
+    _check_method(meta, path)
     sc.validate(meta, MODEL_SCHEMA, path)
     _check_model_fields(meta, path)
     return meta
+
+
+def _check_method(meta: dict, path: Path) -> None:
+    """``dataset_type`` names a method of the registry (the training code, imported only when
+    a model file is read: the format itself does not depend on it)."""
+    from geotranslate.methods import METHODS
+
+    sc.validate(meta, sc.Obj({"dataset_type": sc.Str(tuple(METHODS))}), path)
 
 
 def _check_model_fields(meta: dict, path: Path) -> None:
@@ -303,7 +325,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     meta = _read_model_json(meta_path)
     if not weights_path.exists():
         raise GeotranslateError(f"{weights_path}: weights file missing")
-    digest = _sha256(weights_path)
+    digest = sha256_file(weights_path)
     if meta["weights"]["sha256"] != digest:
         meta = _finish_interrupted_save(meta_path, weights_path, digest)
     try:
@@ -331,6 +353,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         chip_size=int(meta["chip_size"]),
         training=meta.get("training", {}),
         receptive_fields=_receptive_fields(meta.get("receptive_field"), generators),
+        weights_file_sha256=digest,
     )
 
 

@@ -45,10 +45,9 @@ import torch
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.files import atomic_path, check_not_input
-from geotranslate.modelfile import DomainSpec, TranslationModel, load_model
+from geotranslate.modelfile import DomainSpec, TranslationModel, load_model, weights_sha256
 from geotranslate.predict.grid import default_overlap
 from geotranslate.predict.output import output_nodata
-from geotranslate.predict.provenance import weights_sha256
 
 #: ONNX operator set of the export (onnxruntime >= 1.14 runs it)
 OPSET = 17

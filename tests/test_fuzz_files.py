@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from test_data import make_chips
 
 from geotranslate.cli import main
-from geotranslate.modelfile import _sha256
+from geotranslate.modelfile import sha256_file
 from geotranslate.train import TrainConfig, train
 
 DEEP = "[" * 200_000 + "]" * 200_000  # 400 kB: deeper than Python's recursion limit
@@ -258,7 +258,7 @@ def test_non_finite_weights_are_refused_at_load(world, tmp_path, capsys):
     tensors[name][0] = float("nan")
     save_file(tensors, run / "model.safetensors")
     meta = json.loads((run / "model.json").read_text())
-    meta["weights"]["sha256"] = _sha256(run / "model.safetensors")  # a consistent pair
+    meta["weights"]["sha256"] = sha256_file(run / "model.safetensors")  # a consistent pair
     (run / "model.json").write_text(json.dumps(meta))
     out = tmp_path / "out.tif"
     status = main(["predict-raster", str(world["raster"]), "--model", str(run), "--out", str(out),

@@ -18,10 +18,9 @@ from test_predict import make_model
 
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
-from geotranslate.modelfile import load_model
+from geotranslate.modelfile import load_model, weights_sha256
 from geotranslate.onnx_export import export_onnx
 from geotranslate.predict import predict_raster
-from geotranslate.predict.provenance import weights_sha256
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -19,7 +19,7 @@ from geotranslate.files import atomic_path, check_file_output, check_not_input
 from geotranslate.inputs import check_composition, input_reader, scene_spec
 from geotranslate.log import logger
 from geotranslate.memory import check_memory
-from geotranslate.modelfile import TranslationModel, load_model, model_files
+from geotranslate.modelfile import TranslationModel, load_model, model_files, weights_sha256
 from geotranslate.models import keep_channels_last
 from geotranslate.predict.blend import BLEND_MODES
 from geotranslate.predict.grid import CHUNK_WIDTH, default_overlap, plan_strips, rank_window
@@ -37,7 +37,7 @@ from geotranslate.predict.pipeline import (
     PipelineOutput,
     run_pipeline,
 )
-from geotranslate.predict.provenance import provenance_tags, weights_sha256
+from geotranslate.predict.provenance import provenance_tags
 from geotranslate.predict.resume import (
     input_identity,
     keep_partial,

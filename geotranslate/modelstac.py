@@ -39,11 +39,11 @@ from geotranslate.modelfile import (
     META_NAME,
     WEIGHTS_NAME,
     DomainSpec,
-    _sha256,
     load_model,
     model_files,
+    sha256_file,
+    weights_sha256,
 )
-from geotranslate.predict.provenance import weights_sha256
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"
@@ -128,8 +128,7 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
 
     model = load_model(run)
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    meta = json.loads((folder / META_NAME).read_text())
-    sha = meta["weights"]["sha256"]
+    sha = model.weights_file_sha256
     when = dt.datetime.fromtimestamp((folder / WEIGHTS_NAME).stat().st_mtime, dt.UTC)
     names = {k: _band_names(model.domains[k], k) for k in ("a", "b")}
     inputs, outputs, archs, params = [], [], [], 0
@@ -227,7 +226,7 @@ def _onnx_asset(path: Path, base: str | os.PathLike) -> tuple[pystac.Asset, str,
         href=_href(path, base), media_type=ONNX_MEDIA_TYPE, roles=["mlm:model", "data"],
         title=f"{direction} generator as ONNX (raw bands in, data units out)",
         extra_fields={"mlm:artifact_type": "torch.onnx.export",
-                      "geotranslate:sha256": _sha256(path),
+                      "geotranslate:sha256": sha256_file(path),
                       "geotranslate:direction": direction,
                       "geotranslate:deepness": {"model_type": json.loads(props["model_type"]),
                                                 "tile_size": json.loads(props["tile_size"])}})
