@@ -231,7 +231,7 @@ def export_tiles_command(a_rasters, b_rasters, a_extra, out_dir, tile_size, stri
     invalid pixels for --max-nodata). Complex and 64-bit integer rasters are refused (convert
     them first). An interrupted run keeps its complete chips: re-run it to finish.
     """
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     summary = export_tiles(
         list(a_rasters), list(b_rasters) or None, out_dir, tile_size=tile_size, stride=stride,

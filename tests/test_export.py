@@ -15,9 +15,9 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from shapely.geometry import box
 
+from geotranslate.chips.export import export_tiles
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
-from geotranslate.export import export_tiles
 from geotranslate.raster.io import read_window
 
 ORIGIN = (500000.0, 5300000.0)

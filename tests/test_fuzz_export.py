@@ -432,7 +432,7 @@ def west_half_aoi(path: Path, src: Path) -> Path:
 @pytest.mark.parametrize("stride", [16, 8])
 def test_val_fraction_is_met_with_an_aoi_and_nodata_over_many_seeds(make_raster, tmp_path,
                                                                     stride):
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     rng = np.random.default_rng(5)
     data = rng.integers(1, 999, (1, 160, 160)).astype(np.uint16)
@@ -451,7 +451,7 @@ def test_val_fraction_is_met_with_an_aoi_and_nodata_over_many_seeds(make_raster,
 
 
 def test_val_fraction_that_cannot_be_met_says_so(make_raster, tmp_path):
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     src = make_raster("two.tif", np.ones((1, 16, 32), np.uint16))
     summary = export_tiles([src], out_dir=tmp_path / "out", tile_size=16, val_fraction=0.2,
@@ -461,7 +461,7 @@ def test_val_fraction_that_cannot_be_met_says_so(make_raster, tmp_path):
 
 
 def test_val_fraction_on_real_raster_with_aoi(real_data, tmp_path):
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     src = real_data / "rasterio" / "RGB.byte.tif"
     if not src.exists():

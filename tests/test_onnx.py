@@ -189,7 +189,7 @@ def test_chips_get_colours_from_descriptions_or_the_source_colour_interpretation
     from conftest import write_raster
     from rasterio.enums import ColorInterp as CI
 
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     rng = np.random.default_rng(0)
     sar = write_raster(tmp_path / "sar.tif", rng.normal(0, 1, (2, 64, 64)).astype("float32"),

@@ -327,7 +327,7 @@ def run_cloud_task(task: Task, work: Path, budget: int, overrides: dict, log) ->
     """The model given S1 + cloudy S2, the same model given S1 alone, the flat image (the
     training target's mean) and the cloudy input copied, scored in reflectance (/10000,
     clipped to [0, 1], data range 1) on the held-out half: MAE, PSNR, SSIM, SAM."""
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
     from geotranslate.metrics import compute_metrics
     from geotranslate.predict import predict_raster
     from geotranslate.train import TrainConfig, train
@@ -558,7 +558,7 @@ def default_overrides() -> dict:
 
 def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
              method: str = "Pix2Pix", seed: int = 0) -> dict:
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
     from geotranslate.methods import METHODS
     from geotranslate.metrics import compute_metrics
     from geotranslate.predict import predict_raster

@@ -33,27 +33,27 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
-from geotranslate.chips.grid import _Job, _make_jobs, _stats_only_jobs
-from geotranslate.chips.index import INDEX_NAME, _index_layers, _write_index
+from geotranslate.chips.grid import Job, make_jobs, stats_only_jobs
+from geotranslate.chips.index import INDEX_NAME, index_layers, write_index
 from geotranslate.chips.meta import (
     DOMAINS,
     META_NAME,
     SPLITS,
-    _check_against_existing,
-    _count_chips,
-    _merge_meta,
-    _read_meta,
+    check_against_existing,
+    count_chips,
+    merge_meta,
+    read_existing_meta,
 )
 from geotranslate.chips.sources import (
-    _check_numbers,
-    _check_stems,
-    _domain_bands,
-    _domain_meta,
-    _resolve_mode,
+    check_numbers,
+    check_stems,
+    domain_bands,
+    domain_entry,
     fuse_extras,
+    resolve_mode,
 )
-from geotranslate.chips.split import _assign_validation
-from geotranslate.chips.writer import _write_chip_atomic
+from geotranslate.chips.split import assign_validation
+from geotranslate.chips.writer import write_chip_atomic
 from geotranslate.dirlock import LOCK_NAME, DirectoryLock
 from geotranslate.errors import GeotranslateError
 from geotranslate.files import (
@@ -244,9 +244,9 @@ def export_tiles(
     if extra_a:
         a_paths = fuse_extras([str(p) for p in a_paths],
                               [[str(p) for p in extra] for extra in extra_a], allow_no_crs)
-    mode, run_domains = _resolve_mode(a_paths, b_paths, mode, domain)
+    mode, run_domains = resolve_mode(a_paths, b_paths, mode, domain)
     stride = tile_size if stride is None else stride
-    _check_numbers(tile_size, stride, max_nodata, val_fraction)
+    check_numbers(tile_size, stride, max_nodata, val_fraction)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise GeotranslateError(f"--workers {workers}: must be at least 1")
@@ -277,8 +277,8 @@ def export_tiles(
             specs = {"a": bands_a, "b": bands_b}
         else:  # one list: --bands selects its bands, whichever domain it is exported as
             specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
-        bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
-        domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
+        bands = {d: domain_bands(datasets[d], specs[d]) for d in run_domains}
+        domain_meta = {d: domain_entry(datasets[d], bands[d]) for d in run_domains}
         transforms = _input_transforms(relative_elevation, domain_meta)
         writers = max(WRITER_THREADS, workers)
         in_flight = WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
@@ -286,21 +286,21 @@ def export_tiles(
         check_memory(_window_bytes(tile_size, domain_meta) * in_flight,
                      f"--tile-size {tile_size}{with_workers}",
                      "use a smaller --tile-size" + (" or fewer --workers" if workers > 1 else ""))
-        _check_stems(datasets)
+        check_stems(datasets)
         _check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
                           [p for p in (aoi, exclude) if p])
         lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
-        meta_old = _read_meta(out)
-        _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
+        meta_old = read_existing_meta(out)
+        check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
 
         filters = {
             "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
             "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
         }
         pairs_new: list[dict] = []
-        jobs = _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
+        jobs = make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
                           transforms)
-        jobs += _stats_only_jobs(
+        jobs += stats_only_jobs(
             meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
             transforms,
         )
@@ -319,7 +319,7 @@ def export_tiles(
             d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
             for d in run_domains
         }
-        run = _Run(out, summary, max_nodata, filters, domain_meta, writers)
+        run = _ExportRun(out, summary, max_nodata, filters, domain_meta, writers)
         lock_state["run"] = run
         reader = _WindowReader(workers)
         stack.callback(reader.close)
@@ -329,7 +329,7 @@ def export_tiles(
                 # filters run first (reading every window once, with the statistics), then
                 # only the surviving windows are read again and written
                 _process(jobs, stats, run, tile_size, progress, reader, survey=True)
-                summary.val_note = _assign_validation(jobs, val_fraction, seed, tile_size)
+                summary.val_note = assign_validation(jobs, val_fraction, seed, tile_size)
                 _process(jobs, None, run, tile_size, progress, reader)
             else:
                 _process(jobs, stats, run, tile_size, progress, reader)
@@ -399,16 +399,16 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
         scenes = dict((meta_old or {}).get("domains", {}).get(d, {}).get("scene_stats", {}))
         scenes.update(_scene_stats(jobs, d))
         domain_meta[d]["scene_stats"] = scenes
-    meta = _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
-    meta["chips"] = _count_chips(out)
+    meta = merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
+    meta["chips"] = count_chips(out)
     summary.totals = meta["chips"]
-    layers = _index_layers(out, run.index_rows)
+    layers = index_layers(out, run.index_rows)
     # both files are written before either is renamed: a failure leaves both as they were
     with atomic_path(out / META_NAME) as meta_tmp:
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
         if layers:
             with atomic_path(out / INDEX_NAME) as index_tmp:
-                _write_index(layers, index_tmp, out / INDEX_NAME)
+                write_index(layers, index_tmp, out / INDEX_NAME)
 
 
 def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
@@ -444,7 +444,7 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     The lock file is removed when the directory is left consistent: the run finished, or it
     failed and rolled back (unless an earlier run was unfinished), or it was interrupted
     before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
-    state the caller completes with ``"run"`` (the _Run, once chips may be written).
+    state the caller completes with ``"run"`` (the _ExportRun, once chips may be written).
     """
     created = make_output_dir(out, "--out")
     lock = DirectoryLock(out)
@@ -477,7 +477,7 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
 # ---- the pass --------------------------------------------------------------------------------
 
 
-class _Run:
+class _ExportRun:
     """Chip writing of one run, with what it wrote (for rollback) and the index rows."""
 
     def __init__(
@@ -548,13 +548,13 @@ class _Run:
         self.written = []
 
 
-def _stats_step(jobs: list[_Job], domain: str) -> int:
+def _stats_step(jobs: list[Job], domain: str) -> int:
     """Lattice step k so that the statistics of a domain see at most STATS_PIXEL_BUDGET pixels."""
     total = sum(job.height * job.width for job in jobs if domain in job.readers)
     return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
 
 
-def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool | None,
+def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, progress: bool | None,
              reader: _WindowReader, survey: bool = False) -> None:
     """Read every window: statistics (``stats``), then filters and chip writing.
 
@@ -618,7 +618,7 @@ class _WindowReader:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
-    def read(self, todo: list[tuple[_Job, int]]):
+    def read(self, todo: list[tuple[Job, int]]):
         """Yield ((job, window index), {domain: (data, valid)}) for each of ``todo``, in order."""
         if self.workers == 1:
             for job, wi in todo:
@@ -695,7 +695,7 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:
+def _passes_filters(job: Job, window: Window, reads: dict, run: _ExportRun) -> bool:
     """AOI, exclude and invalid-fraction filters; a window that fails is counted as skipped."""
     summary = run.summary
     footprint = window_footprint(job.grid.transform, window)
@@ -712,7 +712,7 @@ def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:
     return True
 
 
-def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run) -> None:
+def _handle_window(job: Job, window: Window, split: str, reads: dict, run: _ExportRun) -> None:
     summary = run.summary
     footprint = window_footprint(job.grid.transform, window)
     if job.survives is None and not _passes_filters(job, window, reads, run):
@@ -734,7 +734,7 @@ def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run
             meta = run.domain_meta[d]
             run.written.append(targets[d])
             run.submit(
-                _write_chip_atomic,
+                write_chip_atomic,
                 targets[d],
                 data,
                 valid,

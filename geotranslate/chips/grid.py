@@ -27,7 +27,7 @@ ReaderFactory = Callable[[contextlib.ExitStack, Callable[[Any], Any]], dict[str,
 
 
 @dataclass
-class _Job:
+class Job:
     """One tiling: a grid (an A raster, or a B raster in unpaired mode) and its readers."""
 
     stem: str
@@ -55,10 +55,10 @@ def _grid_of(ds, tile_size: int) -> Grid:
 
 
 def _job(ds, grid: Grid, make_readers: ReaderFactory, stack: contextlib.ExitStack,
-         sources: dict[str, str], stats_only: bool = False) -> _Job:
+         sources: dict[str, str], stats_only: bool = False) -> Job:
     """A tiling of ``ds`` on ``grid`` (its own, or padded up to one tile)."""
     readers = make_readers(stack, lambda dataset: dataset)
-    return _Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, make_readers,
+    return Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, make_readers,
                 stats_only)
 
 
@@ -95,8 +95,8 @@ def _direct_reader(ds, bands: list[int], grid: Grid) -> Reader:
     return read
 
 
-def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
-               transforms=None) -> list[_Job]:
+def make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
+              transforms=None) -> list[Job]:
     jobs = []
     if mode == "paired":
         pairing = pair_sources(datasets["a"], datasets["b"])
@@ -123,10 +123,10 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
     return jobs
 
 
-def _stats_only_jobs(
+def stats_only_jobs(
     meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
     transforms=None,
-) -> list[_Job]:
+) -> list[Job]:
     """Passes over sources of earlier runs, so a domain's statistics cover all its sources."""
     if meta_old is None:
         return []

@@ -24,7 +24,7 @@ def _layer_name(crs_wkt: str | None) -> str:
     return "chips_custom_" + hashlib.sha1(crs_wkt.encode()).hexdigest()[:8]
 
 
-def _index_layers(out: Path, rows: list[dict]) -> dict:
+def index_layers(out: Path, rows: list[dict]) -> dict:
     """index.gpkg's layers after this run: earlier rows plus this run's, one layer per CRS."""
     import geopandas as gpd
     import pandas as pd
@@ -68,7 +68,7 @@ def _index_layers(out: Path, rows: list[dict]) -> dict:
 INDEX_DATE = "2000-01-01T00:00:00.000Z"
 
 
-def _write_index(layers: dict, tmp: Path, path: Path) -> None:
+def write_index(layers: dict, tmp: Path, path: Path) -> None:
     """Write the index layers into ``tmp`` (renamed onto ``path`` by the caller)."""
     import pyogrio
 

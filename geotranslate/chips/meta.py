@@ -54,7 +54,7 @@ def check_meta(meta: object, path: Path, domains: tuple[str, ...] = ("a", "b")) 
     return meta
 
 
-def _read_meta(out: Path) -> dict | None:
+def read_existing_meta(out: Path) -> dict | None:
     path = out / META_NAME
     if not path.exists():
         return None
@@ -64,7 +64,7 @@ def _read_meta(out: Path) -> dict | None:
     return check_meta(meta, path, domains=())
 
 
-def _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta) -> None:
+def check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta) -> None:
     """Refuse to add chips that would not fit the dataset already in ``out``."""
     if meta_old is None:
         _check_stray_chips(out, tile_size, domain_meta)
@@ -121,7 +121,7 @@ def _check_stray_chips(out: Path, tile_size: int, domain_meta: dict) -> None:
 
 
 
-def _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new) -> dict:
+def merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new) -> dict:
     meta = meta_old or {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -146,7 +146,7 @@ def _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_ne
     return meta
 
 
-def _count_chips(out: Path) -> dict[str, dict[str, int]]:
+def count_chips(out: Path) -> dict[str, dict[str, int]]:
     return {
         split: {
             d: sum(1 for p in (out / f"{split}_{d}").glob("*.tif") if not p.name.startswith("."))

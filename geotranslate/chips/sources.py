@@ -9,7 +9,7 @@ from geotranslate.errors import GeotranslateError
 from geotranslate.raster.io import parse_bands, raster_info, source_of
 
 
-def _resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
+def resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
     if not a_paths:
         raise GeotranslateError("no input raster given")
     if mode not in (None, "paired", "unpaired"):
@@ -27,7 +27,7 @@ def _resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
     return "single", [domain or "a"]
 
 
-def _check_numbers(tile_size: int, stride: int, max_nodata: float, val_fraction: float) -> None:
+def check_numbers(tile_size: int, stride: int, max_nodata: float, val_fraction: float) -> None:
     if tile_size < 8:
         raise GeotranslateError(f"tile size {tile_size}: must be at least 8 pixels")
     if stride < 1:
@@ -38,7 +38,7 @@ def _check_numbers(tile_size: int, stride: int, max_nodata: float, val_fraction:
         raise GeotranslateError(f"val-fraction {val_fraction}: must be in [0, 1)")
 
 
-def _domain_bands(datasets, spec) -> list[int]:
+def domain_bands(datasets, spec) -> list[int]:
     """Selected bands, identical for every source of a domain (band count and dtype agree)."""
     bands = [parse_bands(spec, ds) for ds in datasets]
     first = datasets[0]
@@ -62,7 +62,7 @@ def _domain_bands(datasets, spec) -> list[int]:
     return bands[0]
 
 
-def _domain_meta(datasets, bands: list[int]) -> dict:
+def domain_entry(datasets, bands: list[int]) -> dict:
     info = raster_info(datasets[0], bands)
     crss = []
     for ds in datasets:
@@ -127,7 +127,7 @@ def fuse_extras(a_paths: list[str], extras: list[list[str]], allow_no_crs: bool)
     return [FUSE_PREFIX + FUSE_SEPARATOR.join(names) for names in fused]
 
 
-def _check_stems(datasets: dict[str, list]) -> None:
+def check_stems(datasets: dict[str, list]) -> None:
     for dss in datasets.values():
         seen: dict[str, str] = {}
         for ds in dss:
