@@ -18,9 +18,8 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import Dataset, Sampler
 
-from geotranslate import schema as sc
 from geotranslate.augment import DEFAULT_AUGMENT, augment_mode, draw_transform
-from geotranslate.chips.meta import META_NAME, check_meta
+from geotranslate.chips.meta import META_NAME, ChipMeta, read_chip_meta
 from geotranslate.dirlock import LOCK_NAME, lock_state
 from geotranslate.errors import GeotranslateError
 from geotranslate.inputs import (
@@ -34,14 +33,15 @@ from geotranslate.inputs import (
 )
 from geotranslate.raster.io import open_raster, read_window
 from geotranslate.raster.opening import spectral_bands
-from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
+from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer
 
 CHIP_SUFFIXES = (".tif", ".tiff")
 #: default ceiling of the in-memory cache (normalized float32 + masks).
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
-def read_meta(data_dir: str | Path) -> dict:
-    """The chip folder's meta.json, checked for what training needs."""
+def read_meta(data_dir: str | Path) -> ChipMeta:
+    """The chip folder's meta.json, checked for what training needs: both domains, and no
+    export-tiles run writing into the folder or interrupted there."""
     root = Path(data_dir)
     if root.exists() and not root.is_dir():
         raise GeotranslateError(f"{root}: is a file; give the chip directory made by export-tiles")
@@ -61,7 +61,7 @@ def read_meta(data_dir: str | Path) -> dict:
     path = root / META_NAME
     if not path.exists():
         raise GeotranslateError(f"{path}: missing (is {root} a folder written by export-tiles?)")
-    return check_meta(sc.load_json(path, "corrupt meta.json"), path)
+    return read_chip_meta(path)
 
 
 def chip_paths(folder: Path) -> list[Path]:
@@ -86,9 +86,8 @@ def has_split(data_dir: str | Path, split: str) -> bool:
                for d in ("a", "b"))
 
 
-def normalizers(meta: dict, method: str) -> dict[str, Normalizer]:
-    return {d: Normalizer.from_stats(stats_from_dict(meta["domains"][d]["stats"]), method)
-            for d in ("a", "b")}
+def normalizers(meta: ChipMeta, method: str) -> dict[str, Normalizer]:
+    return {d: Normalizer.from_stats(meta.domains[d].band_stats, method) for d in ("a", "b")}
 
 
 class ChipDataset(Dataset):
@@ -115,7 +114,7 @@ class ChipDataset(Dataset):
         random_crop: bool = True,
         cache: bool | None = None,
         seed: int = 0,
-        meta: dict | None = None,
+        meta: ChipMeta | None = None,
         norm_scope: str = DEFAULT_NORM_SCOPE,
     ):
         self.root = Path(data_dir)
@@ -134,7 +133,7 @@ class ChipDataset(Dataset):
         self.scene_norm: dict[str, dict[str, Normalizer]] = {}
         if self.norm_scope == "scene":
             self._scene_normalizers(norm_method)
-        if paired and self.meta.get("dataset_type") == "unpaired":
+        if paired and self.meta.pairing == "unpaired":
             raise GeotranslateError(
                 f"{self.root / META_NAME}: the chips are unpaired (exported without a common "
                 "grid); Pix2Pix needs paired chips: use --dataset-type CycleGAN"
@@ -174,9 +173,10 @@ class ChipDataset(Dataset):
         """Per-scene normalization (inputs.py): the domain's normalizer from its scenes matched
         to the reference, and one normalizer per scene (chip name stem)."""
         for d in ("a", "b"):
-            dom = self.meta["domains"][d]
-            scenes = scene_stats_of(dom, f"{self.root / META_NAME} (domain {d.upper()})")
-            stats = stats_from_dict(dom["stats"])
+            dom = self.meta.domains[d]
+            scenes = scene_stats_of(dom.scene_stats,
+                                    f"{self.root / META_NAME} (domain {d.upper()})")
+            stats = list(dom.band_stats)
             self.reference[d] = reference_of(stats)
             self.norm[d] = Normalizer.from_stats(matched_stats(list(scenes.values()), stats),
                                                  norm_method)
@@ -200,10 +200,8 @@ class ChipDataset(Dataset):
         """Refuse more chips than meta.json counts: they come from a run that did not finish,
         so the statistics and counts in meta.json do not cover them (fewer is fine: chips the
         user deleted)."""
-        counts = self.meta.get("chips")
-        split_counts = counts.get(self.split) if isinstance(counts, dict) else None
-        described = split_counts.get(domain) if isinstance(split_counts, dict) else None
-        if not isinstance(described, int) or isinstance(described, bool):
+        described = self.meta.chip_count(self.split, domain)
+        if described is None:
             return
         found = len(self.paths[domain])
         if found > described:
@@ -231,8 +229,8 @@ class ChipDataset(Dataset):
 
     def _check_chip(self, ds, domain: str) -> None:
         """A chip's band count, dtype and size against meta.json and the other chips."""
-        want_count = int(self.meta["domains"][domain]["band_count"])
-        want_dtype = str(self.meta["domains"][domain]["dtype"])
+        want_count = self.meta.domains[domain].band_count
+        want_dtype = self.meta.domains[domain].dtype
         count = len(spectral_bands(ds))
         if count != want_count:
             raise GeotranslateError(
@@ -254,7 +252,7 @@ class ChipDataset(Dataset):
     def cache_bytes(self) -> int:
         """Memory the in-memory cache would take (normalized float32 + bool masks)."""
         px = self.chip_size**2
-        return sum(len(self.paths[d]) * px * (4 * int(self.meta["domains"][d]["band_count"]) + 1)
+        return sum(len(self.paths[d]) * px * (4 * self.meta.domains[d].band_count + 1)
                    for d in ("a", "b"))
 
     def _load(self, domain: str, index: int, check: bool = False) -> tuple[np.ndarray, np.ndarray]:

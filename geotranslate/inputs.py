@@ -149,9 +149,9 @@ def check_norm_scope(scope: str) -> str:
     return scope
 
 
-def scene_stats_of(domain_meta: dict, where: str) -> dict[str, list[BandStats]]:
-    """{chip stem: band statistics} of a meta.json domain; refuses files without them."""
-    scenes = domain_meta.get("scene_stats")
+def scene_stats_of(scenes: object, where: str) -> dict[str, list[BandStats]]:
+    """{chip stem: band statistics} from a meta.json domain's ``scene_stats``; refuses files
+    without them."""
     if not isinstance(scenes, dict) or not scenes:
         raise GeotranslateError(
             f"{where}: no per-scene statistics (scene_stats); re-export the chips with this "
@@ -369,16 +369,15 @@ def chip_normalizer(spec, data_dir, domain: str) -> Callable:
     scene statistics in the folder's meta.json."""
     from pathlib import Path
 
-    from geotranslate.schema import load_json
+    from geotranslate.chips.meta import META_NAME, read_chip_meta
 
     if spec.norm_scope != "scene":
         return lambda name: spec.normalizer
-    meta_path = Path(data_dir) / "meta.json"
-    meta = load_json(meta_path, "corrupt meta.json")
-    dom = (meta.get("domains") or {}).get(domain) if isinstance(meta, dict) else None
-    if not isinstance(dom, dict):
+    meta_path = Path(data_dir) / META_NAME
+    dom = read_chip_meta(meta_path, domains=()).domains.get(domain)
+    if dom is None:
         raise GeotranslateError(f"{meta_path}: no domain {domain.upper()}")
-    scenes = scene_stats_of(dom, f"{meta_path} (domain {domain.upper()})")
+    scenes = scene_stats_of(dom.scene_stats, f"{meta_path} (domain {domain.upper()})")
     normalizers = {stem: scene_normalizer(spec.normalizer, s, spec.reference)
                    for stem, s in scenes.items()}
 

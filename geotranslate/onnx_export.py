@@ -120,12 +120,12 @@ def training_resolution_cm(model: TranslationModel, direction: str) -> float | N
     data_dir = model.training.get("data_dir")
     if not data_dir:
         return None
-    meta_path = Path(data_dir) / "meta.json"
+    from geotranslate.chips.meta import META_NAME, read_chip_meta
+
     try:
-        meta = json.loads(meta_path.read_text())
-        domain = meta["domains"][direction[0]]
-        size, crs = float(domain["pixel_size"][0]), domain.get("crs")
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        domain = read_chip_meta(Path(data_dir) / META_NAME, domains=()).domains[direction[0]]
+        size, crs = float(domain.pixel_size[0]), domain.crs
+    except (GeotranslateError, KeyError, TypeError, IndexError):
         return None
     if not crs or not size > 0:
         return None

@@ -339,7 +339,7 @@ def test_killed_add_run_is_noticed_by_train_and_completed_by_a_rerun(make_raster
                 "--tile-size", "16", "--no-progress"]
         assert main(args) == 0
     capsys.readouterr()
-    assert read_meta(out)["chips"]["train"]["a"] == 16
+    assert read_meta(out).chip_count("train", "a") == 16
     add = ["-m", "geotranslate", "export-tiles", str(big), "--domain", "a", "--out", str(out),
            "--tile-size", "16", "--no-progress"]
     run = cli_process(*add)
@@ -365,7 +365,7 @@ def test_killed_add_run_is_noticed_by_train_and_completed_by_a_rerun(make_raster
     assert main(add[2:]) == 0  # the same command completes it
     assert f"PID {run.pid}" in capsys.readouterr().err
     meta = read_meta(out)
-    assert meta["chips"]["train"]["a"] == 16 + 20 * 20
+    assert meta.chip_count("train", "a") == 16 + 20 * 20
     assert len(ChipDataset(out, paired=False, cache=False)) == 16 + 20 * 20
     assert not (out / "export.lock").exists()
 

@@ -105,7 +105,8 @@ META_CASES = {
     "stats-p98-missing": setter("domains.b.stats.bands.1.p98", DELETE),
     "stats-nan": setter("domains.b.stats.bands.1.mean", float("nan")),
     "tile-size-text": setter("tile_size", "abc"),
-    "dataset-type-number": setter("dataset_type", 3),
+    "dataset-type-number": setter("dataset_type", 3),  # the name of pairing in older files
+    "pairing-number": setter("pairing", 3),
     "pairs-object": setter("pairs", {}),
     "sources-string": setter("domains.a.sources", "a.tif"),
 }

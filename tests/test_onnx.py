@@ -154,10 +154,15 @@ def test_resolution_comes_from_the_training_chips_in_metres(tmp_path):
     meta["training"] = {"data_dir": str(chips)}
     (run / "model.json").write_text(json.dumps(meta))
     assert training_resolution_cm(load_model(run), "a2b") is None  # no meta.json any more
+    band = {"min": 0, "max": 1, "mean": 0.5, "std": 0.1, "p2": 0, "p98": 1, "count": 9}
     for crs, expected in (("EPSG:32633", 1000.0), ("EPSG:4326", None)):
+        domain = {"sources": ["a.tif"], "bands": [1], "band_count": 1, "dtype": "float32",
+                  "stats": {"bands": [band]}, "pixel_size": [10.0, 10.0], "crs": crs}
         (chips / "meta.json").write_text(json.dumps(
-            {"domains": {"a": {"pixel_size": [10.0, 10.0], "crs": crs}}}))
+            {"pairing": "paired", "tile_size": TILE, "domains": {"a": domain}}))
         assert training_resolution_cm(load_model(run), "a2b") == expected
+    (chips / "meta.json").write_text(json.dumps({"domains": {"a": {"pixel_size": [10.0]}}}))
+    assert training_resolution_cm(load_model(run), "a2b") is None  # not a valid meta.json
 
 
 # ---- colour interpretation of the GeoTIFFs written ------------------------------------------

@@ -95,7 +95,7 @@ class ExportSummary:
     """What one export run did; ``str()`` is the paragraph the CLI prints."""
 
     out_dir: str
-    dataset_type: str
+    pairing: str
     tile_size: int
     stride: int
     written: dict[str, dict[str, int]] = field(
@@ -126,7 +126,7 @@ class ExportSummary:
         )
         text = (
             f"Exported {self.chips_written} chips into {self.out_dir} in {self.seconds:.1f} s "
-            f"({self.dataset_type}, {self.tile_size} px tiles, stride {self.stride}) — "
+            f"({self.pairing}, {self.tile_size} px tiles, stride {self.stride}) — "
             f"{per_split}. "
             f"Skipped {self.skipped_nodata} windows over the invalid-pixel limit, "
             f"{self.skipped_aoi} outside the AOI, {self.skipped_exclude} excluded, "
@@ -259,8 +259,8 @@ def export_tiles(
     if out.exists() and not out.is_dir():
         raise GeotranslateError(f"{out}: exists and is not a directory")
     check_output_dir(out, "--out")
-    dataset_type = "paired" if mode == "paired" else "unpaired"
-    summary = ExportSummary(str(out), dataset_type, tile_size, stride)
+    pairing = "paired" if mode == "paired" else "unpaired"
+    summary = ExportSummary(str(out), pairing, tile_size, stride)
     summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
 
     with contextlib.ExitStack() as stack:
@@ -291,7 +291,7 @@ def export_tiles(
                           [p for p in (aoi, exclude) if p])
         lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
         meta_old = read_existing_meta(out)
-        check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
+        check_against_existing(out, meta_old, pairing, tile_size, domain_meta)
 
         filters = {
             "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
@@ -334,7 +334,7 @@ def export_tiles(
             else:
                 _process(jobs, stats, run, tile_size, progress, reader)
             run.finish()
-            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
+            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing,
                         tile_size, stride, pairs_new, a_paths + b_paths, jobs)
         except KeyboardInterrupt:
             run.finish(cancel=True)  # complete chips stay: a re-run resumes
@@ -378,7 +378,7 @@ def _scene_stats(jobs, domain: str) -> dict:
     return scenes
 
 
-def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type, tile_size,
+def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, tile_size,
                 stride, pairs_new, paths, jobs=()) -> None:
     """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
     summary = run.summary
@@ -396,10 +396,11 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
         if stats[d].step > 1:
             domain_meta[d]["stats"]["method"] = "sample"
         summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
-        scenes = dict((meta_old or {}).get("domains", {}).get(d, {}).get("scene_stats", {}))
+        old = meta_old.domains.get(d) if meta_old is not None else None
+        scenes = dict(old.scene_stats or {}) if old is not None else {}
         scenes.update(_scene_stats(jobs, d))
         domain_meta[d]["scene_stats"] = scenes
-    meta = merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
+    meta = merge_meta(meta_old, pairing, tile_size, stride, domain_meta, pairs_new)
     meta["chips"] = count_chips(out)
     summary.totals = meta["chips"]
     layers = index_layers(out, run.index_rows)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
+from geotranslate.chips.meta import ChipMeta
 from geotranslate.errors import GeotranslateError
 from geotranslate.inputs import transformed_read
 from geotranslate.raster.io import open_raster, read_window, source_of
@@ -124,34 +125,34 @@ def make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
 
 
 def stats_only_jobs(
-    meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
-    transforms=None,
+    meta_old: ChipMeta | None, mode, run_domains, datasets, tile_size, resampling, stack,
+    allow_no_crs, transforms=None,
 ) -> list[Job]:
     """Passes over sources of earlier runs, so a domain's statistics cover all its sources."""
     if meta_old is None:
         return []
     jobs = []
     for d in run_domains:
-        old = meta_old.get("domains", {}).get(d)
+        old = meta_old.domains.get(d)
         if old is None:
             continue
         if mode == "paired" and d == "b":
             current_pairs = {source_of(ds).record() for ds in datasets.get("a", [])}
-            todo = [p for p in meta_old.get("pairs", []) if p["a"] not in current_pairs]
+            todo = [p for p in meta_old.pairs if p["a"] not in current_pairs]
             for pair in todo:
                 a_ds = stack.enter_context(_open_old(pair["a"], allow_no_crs))
                 b_dss = [stack.enter_context(_open_old(p, allow_no_crs)) for p in pair["b"]]
                 grid = _grid_of(a_ds, tile_size)
-                readers = _readers(grid, resampling, warped={"b": (b_dss, old["bands"])})
+                readers = _readers(grid, resampling, warped={"b": (b_dss, list(old.bands))})
                 jobs.append(_job(a_ds, grid, readers, stack, {}, stats_only=True))
             continue
         current = {source_of(ds).record() for ds in datasets[d]}
-        for path in old["sources"]:
+        for path in old.sources:
             if path in current:
                 continue
             ds = stack.enter_context(_open_old(path, allow_no_crs))
             grid = _grid_of(ds, tile_size)
-            readers = _readers(grid, resampling, direct={d: (ds, old["bands"])},
+            readers = _readers(grid, resampling, direct={d: (ds, list(old.bands))},
                                transforms=transforms)
             jobs.append(_job(ds, grid, readers, stack, {}, stats_only=True))
     return jobs
