@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from geotranslate.augment import DEFAULT_AUGMENT, augment_mode, draw_transform
 from geotranslate.chips.meta import META_NAME, ChipMeta, read_chip_meta
 from geotranslate.dirlock import LOCK_NAME, lock_state
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
 from geotranslate.inputs import (
     DEFAULT_NORM_SCOPE,
     check_norm_scope,
@@ -44,23 +44,23 @@ def read_meta(data_dir: str | Path) -> ChipMeta:
     export-tiles run writing into the folder or interrupted there."""
     root = Path(data_dir)
     if root.exists() and not root.is_dir():
-        raise GeotranslateError(f"{root}: is a file; give the chip directory made by export-tiles")
+        raise StorageError(f"{root}: is a file; give the chip directory made by export-tiles")
     if not root.is_dir():
-        raise GeotranslateError(f"{root}: no such chip directory (make one with export-tiles)")
+        raise StorageError(f"{root}: no such chip directory (make one with export-tiles)")
     state, holder = lock_state(root)
     if state == "held":
-        raise GeotranslateError(
+        raise StorageError(
             f"{root}: export-tiles ({holder}) is writing into it now; wait for it to finish"
         )
     if state == "unfinished":
-        raise GeotranslateError(
+        raise InputError(
             f"{root}: an export-tiles run into it did not finish ({holder}; {LOCK_NAME} is left), "
             "so meta.json does not describe all its chips; re-run the same export-tiles "
             "command to complete it"
         )
     path = root / META_NAME
     if not path.exists():
-        raise GeotranslateError(f"{path}: missing (is {root} a folder written by export-tiles?)")
+        raise StorageError(f"{path}: missing (is {root} a folder written by export-tiles?)")
     return read_chip_meta(path)
 
 
@@ -124,7 +124,7 @@ class ChipDataset(Dataset):
         try:
             self.augment = augment_mode(augment)
         except ValueError as e:
-            raise GeotranslateError(str(e)) from None
+            raise OptionError(str(e)) from None
         self.random_crop = random_crop
         self.seed = int(seed)
         self.norm = normalizers(self.meta, norm_method)
@@ -134,7 +134,7 @@ class ChipDataset(Dataset):
         if self.norm_scope == "scene":
             self._scene_normalizers(norm_method)
         if paired and self.meta.pairing == "unpaired":
-            raise GeotranslateError(
+            raise OptionError(
                 f"{self.root / META_NAME}: the chips are unpaired (exported without a common "
                 "grid); Pix2Pix needs paired chips: use --dataset-type CycleGAN"
             )
@@ -142,17 +142,17 @@ class ChipDataset(Dataset):
         for d in ("a", "b"):
             folder = self.root / f"{split}_{d}"
             if not folder.is_dir():
-                raise GeotranslateError(f"{folder}: missing (expected {split}_a/ and {split}_b/)")
+                raise StorageError(f"{folder}: missing (expected {split}_a/ and {split}_b/)")
             self.paths[d] = chip_paths(folder)
             if not self.paths[d]:
-                raise GeotranslateError(f"{folder}: no chips (*.tif) — domain {d.upper()} is empty")
+                raise InputError(f"{folder}: no chips (*.tif) — domain {d.upper()} is empty")
             self._check_described(folder, d)
         if paired:
             self._check_pairs()
         with open_raster(self.paths["a"][0], allow_no_crs=True) as ds:
             self.chip_size = int(ds.width)
         if crop_size is not None and crop_size > self.chip_size:
-            raise GeotranslateError(
+            raise OptionError(
                 f"crop size {crop_size} is larger than the chips ({self.chip_size} px in "
                 f"{self.root}); use --crop-size <= {self.chip_size}"
             )
@@ -189,7 +189,7 @@ class ChipDataset(Dataset):
             return self.norm[domain]
         norm = self.scene_norm[domain].get(chip_stem(path.name))
         if norm is None:
-            raise GeotranslateError(
+            raise InputError(
                 f"{path}: meta.json has no scene statistics for {chip_stem(path.name)!r}; "
                 "re-export the chips with this version of export-tiles"
             )
@@ -205,7 +205,7 @@ class ChipDataset(Dataset):
             return
         found = len(self.paths[domain])
         if found > described:
-            raise GeotranslateError(
+            raise InputError(
                 f"{folder}: {found} chips, but {self.root / META_NAME} describes {described}; "
                 "the others come from an export-tiles run that did not finish: re-run that "
                 "export-tiles command to complete the dataset"
@@ -221,7 +221,7 @@ class ChipDataset(Dataset):
                 parts.append(f"{len(only_a)} chips only in {self.split}_a (e.g. {only_a[0]})")
             if only_b:
                 parts.append(f"{len(only_b)} chips only in {self.split}_b (e.g. {only_b[0]})")
-            raise GeotranslateError(
+            raise InputError(
                 f"{self.root}: Pix2Pix needs paired chips with the same names, but "
                 f"{' and '.join(parts)}; use --dataset-type CycleGAN for unpaired data"
             )
@@ -233,17 +233,17 @@ class ChipDataset(Dataset):
         want_dtype = self.meta.domains[domain].dtype
         count = len(spectral_bands(ds))
         if count != want_count:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: {count} bands, but meta.json says domain {domain.upper()} has "
                 f"{want_count}"
             )
         if ds.dtypes[0] != want_dtype:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: dtype {ds.dtypes[0]}, but meta.json says domain "
                 f"{domain.upper()} is {want_dtype}"
             )
         if ds.width != ds.height or ds.width != self.chip_size:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: {ds.width}x{ds.height} px, but the other chips are "
                 f"{self.chip_size}x{self.chip_size} (chips must be square and of one size)"
             )

@@ -24,7 +24,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geotranslate import schema as sc
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import (
+    GeotranslateError,
+    InputError,
+    OptionError,
+    StorageError,
+    first_line,
+)
 from geotranslate.files import atomic_path, write_failed
 from geotranslate.stats import NORM_METHODS, Normalizer
 
@@ -136,9 +142,9 @@ class TranslationModel:
 
     def generator(self, direction: str) -> torch.nn.Module:
         if direction not in DIRECTIONS:
-            raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
+            raise OptionError(f"direction {direction!r}: choose a2b or b2a")
         if direction not in self.generators:
-            raise GeotranslateError(
+            raise OptionError(
                 f"this {self.dataset_type} model has no {direction} generator "
                 f"(it has: {', '.join(sorted(self.generators))})"
             )
@@ -221,10 +227,10 @@ def _pending_path(meta_path: Path) -> Path:
 def _read_model_json(path: Path) -> dict:
     meta = sc.load_json(path, "corrupt model file")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GeotranslateError(f"{path}: not a geotranslate model file")
+        raise InputError(f"{path}: not a geotranslate model file")
     version = meta.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:  # "1", 1.0 and true are not 1
-        raise GeotranslateError(
+        raise InputError(
             f"{path}: model format_version {json.dumps(version)} is not supported by this "
             f"geotranslate, which reads only format_version {FORMAT_VERSION} (an integer)"
         )
@@ -283,7 +289,7 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
         if value.is_floating_point():
             bad = int((~torch.isfinite(value)).sum())
             if bad:
-                raise GeotranslateError(
+                raise InputError(
                     f"{path}: {bad} weights of {name} are NaN or infinite (the training "
                     "diverged); retrain, e.g. with a lower --lr"
                 )
@@ -298,11 +304,11 @@ def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
     elif p.suffix == ".safetensors":
         meta, weights = p.with_name(META_NAME), p
     elif not p.exists():
-        raise GeotranslateError(f"{p}: no such model (give a run directory or its model.json)")
+        raise StorageError(f"{p}: no such model (give a run directory or its model.json)")
     else:
-        raise GeotranslateError(f"{p}: not a model (expected a run directory or model.json)")
+        raise InputError(f"{p}: not a model (expected a run directory or model.json)")
     if not meta.exists():
-        raise GeotranslateError(f"{meta}: no such model file (has this run finished training?)")
+        raise StorageError(f"{meta}: no such model file (has this run finished training?)")
     return meta, weights
 
 
@@ -324,14 +330,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     meta_path, weights_path = _resolve(path)
     meta = _read_model_json(meta_path)
     if not weights_path.exists():
-        raise GeotranslateError(f"{weights_path}: weights file missing")
+        raise StorageError(f"{weights_path}: weights file missing")
     digest = sha256_file(weights_path)
     if meta["weights"]["sha256"] != digest:
         meta = _finish_interrupted_save(meta_path, weights_path, digest)
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise GeotranslateError(f"{weights_path}: corrupt weights ({e})") from None
+        raise InputError(f"{weights_path}: corrupt weights ({e})") from None
     _check_finite(tensors, weights_path)
     try:
         domains = {k: DomainSpec.from_dict(v) for k, v in meta["domains"].items()}
@@ -344,7 +350,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
             net.load_state_dict(state, strict=True)
             generators[direction] = net.to(device).eval()
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise GeotranslateError(f"{meta_path}: incompatible model ({first_line(e)})") from None
+        raise InputError(f"{meta_path}: incompatible model ({first_line(e)})") from None
     return TranslationModel(
         dataset_type=meta["dataset_type"],
         generators=generators,
@@ -373,7 +379,7 @@ def _finish_interrupted_save(meta_path: Path, weights_path: Path, digest: str) -
             with contextlib.suppress(OSError):
                 os.replace(pending, meta_path)
             return meta
-    raise GeotranslateError(
+    raise InputError(
         f"{weights_path}: weights do not match {meta_path.name} (truncated or modified file, "
         "and no interrupted save to complete)"
     )

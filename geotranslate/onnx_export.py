@@ -43,7 +43,13 @@ import numpy as np
 import torch
 
 from geotranslate import __version__
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import (
+    GeotranslateError,
+    InputError,
+    OptionError,
+    StorageError,
+    first_line,
+)
 from geotranslate.files import atomic_path, check_not_input
 from geotranslate.modelfile import DomainSpec, TranslationModel, load_model, weights_sha256
 from geotranslate.predict.grid import default_overlap
@@ -207,14 +213,14 @@ def export_onnx(
     inputs = [folder / "model.json", folder / "model.safetensors"]
     check_not_input(out, inputs + ([Path(calibrate_on)] if calibrate_on is not None else []))
     if out.is_dir():
-        raise GeotranslateError(f"{out}: is a directory; give the ONNX file's name")
+        raise StorageError(f"{out}: is a directory; give the ONNX file's name")
     model = load_model(run)
     generator = model.generator(direction).eval()
     source, target = model.source_domain(direction), model.target_domain(direction)
     divisor = int(getattr(generator, "total_stride", 1))
     tile = int(model.chip_size if tile_size is None else tile_size)
     if tile < divisor or tile % divisor:
-        raise GeotranslateError(
+        raise OptionError(
             f"tile size {tile}: must be a positive multiple of {divisor} for this generator")
     digest = weights_sha256(generator)
     kinds = norm_layer_kinds(generator)
@@ -273,7 +279,7 @@ def _calibrated(generator, model: TranslationModel, direction: str, raster):
         bands = spectral_bands(ds)
         region = (0, 0, ds.height, ds.width)
     if len(bands) != source.band_count:
-        raise GeotranslateError(
+        raise InputError(
             f"{in_source.name}: has {len(bands)} band(s) but the model's {direction} "
             f"generator expects {source.band_count}")
     divisor = int(getattr(generator, "total_stride", 1))

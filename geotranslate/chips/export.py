@@ -55,7 +55,7 @@ from geotranslate.chips.sources import (
 from geotranslate.chips.split import assign_validation
 from geotranslate.chips.writer import write_chip_atomic
 from geotranslate.dirlock import LOCK_NAME, DirectoryLock
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
 from geotranslate.files import (
     atomic_path,
     check_not_input,
@@ -249,7 +249,7 @@ def export_tiles(
     check_numbers(tile_size, stride, max_nodata, val_fraction)
     workers = default_workers() if workers is None else workers
     if workers < 1:
-        raise GeotranslateError(f"--workers {workers}: must be at least 1")
+        raise OptionError(f"--workers {workers}: must be at least 1")
     if workers > MAX_WORKERS_PER_CORE * default_workers():
         bound = MAX_WORKERS_PER_CORE * default_workers()
         logger.warning(f"--workers {workers}: more than {MAX_WORKERS_PER_CORE} threads per "
@@ -257,7 +257,7 @@ def export_tiles(
         workers = bound
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise GeotranslateError(f"{out}: exists and is not a directory")
+        raise StorageError(f"{out}: exists and is not a directory")
     check_output_dir(out, "--out")
     pairing = "paired" if mode == "paired" else "unpaired"
     summary = ExportSummary(str(out), pairing, tile_size, stride)
@@ -353,7 +353,7 @@ def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
     meta, whose chips become float32 with NaN as nodata."""
     if relative_elevation is None or "a" not in domain_meta:
         if relative_elevation is not None:
-            raise GeotranslateError("--relative-elevation applies to domain A; export A too")
+            raise OptionError("--relative-elevation applies to domain A; export A too")
         return {}
     transform = (relative_elevation if isinstance(relative_elevation, RelativeElevation)
                  else RelativeElevation.parse(relative_elevation))
@@ -387,7 +387,7 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, ti
     for d in run_domains:
         stats[d].flush()
         if stats[d].accumulator.count == 0:
-            raise GeotranslateError(
+            raise InputError(
                 f"{', '.join(domain_meta[d]['sources'])}: no valid pixel in domain {d}'s "
                 "sources (all nodata, NaN or alpha = 0)"
             )
@@ -424,7 +424,7 @@ def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
         resolved = resolved_path(path)
         for folder in chip_folders:
             if folder in resolved.parents:
-                raise GeotranslateError(
+                raise StorageError(
                     f"{display_path(path)}: an input lies among the chips of --out {out} "
                     f"({folder.name}), which the export writes; move it or choose another --out")
 

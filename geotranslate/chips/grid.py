@@ -13,7 +13,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geotranslate.chips.meta import ChipMeta
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import StorageError
 from geotranslate.inputs import transformed_read
 from geotranslate.raster.io import open_raster, read_window, source_of
 from geotranslate.raster.sources import parse_source
@@ -160,7 +160,7 @@ def stats_only_jobs(
 
 def _open_old(path: str, allow_no_crs: bool):
     if parse_source(path).local and not Path(path).exists():
-        raise GeotranslateError(
+        raise StorageError(
             f"{path}: listed in meta.json as a source but missing; its statistics cannot be "
             "recomputed (restore it or use another --out)"
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import rasterio
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, first_line
 from geotranslate.files import write_failed
 
 INDEX_NAME = "index.gpkg"
@@ -37,7 +37,7 @@ def index_layers(out: Path, rows: list[dict]) -> dict:
             for name, _ in pyogrio.list_layers(path):
                 layers[name] = gpd.read_file(path, layer=name, engine="pyogrio")
         except Exception as e:
-            raise GeotranslateError(f"{path}: unreadable ({e}); remove it and re-run") from None
+            raise InputError(f"{path}: unreadable ({e}); remove it and re-run") from None
     by_layer: dict[str, list[dict]] = {}
     crs_of: dict[str, str | None] = {}
     for row in rows:

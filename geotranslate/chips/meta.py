@@ -17,7 +17,7 @@ from pathlib import Path
 import rasterio
 
 from geotranslate import schema as sc
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import InputError, OptionError
 from geotranslate.schema import load_json
 from geotranslate.stats import BandStats, stats_from_dict
 
@@ -127,7 +127,7 @@ def read_chip_meta(path: str | Path, *, domains: tuple[str, ...] = DOMAINS,
     path = Path(path)
     meta = load_json(path, problem)
     if require_format and (not isinstance(meta, dict) or meta.get("format") != FORMAT):
-        raise GeotranslateError(f"{path}: not a geotranslate chip dataset")
+        raise InputError(f"{path}: not a geotranslate chip dataset")
     _check_meta(meta, path, domains)
     pairing = meta["pairing"] if "pairing" in meta else meta[LEGACY_PAIRING_KEY]
     return ChipMeta(
@@ -177,11 +177,11 @@ def check_against_existing(out, meta_old: ChipMeta | None, pairing, tile_size,
         return
     where = out / META_NAME
     if meta_old.tile_size != tile_size:
-        raise GeotranslateError(
+        raise OptionError(
             f"{where}: holds {meta_old.tile_size} px chips, this run makes {tile_size} px"
         )
     if meta_old.pairing != pairing:
-        raise GeotranslateError(
+        raise OptionError(
             f"{where}: holds a {meta_old.pairing} dataset, this run is {pairing}"
         )
     for d, new in domain_meta.items():
@@ -190,13 +190,13 @@ def check_against_existing(out, meta_old: ChipMeta | None, pairing, tile_size,
             continue
         for key in ("band_count", "dtype"):
             if getattr(old, key) != new[key]:
-                raise GeotranslateError(
+                raise OptionError(
                     f"{where}: domain {d} has {key} {getattr(old, key)}, this run would write "
                     f"{new[key]} (use another --out)"
                 )
         for key in ("input_transforms", "composition"):
             if list(getattr(old, key)) != list(new.get(key) or ()):
-                raise GeotranslateError(
+                raise OptionError(
                     f"{where}: domain {d} has {key} {list(getattr(old, key)) or None}, this run "
                     f"would write {new.get(key)} (use another --out)"
                 )
@@ -212,14 +212,14 @@ def _check_stray_chips(out: Path, tile_size: int, domain_meta: dict) -> None:
             try:
                 ds = rasterio.open(chip)
             except rasterio.errors.RasterioError as e:
-                raise GeotranslateError(f"{chip}: unreadable chip in the output ({e})") from None
+                raise InputError(f"{chip}: unreadable chip in the output ({e})") from None
             with ds:
                 if (
                     (ds.width, ds.height) != (tile_size, tile_size)
                     or ds.count != new["band_count"]
                     or ds.dtypes[0] != new["dtype"]
                 ):
-                    raise GeotranslateError(
+                    raise OptionError(
                         f"{out}: holds chips of {ds.width} px with {ds.count} {ds.dtypes[0]} "
                         f"bands ({chip.name}); this run makes {tile_size} px with "
                         f"{new['band_count']} {new['dtype']} bands"

@@ -19,7 +19,13 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import (
+    GeotranslateError,
+    InputError,
+    OptionError,
+    StorageError,
+    first_line,
+)
 from geotranslate.files import write_failed
 from geotranslate.raster.opening import alpha_index, open_dataset, spectral_bands
 from geotranslate.raster.sources import RasterSource, parse_source
@@ -87,22 +93,22 @@ def source_of(ds: rasterio.DatasetReader) -> RasterSource:
 def _validate(ds: rasterio.DatasetReader, p: str, allow_no_crs: bool) -> None:
     dtype = ds.dtypes[0]
     if dtype in REFUSED_DTYPES:
-        raise GeotranslateError(f"{p}: dtype {dtype} is not supported ({REFUSED_DTYPES[dtype]})")
+        raise InputError(f"{p}: dtype {dtype} is not supported ({REFUSED_DTYPES[dtype]})")
     if len(set(ds.dtypes)) > 1:
-        raise GeotranslateError(f"{p}: bands have different dtypes {sorted(set(ds.dtypes))}")
+        raise InputError(f"{p}: bands have different dtypes {sorted(set(ds.dtypes))}")
     if ds.crs is None and not allow_no_crs:
         gcps, _ = ds.gcps
         if gcps:
-            raise GeotranslateError(
+            raise InputError(
                 f"{p}: georeferenced only by {len(gcps)} GCPs; warp it to a CRS first "
                 "(gdalwarp) or pass --allow-no-crs to work in pixel space"
             )
         if ds.rpcs is not None:
-            raise GeotranslateError(
+            raise InputError(
                 f"{p}: georeferenced only by RPCs; orthorectify it first (gdalwarp -rpc) "
                 "or pass --allow-no-crs to work in pixel space"
             )
-        raise GeotranslateError(f"{p}: has no CRS; pass --allow-no-crs to work in pixel space")
+        raise InputError(f"{p}: has no CRS; pass --allow-no-crs to work in pixel space")
 
 
 def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) -> list[int]:
@@ -114,16 +120,16 @@ def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) ->
         try:
             bands = [int(s) for s in spec.replace(" ", "").split(",") if s]
         except ValueError:
-            raise GeotranslateError(f"bands {spec!r}: expected a list like 1,2,3") from None
+            raise OptionError(f"bands {spec!r}: expected a list like 1,2,3") from None
     else:
         bands = [int(b) for b in spec]
     for b in bands:
         if b < 1 or b > ds.count:
-            raise GeotranslateError(
+            raise OptionError(
                 f"{ds.name}: band {b} out of range (the raster has bands 1..{ds.count})"
             )
         if b not in available:
-            raise GeotranslateError(f"{ds.name}: band {b} is an alpha (mask) band, not data")
+            raise OptionError(f"{ds.name}: band {b} is an alpha (mask) band, not data")
     return bands
 
 
@@ -230,7 +236,7 @@ def read_window(
                 a = ds.read([alpha], window=window, masked=False, **alpha_shape)
                 valid &= a[0] > 0
     except RasterioError as e:
-        raise GeotranslateError(
+        raise StorageError(
             f"{ds.name}: read failed at rows {int(window.row_off)}..."
             f"{int(window.row_off + window.height)}, cols {int(window.col_off)}..."
             f"{int(window.col_off + window.width)} ({first_line(e.__cause__ or e)})"

@@ -21,7 +21,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import GeotranslateError, InputError, StorageError, first_line
 from geotranslate.files import display_path, not_utf8
 
 if TYPE_CHECKING:
@@ -78,11 +78,11 @@ def open_dataset(source: RasterSource) -> SourceDataset:
     if source.local:
         p = Path(source.gdal_name)
         if not p.exists():
-            raise GeotranslateError(f"{source.name}: no such file")
+            raise StorageError(f"{source.name}: no such file")
         if p.is_dir():
-            raise GeotranslateError(f"{source.name}: is a directory, not a raster")
+            raise StorageError(f"{source.name}: is a directory, not a raster")
         if not os.access(p, os.R_OK):
-            raise GeotranslateError(f"{source.name}: not readable (permission denied)")
+            raise StorageError(f"{source.name}: not readable (permission denied)")
     config = {}
     if not source.local:
         config = dict(REMOTE_OPEN_DEFAULTS)
@@ -91,21 +91,31 @@ def open_dataset(source: RasterSource) -> SourceDataset:
         with rasterio.Env(**{k: v for k, v in config.items() if k not in os.environ}):
             ds = SourceDataset(source.gdal_name)
     except RasterioError as e:
-        raise GeotranslateError(f"{source.name}: {open_failure(source, e)}") from None
+        raise open_failure(source, e) from None
     except UnicodeEncodeError:
         raise not_utf8(source.gdal_name) from None
     ds.source = source
     return ds
 
 
-def open_failure(source: RasterSource, error: Exception) -> str:
-    """Why a source could not be opened, in the user's terms (HTTP status, credentials)."""
-    message = first_line(error)
+def open_failure(source: RasterSource, error: Exception) -> GeotranslateError:
+    """Why a source could not be opened, in the user's terms: an :class:`InputError` when what
+    was read is not a raster (or a damaged archive), a :class:`StorageError` when it could not
+    be reached (HTTP status, credentials, a time-out)."""
+    not_a_raster = InputError(f"{source.name}: cannot open as a raster ({first_line(error)})")
     if source.local and not source.gdal_name.startswith("<"):
-        return f"cannot open as a raster ({message})"
+        return not_a_raster
     archive = _archive_failure(source)
     if archive is not None:
-        return archive
+        return InputError(f"{source.name}: {archive}")
+    remote = _remote_failure(source, error)
+    return StorageError(f"{source.name}: {remote}") if remote is not None else not_a_raster
+
+
+def _remote_failure(source: RasterSource, error: Exception) -> str | None:
+    """Why a remote source could not be read (HTTP status, credentials, a time-out), or None
+    when nothing says it was not reached."""
+    message = first_line(error)
     text = str(error)
     http = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
     s3 = "/vsis3/" in source.gdal_name
@@ -128,7 +138,7 @@ def open_failure(source: RasterSource, error: Exception) -> str:
         return status
     if "does not exist in the file system" in text or "key does not exist" in text:
         return "cannot open: not found" + (" (no such key)" if s3 else "")
-    return f"cannot open as a raster ({message})"
+    return None
 
 
 def _archive_failure(source: RasterSource) -> str | None:
@@ -197,7 +207,7 @@ def spectral_bands(ds: rasterio.DatasetReader) -> list[int]:
     """
     bands = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
     if not bands:
-        raise GeotranslateError(
+        raise InputError(
             f"{ds.name}: has no data band (its {ds.count} band(s) are alpha, a mask)"
         )
     return bands

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 from xml.sax.saxutils import escape
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, OptionError, StorageError, first_line
 from geotranslate.raster.opening import open_dataset, spectral_bands
 from geotranslate.raster.windows import Grid, grid_offset
 
@@ -82,7 +82,7 @@ def parse_source(source: str | os.PathLike) -> RasterSource:
     if text.startswith(STACK_PREFIX):
         parts = [p for p in text[len(STACK_PREFIX):].split(",") if p]
         if not parts:
-            raise GeotranslateError(f"{text}: no band files after {STACK_PREFIX}")
+            raise OptionError(f"{text}: no band files after {STACK_PREFIX}")
         return _stack(text, [single_source(p) for p in parts], None)
     if text.startswith(FUSE_PREFIX):
         return _fuse(text)
@@ -177,28 +177,28 @@ def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None)
     for part in parts:
         with open_dataset(part) as ds:
             if ds.count != 1:
-                raise GeotranslateError(
+                raise InputError(
                     f"{part.name}: has {ds.count} bands; {STACK_PREFIX} takes single-band files"
                 )
             t = ds.transform
             if t.b or t.d:
-                raise GeotranslateError(f"{part.name}: rotated grid; cannot stack it")
+                raise InputError(f"{part.name}: rotated grid; cannot stack it")
             infos.append((part, ds.crs, t, ds.width, ds.height, ds.dtypes[0], ds.nodata,
                           ds.descriptions[0]))
     first = infos[0]
     for part, crs, _, _, _, dtype, nodata, _ in infos[1:]:
         if crs != first[1]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} is in {crs} but {first[0].name} in {first[1]}; "
                 "band files must share a CRS"
             )
         if dtype != first[5]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} is {dtype} but {first[0].name} is {first[5]}; "
                 "band files must share a dtype"
             )
         if nodata != first[6] and not (nodata != nodata and first[6] != first[6]):
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} has nodata {nodata} but {first[0].name} has {first[6]}"
             )
     finest = min(infos, key=lambda i: abs(i[2].a * i[2].e))
@@ -213,7 +213,7 @@ def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None)
         x0, y0 = (t.c - grid.c) / grid.a, (t.f - grid.f) / grid.e
         xs, ys = w * t.a / grid.a, h * t.e / grid.e
         if x0 >= width or y0 >= height or x0 + xs <= 0 or y0 + ys <= 0:
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} does not overlap {finest[0].name}; band files must "
                 "cover the same ground"
             )
@@ -256,20 +256,20 @@ def _stac_cached(name: str, item_href: str, keys: tuple[str, ...]) -> RasterSour
     import pystac
 
     if not keys:
-        raise GeotranslateError(f"{name}: no asset keys after the item (item.json:B04,B03)")
+        raise OptionError(f"{name}: no asset keys after the item (item.json:B04,B03)")
     try:
         item = pystac.Item.from_file(item_href)
     except FileNotFoundError:
-        raise GeotranslateError(f"{item_href}: no such file") from None
+        raise StorageError(f"{item_href}: no such file") from None
     except Exception as e:  # urllib, JSON and STAC errors all say the item is unusable
-        raise GeotranslateError(
+        raise InputError(
             f"{item_href}: cannot read as a STAC item ({first_line(e)})"
         ) from None
     hrefs = []
     for key in keys:
         asset = item.assets.get(key)
         if asset is None:
-            raise GeotranslateError(
+            raise OptionError(
                 f"{item_href}: no asset {key!r} (the item has {', '.join(sorted(item.assets))})"
             )
         hrefs.append(asset.get_absolute_href() or asset.href)
@@ -303,10 +303,10 @@ def _fuse(text: str) -> RasterSource:
 
     names = [p for p in text[len(FUSE_PREFIX):].split(FUSE_SEPARATOR) if p]
     if len(names) < 2:
-        raise GeotranslateError(f"{text}: {FUSE_PREFIX} takes two rasters or more, joined by "
+        raise OptionError(f"{text}: {FUSE_PREFIX} takes two rasters or more, joined by "
                                 f"{FUSE_SEPARATOR} (fuse:s1.tif+s2.tif)")
     if any(n.startswith(FUSE_PREFIX) for n in names):
-        raise GeotranslateError(f"{text}: a {FUSE_PREFIX} part cannot be a {FUSE_PREFIX} itself")
+        raise OptionError(f"{text}: a {FUSE_PREFIX} part cannot be a {FUSE_PREFIX} itself")
     parts = [parse_source(n) for n in names]
     bands_xml, composition, band = [], [], 0
     grid = None
@@ -315,13 +315,13 @@ def _fuse(text: str) -> RasterSource:
             if grid is None:
                 t = ds.transform
                 if t.b or t.d:
-                    raise GeotranslateError(f"{part.name}: rotated grid; cannot fuse onto it")
+                    raise InputError(f"{part.name}: rotated grid; cannot fuse onto it")
                 if ds.crs is None:
-                    raise GeotranslateError(f"{part.name}: no CRS; {FUSE_PREFIX} needs one to "
+                    raise InputError(f"{part.name}: no CRS; {FUSE_PREFIX} needs one to "
                                             "place the other rasters")
                 grid = Grid(ds.crs, ds.transform, ds.width, ds.height)
             elif ds.crs is None:
-                raise GeotranslateError(f"{text}: {part.name} has no CRS; cannot place it")
+                raise InputError(f"{text}: {part.name} has no CRS; cannot place it")
             own = spectral_bands(ds)
             descriptions = ds.descriptions
             composition.append(composition_entry(part.stem, len(own), ds.dtypes[own[0] - 1],
@@ -342,7 +342,7 @@ def _fuse(text: str) -> RasterSource:
                     with WarpedVRT(ds, **kwargs) as vrt:
                         source_name = next(iter(vrt.tags(ns="xml:VRT").values()))
                 except (RasterioError, StopIteration) as e:
-                    raise GeotranslateError(
+                    raise InputError(
                         f"{text}: cannot warp {part.name} onto {parts[0].name}'s grid "
                         f"({first_line(e)})") from None
                 src_rect = dst_rect = (0, 0, grid.width, grid.height)

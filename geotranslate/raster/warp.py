@@ -20,7 +20,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, OptionError, first_line
 from geotranslate.raster.io import read_window
 from geotranslate.raster.opening import alpha_index
 from geotranslate.raster.windows import Grid, grid_offset
@@ -40,7 +40,7 @@ def overlap_fraction(a_ds: rasterio.DatasetReader, b_ds: rasterio.DatasetReader)
     try:
         b_box = transform_bounds(b_ds.crs, a_ds.crs, *b_ds.bounds, densify_pts=21)
     except Exception as e:  # pyproj/rasterio errors of several types
-        raise GeotranslateError(
+        raise InputError(
             f"{b_ds.name}: cannot transform its bounds to the CRS of {a_ds.name} ({e})"
         ) from None
     b_box = (
@@ -71,11 +71,11 @@ def pair_sources(
     no_crs_b = [ds.crs is None for ds in b_datasets]
     if any(no_crs_a) or any(no_crs_b):
         if not (all(no_crs_a) and all(no_crs_b)):
-            raise GeotranslateError(
+            raise InputError(
                 "cannot pair rasters with a CRS and rasters without one; give all or none a CRS"
             )
         if len(a_datasets) != len(b_datasets):
-            raise GeotranslateError(
+            raise InputError(
                 f"rasters without a CRS are paired by position: got {len(a_datasets)} A and "
                 f"{len(b_datasets)} B rasters"
             )
@@ -86,7 +86,7 @@ def pair_sources(
         overlapping = [j for frac, j in sorted(cover, key=lambda t: -t[0]) if frac > 0]
         if not overlapping:
             names = ", ".join(str(ds.name) for ds in b_datasets)
-            raise GeotranslateError(f"{a_ds.name}: does not overlap any B raster ({names})")
+            raise InputError(f"{a_ds.name}: does not overlap any B raster ({names})")
         pairs.append(overlapping)
     return pairs
 
@@ -107,7 +107,7 @@ class GridReader:
         resampling: str = "bilinear",
     ):
         if resampling not in RESAMPLING_NAMES:
-            raise GeotranslateError(
+            raise OptionError(
                 f"resampling {resampling!r} unknown; choose from {', '.join(RESAMPLING_NAMES)}"
             )
         self.bands = list(bands)
@@ -136,7 +136,7 @@ class GridReader:
             try:
                 vrt = WarpedVRT(b_ds, **kwargs)
             except RasterioError as e:
-                raise GeotranslateError(
+                raise InputError(
                     f"{b_ds.name}: cannot warp onto the common grid ({first_line(e)})"
                 ) from None
             self._vrts.append(vrt)

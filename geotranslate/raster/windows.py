@@ -14,7 +14,7 @@ import rasterio
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import OptionError
 
 
 def tile_offsets(length: int, tile: int, stride: int, *, start: int = 0) -> list[int]:
@@ -85,7 +85,7 @@ def parse_pixel_window(
         except ValueError:
             values = ()
         if len(values) != 4:
-            raise GeotranslateError(
+            raise OptionError(
                 f"window {spec!r}: expected ROW_OFF,COL_OFF,HEIGHT,WIDTH (four integers)"
             )
         return values  # type: ignore[return-value]
