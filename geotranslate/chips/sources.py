@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+from geotranslate.chips.meta import PAIRINGS
 from geotranslate.errors import InputError, OptionError
 from geotranslate.raster.io import parse_bands, raster_info, source_of
 
@@ -12,8 +13,8 @@ from geotranslate.raster.io import parse_bands, raster_info, source_of
 def resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
     if not a_paths:
         raise OptionError("no input raster given")
-    if mode not in (None, "paired", "unpaired"):
-        raise OptionError(f"mode {mode!r}: choose paired or unpaired")
+    if mode is not None and mode not in PAIRINGS:
+        raise OptionError(f"mode {mode!r}: choose {' or '.join(PAIRINGS)}")
     if domain not in (None, "a", "b"):
         raise OptionError(f"domain {domain!r}: choose a or b")
     if b_paths:
