@@ -95,8 +95,8 @@ def parse_source(source: str | os.PathLike) -> RasterSource:
 def input_files(inputs: Sequence[str | os.PathLike | RasterSource]) -> list[Path]:
     """The files on this machine that ``inputs`` read, for the "no output over an input" check
     (:func:`geotranslate.files.check_not_input`): a plain path is itself; a source is expanded
-    once into its files (the band files of a ``stack:``, a
-    STAC item and its local assets, the archive of a ``/vsizip/`` name); remote ones add none."""
+    once into its files (the band files of a ``stack:``, a STAC item and its local assets, the
+    archive of a ``/vsizip/`` name); remote ones add none."""
     files: list[Path] = []
     for item in inputs:
         if isinstance(item, os.PathLike):
