@@ -46,5 +46,3 @@ DIRECTIONS: tuple[str, ...] = ("a2b", "b2a")
 BLEND_MODES: tuple[str, ...] = ("hann", "linear", "none")
 #: where an instance-norm generator takes its statistics at prediction (models/norms.py)
 NORM_STATS_MODES: tuple[str, ...] = ("scene", "tile")
-#: how the chips of export-tiles pair A with B (chips/): the same place in both, or no pairing
-PAIRINGS: tuple[str, ...] = ("paired", "unpaired")

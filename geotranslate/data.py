@@ -18,11 +18,10 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import Dataset, Sampler
 
-from geotranslate import schema as sc
 from geotranslate.augment import DEFAULT_AUGMENT, augment_mode, draw_transform
-from geotranslate.chips.meta import META_NAME, check_meta
+from geotranslate.chips.meta import META_NAME, ChipMeta, read_chip_meta
 from geotranslate.dirlock import LOCK_NAME, lock_state
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
 from geotranslate.inputs import (
     DEFAULT_NORM_SCOPE,
     check_norm_scope,
@@ -32,35 +31,37 @@ from geotranslate.inputs import (
     scene_normalizer,
     scene_stats_of,
 )
-from geotranslate.raster.io import open_raster, read_window, spectral_bands
-from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer, stats_from_dict
+from geotranslate.raster.io import open_raster, read_window
+from geotranslate.raster.opening import spectral_bands
+from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer
 
 CHIP_SUFFIXES = (".tif", ".tiff")
 #: default ceiling of the in-memory cache (normalized float32 + masks).
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
-def read_meta(data_dir: str | Path) -> dict:
-    """The chip folder's meta.json, checked for what training needs."""
+def read_meta(data_dir: str | Path) -> ChipMeta:
+    """The chip folder's meta.json, checked for what training needs: both domains, and no
+    export-tiles run writing into the folder or interrupted there."""
     root = Path(data_dir)
     if root.exists() and not root.is_dir():
-        raise GeotranslateError(f"{root}: is a file; give the chip directory made by export-tiles")
+        raise StorageError(f"{root}: is a file; give the chip directory made by export-tiles")
     if not root.is_dir():
-        raise GeotranslateError(f"{root}: no such chip directory (make one with export-tiles)")
+        raise StorageError(f"{root}: no such chip directory (make one with export-tiles)")
     state, holder = lock_state(root)
     if state == "held":
-        raise GeotranslateError(
+        raise StorageError(
             f"{root}: export-tiles ({holder}) is writing into it now; wait for it to finish"
         )
     if state == "unfinished":
-        raise GeotranslateError(
+        raise InputError(
             f"{root}: an export-tiles run into it did not finish ({holder}; {LOCK_NAME} is left), "
             "so meta.json does not describe all its chips; re-run the same export-tiles "
             "command to complete it"
         )
     path = root / META_NAME
     if not path.exists():
-        raise GeotranslateError(f"{path}: missing (is {root} a folder written by export-tiles?)")
-    return check_meta(sc.load_json(path, "corrupt meta.json"), path)
+        raise StorageError(f"{path}: missing (is {root} a folder written by export-tiles?)")
+    return read_chip_meta(path)
 
 
 def chip_paths(folder: Path) -> list[Path]:
@@ -85,9 +86,8 @@ def has_split(data_dir: str | Path, split: str) -> bool:
                for d in ("a", "b"))
 
 
-def normalizers(meta: dict, method: str) -> dict[str, Normalizer]:
-    return {d: Normalizer.from_stats(stats_from_dict(meta["domains"][d]["stats"]), method)
-            for d in ("a", "b")}
+def normalizers(meta: ChipMeta, method: str) -> dict[str, Normalizer]:
+    return {d: Normalizer.from_stats(meta.domains[d].band_stats, method) for d in ("a", "b")}
 
 
 class ChipDataset(Dataset):
@@ -114,7 +114,7 @@ class ChipDataset(Dataset):
         random_crop: bool = True,
         cache: bool | None = None,
         seed: int = 0,
-        meta: dict | None = None,
+        meta: ChipMeta | None = None,
         norm_scope: str = DEFAULT_NORM_SCOPE,
     ):
         self.root = Path(data_dir)
@@ -124,7 +124,7 @@ class ChipDataset(Dataset):
         try:
             self.augment = augment_mode(augment)
         except ValueError as e:
-            raise GeotranslateError(str(e)) from None
+            raise OptionError(str(e)) from None
         self.random_crop = random_crop
         self.seed = int(seed)
         self.norm = normalizers(self.meta, norm_method)
@@ -133,8 +133,8 @@ class ChipDataset(Dataset):
         self.scene_norm: dict[str, dict[str, Normalizer]] = {}
         if self.norm_scope == "scene":
             self._scene_normalizers(norm_method)
-        if paired and self.meta.get("dataset_type") == "unpaired":
-            raise GeotranslateError(
+        if paired and self.meta.pairing == "unpaired":
+            raise OptionError(
                 f"{self.root / META_NAME}: the chips are unpaired (exported without a common "
                 "grid); Pix2Pix needs paired chips: use --dataset-type CycleGAN"
             )
@@ -142,17 +142,17 @@ class ChipDataset(Dataset):
         for d in ("a", "b"):
             folder = self.root / f"{split}_{d}"
             if not folder.is_dir():
-                raise GeotranslateError(f"{folder}: missing (expected {split}_a/ and {split}_b/)")
+                raise StorageError(f"{folder}: missing (expected {split}_a/ and {split}_b/)")
             self.paths[d] = chip_paths(folder)
             if not self.paths[d]:
-                raise GeotranslateError(f"{folder}: no chips (*.tif) — domain {d.upper()} is empty")
+                raise InputError(f"{folder}: no chips (*.tif) — domain {d.upper()} is empty")
             self._check_described(folder, d)
         if paired:
             self._check_pairs()
         with open_raster(self.paths["a"][0], allow_no_crs=True) as ds:
             self.chip_size = int(ds.width)
         if crop_size is not None and crop_size > self.chip_size:
-            raise GeotranslateError(
+            raise OptionError(
                 f"crop size {crop_size} is larger than the chips ({self.chip_size} px in "
                 f"{self.root}); use --crop-size <= {self.chip_size}"
             )
@@ -173,9 +173,10 @@ class ChipDataset(Dataset):
         """Per-scene normalization (inputs.py): the domain's normalizer from its scenes matched
         to the reference, and one normalizer per scene (chip name stem)."""
         for d in ("a", "b"):
-            dom = self.meta["domains"][d]
-            scenes = scene_stats_of(dom, f"{self.root / META_NAME} (domain {d.upper()})")
-            stats = stats_from_dict(dom["stats"])
+            dom = self.meta.domains[d]
+            scenes = scene_stats_of(dom.scene_stats,
+                                    f"{self.root / META_NAME} (domain {d.upper()})")
+            stats = list(dom.band_stats)
             self.reference[d] = reference_of(stats)
             self.norm[d] = Normalizer.from_stats(matched_stats(list(scenes.values()), stats),
                                                  norm_method)
@@ -188,7 +189,7 @@ class ChipDataset(Dataset):
             return self.norm[domain]
         norm = self.scene_norm[domain].get(chip_stem(path.name))
         if norm is None:
-            raise GeotranslateError(
+            raise InputError(
                 f"{path}: meta.json has no scene statistics for {chip_stem(path.name)!r}; "
                 "re-export the chips with this version of export-tiles"
             )
@@ -199,14 +200,12 @@ class ChipDataset(Dataset):
         """Refuse more chips than meta.json counts: they come from a run that did not finish,
         so the statistics and counts in meta.json do not cover them (fewer is fine: chips the
         user deleted)."""
-        counts = self.meta.get("chips")
-        split_counts = counts.get(self.split) if isinstance(counts, dict) else None
-        described = split_counts.get(domain) if isinstance(split_counts, dict) else None
-        if not isinstance(described, int) or isinstance(described, bool):
+        described = self.meta.chip_count(self.split, domain)
+        if described is None:
             return
         found = len(self.paths[domain])
         if found > described:
-            raise GeotranslateError(
+            raise InputError(
                 f"{folder}: {found} chips, but {self.root / META_NAME} describes {described}; "
                 "the others come from an export-tiles run that did not finish: re-run that "
                 "export-tiles command to complete the dataset"
@@ -222,7 +221,7 @@ class ChipDataset(Dataset):
                 parts.append(f"{len(only_a)} chips only in {self.split}_a (e.g. {only_a[0]})")
             if only_b:
                 parts.append(f"{len(only_b)} chips only in {self.split}_b (e.g. {only_b[0]})")
-            raise GeotranslateError(
+            raise InputError(
                 f"{self.root}: Pix2Pix needs paired chips with the same names, but "
                 f"{' and '.join(parts)}; use --dataset-type CycleGAN for unpaired data"
             )
@@ -230,21 +229,21 @@ class ChipDataset(Dataset):
 
     def _check_chip(self, ds, domain: str) -> None:
         """A chip's band count, dtype and size against meta.json and the other chips."""
-        want_count = int(self.meta["domains"][domain]["band_count"])
-        want_dtype = str(self.meta["domains"][domain]["dtype"])
+        want_count = self.meta.domains[domain].band_count
+        want_dtype = self.meta.domains[domain].dtype
         count = len(spectral_bands(ds))
         if count != want_count:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: {count} bands, but meta.json says domain {domain.upper()} has "
                 f"{want_count}"
             )
         if ds.dtypes[0] != want_dtype:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: dtype {ds.dtypes[0]}, but meta.json says domain "
                 f"{domain.upper()} is {want_dtype}"
             )
         if ds.width != ds.height or ds.width != self.chip_size:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: {ds.width}x{ds.height} px, but the other chips are "
                 f"{self.chip_size}x{self.chip_size} (chips must be square and of one size)"
             )
@@ -253,7 +252,7 @@ class ChipDataset(Dataset):
     def cache_bytes(self) -> int:
         """Memory the in-memory cache would take (normalized float32 + bool masks)."""
         px = self.chip_size**2
-        return sum(len(self.paths[d]) * px * (4 * int(self.meta["domains"][d]["band_count"]) + 1)
+        return sum(len(self.paths[d]) * px * (4 * self.meta.domains[d].band_count + 1)
                    for d in ("a", "b"))
 
     def _load(self, domain: str, index: int, check: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import StorageError
+from geotranslate.files import write_failed
 from geotranslate.log import logger
-from geotranslate.raster.io import write_failed
 
 LOCK_NAME = "export.lock"
 
@@ -93,7 +93,7 @@ class DirectoryLock:
                     time.sleep(0.2)
                     holder = _read_holder(fd)
                 os.close(fd)
-                raise GeotranslateError(
+                raise StorageError(
                     f"{self.folder}: another export-tiles run ({holder or 'an unknown PID'}) is "
                     "writing into this directory; wait for it to finish or choose another --out"
                 ) from None
@@ -131,7 +131,7 @@ class DirectoryLock:
                 raise write_failed(self.path, e.strerror or str(e)) from None
             self._fd = fd
             return previous
-        raise GeotranslateError(f"{self.path}: could not be locked (replaced repeatedly)")
+        raise StorageError(f"{self.path}: could not be locked (replaced repeatedly)")
 
     def release(self, *, remove: bool) -> None:
         """Drop the lock; ``remove`` deletes the file (the directory is consistent)."""

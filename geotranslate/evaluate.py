@@ -48,18 +48,14 @@ from rasterio.windows import Window
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path
 from geotranslate.inputs import chip_normalizer
 from geotranslate.log import show_progress
 from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
-from geotranslate.raster.io import (
-    atomic_path,
-    open_raster,
-    parse_bands,
-    read_window,
-)
-from geotranslate.raster.warp import Grid, GridReader
-from geotranslate.raster.windows import own_extents, tile_offsets
-from geotranslate.stats import StatsAccumulator, stats_from_dict
+from geotranslate.raster.io import open_raster, parse_bands, read_window
+from geotranslate.raster.warp import GridReader
+from geotranslate.raster.windows import Grid, own_extents, tile_offsets
+from geotranslate.stats import StatsAccumulator
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
 RASTER_TILE = 1024
@@ -365,7 +361,7 @@ def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list 
     meta = sc.load_json(path, "corrupt meta.json")  # one line for a broken or too deep file
     if not isinstance(meta, dict) or "domains" not in meta:
         return None, f"{path} holds no domain statistics"
-    bands = stats_from_dict(read_meta(data_dir)["domains"][domain]["stats"])
+    bands = read_meta(data_dir).domains[domain].band_stats
     if len(bands) != band_count:
         raise GeotranslateError(
             f"{data_dir / META_NAME}: domain {domain} has statistics of {len(bands)} bands, "

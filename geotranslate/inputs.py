@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, InputError, OptionError
 from geotranslate.settings import split_list
 from geotranslate.stats import BandStats, Normalizer, StatsAccumulator, stats_from_dict
 
@@ -84,7 +84,7 @@ def raster_scene_stats(read: Read, height: int, width: int, band_count: int) -> 
             data, valid = read(window)
             acc.add(*lattice(data, valid, step, row, col))
     if acc.count == 0:
-        raise GeotranslateError("no valid pixel to compute the scene statistics from")
+        raise InputError("no valid pixel to compute the scene statistics from")
     return {**acc.to_dict(), "pixel_step": step}
 
 
@@ -146,22 +146,22 @@ def chip_stem(name: str) -> str:
 
 def check_norm_scope(scope: str) -> str:
     if scope not in NORM_SCOPES:
-        raise GeotranslateError(f"norm scope {scope!r}: choose from {', '.join(NORM_SCOPES)}")
+        raise OptionError(f"norm scope {scope!r}: choose from {', '.join(NORM_SCOPES)}")
     return scope
 
 
-def scene_stats_of(domain_meta: dict, where: str) -> dict[str, list[BandStats]]:
-    """{chip stem: band statistics} of a meta.json domain; refuses files without them."""
-    scenes = domain_meta.get("scene_stats")
+def scene_stats_of(scenes: object, where: str) -> dict[str, list[BandStats]]:
+    """{chip stem: band statistics} from a meta.json domain's ``scene_stats``; refuses files
+    without them."""
     if not isinstance(scenes, dict) or not scenes:
-        raise GeotranslateError(
+        raise InputError(
             f"{where}: no per-scene statistics (scene_stats); re-export the chips with this "
             "version of export-tiles to use --norm-scope scene"
         )
     try:
         return {stem: stats_from_dict(s) for stem, s in scenes.items()}
     except (KeyError, TypeError) as e:
-        raise GeotranslateError(f"{where}: scene_stats unreadable ({e})") from None
+        raise InputError(f"{where}: scene_stats unreadable ({e})") from None
 
 
 # ---- relative elevation ----------------------------------------------------------------------
@@ -185,12 +185,12 @@ class RelativeElevation:
             radius = int(radius_text)
             bands = split_list(bands_text, int)
         except ValueError:
-            raise GeotranslateError(
+            raise OptionError(
                 f"--relative-elevation {text!r}: expected RADIUS_PX or RADIUS_PX:BANDS "
                 "(e.g. 32 or 32:1)"
             ) from None
         if radius < 1 or any(b < 1 for b in bands):
-            raise GeotranslateError(
+            raise OptionError(
                 f"--relative-elevation {text!r}: the radius and the bands must be >= 1"
             )
         return cls(radius, bands)
@@ -207,7 +207,7 @@ class RelativeElevation:
     def check_bands(self, band_count: int, where: str) -> None:
         bad = [b for b in self.bands if b > band_count]
         if bad:
-            raise GeotranslateError(
+            raise OptionError(
                 f"{where}: --relative-elevation band {bad[0]}, but the domain has "
                 f"{band_count} band(s)"
             )
@@ -317,7 +317,7 @@ def scene_spec(spec, ds, bands: Sequence[int], read: Callable | None):
     try:
         stats = raster_scene_stats(lambda w: read(ds, w), ds.height, ds.width, len(bands))
     except GeotranslateError:
-        raise GeotranslateError(
+        raise InputError(
             f"{ds.name}: no valid pixel to compute its scene statistics from"
         ) from None
     return dataclasses.replace(
@@ -339,24 +339,24 @@ def check_composition(spec, in_source, in_path: str, direction: str) -> None:
         return
     domain = "A" if direction == "a2b" else "B"
     if not model_parts:
-        raise GeotranslateError(
+        raise InputError(
             f"{in_path}: fused from {len(input_parts)} rasters ({_describe(input_parts)}), "
             f"but the model's domain {domain} is a single raster of {spec.band_count} "
             f"{spec.dtype} band(s)"
         )
     if not input_parts:
-        raise GeotranslateError(
+        raise InputError(
             f"{in_path}: a single raster, but the model's domain {domain} is fused from "
             f"{len(model_parts)} rasters ({_describe(model_parts)}); give fuse:…+… in that order"
         )
     if len(model_parts) != len(input_parts):
-        raise GeotranslateError(
+        raise InputError(
             f"{in_path}: fused from {len(input_parts)} rasters ({_describe(input_parts)}), but "
             f"the model's domain {domain} from {len(model_parts)} ({_describe(model_parts)})"
         )
     for i, (want, got) in enumerate(zip(model_parts, input_parts, strict=True)):
         if (want["band_count"], want["dtype"]) != (got["band_count"], got["dtype"]):
-            raise GeotranslateError(
+            raise InputError(
                 f"{in_path}: raster {i + 1} of the fuse ({got.get('source')}) has "
                 f"{got['band_count']} {got['dtype']} band(s), but the model's domain {domain} "
                 f"expects {want['band_count']} {want['dtype']} band(s) there "
@@ -370,22 +370,21 @@ def chip_normalizer(spec, data_dir, domain: str) -> Callable:
     scene statistics in the folder's meta.json."""
     from pathlib import Path
 
-    from geotranslate.schema import load_json
+    from geotranslate.chips.meta import META_NAME, read_chip_meta
 
     if spec.norm_scope != "scene":
         return lambda name: spec.normalizer
-    meta_path = Path(data_dir) / "meta.json"
-    meta = load_json(meta_path, "corrupt meta.json")
-    dom = (meta.get("domains") or {}).get(domain) if isinstance(meta, dict) else None
-    if not isinstance(dom, dict):
-        raise GeotranslateError(f"{meta_path}: no domain {domain.upper()}")
-    scenes = scene_stats_of(dom, f"{meta_path} (domain {domain.upper()})")
+    meta_path = Path(data_dir) / META_NAME
+    dom = read_chip_meta(meta_path, domains=()).domains.get(domain)
+    if dom is None:
+        raise InputError(f"{meta_path}: no domain {domain.upper()}")
+    scenes = scene_stats_of(dom.scene_stats, f"{meta_path} (domain {domain.upper()})")
     normalizers = {stem: scene_normalizer(spec.normalizer, s, spec.reference)
                    for stem, s in scenes.items()}
 
     def normalizer(name: str) -> Normalizer:
         if chip_stem(name) not in normalizers:
-            raise GeotranslateError(
+            raise InputError(
                 f"{meta_path}: no scene statistics for chip {name} (scene {chip_stem(name)!r})"
             )
         return normalizers[chip_stem(name)]

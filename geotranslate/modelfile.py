@@ -24,9 +24,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geotranslate import schema as sc
-from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.methods import METHODS
-from geotranslate.raster.io import atomic_path, write_failed
+from geotranslate.errors import (
+    GeotranslateError,
+    InputError,
+    OptionError,
+    StorageError,
+    first_line,
+)
+from geotranslate.files import atomic_path, write_failed
 from geotranslate.stats import NORM_METHODS, Normalizer
 
 FORMAT = "geotranslate-model"
@@ -49,9 +54,10 @@ _DOMAIN = sc.Obj(
               "composition": sc.List(sc.Obj({"band_count": sc.Int(min=1),
                                              "dtype": sc.DTYPE}))},
 )
-#: what load_model needs of model.json (other keys are allowed: newer optional fields)
+#: what load_model needs of model.json (other keys are allowed: newer optional fields);
+#: ``dataset_type`` must also name a method of the registry (:func:`_check_method`)
 MODEL_SCHEMA = sc.Obj(
-    {"dataset_type": sc.Str(tuple(METHODS)),
+    {"dataset_type": sc.Str(),
      "generators": sc.Map(sc.Obj({"arch": sc.Str(), "in_channels": sc.Int(min=1),
                                   "out_channels": sc.Int(min=1)},
                                  optional={"kwargs": sc.Obj()}),
@@ -117,13 +123,14 @@ class DomainSpec:
 class TranslationModel:
     """Generators by direction plus what is needed to feed them rasters and decode their output."""
 
-    dataset_type: str  # a key of geotranslate.methods.METHODS
+    dataset_type: str  # the method that trained it: a key of geotranslate.methods.METHODS
     generators: dict[str, torch.nn.Module]  # "a2b" -> g_ab, "b2a" -> g_ba
     generator_specs: dict[str, dict]  # direction -> GeneratorSpec.to_dict()
     domains: dict[str, DomainSpec]  # "a", "b"
     chip_size: int
     training: dict = field(default_factory=dict)
     receptive_fields: dict[str, int] = field(default_factory=dict)  # direction -> input px
+    weights_file_sha256: str | None = None  # of model.safetensors, as loaded (model.json's)
 
     def receptive_field(self, direction: str) -> int:
         """Receptive field of the ``direction`` generator in input pixels (computed once)."""
@@ -135,9 +142,9 @@ class TranslationModel:
 
     def generator(self, direction: str) -> torch.nn.Module:
         if direction not in DIRECTIONS:
-            raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
+            raise OptionError(f"direction {direction!r}: choose a2b or b2a")
         if direction not in self.generators:
-            raise GeotranslateError(
+            raise OptionError(
                 f"this {self.dataset_type} model has no {direction} generator "
                 f"(it has: {', '.join(sorted(self.generators))})"
             )
@@ -149,7 +156,7 @@ class TranslationModel:
     def target_domain(self, direction: str) -> DomainSpec:
         return self.domains[DIRECTIONS[direction][1]]
 
-    def to_json_dict(self, weights_sha256: str) -> dict:
+    def to_json_dict(self, weights_digest: str) -> dict:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -159,11 +166,23 @@ class TranslationModel:
             "chip_size": self.chip_size,
             "training": self.training,
             "receptive_field": {d: self.receptive_field(d) for d in sorted(self.generators)},
-            "weights": {"file": WEIGHTS_NAME, "sha256": weights_sha256},
+            "weights": {"file": WEIGHTS_NAME, "sha256": weights_digest},
         }
 
 
-def _sha256(path: Path) -> str:
+def weights_sha256(generator: torch.nn.Module) -> str:
+    """SHA-256 of a generator's tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(generator.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        # reshape(-1): 0-d tensors (batch norm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (model.json records the weights file's)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -193,7 +212,7 @@ def save_model(model: TranslationModel, out_dir: str | os.PathLike) -> Path:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
         except SafetensorError as e:  # an I/O error (a full disk) comes as this type
             raise write_failed(out / WEIGHTS_NAME, first_line(e)) from None
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         with atomic_path(pending) as tmp_meta:
             tmp_meta.write_text(json.dumps(model.to_json_dict(digest), indent=2))
     os.replace(pending, out / META_NAME)
@@ -208,16 +227,25 @@ def _pending_path(meta_path: Path) -> Path:
 def _read_model_json(path: Path) -> dict:
     meta = sc.load_json(path, "corrupt model file")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GeotranslateError(f"{path}: not a geotranslate model file")
+        raise InputError(f"{path}: not a geotranslate model file")
     version = meta.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:  # "1", 1.0 and true are not 1
-        raise GeotranslateError(
+        raise InputError(
             f"{path}: model format_version {json.dumps(version)} is not supported by this "
             f"geotranslate, which reads only format_version {FORMAT_VERSION} (an integer)"
         )
+    _check_method(meta, path)
     sc.validate(meta, MODEL_SCHEMA, path)
     _check_model_fields(meta, path)
     return meta
+
+
+def _check_method(meta: dict, path: Path) -> None:
+    """``dataset_type`` names a method of the registry (the training code, imported only when
+    a model file is read: the format itself does not depend on it)."""
+    from geotranslate.methods import METHODS
+
+    sc.validate(meta, sc.Obj({"dataset_type": sc.Str(tuple(METHODS))}), path)
 
 
 def _check_model_fields(meta: dict, path: Path) -> None:
@@ -261,7 +289,7 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
         if value.is_floating_point():
             bad = int((~torch.isfinite(value)).sum())
             if bad:
-                raise GeotranslateError(
+                raise InputError(
                     f"{path}: {bad} weights of {name} are NaN or infinite (the training "
                     "diverged); retrain, e.g. with a lower --lr"
                 )
@@ -276,11 +304,11 @@ def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
     elif p.suffix == ".safetensors":
         meta, weights = p.with_name(META_NAME), p
     elif not p.exists():
-        raise GeotranslateError(f"{p}: no such model (give a run directory or its model.json)")
+        raise StorageError(f"{p}: no such model (give a run directory or its model.json)")
     else:
-        raise GeotranslateError(f"{p}: not a model (expected a run directory or model.json)")
+        raise InputError(f"{p}: not a model (expected a run directory or model.json)")
     if not meta.exists():
-        raise GeotranslateError(f"{meta}: no such model file (has this run finished training?)")
+        raise StorageError(f"{meta}: no such model file (has this run finished training?)")
     return meta, weights
 
 
@@ -302,14 +330,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     meta_path, weights_path = _resolve(path)
     meta = _read_model_json(meta_path)
     if not weights_path.exists():
-        raise GeotranslateError(f"{weights_path}: weights file missing")
-    digest = _sha256(weights_path)
+        raise StorageError(f"{weights_path}: weights file missing")
+    digest = sha256_file(weights_path)
     if meta["weights"]["sha256"] != digest:
         meta = _finish_interrupted_save(meta_path, weights_path, digest)
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise GeotranslateError(f"{weights_path}: corrupt weights ({e})") from None
+        raise InputError(f"{weights_path}: corrupt weights ({e})") from None
     _check_finite(tensors, weights_path)
     try:
         domains = {k: DomainSpec.from_dict(v) for k, v in meta["domains"].items()}
@@ -322,7 +350,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
             net.load_state_dict(state, strict=True)
             generators[direction] = net.to(device).eval()
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise GeotranslateError(f"{meta_path}: incompatible model ({first_line(e)})") from None
+        raise InputError(f"{meta_path}: incompatible model ({first_line(e)})") from None
     return TranslationModel(
         dataset_type=meta["dataset_type"],
         generators=generators,
@@ -331,6 +359,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         chip_size=int(meta["chip_size"]),
         training=meta.get("training", {}),
         receptive_fields=_receptive_fields(meta.get("receptive_field"), generators),
+        weights_file_sha256=digest,
     )
 
 
@@ -350,7 +379,7 @@ def _finish_interrupted_save(meta_path: Path, weights_path: Path, digest: str) -
             with contextlib.suppress(OSError):
                 os.replace(pending, meta_path)
             return meta
-    raise GeotranslateError(
+    raise InputError(
         f"{weights_path}: weights do not match {meta_path.name} (truncated or modified file, "
         "and no interrupted save to complete)"
     )

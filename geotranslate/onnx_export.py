@@ -43,12 +43,17 @@ import numpy as np
 import torch
 
 from geotranslate import __version__
-from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.modelfile import DomainSpec, TranslationModel, load_model
+from geotranslate.errors import (
+    GeotranslateError,
+    InputError,
+    OptionError,
+    StorageError,
+    first_line,
+)
+from geotranslate.files import atomic_path, check_not_input
+from geotranslate.modelfile import DomainSpec, TranslationModel, load_model, weights_sha256
 from geotranslate.predict.grid import default_overlap
 from geotranslate.predict.output import output_nodata
-from geotranslate.predict.provenance import weights_sha256
-from geotranslate.raster.io import atomic_path, check_not_input
 
 #: ONNX operator set of the export (onnxruntime >= 1.14 runs it)
 OPSET = 17
@@ -121,12 +126,12 @@ def training_resolution_cm(model: TranslationModel, direction: str) -> float | N
     data_dir = model.training.get("data_dir")
     if not data_dir:
         return None
-    meta_path = Path(data_dir) / "meta.json"
+    from geotranslate.chips.meta import META_NAME, read_chip_meta
+
     try:
-        meta = json.loads(meta_path.read_text())
-        domain = meta["domains"][direction[0]]
-        size, crs = float(domain["pixel_size"][0]), domain.get("crs")
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        domain = read_chip_meta(Path(data_dir) / META_NAME, domains=()).domains[direction[0]]
+        size, crs = float(domain.pixel_size[0]), domain.crs
+    except (GeotranslateError, KeyError, TypeError, IndexError):
         return None
     if not crs or not size > 0:
         return None
@@ -208,14 +213,14 @@ def export_onnx(
     inputs = [folder / "model.json", folder / "model.safetensors"]
     check_not_input(out, inputs + ([Path(calibrate_on)] if calibrate_on is not None else []))
     if out.is_dir():
-        raise GeotranslateError(f"{out}: is a directory; give the ONNX file's name")
+        raise StorageError(f"{out}: is a directory; give the ONNX file's name")
     model = load_model(run)
     generator = model.generator(direction).eval()
     source, target = model.source_domain(direction), model.target_domain(direction)
     divisor = int(getattr(generator, "total_stride", 1))
     tile = int(model.chip_size if tile_size is None else tile_size)
     if tile < divisor or tile % divisor:
-        raise GeotranslateError(
+        raise OptionError(
             f"tile size {tile}: must be a positive multiple of {divisor} for this generator")
     digest = weights_sha256(generator)
     kinds = norm_layer_kinds(generator)
@@ -266,7 +271,8 @@ def _calibrated(generator, model: TranslationModel, direction: str, raster):
     from rasterio.windows import Window
 
     from geotranslate.predict.scene import sample_tile, scene_generator, scene_sample
-    from geotranslate.raster.io import open_raster, spectral_bands
+    from geotranslate.raster.io import open_raster
+    from geotranslate.raster.opening import spectral_bands
     from geotranslate.raster.sources import parse_source
 
     source = model.source_domain(direction)
@@ -275,7 +281,7 @@ def _calibrated(generator, model: TranslationModel, direction: str, raster):
         bands = spectral_bands(ds)
         region = Window(0, 0, ds.width, ds.height)
     if len(bands) != source.band_count:
-        raise GeotranslateError(
+        raise InputError(
             f"{in_source.name}: has {len(bands)} band(s) but the model's {direction} "
             f"generator expects {source.band_count}")
     tile = sample_tile(int(model.chip_size), int(getattr(generator, "total_stride", 1)))

@@ -26,14 +26,10 @@ from rasterio.enums import ColorInterp
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import (
-    atomic_path,
-    check_not_input,
-    open_raster,
-    parse_bands,
-    read_window,
-)
+from geotranslate.errors import OptionError
+from geotranslate.files import atomic_path, check_not_input
+from geotranslate.raster.io import open_raster, parse_bands, read_window
+from geotranslate.raster.sources import input_files
 from geotranslate.raster.windows import parse_pixel_window
 from geotranslate.settings import split_list
 
@@ -235,21 +231,21 @@ def parse_window(spec: str | None) -> DisplayWindow | None:
     if not text.lower().startswith("map:"):
         row, col, height, width = parse_pixel_window(text)
         if height <= 0 or width <= 0:
-            raise GeotranslateError(f"window {spec!r}: height and width must be positive")
+            raise OptionError(f"window {spec!r}: height and width must be positive")
         if row < 0 or col < 0:
-            raise GeotranslateError(f"window {spec!r}: row and column offsets must be >= 0")
+            raise OptionError(f"window {spec!r}: row and column offsets must be >= 0")
         return DisplayWindow("pixel", (col, row, width, height))
     try:
         values = split_list(text[4:], float)
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise GeotranslateError(
+        raise OptionError(
             f"window {spec!r}: expected map:LEFT,BOTTOM,RIGHT,TOP (map coordinates) or "
             "ROW_OFF,COL_OFF,HEIGHT,WIDTH (pixels)"
         )
     if values[2] <= values[0] or values[3] <= values[1]:
-        raise GeotranslateError(f"window {spec!r}: need LEFT < RIGHT and BOTTOM < TOP")
+        raise OptionError(f"window {spec!r}: need LEFT < RIGHT and BOTTOM < TOP")
     return DisplayWindow("map", values)  # type: ignore[arg-type]
 
 
@@ -275,7 +271,7 @@ def _pixel_window(ds: rasterio.DatasetReader, window: DisplayWindow | None) -> W
     c1 = min(ds.width, math.ceil(wanted.col_off + wanted.width))
     r1 = min(ds.height, math.ceil(wanted.row_off + wanted.height))
     if c1 <= c0 or r1 <= r0:
-        raise GeotranslateError(
+        raise OptionError(
             f"{ds.name}: window {list(window.values)} lies outside the raster "
             f"({ds.width} x {ds.height} px)"
         )
@@ -309,7 +305,7 @@ def read_for_display(
     ``db`` shows 10*log10 of the values (linear SAR power); values <= 0 become invalid.
     """
     if max_size < 1:
-        raise GeotranslateError(f"max size must be at least 1 px, got {max_size}")
+        raise OptionError(f"max size must be at least 1 px, got {max_size}")
     ds = open_raster(path, allow_no_crs=True)  # display needs no georeference; any source
     path = ds.name
     try:
@@ -317,7 +313,7 @@ def read_for_display(
         if rgb_bands:
             shown = parse_bands(rgb_bands, ds)
             if len(shown) not in (1, 3):
-                raise GeotranslateError(
+                raise OptionError(
                     f"{path}: --rgb-bands needs 1 or 3 bands, got {len(shown)}"
                 )
         else:
@@ -391,12 +387,12 @@ def render_rasters(
     ``window`` is in the CRS of the first raster path unless it names its own. Returns the image.
     """
     if not sources:
-        raise GeotranslateError("preview: give at least one raster")
+        raise OptionError("preview: give at least one raster")
     if titles is not None and len(titles) != len(sources):
-        raise GeotranslateError(f"preview: {len(titles)} titles for {len(sources)} rasters")
-    check_not_input(out_png, [s for s in sources if isinstance(s, (str, os.PathLike))])
+        raise OptionError(f"preview: {len(titles)} titles for {len(sources)} rasters")
+    check_not_input(out_png, input_files([s for s in sources if isinstance(s, (str, os.PathLike))]))
     if columns is not None and columns < 1:
-        raise GeotranslateError(f"--columns {columns}: must be at least 1")
+        raise OptionError(f"--columns {columns}: must be at least 1")
     if isinstance(window, str):
         window = parse_window(window)
     if window is not None and window.kind == "map" and window.crs is None:
@@ -420,7 +416,7 @@ def render_rasters(
     try:
         return render_panels(panels, out_png, columns=columns)
     except ValueError as e:  # e.g. rgb bands that do not fit an array panel
-        raise GeotranslateError(f"preview: {e}") from None
+        raise OptionError(f"preview: {e}") from None
 
 
 def _first_crs(sources: Sequence[object]) -> str | None:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geotranslate.errors import GeotranslateError
-from geotranslate.raster.io import atomic_path, check_file_output, check_not_input
+from geotranslate.errors import GeotranslateError, InputError, StorageError
+from geotranslate.files import atomic_path, check_file_output, check_not_input
 
 REPORT_NAME = "report.html"
 #: validation chips shown by default (rows of the chip grid).
@@ -40,7 +40,7 @@ _NOT_LOSSES = ("epoch", "iteration", "lr")
 def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """metrics.csv's columns and rows (values as written; empty where not logged)."""
     if not path.is_file():
-        raise GeotranslateError(f"{path}: no such file (is this a run directory of train?)")
+        raise StorageError(f"{path}: no such file (is this a run directory of train?)")
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -49,14 +49,14 @@ def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise GeotranslateError(f"{path}: unreadable ({e})") from None
     if columns[:2] != ["epoch", "iteration"]:
-        raise GeotranslateError(f"{path}: not a metrics.csv of train (columns {columns[:3]})")
+        raise InputError(f"{path}: not a metrics.csv of train (columns {columns[:3]})")
     for row in rows:
         for key, value in row.items():
             if value:
                 try:
                     float(value)
                 except (TypeError, ValueError):
-                    raise GeotranslateError(
+                    raise InputError(
                         f"{path}: {key} {value!r} of iteration {row.get('iteration')} is not "
                         "a number") from None
     return columns, rows
@@ -239,7 +239,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise GeotranslateError(f"{run_dir}: no such run directory")
+        raise StorageError(f"{run_dir}: no such run directory")
     out = Path(out) if out is not None else run_dir / REPORT_NAME
     check_file_output(out)
     metrics_path = run_dir / "metrics.csv"
@@ -248,12 +248,12 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     try:
         config = json.loads(config_path.read_text())
     except FileNotFoundError:
-        raise GeotranslateError(f"{config_path}: no such file (is this a run directory of "
+        raise StorageError(f"{config_path}: no such file (is this a run directory of "
                                 "train?)") from None
     except (OSError, ValueError) as e:
         raise GeotranslateError(f"{config_path}: unreadable ({e})") from None
     if not isinstance(config, dict):
-        raise GeotranslateError(f"{config_path}: not a config.json of train")
+        raise InputError(f"{config_path}: not a config.json of train")
     columns, rows = read_metrics_csv(metrics_path)
     grid, grid_text = chip_grid(run_dir, config, chips, str(resolve_device(device)))
 

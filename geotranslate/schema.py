@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import InputError, StorageError
 
 
 class Invalid(Exception):
@@ -183,12 +183,12 @@ def validate(value: object, schema: Node, path: str | os.PathLike) -> None:
 
 
 def invalid(path: str | os.PathLike, where: str, expected: str,
-            got: object = _MISSING) -> GeotranslateError:
+            got: object = _MISSING) -> InputError:
     """The one-line error for a field of a read-back file that is not what it must be."""
     field = f"field {where}" if where else "the whole file"
     if got is _MISSING:
-        return GeotranslateError(f"{path}: {field}: {expected}")
-    return GeotranslateError(f"{path}: {field}: expected {expected}, got {describe(got)}")
+        return InputError(f"{path}: {field}: {expected}")
+    return InputError(f"{path}: {field}: expected {expected}, got {describe(got)}")
 
 
 def load_json(path: str | os.PathLike, problem: str = "corrupt") -> object:
@@ -201,15 +201,15 @@ def load_json(path: str | os.PathLike, problem: str = "corrupt") -> object:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise GeotranslateError(f"{p}: {problem} (not UTF-8 text)") from None
+        raise InputError(f"{p}: {problem} (not UTF-8 text)") from None
     except OSError as e:
-        raise GeotranslateError(f"{p}: cannot read ({e.strerror or e})") from None
+        raise StorageError(f"{p}: cannot read ({e.strerror or e})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise GeotranslateError(f"{p}: {problem} ({e})") from None
+        raise InputError(f"{p}: {problem} ({e})") from None
     except RecursionError:
-        raise GeotranslateError(f"{p}: {problem} (JSON nested too deeply)") from None
+        raise InputError(f"{p}: {problem} (JSON nested too deeply)") from None
 
 
 # ---- shared pieces -------------------------------------------------------------------------

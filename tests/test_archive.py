@@ -136,8 +136,7 @@ def test_resume_without_partial_starts_over_with_a_warning(tmp_path, make_raster
 
 def test_output_tags_carry_the_provenance(tmp_path, make_raster):
     from geotranslate import __version__
-    from geotranslate.modelfile import load_model
-    from geotranslate.predict.provenance import weights_sha256
+    from geotranslate.modelfile import load_model, weights_sha256
 
     run = make_model(tmp_path, seed=1)
     other = make_model(tmp_path, seed=2, name="other")
@@ -286,7 +285,7 @@ def test_job_array_ranks_share_the_inputs(tmp_path, make_raster, capsys):
 def test_model_stac_item_with_the_mlm_extension(tmp_path, capsys):
     import pystac
 
-    from geotranslate.stac import MLM_SCHEMA
+    from geotranslate.modelstac import MLM_SCHEMA
 
     run = make_model(tmp_path, bands_a=2, bands_b=3)
     assert cli_main(["model-stac", str(run), "--out", str(tmp_path / "item.json")]) == 0
@@ -310,8 +309,8 @@ def test_model_stac_item_with_the_mlm_extension(tmp_path, capsys):
 
 
 def test_weights_digest_covers_batch_norm_buffers():
+    from geotranslate.modelfile import weights_sha256
     from geotranslate.models import build_generator
-    from geotranslate.predict.provenance import weights_sha256
 
     torch.manual_seed(0)
     g = build_generator("resnet", 2, 3, ngf=4, n_blocks=1, norm="batch", init=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_unpaired_draws_b_independently_and_reproducibly(tmp_path):
     assert len(set(picks)) > 3
     # a Pix2Pix dataset on these chips is refused: their names do not pair up
     with pytest.raises(GeotranslateError, match=r"6 chips only in train_a \(e.g. src_0_0.tif\)"):
-        ChipDataset(root, paired=True, meta={**ds.meta, "dataset_type": "paired"})
+        ChipDataset(root, paired=True, meta=dataclasses.replace(ds.meta, pairing="paired"))
 
 
 def test_sampler_is_a_function_of_seed_and_epoch_and_shards(tmp_path):

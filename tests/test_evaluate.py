@@ -513,7 +513,7 @@ def test_aoi_from_index_gpkg_scores_the_validation_blocks(make_raster, tmp_path,
     import geopandas as gpd
     import rasterio
 
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     rng, ref, transform, _ = _pair(make_raster, size=(128, 128))
     ref[:, 30:34, 40:44] = 1.0  # no nodata here: the validation blocks are whole chips

@@ -15,9 +15,9 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from shapely.geometry import box
 
+from geotranslate.chips.export import export_tiles
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
-from geotranslate.export import export_tiles
 from geotranslate.raster.io import read_window
 
 ORIGIN = (500000.0, 5300000.0)
@@ -68,7 +68,7 @@ def test_chip_pixels_and_georeference_match_source_windows(make_raster, tmp_path
                     src_transform @ (col + dc, row + dr)
                 )
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["dataset_type"] == "unpaired" and meta["tile_size"] == 64
+    assert meta["pairing"] == "unpaired" and meta["tile_size"] == 64
     assert meta["domains"]["a"]["band_descriptions"] == ["VV", "VH"]
     assert meta["chips"]["train"]["a"] == 12
     assert "12" in str(summary) and "train" in str(summary)
@@ -127,7 +127,7 @@ def test_paired_across_two_crs_gives_coinciding_chips_with_warped_values(make_ra
             expected = smooth_field(np.asarray(xs), np.asarray(ys))
             np.testing.assert_allclose(cb.read(1), expected, atol=0.5)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["dataset_type"] == "paired"
+    assert meta["pairing"] == "paired"
     assert meta["domains"]["b"]["crs"] == "EPSG:32632"
 
 
@@ -191,7 +191,7 @@ def test_unpaired_tiles_domains_independently(make_raster, tmp_path):
     out = tmp_path / "chips"
     summary = export([a], [b], out, tile_size=64, mode="unpaired")
     assert len(chips_in(out, "train", "a")) == 4 and len(chips_in(out, "train", "b")) == 9
-    assert summary.dataset_type == "unpaired"
+    assert summary.pairing == "unpaired"
     assert sorted(n for n, _ in pyogrio.list_layers(out / "index.gpkg")) == [
         "chips_EPSG_32633",
         "chips_EPSG_4326",
@@ -653,3 +653,37 @@ def test_interrupt_with_workers_keeps_complete_chips_and_resumes(make_raster, tm
     again, fresh = snapshot(out), snapshot(whole)
     assert again["files"] == fresh["files"] and again["index"] == fresh["index"]
     assert again["meta"] == fresh["meta"]
+
+
+def test_meta_json_of_earlier_versions_names_the_pairing_dataset_type(make_raster, tmp_path):
+    """Chip folders written before ``pairing`` was renamed say ``dataset_type``: training and
+    export-tiles read them as before, and an export adding to one writes the new name."""
+    from geotranslate.data import ChipDataset, read_meta
+
+    a = make_raster("a.tif", ramp(1, 64, 64))
+    b = make_raster("b.tif", ramp(2, 64, 64))
+    out = tmp_path / "chips"
+    export([a], [b], out, tile_size=32)
+    written = json.loads((out / "meta.json").read_text())
+    assert written["pairing"] == "paired" and "dataset_type" not in written
+    old = {("dataset_type" if k == "pairing" else k): v for k, v in written.items()}
+    (out / "meta.json").write_text(json.dumps(old))  # as an earlier version wrote it
+
+    meta = read_meta(out)
+    assert meta.pairing == "paired" and meta.tile_size == 32
+    assert meta.domains["b"].band_count == 2 and meta.chip_count("train", "a") == 4
+    assert len(ChipDataset(out, paired=True)) == 4
+    (out / "meta.json").write_text(json.dumps({**old, "dataset_type": "unpaired"}))
+    with pytest.raises(GeotranslateError, match="the chips are unpaired"):
+        ChipDataset(out, paired=True)
+    # export-tiles checks a run against the old file, and rewrites the key in its place
+    with pytest.raises(GeotranslateError, match="holds a unpaired dataset, this run is paired"):
+        export([a], [b], out, tile_size=32)
+    (out / "meta.json").write_text(json.dumps(old))
+    c = make_raster("c.tif", ramp(1, 64, 64) + 1)
+    export([c], [b], out, tile_size=32)
+    rewritten = json.loads((out / "meta.json").read_text())
+    assert list(rewritten)[:3] == ["format", "format_version", "pairing"]
+    assert rewritten["pairing"] == "paired" and "dataset_type" not in rewritten
+    assert [p["a"] for p in rewritten["pairs"]] == [str(a), str(c)]
+    assert read_meta(out).chip_count("train", "a") == 8

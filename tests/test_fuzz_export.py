@@ -338,7 +338,7 @@ def test_killed_add_run_is_noticed_by_train_and_completed_by_a_rerun(make_raster
                 "--tile-size", "16", "--no-progress"]
         assert main(args) == 0
     capsys.readouterr()
-    assert read_meta(out)["chips"]["train"]["a"] == 16
+    assert read_meta(out).chip_count("train", "a") == 16
     add = ["-m", "geotranslate", "export-tiles", str(big), "--domain", "a", "--out", str(out),
            "--tile-size", "16", "--no-progress"]
     run = cli_process(*add)
@@ -364,7 +364,7 @@ def test_killed_add_run_is_noticed_by_train_and_completed_by_a_rerun(make_raster
     assert main(add[2:]) == 0  # the same command completes it
     assert f"PID {run.pid}" in capsys.readouterr().err
     meta = read_meta(out)
-    assert meta["chips"]["train"]["a"] == 16 + 20 * 20
+    assert meta.chip_count("train", "a") == 16 + 20 * 20
     assert len(ChipDataset(out, paired=False, cache=False)) == 16 + 20 * 20
     assert not (out / "export.lock").exists()
 
@@ -429,7 +429,7 @@ def west_half_aoi(path: Path, src: Path) -> Path:
 @pytest.mark.parametrize("stride", [16, 8])
 def test_val_fraction_is_met_with_an_aoi_and_nodata_over_many_seeds(make_raster, tmp_path,
                                                                     stride):
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     rng = np.random.default_rng(5)
     data = rng.integers(1, 999, (1, 160, 160)).astype(np.uint16)
@@ -448,7 +448,7 @@ def test_val_fraction_is_met_with_an_aoi_and_nodata_over_many_seeds(make_raster,
 
 
 def test_val_fraction_that_cannot_be_met_says_so(make_raster, tmp_path):
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     src = make_raster("two.tif", np.ones((1, 16, 32), np.uint16))
     summary = export_tiles([src], out_dir=tmp_path / "out", tile_size=16, val_fraction=0.2,
@@ -458,7 +458,7 @@ def test_val_fraction_that_cannot_be_met_says_so(make_raster, tmp_path):
 
 
 def test_val_fraction_on_real_raster_with_aoi(real_data, tmp_path):
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     src = real_data / "rasterio" / "RGB.byte.tif"
     if not src.exists():

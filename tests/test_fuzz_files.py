@@ -20,7 +20,7 @@ from builders import make_chips, write_raster
 from safetensors.torch import load_file, save_file
 
 from geotranslate.cli import main
-from geotranslate.modelfile import _sha256
+from geotranslate.modelfile import sha256_file
 from geotranslate.train import TrainConfig, train
 
 DEEP = "[" * 200_000 + "]" * 200_000  # 400 kB: deeper than Python's recursion limit
@@ -104,7 +104,8 @@ META_CASES = {
     "stats-p98-missing": setter("domains.b.stats.bands.1.p98", DELETE),
     "stats-nan": setter("domains.b.stats.bands.1.mean", float("nan")),
     "tile-size-text": setter("tile_size", "abc"),
-    "dataset-type-number": setter("dataset_type", 3),
+    "dataset-type-number": setter("dataset_type", 3),  # the name of pairing in older files
+    "pairing-number": setter("pairing", 3),
     "pairs-object": setter("pairs", {}),
     "sources-string": setter("domains.a.sources", "a.tif"),
 }
@@ -257,7 +258,7 @@ def test_non_finite_weights_are_refused_at_load(world, tmp_path, capsys):
     tensors[name][0] = float("nan")
     save_file(tensors, run / "model.safetensors")
     meta = json.loads((run / "model.json").read_text())
-    meta["weights"]["sha256"] = _sha256(run / "model.safetensors")  # a consistent pair
+    meta["weights"]["sha256"] = sha256_file(run / "model.safetensors")  # a consistent pair
     (run / "model.json").write_text(json.dumps(meta))
     out = tmp_path / "out.tif"
     status = main(["predict-raster", str(world["raster"]), "--model", str(run), "--out", str(out),

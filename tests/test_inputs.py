@@ -13,10 +13,10 @@ from rasterio.transform import from_origin
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geotranslate.chips.export import export_tiles
 from geotranslate.data import ChipDataset
 from geotranslate.errors import GeotranslateError
 from geotranslate.evaluate import evaluate_chips
-from geotranslate.export import export_tiles
 from geotranslate.inputs import RelativeElevation, input_reader, scene_spec
 from geotranslate.modelfile import DomainSpec, load_model
 from geotranslate.predict import predict_raster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,7 +73,8 @@ def assert_same(x: dict, y: dict) -> None:
 ])
 def test_pix2pix_and_cyclegan_steps_are_the_trainers(dataset_type, bands, settings):
     cfg = config(dataset_type, **settings)
-    meta = {"domains": {d: {"band_count": n} for d, n in zip("ab", bands, strict=True)}}
+    meta = SimpleNamespace(domains={d: SimpleNamespace(band_count=n)  # what the Trainer reads
+                                    for d, n in zip("ab", bands, strict=True)})
     batches = [make_batch(*bands, seed=s) for s in range(4)]
     trainer = Trainer(cfg, meta, 32, torch.device("cpu"), "fp32", distributed.DistContext(),
                       log=lambda m: None)

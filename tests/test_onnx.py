@@ -18,10 +18,9 @@ from builders import make_model, write_raster
 
 from geotranslate.cli import main as cli_main
 from geotranslate.errors import GeotranslateError
-from geotranslate.modelfile import load_model
+from geotranslate.modelfile import load_model, weights_sha256
 from geotranslate.onnx_export import export_onnx
 from geotranslate.predict import predict_raster
-from geotranslate.predict.provenance import weights_sha256
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -155,10 +154,15 @@ def test_resolution_comes_from_the_training_chips_in_metres(tmp_path):
     meta["training"] = {"data_dir": str(chips)}
     (run / "model.json").write_text(json.dumps(meta))
     assert training_resolution_cm(load_model(run), "a2b") is None  # no meta.json any more
+    band = {"min": 0, "max": 1, "mean": 0.5, "std": 0.1, "p2": 0, "p98": 1, "count": 9}
     for crs, expected in (("EPSG:32633", 1000.0), ("EPSG:4326", None)):
+        domain = {"sources": ["a.tif"], "bands": [1], "band_count": 1, "dtype": "float32",
+                  "stats": {"bands": [band]}, "pixel_size": [10.0, 10.0], "crs": crs}
         (chips / "meta.json").write_text(json.dumps(
-            {"domains": {"a": {"pixel_size": [10.0, 10.0], "crs": crs}}}))
+            {"pairing": "paired", "tile_size": TILE, "domains": {"a": domain}}))
         assert training_resolution_cm(load_model(run), "a2b") == expected
+    (chips / "meta.json").write_text(json.dumps({"domains": {"a": {"pixel_size": [10.0]}}}))
+    assert training_resolution_cm(load_model(run), "a2b") is None  # not a valid meta.json
 
 
 # ---- colour interpretation of the GeoTIFFs written ------------------------------------------
@@ -189,7 +193,7 @@ def test_translation_of_a_bgr_nir_target_has_its_colour_interpretation(tmp_path,
 def test_chips_get_colours_from_descriptions_or_the_source_colour_interpretation(tmp_path):
     from rasterio.enums import ColorInterp as CI
 
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     rng = np.random.default_rng(0)
     sar = write_raster(tmp_path / "sar.tif", rng.normal(0, 1, (2, 64, 64)).astype("float32"),

@@ -17,10 +17,10 @@ from PIL import Image
 from geotranslate import load_model
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path
 from geotranslate.modelfile import META_NAME, WEIGHTS_NAME, save_model
 from geotranslate.predict import output as predict_output
 from geotranslate.predict import predict_raster
-from geotranslate.raster.io import atomic_path
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -112,7 +112,7 @@ def test_two_predictions_to_one_output_do_not_both_succeed(tmp_path, monkeypatch
 
 KILLED_WRITER = """
 import os, signal, sys
-from geotranslate.raster.io import atomic_path
+from geotranslate.files import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"x" * 100000)
     open(str(tmp) + ".ovr.tmp", "wb").write(b"y" * 1000)  # what GDAL derives from it

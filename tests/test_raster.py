@@ -13,17 +13,16 @@ from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path
 from geotranslate.raster.io import (
-    atomic_path,
     open_raster,
     parse_bands,
     raster_info,
     read_window,
-    spectral_bands,
     valid_from_data,
 )
-from geotranslate.raster.warp import Grid, grid_offset
-from geotranslate.raster.windows import reflect_pad, tile_offsets, tile_windows
+from geotranslate.raster.opening import spectral_bands
+from geotranslate.raster.windows import Grid, grid_offset, reflect_pad, tile_offsets, tile_windows
 from geotranslate.stats import Normalizer, StatsAccumulator, cast_to_dtype, stats_from_dict
 
 # ---- windows ---------------------------------------------------------------------------------

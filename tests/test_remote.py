@@ -259,7 +259,7 @@ def test_source_names():
 
 
 def test_aws_endpoint_url_becomes_gdal_settings_unless_the_user_gave_them():
-    from geotranslate.raster.sources import remote_config
+    from geotranslate.raster.opening import remote_config
 
     assert remote_config({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}) == {
         "AWS_S3_ENDPOINT": "127.0.0.1:9000", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}

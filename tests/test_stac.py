@@ -14,7 +14,7 @@ import pytest
 from builders import make_model
 
 from geotranslate.cli import main as cli_main
-from geotranslate.stac import MLM_SCHEMA, mlm_name, model_stac_item
+from geotranslate.modelstac import MLM_SCHEMA, mlm_name, model_stac_item
 
 jsonschema = pytest.importorskip("jsonschema")
 referencing = pytest.importorskip("referencing")

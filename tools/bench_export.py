@@ -89,7 +89,7 @@ def _timed_parts() -> collections.Counter:
 
 
 def export(path: Path, out: Path, tile: int, workers: int | None = None) -> int:
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     summary = export_tiles([path], out_dir=out, tile_size=tile, progress=False, workers=workers)
     return summary.chips_written

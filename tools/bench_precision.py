@@ -15,7 +15,6 @@ bf16 (within 0.1 dB of fp32).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -29,16 +28,15 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     args = parser.parse_args()
 
+    from geotranslate.chips.meta import read_chip_meta
     from geotranslate.metrics import compute_metrics
     from geotranslate.predict import predict_raster
-    from geotranslate.stats import stats_from_dict
 
     work = args.task_dir
     test_a = next((work / "data" / "test").glob("*_a.tif"))
     test_b = next((work / "data" / "test").glob("*_b.tif"))
-    meta = json.loads((work / "chips_paired" / "meta.json").read_text())
-    data_range = np.array([max(s.max - s.min, 1e-12)
-                           for s in stats_from_dict(meta["domains"]["b"]["stats"])])
+    meta = read_chip_meta(work / "chips_paired" / "meta.json")
+    data_range = np.array([max(s.max - s.min, 1e-12) for s in meta.domains["b"].band_stats])
     truth, valid = _read(test_b)
     predictions = {}
     for precision in args.precisions:

@@ -327,7 +327,7 @@ def run_cloud_task(task: Task, work: Path, budget: int, overrides: dict, log) ->
     """The model given S1 + cloudy S2, the same model given S1 alone, the flat image (the
     training target's mean) and the cloudy input copied, scored in reflectance (/10000,
     clipped to [0, 1], data range 1) on the held-out half: MAE, PSNR, SSIM, SAM."""
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
     from geotranslate.metrics import compute_metrics
     from geotranslate.predict import predict_raster
     from geotranslate.train import TrainConfig, train
@@ -558,11 +558,11 @@ def default_overrides() -> dict:
 
 def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
              method: str = "Pix2Pix", seed: int = 0) -> dict:
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
+    from geotranslate.chips.meta import read_chip_meta
     from geotranslate.methods import METHODS
     from geotranslate.metrics import compute_metrics
     from geotranslate.predict import predict_raster
-    from geotranslate.stats import stats_from_dict
     from geotranslate.train import TrainConfig, train
 
     prep = task.prepare(work / "data")
@@ -591,8 +591,8 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
     train_cpu_seconds = time.process_time() - cpu1
     # the data range: the (paired) training target's min-max, whatever the settings or the
     # method compared
-    meta = json.loads((work / "chips_paired" / "meta.json").read_text())
-    target_stats = stats_from_dict(meta["domains"]["b"]["stats"])
+    meta = read_chip_meta(work / "chips_paired" / "meta.json")
+    target_stats = meta.domains["b"].band_stats
     data_range = np.array([max(s.max - s.min, 1e-12) for s in target_stats])
 
     test_a, test_b = prep.test
@@ -645,7 +645,7 @@ def run_task(task: Task, work: Path, budget: int, overrides: dict, log,
     result["checker_period"] = period
     result["checker_8bit"] = phase_pattern(preds["model"][0], valid, data_range, period)
     result["checker_truth_8bit"] = phase_pattern(truth, valid, data_range, period)
-    a_mean = np.array([band.mean for band in stats_from_dict(meta["domains"]["a"]["stats"])])
+    a_mean = np.array([band.mean for band in meta.domains["a"].band_stats])
     field = int(model_file["receptive_field"]["a2b"])  # edges reach in half a field
     result["constant_input_std_8bit"] = constant_input_std(
         run, a_mean, prep.tile_size, data_range,

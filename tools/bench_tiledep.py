@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -84,7 +84,7 @@ def make_chips(root: Path, n: int, size: int, bands_a: int = 2, bands_b: int = 3
                                width=size, height=size, count=bands, dtype=dtype,
                                crs="EPSG:32633", transform=from_origin(0, 0, 10, 10)) as dst:
                 dst.write(data)
-    meta = {"format": "geotranslate-chips", "format_version": 1, "dataset_type": "paired",
+    meta = {"format": "geotranslate-chips", "format_version": 1, "pairing": "paired",
             "tile_size": size, "stride": size,
             "domains": {d: {"band_count": b, "dtype": dtype, "nodata": None, "sources": [],
                             "bands": list(range(1, b + 1)),

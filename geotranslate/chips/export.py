@@ -33,45 +33,43 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
-from geotranslate.chips.grid import _Job, _make_jobs, _stats_only_jobs
-from geotranslate.chips.index import INDEX_NAME, _index_layers, _write_index
+from geotranslate.chips.grid import Job, make_jobs, stats_only_jobs
+from geotranslate.chips.index import INDEX_NAME, index_layers, write_index
 from geotranslate.chips.meta import (
     DOMAINS,
     META_NAME,
     SPLITS,
-    _check_against_existing,
-    _count_chips,
-    _merge_meta,
-    _read_meta,
+    check_against_existing,
+    count_chips,
+    merge_meta,
+    read_existing_meta,
 )
 from geotranslate.chips.sources import (
-    _check_numbers,
-    _check_stems,
-    _domain_bands,
-    _domain_meta,
-    _resolve_mode,
+    check_numbers,
+    check_stems,
+    domain_bands,
+    domain_entry,
     fuse_extras,
+    resolve_mode,
 )
-from geotranslate.chips.split import _assign_validation
-from geotranslate.chips.writer import _write_chip_atomic
+from geotranslate.chips.split import assign_validation
+from geotranslate.chips.writer import write_chip_atomic
 from geotranslate.dirlock import LOCK_NAME, DirectoryLock
-from geotranslate.errors import GeotranslateError
-from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
-from geotranslate.log import logger, show_progress
-from geotranslate.memory import check_memory
-from geotranslate.raster.io import (
-    GDAL_CACHE_BYTES,
+from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
+from geotranslate.files import (
     atomic_path,
     check_not_input,
     check_output_dir,
     display_path,
-    input_files,
     make_output_dir,
-    open_dataset,
-    open_raster,
     resolved_path,
-    source_of,
 )
+from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
+from geotranslate.log import logger, show_progress
+from geotranslate.memory import check_memory
+from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, source_of
+from geotranslate.raster.opening import open_dataset
+from geotranslate.raster.sources import input_files
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 from geotranslate.stats import StatsAccumulator
@@ -97,7 +95,7 @@ class ExportSummary:
     """What one export run did; ``str()`` is the paragraph the CLI prints."""
 
     out_dir: str
-    dataset_type: str
+    pairing: str
     tile_size: int
     stride: int
     written: dict[str, dict[str, int]] = field(
@@ -128,7 +126,7 @@ class ExportSummary:
         )
         text = (
             f"Exported {self.chips_written} chips into {self.out_dir} in {self.seconds:.1f} s "
-            f"({self.dataset_type}, {self.tile_size} px tiles, stride {self.stride}) — "
+            f"({self.pairing}, {self.tile_size} px tiles, stride {self.stride}) — "
             f"{per_split}. "
             f"Skipped {self.skipped_nodata} windows over the invalid-pixel limit, "
             f"{self.skipped_aoi} outside the AOI, {self.skipped_exclude} excluded, "
@@ -246,12 +244,12 @@ def export_tiles(
     if extra_a:
         a_paths = fuse_extras([str(p) for p in a_paths],
                               [[str(p) for p in extra] for extra in extra_a], allow_no_crs)
-    mode, run_domains = _resolve_mode(a_paths, b_paths, mode, domain)
+    mode, run_domains = resolve_mode(a_paths, b_paths, mode, domain)
     stride = tile_size if stride is None else stride
-    _check_numbers(tile_size, stride, max_nodata, val_fraction)
+    check_numbers(tile_size, stride, max_nodata, val_fraction)
     workers = default_workers() if workers is None else workers
     if workers < 1:
-        raise GeotranslateError(f"--workers {workers}: must be at least 1")
+        raise OptionError(f"--workers {workers}: must be at least 1")
     if workers > MAX_WORKERS_PER_CORE * default_workers():
         bound = MAX_WORKERS_PER_CORE * default_workers()
         logger.warning(f"--workers {workers}: more than {MAX_WORKERS_PER_CORE} threads per "
@@ -259,10 +257,10 @@ def export_tiles(
         workers = bound
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise GeotranslateError(f"{out}: exists and is not a directory")
+        raise StorageError(f"{out}: exists and is not a directory")
     check_output_dir(out, "--out")
-    dataset_type = "paired" if mode == "paired" else "unpaired"
-    summary = ExportSummary(str(out), dataset_type, tile_size, stride)
+    pairing = "paired" if mode == "paired" else "unpaired"
+    summary = ExportSummary(str(out), pairing, tile_size, stride)
     summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
 
     with contextlib.ExitStack() as stack:
@@ -279,8 +277,8 @@ def export_tiles(
             specs = {"a": bands_a, "b": bands_b}
         else:  # one list: --bands selects its bands, whichever domain it is exported as
             specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
-        bands = {d: _domain_bands(datasets[d], specs[d]) for d in run_domains}
-        domain_meta = {d: _domain_meta(datasets[d], bands[d]) for d in run_domains}
+        bands = {d: domain_bands(datasets[d], specs[d]) for d in run_domains}
+        domain_meta = {d: domain_entry(datasets[d], bands[d]) for d in run_domains}
         transforms = _input_transforms(relative_elevation, domain_meta)
         writers = max(WRITER_THREADS, workers)
         in_flight = WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
@@ -288,21 +286,21 @@ def export_tiles(
         check_memory(_window_bytes(tile_size, domain_meta) * in_flight,
                      f"--tile-size {tile_size}{with_workers}",
                      "use a smaller --tile-size" + (" or fewer --workers" if workers > 1 else ""))
-        _check_stems(datasets)
+        check_stems(datasets)
         _check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
                           [p for p in (aoi, exclude) if p])
         lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
-        meta_old = _read_meta(out)
-        _check_against_existing(out, meta_old, dataset_type, tile_size, domain_meta)
+        meta_old = read_existing_meta(out)
+        check_against_existing(out, meta_old, pairing, tile_size, domain_meta)
 
         filters = {
             "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
             "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
         }
         pairs_new: list[dict] = []
-        jobs = _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
+        jobs = make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
                           transforms)
-        jobs += _stats_only_jobs(
+        jobs += stats_only_jobs(
             meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
             transforms,
         )
@@ -321,7 +319,7 @@ def export_tiles(
             d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
             for d in run_domains
         }
-        run = _Run(out, summary, max_nodata, filters, domain_meta, writers)
+        run = _ExportRun(out, summary, max_nodata, filters, domain_meta, writers)
         lock_state["run"] = run
         reader = _WindowReader(workers)
         stack.callback(reader.close)
@@ -331,12 +329,12 @@ def export_tiles(
                 # filters run first (reading every window once, with the statistics), then
                 # only the surviving windows are read again and written
                 _process(jobs, stats, run, tile_size, progress, reader, survey=True)
-                summary.val_note = _assign_validation(jobs, val_fraction, seed, tile_size)
+                summary.val_note = assign_validation(jobs, val_fraction, seed, tile_size)
                 _process(jobs, None, run, tile_size, progress, reader)
             else:
                 _process(jobs, stats, run, tile_size, progress, reader)
             run.finish()
-            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type,
+            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing,
                         tile_size, stride, pairs_new, a_paths + b_paths, jobs)
         except KeyboardInterrupt:
             run.finish(cancel=True)  # complete chips stay: a re-run resumes
@@ -355,7 +353,7 @@ def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
     meta, whose chips become float32 with NaN as nodata."""
     if relative_elevation is None or "a" not in domain_meta:
         if relative_elevation is not None:
-            raise GeotranslateError("--relative-elevation applies to domain A; export A too")
+            raise OptionError("--relative-elevation applies to domain A; export A too")
         return {}
     transform = (relative_elevation if isinstance(relative_elevation, RelativeElevation)
                  else RelativeElevation.parse(relative_elevation))
@@ -380,7 +378,7 @@ def _scene_stats(jobs, domain: str) -> dict:
     return scenes
 
 
-def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_type, tile_size,
+def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, tile_size,
                 stride, pairs_new, paths, jobs=()) -> None:
     """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
     summary = run.summary
@@ -389,7 +387,7 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
     for d in run_domains:
         stats[d].flush()
         if stats[d].accumulator.count == 0:
-            raise GeotranslateError(
+            raise InputError(
                 f"{', '.join(domain_meta[d]['sources'])}: no valid pixel in domain {d}'s "
                 "sources (all nodata, NaN or alpha = 0)"
             )
@@ -398,19 +396,20 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, dataset_typ
         if stats[d].step > 1:
             domain_meta[d]["stats"]["method"] = "sample"
         summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
-        scenes = dict((meta_old or {}).get("domains", {}).get(d, {}).get("scene_stats", {}))
+        old = meta_old.domains.get(d) if meta_old is not None else None
+        scenes = dict(old.scene_stats or {}) if old is not None else {}
         scenes.update(_scene_stats(jobs, d))
         domain_meta[d]["scene_stats"] = scenes
-    meta = _merge_meta(meta_old, dataset_type, tile_size, stride, domain_meta, pairs_new)
-    meta["chips"] = _count_chips(out)
+    meta = merge_meta(meta_old, pairing, tile_size, stride, domain_meta, pairs_new)
+    meta["chips"] = count_chips(out)
     summary.totals = meta["chips"]
-    layers = _index_layers(out, run.index_rows)
+    layers = index_layers(out, run.index_rows)
     # both files are written before either is renamed: a failure leaves both as they were
     with atomic_path(out / META_NAME) as meta_tmp:
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
         if layers:
             with atomic_path(out / INDEX_NAME) as index_tmp:
-                _write_index(layers, index_tmp, out / INDEX_NAME)
+                write_index(layers, index_tmp, out / INDEX_NAME)
 
 
 def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
@@ -425,7 +424,7 @@ def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
         resolved = resolved_path(path)
         for folder in chip_folders:
             if folder in resolved.parents:
-                raise GeotranslateError(
+                raise StorageError(
                     f"{display_path(path)}: an input lies among the chips of --out {out} "
                     f"({folder.name}), which the export writes; move it or choose another --out")
 
@@ -446,7 +445,7 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     The lock file is removed when the directory is left consistent: the run finished, or it
     failed and rolled back (unless an earlier run was unfinished), or it was interrupted
     before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
-    state the caller completes with ``"run"`` (the _Run, once chips may be written).
+    state the caller completes with ``"run"`` (the _ExportRun, once chips may be written).
     """
     created = make_output_dir(out, "--out")
     lock = DirectoryLock(out)
@@ -479,7 +478,7 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
 # ---- the pass --------------------------------------------------------------------------------
 
 
-class _Run:
+class _ExportRun:
     """Chip writing of one run, with what it wrote (for rollback) and the index rows."""
 
     def __init__(
@@ -550,13 +549,13 @@ class _Run:
         self.written = []
 
 
-def _stats_step(jobs: list[_Job], domain: str) -> int:
+def _stats_step(jobs: list[Job], domain: str) -> int:
     """Lattice step k so that the statistics of a domain see at most STATS_PIXEL_BUDGET pixels."""
     total = sum(job.height * job.width for job in jobs if domain in job.readers)
     return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
 
 
-def _process(jobs: list[_Job], stats: dict | None, run: _Run, tile: int, progress: bool | None,
+def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, progress: bool | None,
              reader: _WindowReader, survey: bool = False) -> None:
     """Read every window: statistics (``stats``), then filters and chip writing.
 
@@ -620,7 +619,7 @@ class _WindowReader:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
-    def read(self, todo: list[tuple[_Job, int]]):
+    def read(self, todo: list[tuple[Job, int]]):
         """Yield ((job, window index), {domain: (data, valid)}) for each of ``todo``, in order."""
         if self.workers == 1:
             for job, wi in todo:
@@ -697,7 +696,7 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:
+def _passes_filters(job: Job, window: Window, reads: dict, run: _ExportRun) -> bool:
     """AOI, exclude and invalid-fraction filters; a window that fails is counted as skipped."""
     summary = run.summary
     footprint = window_footprint(job.grid.transform, window)
@@ -714,7 +713,7 @@ def _passes_filters(job: _Job, window: Window, reads: dict, run: _Run) -> bool:
     return True
 
 
-def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run) -> None:
+def _handle_window(job: Job, window: Window, split: str, reads: dict, run: _ExportRun) -> None:
     summary = run.summary
     footprint = window_footprint(job.grid.transform, window)
     if job.survives is None and not _passes_filters(job, window, reads, run):
@@ -736,7 +735,7 @@ def _handle_window(job: _Job, window: Window, split: str, reads: dict, run: _Run
             meta = run.domain_meta[d]
             run.written.append(targets[d])
             run.submit(
-                _write_chip_atomic,
+                write_chip_atomic,
                 targets[d],
                 data,
                 valid,

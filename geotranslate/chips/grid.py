@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.chips.meta import ChipMeta
+from geotranslate.errors import StorageError
 from geotranslate.inputs import transformed_read
 from geotranslate.raster.io import open_raster, read_window, source_of
 from geotranslate.raster.sources import parse_source
-from geotranslate.raster.warp import Grid, GridReader, pair_sources
+from geotranslate.raster.warp import GridReader, pair_sources
+from geotranslate.raster.windows import Grid
 
 Reader = Callable[[Window], tuple[np.ndarray, np.ndarray]]
 #: builds a job's readers (closed with the ExitStack); the callable maps each of the job's
@@ -26,7 +28,7 @@ ReaderFactory = Callable[[contextlib.ExitStack, Callable[[Any], Any]], dict[str,
 
 
 @dataclass
-class _Job:
+class Job:
     """One tiling: a grid (an A raster, or a B raster in unpaired mode) and its readers."""
 
     stem: str
@@ -54,10 +56,10 @@ def _grid_of(ds, tile_size: int) -> Grid:
 
 
 def _job(ds, grid: Grid, make_readers: ReaderFactory, stack: contextlib.ExitStack,
-         sources: dict[str, str], stats_only: bool = False) -> _Job:
+         sources: dict[str, str], stats_only: bool = False) -> Job:
     """A tiling of ``ds`` on ``grid`` (its own, or padded up to one tile)."""
     readers = make_readers(stack, lambda dataset: dataset)
-    return _Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, make_readers,
+    return Job(source_of(ds).stem, grid, ds.height, ds.width, readers, sources, make_readers,
                 stats_only)
 
 
@@ -94,8 +96,8 @@ def _direct_reader(ds, bands: list[int], grid: Grid) -> Reader:
     return read
 
 
-def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
-               transforms=None) -> list[_Job]:
+def make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
+              transforms=None) -> list[Job]:
     jobs = []
     if mode == "paired":
         pairing = pair_sources(datasets["a"], datasets["b"])
@@ -122,35 +124,35 @@ def _make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
     return jobs
 
 
-def _stats_only_jobs(
-    meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
-    transforms=None,
-) -> list[_Job]:
+def stats_only_jobs(
+    meta_old: ChipMeta | None, mode, run_domains, datasets, tile_size, resampling, stack,
+    allow_no_crs, transforms=None,
+) -> list[Job]:
     """Passes over sources of earlier runs, so a domain's statistics cover all its sources."""
     if meta_old is None:
         return []
     jobs = []
     for d in run_domains:
-        old = meta_old.get("domains", {}).get(d)
+        old = meta_old.domains.get(d)
         if old is None:
             continue
         if mode == "paired" and d == "b":
             current_pairs = {source_of(ds).record() for ds in datasets.get("a", [])}
-            todo = [p for p in meta_old.get("pairs", []) if p["a"] not in current_pairs]
+            todo = [p for p in meta_old.pairs if p["a"] not in current_pairs]
             for pair in todo:
                 a_ds = stack.enter_context(_open_old(pair["a"], allow_no_crs))
                 b_dss = [stack.enter_context(_open_old(p, allow_no_crs)) for p in pair["b"]]
                 grid = _grid_of(a_ds, tile_size)
-                readers = _readers(grid, resampling, warped={"b": (b_dss, old["bands"])})
+                readers = _readers(grid, resampling, warped={"b": (b_dss, list(old.bands))})
                 jobs.append(_job(a_ds, grid, readers, stack, {}, stats_only=True))
             continue
         current = {source_of(ds).record() for ds in datasets[d]}
-        for path in old["sources"]:
+        for path in old.sources:
             if path in current:
                 continue
             ds = stack.enter_context(_open_old(path, allow_no_crs))
             grid = _grid_of(ds, tile_size)
-            readers = _readers(grid, resampling, direct={d: (ds, old["bands"])},
+            readers = _readers(grid, resampling, direct={d: (ds, list(old.bands))},
                                transforms=transforms)
             jobs.append(_job(ds, grid, readers, stack, {}, stats_only=True))
     return jobs
@@ -158,7 +160,7 @@ def _stats_only_jobs(
 
 def _open_old(path: str, allow_no_crs: bool):
     if parse_source(path).local and not Path(path).exists():
-        raise GeotranslateError(
+        raise StorageError(
             f"{path}: listed in meta.json as a source but missing; its statistics cannot be "
             "recomputed (restore it or use another --out)"
         )

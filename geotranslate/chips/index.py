@@ -8,8 +8,8 @@ from pathlib import Path
 
 import rasterio
 
-from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import write_failed
+from geotranslate.errors import InputError, first_line
+from geotranslate.files import write_failed
 
 INDEX_NAME = "index.gpkg"
 
@@ -24,7 +24,7 @@ def _layer_name(crs_wkt: str | None) -> str:
     return "chips_custom_" + hashlib.sha1(crs_wkt.encode()).hexdigest()[:8]
 
 
-def _index_layers(out: Path, rows: list[dict]) -> dict:
+def index_layers(out: Path, rows: list[dict]) -> dict:
     """index.gpkg's layers after this run: earlier rows plus this run's, one layer per CRS."""
     import geopandas as gpd
     import pandas as pd
@@ -37,7 +37,7 @@ def _index_layers(out: Path, rows: list[dict]) -> dict:
             for name, _ in pyogrio.list_layers(path):
                 layers[name] = gpd.read_file(path, layer=name, engine="pyogrio")
         except Exception as e:
-            raise GeotranslateError(f"{path}: unreadable ({e}); remove it and re-run") from None
+            raise InputError(f"{path}: unreadable ({e}); remove it and re-run") from None
     by_layer: dict[str, list[dict]] = {}
     crs_of: dict[str, str | None] = {}
     for row in rows:
@@ -68,7 +68,7 @@ def _index_layers(out: Path, rows: list[dict]) -> dict:
 INDEX_DATE = "2000-01-01T00:00:00.000Z"
 
 
-def _write_index(layers: dict, tmp: Path, path: Path) -> None:
+def write_index(layers: dict, tmp: Path, path: Path) -> None:
     """Write the index layers into ``tmp`` (renamed onto ``path`` by the caller)."""
     import pyogrio
 

@@ -5,46 +5,47 @@ from __future__ import annotations
 import contextlib
 import math
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.chips.meta import PAIRINGS
+from geotranslate.errors import InputError, OptionError
 from geotranslate.raster.io import parse_bands, raster_info, source_of
 
 
-def _resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
+def resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
     if not a_paths:
-        raise GeotranslateError("no input raster given")
-    if mode not in (None, "paired", "unpaired"):
-        raise GeotranslateError(f"mode {mode!r}: choose paired or unpaired")
+        raise OptionError("no input raster given")
+    if mode is not None and mode not in PAIRINGS:
+        raise OptionError(f"mode {mode!r}: choose {' or '.join(PAIRINGS)}")
     if domain not in (None, "a", "b"):
-        raise GeotranslateError(f"domain {domain!r}: choose a or b")
+        raise OptionError(f"domain {domain!r}: choose a or b")
     if b_paths:
         if domain is not None:
-            raise GeotranslateError(
+            raise OptionError(
                 "--domain exports a single raster list; do not combine with --b"
             )
         return mode or "paired", ["a", "b"]
     if mode == "paired":
-        raise GeotranslateError("--mode paired needs B rasters (--b B.tif)")
+        raise OptionError("--mode paired needs B rasters (--b B.tif)")
     return "single", [domain or "a"]
 
 
-def _check_numbers(tile_size: int, stride: int, max_nodata: float, val_fraction: float) -> None:
+def check_numbers(tile_size: int, stride: int, max_nodata: float, val_fraction: float) -> None:
     if tile_size < 8:
-        raise GeotranslateError(f"tile size {tile_size}: must be at least 8 pixels")
+        raise OptionError(f"tile size {tile_size}: must be at least 8 pixels")
     if stride < 1:
-        raise GeotranslateError(f"stride {stride}: must be a positive number of pixels")
+        raise OptionError(f"stride {stride}: must be a positive number of pixels")
     if not 0.0 <= max_nodata <= 1.0:
-        raise GeotranslateError(f"max-nodata {max_nodata}: must be between 0 and 1")
+        raise OptionError(f"max-nodata {max_nodata}: must be between 0 and 1")
     if not 0.0 <= val_fraction < 1.0:
-        raise GeotranslateError(f"val-fraction {val_fraction}: must be in [0, 1)")
+        raise OptionError(f"val-fraction {val_fraction}: must be in [0, 1)")
 
 
-def _domain_bands(datasets, spec) -> list[int]:
+def domain_bands(datasets, spec) -> list[int]:
     """Selected bands, identical for every source of a domain (band count and dtype agree)."""
     bands = [parse_bands(spec, ds) for ds in datasets]
     first = datasets[0]
     for ds, b in zip(datasets[1:], bands[1:], strict=True):
         if len(b) != len(bands[0]) or ds.dtypes[b[0] - 1] != first.dtypes[bands[0][0] - 1]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: {len(b)} bands of {ds.dtypes[b[0] - 1]}, but {first.name} has "
                 f"{len(bands[0])} bands of {first.dtypes[bands[0][0] - 1]}; a domain's rasters "
                 "must agree"
@@ -55,14 +56,14 @@ def _domain_bands(datasets, spec) -> list[int]:
             and math.isnan(ds.nodata)
             and math.isnan(first.nodata)
         ):
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: nodata {ds.nodata} differs from {first.name} ({first.nodata}); "
                 "a domain's rasters must agree (gdal_edit.py -a_nodata)"
             )
     return bands[0]
 
 
-def _domain_meta(datasets, bands: list[int]) -> dict:
+def domain_entry(datasets, bands: list[int]) -> dict:
     info = raster_info(datasets[0], bands)
     crss = []
     for ds in datasets:
@@ -96,12 +97,12 @@ def _composition(datasets, bands: list[int]) -> list[dict]:
     for ds, got in zip(datasets, parts, strict=True):
         shape = [(p["band_count"], p["dtype"]) for p in got]
         if shape != [(p["band_count"], p["dtype"]) for p in first]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ds.name}: fused from other rasters than {datasets[0].name}; a domain's "
                 "rasters must agree (the same kinds of raster, in the same order)"
             )
     if list(bands) != list(range(1, sum(p["band_count"] for p in first) + 1)):
-        raise GeotranslateError(
+        raise OptionError(
             f"{datasets[0].name}: --bands cannot select among fused bands; fuse band files "
             "(stack:) or rasters of the bands wanted"
         )
@@ -127,13 +128,13 @@ def fuse_extras(a_paths: list[str], extras: list[list[str]], allow_no_crs: bool)
     return [FUSE_PREFIX + FUSE_SEPARATOR.join(names) for names in fused]
 
 
-def _check_stems(datasets: dict[str, list]) -> None:
+def check_stems(datasets: dict[str, list]) -> None:
     for dss in datasets.values():
         seen: dict[str, str] = {}
         for ds in dss:
             stem = source_of(ds).stem
             if stem in seen and seen[stem] != ds.name:
-                raise GeotranslateError(
+                raise InputError(
                     f"{ds.name}: same file name stem as {seen[stem]}; chip names would collide "
                     "(rename one)"
                 )

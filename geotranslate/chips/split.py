@@ -7,14 +7,14 @@ import math
 
 import numpy as np
 
-from geotranslate.chips.grid import _Job
+from geotranslate.chips.grid import Job
 
 #: how far the realized validation fraction may miss the requested one before smaller blocks
 #: are tried (and, at the smallest, a warning says it could not be met).
 VAL_TOLERANCE = 0.05
 
 
-def _assign_validation(jobs: list[_Job], val_fraction: float, seed: int, tile: int) -> str:
+def assign_validation(jobs: list[Job], val_fraction: float, seed: int, tile: int) -> str:
     """Mark whole blocks of surviving windows "val", then train windows touching them "buffer".
 
     Only windows that pass the filters (``job.survives``, from the survey pass) count, so an
@@ -27,7 +27,7 @@ def _assign_validation(jobs: list[_Job], val_fraction: float, seed: int, tile: i
     """
     if val_fraction <= 0:
         return ""
-    groups: dict[tuple[str, ...], list[_Job]] = {}
+    groups: dict[tuple[str, ...], list[Job]] = {}
     for job in jobs:
         if not job.stats_only:
             groups.setdefault(tuple(sorted(job.readers)), []).append(job)
@@ -67,7 +67,7 @@ def _assign_validation(jobs: list[_Job], val_fraction: float, seed: int, tile: i
     return "; ".join(notes)
 
 
-def _neighbours(job: _Job, survivors: list[int], tile: int) -> dict[int, list[int]]:
+def _neighbours(job: Job, survivors: list[int], tile: int) -> dict[int, list[int]]:
     """For each surviving window, the other surviving windows sharing a pixel with it."""
     at = {(int(job.windows[wi].row_off), int(job.windows[wi].col_off)): wi for wi in survivors}
     rows = sorted({r for r, _ in at})
@@ -81,7 +81,7 @@ def _neighbours(job: _Job, survivors: list[int], tile: int) -> dict[int, list[in
     }
 
 
-def _blocks(group: list[_Job], survivors: list[list[int]], ks: list[int]) -> list[list]:
+def _blocks(group: list[Job], survivors: list[list[int]], ks: list[int]) -> list[list]:
     """Blocks of k x k grid positions of each job's surviving windows, as [(job, window)]."""
     blocks = []
     for ji, (job, indexes, k) in enumerate(zip(group, survivors, ks, strict=True)):
@@ -122,7 +122,7 @@ def _closest_prefix(blocks, order, neighbours, total: int, target: float) -> tup
     return taken[:best_len], best_fraction
 
 
-def _mark_buffer(job: _Job, tile: int) -> None:
+def _mark_buffer(job: Job, tile: int) -> None:
     """Train windows sharing a pixel with a val window of the same source become "buffer"."""
     rows = sorted({int(w.row_off) for w in job.windows})
     cols = sorted({int(w.col_off) for w in job.windows})

@@ -9,10 +9,11 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
-from geotranslate.raster.io import atomic_path, colour_interpretation, valid_from_data
+from geotranslate.files import atomic_path
+from geotranslate.raster.io import colour_interpretation, valid_from_data
 
 
-def _write_chip_atomic(target: Path, *args, **kwargs) -> None:
+def write_chip_atomic(target: Path, *args, **kwargs) -> None:
     with atomic_path(target) as tmp:
         _write_chip(tmp, *args, **kwargs)
 

@@ -16,8 +16,8 @@ import click
 
 from geotranslate import __version__
 from geotranslate.errors import GeotranslateError
+from geotranslate.files import OUTPUT_ERRNOS, not_utf8
 from geotranslate.log import logger, set_verbosity, verbosity_options
-from geotranslate.raster.io import OUTPUT_ERRNOS, not_utf8
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 

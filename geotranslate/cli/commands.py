@@ -6,19 +6,18 @@ from pathlib import Path
 
 import click
 
-from geotranslate.chips.meta import DOMAINS, SPLITS
+from geotranslate.chips.meta import DOMAINS, PAIRINGS, SPLITS
 from geotranslate.choices import (
     BLEND_MODES,
     DIRECTIONS,
     NORM_STATS_MODES,
-    PAIRINGS,
     PRECISIONS,
 )
 from geotranslate.cli import CONTEXT, cli
 from geotranslate.cli.options import ListOption, SettingsCommand, number_list
 from geotranslate.errors import GeotranslateError, OptionError
+from geotranslate.files import check_file_output, check_not_input
 from geotranslate.log import is_main_process, logger, progress_option
-from geotranslate.raster.io import check_file_output, check_not_input
 from geotranslate.raster.warp import RESAMPLING_NAMES
 from geotranslate.report import DEFAULT_CHIPS
 
@@ -92,7 +91,7 @@ def export_tiles_command(a_rasters, b_rasters, a_extra, out_dir, tile_size, stri
     invalid pixels for --max-nodata). Complex and 64-bit integer rasters are refused (convert
     them first). An interrupted run keeps its complete chips: re-run it to finish.
     """
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
 
     summary = export_tiles(
         list(a_rasters), list(b_rasters) or None, out_dir, tile_size=tile_size, stride=stride,
@@ -289,7 +288,7 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
 def model_stac_cmd(run, out_path, onnx_paths, overwrite) -> None:
     """Write RUN's model (a run directory or its model.json) as a STAC item with the Machine
     Learning Model extension (MLM v1.4.0), for catalogues."""
-    from geotranslate.stac import write_model_stac
+    from geotranslate.modelstac import write_model_stac
 
     click.echo(str(write_model_stac(run, out_path, overwrite=overwrite, onnx=onnx_paths)))
 
@@ -339,10 +338,11 @@ def _check_evaluate_json(json_path, rasters, model_path, data_dir) -> None:
     """evaluate's --json must not replace what it reads: the rasters (and the files of a
     stack: or STAC item), the model, or the chip folder's meta.json and chips."""
     from geotranslate.modelfile import model_files
+    from geotranslate.raster.sources import input_files
 
     check_file_output(json_path)  # before the work, not after it
     if model_path is None:
-        check_not_input(json_path, list(rasters))
+        check_not_input(json_path, input_files(rasters))
         return
     data = Path(data_dir)
     folders = [p for p in data.glob("*_[ab]") if p.is_dir()]

@@ -32,23 +32,22 @@ from pathlib import Path
 from xml.sax.saxutils import unescape
 
 from geotranslate.errors import GeotranslateError, OptionError
-from geotranslate.log import logger
-from geotranslate.modelfile import TranslationModel, load_model
-from geotranslate.predict.api import PredictSummary, predict_raster
-from geotranslate.predict.grid import OUT_BLOCK
-from geotranslate.predict.output import to_cog
-from geotranslate.raster.io import (
+from geotranslate.files import (
     atomic_path,
     check_file_output,
     check_not_input,
     check_output_dir,
     display_path,
-    input_files,
     make_output_dir,
-    open_raster,
     resolved_path,
 )
-from geotranslate.raster.sources import RasterSource, parse_source, safe_name
+from geotranslate.log import logger
+from geotranslate.modelfile import TranslationModel, load_model
+from geotranslate.predict.api import PredictSummary, predict_raster
+from geotranslate.predict.grid import OUT_BLOCK
+from geotranslate.predict.output import to_cog
+from geotranslate.raster.io import open_raster
+from geotranslate.raster.sources import RasterSource, input_files, parse_source, safe_name
 from geotranslate.raster.vrt import write_vrt
 
 #: inputs of at least this many pixels are split over the processes by row bands.

@@ -27,6 +27,7 @@ from rasterio.rpc import RPC
 from rasterio.windows import Window
 
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.files import atomic_path, check_file_output, check_not_input
 from geotranslate.log import logger
 from geotranslate.predict.grid import OUT_BLOCK, Strip
 from geotranslate.predict.resume import (
@@ -37,15 +38,8 @@ from geotranslate.predict.resume import (
     remaining_strips,
     remove_partial,
 )
-from geotranslate.raster.io import (
-    GDAL_CACHE_BYTES,
-    atomic_path,
-    check_file_output,
-    check_not_input,
-    colour_interpretation,
-    verify_geotiff,
-)
-from geotranslate.raster.sources import RasterSource
+from geotranslate.raster.io import GDAL_CACHE_BYTES, colour_interpretation, verify_geotiff
+from geotranslate.raster.sources import RasterSource, input_files
 
 if TYPE_CHECKING:
     from geotranslate.predict.plan import PredictPlan
@@ -265,7 +259,7 @@ class GeoTiffOutput(Output):
                  overwrite: bool = False, resume: bool = False):
         check_file_output(path)  # "DIR/" names a directory: before Path drops the slash
         self.name = Path(path)
-        check_not_input(self.name, inputs)
+        check_not_input(self.name, input_files(inputs))
         self.cog, self.overwrite, self.resume = cog, overwrite, resume
         self._plan: PredictPlan | None = None
         self._partial: Path | None = None

@@ -29,12 +29,17 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from geotranslate.errors import first_line
+from geotranslate.files import write_failed
 from geotranslate.log import show_progress
 from geotranslate.predict.blend import Blender, blend_weights
 from geotranslate.predict.grid import Strip
 from geotranslate.predict.output import Output, apply_nodata
 from geotranslate.predict.queues import Stop, get, put
-from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window, write_failed
+from geotranslate.raster.io import (
+    GDAL_CACHE_BYTES,
+    open_raster,
+    read_window,
+)
 from geotranslate.raster.windows import reflect_pad
 
 if TYPE_CHECKING:

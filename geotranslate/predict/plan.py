@@ -31,7 +31,7 @@ from geotranslate.errors import InputError, OptionError
 from geotranslate.inputs import check_composition, input_reader, scene_spec
 from geotranslate.log import logger
 from geotranslate.memory import check_memory
-from geotranslate.modelfile import DomainSpec, TranslationModel, load_model
+from geotranslate.modelfile import DomainSpec, TranslationModel, load_model, weights_sha256
 from geotranslate.models import keep_channels_last
 from geotranslate.predict.grid import (
     CHUNK_WIDTH,
@@ -45,7 +45,7 @@ from geotranslate.predict.grid import (
 )
 from geotranslate.predict.output import output_nodata, output_profile
 from geotranslate.predict.pipeline import READ_AHEAD
-from geotranslate.predict.provenance import provenance_tags, weights_sha256
+from geotranslate.predict.provenance import provenance_tags
 from geotranslate.predict.resume import input_identity
 from geotranslate.predict.scene import sample_tile, scene_generator, scene_sample
 from geotranslate.raster.io import open_raster, spectral_bands

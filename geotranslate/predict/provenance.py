@@ -1,4 +1,4 @@
-"""Where a prediction came from: the output GeoTIFF's tags and the weights' digest.
+"""Where a prediction came from: the output GeoTIFF's tags.
 
 The tags say which model (the SHA-256 of the generator's weights), of which dataset type, in
 which direction, with which normalization and tiling, and which geotranslate wrote a file, so a
@@ -7,22 +7,7 @@ translated raster found in an archive can be traced back (``gdalinfo`` shows the
 
 from __future__ import annotations
 
-import hashlib
-
-import torch
-
 from geotranslate import __version__
-
-
-def weights_sha256(generator: torch.nn.Module) -> str:
-    """SHA-256 of a generator's tensors (names, dtypes, shapes and bytes, in name order)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(generator.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        # reshape(-1): 0-d tensors (batch norm's num_batches_tracked) cannot be viewed as bytes
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def provenance_tags(model, direction: str, source_name: str, *, digest: str, tile: int,

@@ -32,9 +32,9 @@ import rasterio
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.files import display_path, temp_path
 from geotranslate.log import logger
 from geotranslate.predict.grid import OUT_BLOCK, Strip
-from geotranslate.raster.io import display_path, temp_path
 from geotranslate.raster.sources import RasterSource
 
 PROGRESS_FORMAT = "geotranslate-predict-progress"
@@ -117,7 +117,7 @@ def _pixels_digest(gdal_name: str) -> str:
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
-    from geotranslate.raster.io import open_dataset
+    from geotranslate.raster.opening import open_dataset
     from geotranslate.raster.sources import single_source
 
     digest = hashlib.sha256()

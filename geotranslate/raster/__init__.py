@@ -2,14 +2,13 @@
 
 from geotranslate.raster.io import (
     RasterInfo,
-    atomic_path,
     open_raster,
     parse_bands,
     raster_info,
     read_window,
-    spectral_bands,
     valid_from_data,
 )
+from geotranslate.raster.opening import spectral_bands
 from geotranslate.raster.windows import (
     parse_pixel_window,
     reflect_pad,
@@ -19,7 +18,6 @@ from geotranslate.raster.windows import (
 
 __all__ = [
     "RasterInfo",
-    "atomic_path",
     "open_raster",
     "parse_pixel_window",
     "parse_bands",

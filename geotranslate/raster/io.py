@@ -1,4 +1,4 @@
-"""Open and validate rasters, read windows with their validity mask, write outputs atomically.
+"""Open and validate rasters, read windows with their validity mask, check written GeoTIFFs.
 
 Every reader in geotranslate (export, training data, prediction, evaluation, preview) goes
 through :func:`open_raster` and :func:`read_window`, so a bad file gets the same one-line
@@ -8,13 +8,8 @@ not masked by an alpha band or an internal mask, in every selected band.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +17,18 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
-from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.log import logger
-from geotranslate.raster.sources import (
-    REMOTE_OPEN_DEFAULTS,
-    RasterSource,
-    apply_remote_config,
-    parse_source,
+from geotranslate.errors import (
+    GeotranslateError,
+    InputError,
+    OptionError,
+    StorageError,
+    first_line,
 )
+from geotranslate.files import write_failed
+from geotranslate.raster.opening import alpha_index, open_dataset, spectral_bands
+from geotranslate.raster.sources import RasterSource, parse_source
 from geotranslate.settings import split_list
 
 #: GDAL block cache for export and prediction: small and fixed, because GDAL's default (5 %
@@ -68,16 +64,6 @@ class RasterInfo:
     pixel_size: tuple[float, float]
 
 
-class SourceDataset(DatasetReader):
-    """A dataset that carries the name its user gave it (a URL, ``stack:…``), not GDAL's."""
-
-    source: RasterSource | None = None
-
-    @property
-    def name(self) -> str:
-        return self.source.name if self.source is not None else super().name
-
-
 def open_raster(
     path: str | os.PathLike | RasterSource, *, allow_no_crs: bool = False
 ) -> rasterio.DatasetReader:
@@ -105,155 +91,25 @@ def source_of(ds: rasterio.DatasetReader) -> RasterSource:
     return source if source is not None else parse_source(str(ds.name))
 
 
-def open_dataset(source: RasterSource) -> SourceDataset:
-    """Open a source with GDAL, without the toolkit's checks; failures as one line."""
-    if source.local:
-        p = Path(source.gdal_name)
-        if not p.exists():
-            raise GeotranslateError(f"{source.name}: no such file")
-        if p.is_dir():
-            raise GeotranslateError(f"{source.name}: is a directory, not a raster")
-        if not os.access(p, os.R_OK):
-            raise GeotranslateError(f"{source.name}: not readable (permission denied)")
-    config = {}
-    if not source.local:
-        config = dict(REMOTE_OPEN_DEFAULTS)
-        apply_remote_config()
-    try:
-        with rasterio.Env(**{k: v for k, v in config.items() if k not in os.environ}):
-            ds = SourceDataset(source.gdal_name)
-    except RasterioError as e:
-        raise GeotranslateError(f"{source.name}: {open_failure(source, e)}") from None
-    except UnicodeEncodeError:
-        raise not_utf8(source.gdal_name) from None
-    ds.source = source
-    return ds
-
-
-def open_failure(source: RasterSource, error: Exception) -> str:
-    """Why a source could not be opened, in the user's terms (HTTP status, credentials)."""
-    message = first_line(error)
-    if source.local and not source.gdal_name.startswith("<"):
-        return f"cannot open as a raster ({message})"
-    archive = _archive_failure(source)
-    if archive is not None:
-        return archive
-    text = str(error)
-    http = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
-    s3 = "/vsis3/" in source.gdal_name
-    if re.search(r"NoSuchBucket|bucket does not exist", text):
-        return "cannot open: no such bucket"
-    if re.search(r"AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|InvalidAccessKeyId|"
-                 r"SignatureDoesNotMatch|AccessDenied|credentials", text) or (
-            s3 and http and http[1] == "403"):
-        return "cannot open: access denied: check AWS credentials (AWS_ACCESS_KEY_ID, " \
-            "AWS_SECRET_ACCESS_KEY)"
-    if re.search(r"timed out|Timeout", text, re.IGNORECASE):
-        return "cannot open: timed out"
-    if re.search(r"Couldn't connect|Connection refused|Could not resolve|Failed to connect",
-                 text):
-        return f"cannot open: unreachable ({message})"
-    if http:
-        return f"cannot open: HTTP {http[1]}"
-    status = _http_status(source) if "/vsicurl/" in source.gdal_name else None
-    if status is not None:
-        return status
-    if "does not exist in the file system" in text or "key does not exist" in text:
-        return "cannot open: not found" + (" (no such key)" if s3 else "")
-    return f"cannot open as a raster ({message})"
-
-
-def _archive_failure(source: RasterSource) -> str | None:
-    """Why a ``/vsizip/`` or ``/vsitar/`` name did not open: the archive is damaged or not one,
-    or it lacks the member; None when the archive looks sound (GDAL's reason then stands)."""
-    import tarfile
-    import zipfile
-
-    name = source.gdal_name
-    kind = "zip" if name.startswith("/vsizip/") else "tar" if name.startswith("/vsitar/") else None
-    if kind is None or len(source.files) != 1:
-        return None
-    archive = source.files[0]
-    member = name.split(archive, 1)[-1].lstrip("/}")
-    try:
-        if kind == "zip":
-            with zipfile.ZipFile(archive) as z:
-                members = set(z.namelist())
-        else:
-            with tarfile.open(archive) as t:
-                members = set(t.getnames())
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError):
-        return f"cannot open: {display_path(archive)} is not a {kind} archive, or is truncated"
-    if member and member not in members:
-        return f"cannot open: {display_path(archive)} has no member {member!r}"
-    return None
-
-
-def _http_status(source: RasterSource) -> str | None:
-    """GDAL hides an HTTP failure behind "does not exist": ask the server once, briefly."""
-    import urllib.error
-    import urllib.request
-
-    url = source.gdal_name.split("/vsicurl/", 1)[1]
-    if not url.startswith(("http://", "https://")):
-        return None
-    timeout = float(os.environ.get("GDAL_HTTP_TIMEOUT", "30") or 30)
-    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return None
-    except urllib.error.HTTPError as e:
-        return f"cannot open: HTTP {e.code}"
-    except TimeoutError:
-        return "cannot open: timed out"
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-            return "cannot open: timed out"
-        why = first_line(reason) if isinstance(reason, BaseException) else str(reason)
-        return f"cannot open: unreachable ({why})"
-
-
 def _validate(ds: rasterio.DatasetReader, p: str, allow_no_crs: bool) -> None:
     dtype = ds.dtypes[0]
     if dtype in REFUSED_DTYPES:
-        raise GeotranslateError(f"{p}: dtype {dtype} is not supported ({REFUSED_DTYPES[dtype]})")
+        raise InputError(f"{p}: dtype {dtype} is not supported ({REFUSED_DTYPES[dtype]})")
     if len(set(ds.dtypes)) > 1:
-        raise GeotranslateError(f"{p}: bands have different dtypes {sorted(set(ds.dtypes))}")
+        raise InputError(f"{p}: bands have different dtypes {sorted(set(ds.dtypes))}")
     if ds.crs is None and not allow_no_crs:
         gcps, _ = ds.gcps
         if gcps:
-            raise GeotranslateError(
+            raise InputError(
                 f"{p}: georeferenced only by {len(gcps)} GCPs; warp it to a CRS first "
                 "(gdalwarp) or pass --allow-no-crs to work in pixel space"
             )
         if ds.rpcs is not None:
-            raise GeotranslateError(
+            raise InputError(
                 f"{p}: georeferenced only by RPCs; orthorectify it first (gdalwarp -rpc) "
                 "or pass --allow-no-crs to work in pixel space"
             )
-        raise GeotranslateError(f"{p}: has no CRS; pass --allow-no-crs to work in pixel space")
-
-
-def alpha_index(ds: rasterio.DatasetReader) -> int | None:
-    """1-based index of the alpha band, if the dataset has one."""
-    for i, ci in enumerate(ds.colorinterp):
-        if ci == ColorInterp.alpha:
-            return i + 1
-    return None
-
-
-def spectral_bands(ds: rasterio.DatasetReader) -> list[int]:
-    """1-based indexes of the bands that carry data: an alpha band is a mask, not a band.
-
-    A raster whose only bands are alpha holds no data: refused here, for every reader.
-    """
-    bands = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
-    if not bands:
-        raise GeotranslateError(
-            f"{ds.name}: has no data band (its {ds.count} band(s) are alpha, a mask)"
-        )
-    return bands
+        raise InputError(f"{p}: has no CRS; pass --allow-no-crs to work in pixel space")
 
 
 def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) -> list[int]:
@@ -265,16 +121,16 @@ def parse_bands(spec: str | Sequence[int] | None, ds: rasterio.DatasetReader) ->
         try:
             bands = list(split_list(spec, int))
         except ValueError:
-            raise GeotranslateError(f"bands {spec!r}: expected a list like 1,2,3") from None
+            raise OptionError(f"bands {spec!r}: expected a list like 1,2,3") from None
     else:
         bands = [int(b) for b in spec]
     for b in bands:
         if b < 1 or b > ds.count:
-            raise GeotranslateError(
+            raise OptionError(
                 f"{ds.name}: band {b} out of range (the raster has bands 1..{ds.count})"
             )
         if b not in available:
-            raise GeotranslateError(f"{ds.name}: band {b} is an alpha (mask) band, not data")
+            raise OptionError(f"{ds.name}: band {b} is an alpha (mask) band, not data")
     return bands
 
 
@@ -381,7 +237,7 @@ def read_window(
                 a = ds.read([alpha], window=window, masked=False, **alpha_shape)
                 valid &= a[0] > 0
     except RasterioError as e:
-        raise GeotranslateError(
+        raise StorageError(
             f"{ds.name}: read failed at rows {int(window.row_off)}..."
             f"{int(window.row_off + window.height)}, cols {int(window.col_off)}..."
             f"{int(window.col_off + window.width)} ({first_line(e.__cause__ or e)})"
@@ -419,256 +275,6 @@ def _fill_value(nodata: float | None, dtype: np.dtype) -> float:
         return nodata
     info = np.iinfo(dtype)
     return nodata if float(nodata).is_integer() and info.min <= nodata <= info.max else 0
-
-
-def temp_path(final: str | os.PathLike, suffix: str = ".part") -> Path:
-    """A new empty temporary file beside ``final``: ``.NAME.PID.XXXXXXXX<suffix>``.
-
-    The PID tells a later run whether the file's maker is gone (:func:`remove_stale_temps`).
-    """
-    final = Path(final)
-    parent = final.parent if str(final.parent) else Path(".")
-    # a name that is not UTF-8 gets an escaped temporary name that GDAL can write; the
-    # final rename gives the result its own name
-    fd, name = tempfile.mkstemp(prefix=f".{display_path(final.name)}.{os.getpid()}.",
-                                suffix=suffix, dir=parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # another user's process (or an odd number): leave its files alone
-    return True
-
-
-#: temporary names made by :func:`temp_path`, and files writers derive from them (GDAL's
-#: ``.part.ovr.tmp``): ``.NAME.PID.XXXXXXXX[.gtiff].part[...]``
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[a-z0-9_]{8}\.(?:gtiff\.)?part(?:\..+)?$")
-_swept: set[str] = set()
-
-
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files in ``folder`` of runs that were killed (their PID is gone).
-
-    Done once per folder and process (an export writes thousands of chips into one folder);
-    one line on stderr says what was removed.
-    """
-    folder = Path(folder) if str(folder) else Path(".")
-    key = os.fsdecode(folder.resolve())
-    if key in _swept:
-        return []
-    _swept.add(key)
-    removed: list[tuple[Path, int]] = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
-    for entry in entries:
-        match = _TEMP_NAME.match(entry.name)
-        if match is None or _pid_alive(int(match.group(1))):
-            continue
-        with contextlib.suppress(OSError):
-            size = entry.stat(follow_symlinks=False).st_size
-            os.unlink(entry.path)
-            removed.append((Path(entry.path), size))
-    if removed:
-        total = sum(size for _, size in removed) / 2**20
-        logger.info(f"removed {len(removed)} temporary file(s) left in "
-                    f"{display_path(folder)} by interrupted runs ({total:.1f} MiB)")
-    return [path for path, _ in removed]
-
-
-def not_utf8(path: str | os.PathLike) -> GeotranslateError:
-    """GDAL takes UTF-8 file names only: the error for one that is not."""
-    return GeotranslateError(
-        f"{display_path(path)}: this path is not valid UTF-8, which GDAL cannot use; "
-        "rename the file (or folder)"
-    )
-
-
-def display_path(path: str | os.PathLike) -> str:
-    """A path as text that any terminal or log can take: undecodable bytes are escaped."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def input_files(inputs: Sequence[str | os.PathLike | RasterSource]) -> list[Path]:
-    """The files on this machine that ``inputs`` read: a plain path is itself; a source
-    (raster/sources.py) is expanded once into its files (the band files of a ``stack:``, a
-    STAC item and its local assets, the archive of a ``/vsizip/`` name); remote ones add none."""
-    files: list[Path] = []
-    for item in inputs:
-        if isinstance(item, os.PathLike):
-            files.append(Path(item))
-            continue
-        source = item if isinstance(item, RasterSource) else parse_source(item)
-        files += [Path(f) for f in source.files]
-    return files
-
-
-def check_not_input(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | RasterSource],
-                    what: str = "output", *, folders: Sequence[str | os.PathLike] = ()) -> None:
-    """Refuse an output path that is one of the command's inputs (same path or same file,
-    through symbolic or hard links), or lies in one of the input ``folders``.
-
-    ``inputs`` are paths (``os.PathLike``: taken as they are) or raster sources (a string or a
-    :class:`RasterSource`, expanded by :func:`input_files`)."""
-    out_path = Path(out)
-    resolved = resolved_path(out_path)
-    for source in input_files(inputs):
-        same = resolved == resolved_path(source)
-        if not same and out_path.exists() and source.exists():
-            with contextlib.suppress(OSError):
-                same = os.path.samefile(out_path, source)
-        if same:
-            raise GeotranslateError(
-                f"{display_path(out_path)}: {what} would overwrite the input "
-                f"{display_path(source)}; choose another name"
-            )
-    for folder in folders:
-        folder = resolved_path(Path(folder))
-        if resolved == folder or folder in resolved.parents:
-            raise GeotranslateError(
-                f"{display_path(out_path)}: {what} would be written into the input folder "
-                f"{display_path(folder)}; choose another name"
-            )
-
-
-def resolved_path(path: Path) -> Path:
-    """The absolute path with symbolic links resolved; as given (made absolute) when a link
-    loops."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
-        return Path(os.path.abspath(path))
-
-
-def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> None:
-    """Refuse an output directory that is a file or lies under one (it may not exist yet)."""
-    folder = Path(path)
-    for p in [folder, *folder.parents]:
-        if p.exists() and not p.is_dir():
-            where = "is a file" if p == folder else f"lies under the file {display_path(p)}"
-            raise GeotranslateError(f"{display_path(folder)}: {what} {where}, not a directory")
-
-
-def make_output_dir(path: str | os.PathLike, what: str = "output directory") -> bool:
-    """Create an output directory (and its parents); True if it was created. A file in the way
-    (the path itself or a parent) is one line, not a traceback."""
-    folder = Path(path)
-    if folder.is_dir():
-        return False
-    check_output_dir(folder, what)
-    try:
-        folder.mkdir(parents=True)
-    except FileExistsError:
-        return False  # made meanwhile by a concurrent run
-    except OSError as e:
-        raise GeotranslateError(
-            f"{display_path(folder)}: cannot create the {what} ({e.strerror or e})") from None
-    return True
-
-
-def check_file_output(path: str | os.PathLike) -> None:
-    """Refuse an output file named like a directory: ``newdir/`` or an existing directory.
-
-    ``Path("newdir/")`` drops the slash, so the check runs on the name as given.
-    """
-    text = os.fspath(path)
-    if text.endswith(("/", os.sep)):
-        raise GeotranslateError(
-            f"{text}: ends with '/' (a directory) but names an output file; give the file's "
-            f"name, e.g. {text}NAME"
-        )
-    if Path(text).is_dir():
-        raise GeotranslateError(f"{text}: is a directory; give the output file's name")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    A run that dies (error, Ctrl-C, full disk) leaves no half-written file posing as a result;
-    the temporary files of a killed run are removed by the next run into the same place.
-    With ``overwrite=False`` the promise holds against a concurrent run too: the result is
-    linked to its name, which fails if the name appeared meanwhile.
-    """
-    check_file_output(path)
-    final = Path(path)
-    if final.exists() and not overwrite:
-        raise GeotranslateError(f"{final}: already exists (pass --overwrite to replace it)")
-    parent = final.parent if str(final.parent) else Path(".")
-    if not parent.exists():
-        raise GeotranslateError(f"{parent}: output directory does not exist")
-    if not os.access(parent, os.W_OK):
-        raise GeotranslateError(f"{parent}: output directory is not writable")
-    remove_stale_temps(parent)
-    tmp = temp_path(final)
-    try:
-        yield tmp
-        # mkstemp (and some writers, e.g. safetensors) make 0600 files: give the result the
-        # user's usual mode, as a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if overwrite:
-            os.replace(tmp, final)
-        else:
-            _link_new(tmp, final)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(e, OSError) and e.errno in OUTPUT_ERRNOS:
-            raise write_failed(final, e.strerror) from None
-        raise
-
-
-def _link_new(tmp: Path, final: Path) -> None:
-    """Give ``tmp`` the name ``final`` only if nothing has it (atomic where links exist)."""
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        raise GeotranslateError(
-            f"{final}: already exists (written by another run meanwhile; pass --overwrite to "
-            "replace it)"
-        ) from None
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                           errno.EMLINK, errno.ENOSYS):
-            raise
-        # no hard links on this file system: the check and the rename are not one step
-        if final.exists():
-            raise GeotranslateError(
-                f"{final}: already exists (pass --overwrite to replace it)") from None
-        os.replace(tmp, final)
-        return
-    tmp.unlink()
-
-
-#: write errors that say the output cannot be stored (rather than a bug or a bad input)
-OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-#: free space under which a failed write is put down to a full disk.
-NEARLY_FULL_BYTES = 64 * 2**20
-
-
-def write_failed(path: str | os.PathLike, reason: str) -> GeotranslateError:
-    """The one-line error for a write that failed, saying so when the disk is (nearly) full.
-
-    Libraries report a full disk in their own words (SQLite: "Failed to commit transaction",
-    torch: "unexpected pos"), so the free space is asked for directly.
-    """
-    folder = Path(path).parent
-    with contextlib.suppress(OSError):
-        free = shutil.disk_usage(folder if folder.exists() else ".").free
-        if free < NEARLY_FULL_BYTES:
-            reason += f"; the disk is full ({free / 2**20:.1f} MiB free)"
-    return GeotranslateError(f"{path}: write failed ({reason})")
 
 
 def verify_geotiff(path: str | os.PathLike, label: str | os.PathLike | None = None) -> None:

@@ -31,7 +31,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 from xml.sax.saxutils import escape
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, OptionError, StorageError, first_line
+from geotranslate.raster.opening import open_dataset, spectral_bands
+from geotranslate.raster.windows import Grid, grid_offset
 
 STACK_PREFIX = "stack:"
 #: ``fuse:s1.tif+s2.tif`` — several rasters (any dtype, nodata, resolution, CRS) as one domain
@@ -45,9 +47,6 @@ STAC_PATTERN = re.compile(r"^(?P<item>.+\.json):(?P<keys>[^/:]+)$", re.IGNORECAS
 URL_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
 #: resampling of band files coarser than the finest one, onto its grid
 STACK_RESAMPLING = "bilinear"
-#: GDAL settings while a remote source is opened, unless the user's environment sets them: no
-#: directory listing (one request per file instead of listing a bucket or a web folder)
-REMOTE_OPEN_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def parse_source(source: str | os.PathLike) -> RasterSource:
     if text.startswith(STACK_PREFIX):
         parts = [p for p in text[len(STACK_PREFIX):].split(",") if p]
         if not parts:
-            raise GeotranslateError(f"{text}: no band files after {STACK_PREFIX}")
+            raise OptionError(f"{text}: no band files after {STACK_PREFIX}")
         return _stack(text, [single_source(p) for p in parts], None)
     if text.startswith(FUSE_PREFIX):
         return _fuse(text)
@@ -91,6 +90,21 @@ def parse_source(source: str | os.PathLike) -> RasterSource:
     if stac:
         return _stac_cached(text, stac["item"], tuple(k for k in stac["keys"].split(",") if k))
     return single_source(text)
+
+
+def input_files(inputs: Sequence[str | os.PathLike | RasterSource]) -> list[Path]:
+    """The files on this machine that ``inputs`` read, for the "no output over an input" check
+    (:func:`geotranslate.files.check_not_input`): a plain path is itself; a source is expanded
+    once into its files (the band files of a ``stack:``, a STAC item and its local assets, the
+    archive of a ``/vsizip/`` name); remote ones add none."""
+    files: list[Path] = []
+    for item in inputs:
+        if isinstance(item, os.PathLike):
+            files.append(Path(item))
+            continue
+        source = item if isinstance(item, RasterSource) else parse_source(item)
+        files += [Path(f) for f in source.files]
+    return files
 
 
 def single_source(text: str) -> RasterSource:
@@ -131,38 +145,6 @@ def archive_files(gdal_name: str) -> tuple[str, ...]:
     return ()
 
 
-#: environment variables :func:`apply_remote_config` set (and may update when the user's change)
-_DERIVED: dict[str, str] = {}
-
-
-def remote_config(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """GDAL settings for remote reads: ``AWS_ENDPOINT_URL`` (the AWS tools' variable)
-    translated into GDAL's own, where the environment does not set those."""
-    env = dict(os.environ if environ is None else environ)
-    user = {k: v for k, v in env.items() if _DERIVED.get(k) != v}  # the user's own settings
-    config = {}
-    endpoint = user.get("AWS_ENDPOINT_URL_S3") or user.get("AWS_ENDPOINT_URL")
-    if endpoint and "AWS_S3_ENDPOINT" not in user:
-        parsed = urlparse(endpoint)
-        config["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
-        if "AWS_HTTPS" not in user:
-            config["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
-        if "AWS_VIRTUAL_HOSTING" not in user:
-            config["AWS_VIRTUAL_HOSTING"] = "FALSE"
-    return config
-
-
-def apply_remote_config() -> None:
-    """Put :func:`remote_config` into the environment, where GDAL reads it on every request
-    (from every thread); settings it put there earlier follow the user's current ones."""
-    config = remote_config()
-    for key in [k for k in _DERIVED if k not in config]:
-        if os.environ.get(key) == _DERIVED.pop(key):
-            del os.environ[key]
-    for key, value in config.items():
-        os.environ[key] = _DERIVED[key] = value
-
-
 def _local(text: str) -> RasterSource:
     return RasterSource(text, text, safe_name(Path(text).stem), local=True, files=(text,))
 
@@ -191,34 +173,32 @@ def safe_name(text: str, fallback: str = "raster") -> str:
 
 def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None) -> RasterSource:
     """Stack single-band sources in order on the finest one's grid, as a VRT document."""
-    from geotranslate.raster.io import open_dataset
-
     infos = []
     for part in parts:
         with open_dataset(part) as ds:
             if ds.count != 1:
-                raise GeotranslateError(
+                raise InputError(
                     f"{part.name}: has {ds.count} bands; {STACK_PREFIX} takes single-band files"
                 )
             t = ds.transform
             if t.b or t.d:
-                raise GeotranslateError(f"{part.name}: rotated grid; cannot stack it")
+                raise InputError(f"{part.name}: rotated grid; cannot stack it")
             infos.append((part, ds.crs, t, ds.width, ds.height, ds.dtypes[0], ds.nodata,
                           ds.descriptions[0]))
     first = infos[0]
     for part, crs, _, _, _, dtype, nodata, _ in infos[1:]:
         if crs != first[1]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} is in {crs} but {first[0].name} in {first[1]}; "
                 "band files must share a CRS"
             )
         if dtype != first[5]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} is {dtype} but {first[0].name} is {first[5]}; "
                 "band files must share a dtype"
             )
         if nodata != first[6] and not (nodata != nodata and first[6] != first[6]):
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} has nodata {nodata} but {first[0].name} has {first[6]}"
             )
     finest = min(infos, key=lambda i: abs(i[2].a * i[2].e))
@@ -233,7 +213,7 @@ def _stack(name: str, parts: Sequence[RasterSource], keys: Sequence[str] | None)
         x0, y0 = (t.c - grid.c) / grid.a, (t.f - grid.f) / grid.e
         xs, ys = w * t.a / grid.a, h * t.e / grid.e
         if x0 >= width or y0 >= height or x0 + xs <= 0 or y0 + ys <= 0:
-            raise GeotranslateError(
+            raise InputError(
                 f"{name}: {part.name} does not overlap {finest[0].name}; band files must "
                 "cover the same ground"
             )
@@ -276,20 +256,20 @@ def _stac_cached(name: str, item_href: str, keys: tuple[str, ...]) -> RasterSour
     import pystac
 
     if not keys:
-        raise GeotranslateError(f"{name}: no asset keys after the item (item.json:B04,B03)")
+        raise OptionError(f"{name}: no asset keys after the item (item.json:B04,B03)")
     try:
         item = pystac.Item.from_file(item_href)
     except FileNotFoundError:
-        raise GeotranslateError(f"{item_href}: no such file") from None
+        raise StorageError(f"{item_href}: no such file") from None
     except Exception as e:  # urllib, JSON and STAC errors all say the item is unusable
-        raise GeotranslateError(
+        raise InputError(
             f"{item_href}: cannot read as a STAC item ({first_line(e)})"
         ) from None
     hrefs = []
     for key in keys:
         asset = item.assets.get(key)
         if asset is None:
-            raise GeotranslateError(
+            raise OptionError(
                 f"{item_href}: no asset {key!r} (the item has {', '.join(sorted(item.assets))})"
             )
         hrefs.append(asset.get_absolute_href() or asset.href)
@@ -321,15 +301,12 @@ def _fuse(text: str) -> RasterSource:
     from rasterio.errors import RasterioError
     from rasterio.vrt import WarpedVRT
 
-    from geotranslate.raster.io import open_dataset, spectral_bands
-    from geotranslate.raster.warp import Grid, grid_offset
-
     names = [p for p in text[len(FUSE_PREFIX):].split(FUSE_SEPARATOR) if p]
     if len(names) < 2:
-        raise GeotranslateError(f"{text}: {FUSE_PREFIX} takes two rasters or more, joined by "
+        raise OptionError(f"{text}: {FUSE_PREFIX} takes two rasters or more, joined by "
                                 f"{FUSE_SEPARATOR} (fuse:s1.tif+s2.tif)")
     if any(n.startswith(FUSE_PREFIX) for n in names):
-        raise GeotranslateError(f"{text}: a {FUSE_PREFIX} part cannot be a {FUSE_PREFIX} itself")
+        raise OptionError(f"{text}: a {FUSE_PREFIX} part cannot be a {FUSE_PREFIX} itself")
     parts = [parse_source(n) for n in names]
     bands_xml, composition, band = [], [], 0
     grid = None
@@ -338,13 +315,13 @@ def _fuse(text: str) -> RasterSource:
             if grid is None:
                 t = ds.transform
                 if t.b or t.d:
-                    raise GeotranslateError(f"{part.name}: rotated grid; cannot fuse onto it")
+                    raise InputError(f"{part.name}: rotated grid; cannot fuse onto it")
                 if ds.crs is None:
-                    raise GeotranslateError(f"{part.name}: no CRS; {FUSE_PREFIX} needs one to "
+                    raise InputError(f"{part.name}: no CRS; {FUSE_PREFIX} needs one to "
                                             "place the other rasters")
                 grid = Grid(ds.crs, ds.transform, ds.width, ds.height)
             elif ds.crs is None:
-                raise GeotranslateError(f"{text}: {part.name} has no CRS; cannot place it")
+                raise InputError(f"{text}: {part.name} has no CRS; cannot place it")
             own = spectral_bands(ds)
             descriptions = ds.descriptions
             composition.append(composition_entry(part.stem, len(own), ds.dtypes[own[0] - 1],
@@ -365,7 +342,7 @@ def _fuse(text: str) -> RasterSource:
                     with WarpedVRT(ds, **kwargs) as vrt:
                         source_name = next(iter(vrt.tags(ns="xml:VRT").values()))
                 except (RasterioError, StopIteration) as e:
-                    raise GeotranslateError(
+                    raise InputError(
                         f"{text}: cannot warp {part.name} onto {parts[0].name}'s grid "
                         f"({first_line(e)})") from None
                 src_rect = dst_rect = (0, 0, grid.width, grid.height)

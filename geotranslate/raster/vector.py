@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, OptionError, StorageError, first_line
 
 
 class VectorFilter:
@@ -34,7 +34,7 @@ class VectorFilter:
     def geometry_in(self, crs: CRS | None) -> BaseGeometry:
         """The union of the file's geometries in ``crs`` (prepared for fast intersects tests)."""
         if crs is None:
-            raise GeotranslateError(
+            raise InputError(
                 f"{self.path}: {self.option} needs rasters with a CRS (the raster has none)"
             )
         key = crs.to_wkt()
@@ -42,7 +42,7 @@ class VectorFilter:
             try:
                 reprojected = self.frame.to_crs(crs)
             except Exception as e:  # pyproj errors have many types
-                raise GeotranslateError(
+                raise InputError(
                     f"{self.path}: cannot reproject {self.option} to {crs.to_string()} ({e})"
                 ) from None
             union = shapely.union_all(reprojected.geometry.values)
@@ -61,12 +61,12 @@ def read_vector(path: Path, option: str, where: str | None = None) -> gpd.GeoDat
     import pyogrio
 
     if not path.exists():
-        raise GeotranslateError(f"{path}: no such file ({option})")
+        raise StorageError(f"{path}: no such file ({option})")
     try:
         names = [name for name, _ in pyogrio.list_layers(path)]
         frames = [gpd.read_file(path, layer=name, engine="pyogrio") for name in names]
     except Exception as e:  # pyogrio raises DataSourceError, DataLayerError, …
-        raise GeotranslateError(f"{path}: cannot read as a vector file ({first_line(e)})") \
+        raise InputError(f"{path}: cannot read as a vector file ({first_line(e)})") \
             from None
     frames = [f for f in frames if "geometry" in f] or frames[:1]
     if len(frames) > 1 and all(f.crs is not None for f in frames):
@@ -78,16 +78,16 @@ def read_vector(path: Path, option: str, where: str | None = None) -> gpd.GeoDat
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if len(frame) == 0:
         picked = f" matching {where}" if where is not None else ""
-        raise GeotranslateError(f"{path}: {option} file holds no geometries{picked}")
+        raise InputError(f"{path}: {option} file holds no geometries{picked}")
     kinds = sorted(set(frame.geometry.geom_type) - {"Polygon", "MultiPolygon"})
     if kinds:
         # a point or a line covers no area: it would select (or exclude) almost nothing
-        raise GeotranslateError(
+        raise InputError(
             f"{path}: {option} needs polygons, but the file holds {', '.join(kinds)} "
             "geometries (buffer them into polygons first, e.g. with geopandas .buffer())"
         )
     if frame.crs is None:
-        raise GeotranslateError(f"{path}: {option} file has no CRS; assign one (ogr2ogr -a_srs)")
+        raise InputError(f"{path}: {option} file has no CRS; assign one (ogr2ogr -a_srs)")
     return frame
 
 
@@ -96,10 +96,10 @@ def _select(frame: gpd.GeoDataFrame, where: str, path: Path, option: str) -> gpd
     column, sep, values = where.partition("=")
     column = column.strip()
     if not sep or not column or not values.strip():
-        raise GeotranslateError(f"{option}-where {where!r}: expected COLUMN=VALUE, e.g. split=val")
+        raise OptionError(f"{option}-where {where!r}: expected COLUMN=VALUE, e.g. split=val")
     if column not in frame.columns or column == frame.geometry.name:
         have = ", ".join(str(c) for c in frame.columns if c != frame.geometry.name) or "none"
-        raise GeotranslateError(
+        raise OptionError(
             f"{path}: no column {column!r} for {option}-where (its columns: {have})"
         )
     wanted = {v.strip() for v in values.split(",")}

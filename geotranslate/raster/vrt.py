@@ -17,8 +17,8 @@ from xml.sax.saxutils import escape, quoteattr
 import rasterio
 from rasterio.errors import RasterioError
 
-from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import atomic_path
+from geotranslate.errors import InputError, OptionError, StorageError, first_line
+from geotranslate.files import atomic_path
 
 GDAL_TYPES = {
     "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
@@ -36,7 +36,7 @@ def _describe(path: Path) -> dict:
                     "descriptions": ds.descriptions, "colorinterp": ds.colorinterp,
                     "tags": ds.tags()}
     except RasterioError as e:
-        raise GeotranslateError(f"{path}: cannot read it for the VRT ({first_line(e)})") from None
+        raise StorageError(f"{path}: cannot read it for the VRT ({first_line(e)})") from None
 
 
 def _fmt(value: float | None) -> str:
@@ -48,30 +48,30 @@ def write_vrt(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     """Write ``out`` (atomically), a VRT mosaic of ``sources``; returns its path."""
     out = Path(out)
     if not sources:
-        raise GeotranslateError(f"{out}: no rasters to join")
+        raise OptionError(f"{out}: no rasters to join")
     infos = [_describe(Path(s)) for s in sources]
     first = infos[0]
     if first["crs"] is None or first["transform"].is_identity:
-        raise GeotranslateError(f"{first['path']}: has no CRS and transform; a VRT mosaic "
+        raise InputError(f"{first['path']}: has no CRS and transform; a VRT mosaic "
                                 "needs georeferenced rasters")
     t0 = first["transform"]
     if t0.b or t0.d:
-        raise GeotranslateError(f"{first['path']}: has a rotated transform; a VRT mosaic "
+        raise InputError(f"{first['path']}: has a rotated transform; a VRT mosaic "
                                 "needs north-up (or south-up) rasters")
     boxes = []
     for info in infos:
         for what in ("count", "dtype"):
             if info[what] != first[what]:
-                raise GeotranslateError(
+                raise InputError(
                     f"{info['path']}: {what} {info[what]} differs from {first['path']}'s "
                     f"{first[what]}; a VRT mosaic needs the same")
         if info["crs"] != first["crs"]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{info['path']}: CRS {info['crs']} differs from {first['path']}'s "
                 f"{first['crs']}; a VRT mosaic needs one CRS (warp the inputs first)")
         rel = ~t0 * info["transform"]  # the source's pixels in the first one's grid
         if rel.b or rel.d or rel.a <= 0 or rel.e <= 0:
-            raise GeotranslateError(f"{info['path']}: its pixel axes differ from "
+            raise InputError(f"{info['path']}: its pixel axes differ from "
                                     f"{first['path']}'s; a VRT mosaic needs the same")
         boxes.append((rel.c, rel.f, rel.a * info["width"], rel.e * info["height"]))
     col0 = math.floor(min(b[0] for b in boxes) + 1e-6)

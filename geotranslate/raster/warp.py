@@ -11,31 +11,21 @@ when B declares none.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
-from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import alpha_index, read_window
+from geotranslate.errors import InputError, OptionError, first_line
+from geotranslate.raster.io import read_window
+from geotranslate.raster.opening import alpha_index
+from geotranslate.raster.windows import Grid, grid_offset
 
 RESAMPLING_NAMES = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A pixel grid: where chips are cut (A's grid, padded up to the tile size if smaller)."""
-
-    crs: rasterio.crs.CRS | None
-    transform: Affine
-    width: int
-    height: int
 
 
 def _bounds_area(bounds: Sequence[float]) -> float:
@@ -50,7 +40,7 @@ def overlap_fraction(a_ds: rasterio.DatasetReader, b_ds: rasterio.DatasetReader)
     try:
         b_box = transform_bounds(b_ds.crs, a_ds.crs, *b_ds.bounds, densify_pts=21)
     except Exception as e:  # pyproj/rasterio errors of several types
-        raise GeotranslateError(
+        raise InputError(
             f"{b_ds.name}: cannot transform its bounds to the CRS of {a_ds.name} ({e})"
         ) from None
     b_box = (
@@ -81,11 +71,11 @@ def pair_sources(
     no_crs_b = [ds.crs is None for ds in b_datasets]
     if any(no_crs_a) or any(no_crs_b):
         if not (all(no_crs_a) and all(no_crs_b)):
-            raise GeotranslateError(
+            raise InputError(
                 "cannot pair rasters with a CRS and rasters without one; give all or none a CRS"
             )
         if len(a_datasets) != len(b_datasets):
-            raise GeotranslateError(
+            raise InputError(
                 f"rasters without a CRS are paired by position: got {len(a_datasets)} A and "
                 f"{len(b_datasets)} B rasters"
             )
@@ -96,27 +86,9 @@ def pair_sources(
         overlapping = [j for frac, j in sorted(cover, key=lambda t: -t[0]) if frac > 0]
         if not overlapping:
             names = ", ".join(str(ds.name) for ds in b_datasets)
-            raise GeotranslateError(f"{a_ds.name}: does not overlap any B raster ({names})")
+            raise InputError(f"{a_ds.name}: does not overlap any B raster ({names})")
         pairs.append(overlapping)
     return pairs
-
-
-def grid_offset(ds: rasterio.DatasetReader, grid: Grid) -> tuple[int, int] | None:
-    """(rows, cols) of ``ds``'s pixel (0, 0) on ``grid`` when ``ds`` lies on that same pixel
-    grid (same CRS, pixel size and orientation, origin a whole number of pixels away); else
-    None. Such a raster is read directly: resampling it would only cost time (and, at its
-    edges, pixels)."""
-    if ds.crs is None or grid.crs is None or ds.crs != grid.crs:
-        return None
-    t, g = ds.transform, grid.transform
-    scale = max(abs(g.a), abs(g.b), abs(g.d), abs(g.e))
-    linear = zip((t.a, t.b, t.d, t.e), (g.a, g.b, g.d, g.e), strict=True)
-    if any(abs(p - q) > 1e-9 * scale for p, q in linear):
-        return None
-    col, row = ~g * (t.c, t.f)
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-        return None
-    return round(row), round(col)
 
 
 class GridReader:
@@ -135,7 +107,7 @@ class GridReader:
         resampling: str = "bilinear",
     ):
         if resampling not in RESAMPLING_NAMES:
-            raise GeotranslateError(
+            raise OptionError(
                 f"resampling {resampling!r} unknown; choose from {', '.join(RESAMPLING_NAMES)}"
             )
         self.bands = list(bands)
@@ -164,7 +136,7 @@ class GridReader:
             try:
                 vrt = WarpedVRT(b_ds, **kwargs)
             except RasterioError as e:
-                raise GeotranslateError(
+                raise InputError(
                     f"{b_ds.name}: cannot warp onto the common grid ({first_line(e)})"
                 ) from None
             self._vrts.append(vrt)

@@ -1,4 +1,4 @@
-"""Windows over a raster grid and padding of reads at its edges.
+"""Pixel grids, windows over them and padding of reads at their edges.
 
 One module serves export (chips on a regular grid) and prediction (overlapping tiles that are
 blended), so both cut a raster the same way.
@@ -7,11 +7,14 @@ blended), so both cut a raster the same way.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
+import rasterio
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import OptionError
 from geotranslate.settings import split_list
 
 
@@ -83,8 +86,36 @@ def parse_pixel_window(
         except ValueError:
             values = ()
         if len(values) != 4:
-            raise GeotranslateError(
+            raise OptionError(
                 f"window {spec!r}: expected ROW_OFF,COL_OFF,HEIGHT,WIDTH (four integers)"
             )
         return values  # type: ignore[return-value]
     return tuple(int(v) for v in spec)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid: where chips are cut (A's grid, padded up to the tile size if smaller)."""
+
+    crs: rasterio.crs.CRS | None
+    transform: Affine
+    width: int
+    height: int
+
+
+def grid_offset(ds: rasterio.DatasetReader, grid: Grid) -> tuple[int, int] | None:
+    """(rows, cols) of ``ds``'s pixel (0, 0) on ``grid`` when ``ds`` lies on that same pixel
+    grid (same CRS, pixel size and orientation, origin a whole number of pixels away); else
+    None. Such a raster is read directly: resampling it would only cost time (and, at its
+    edges, pixels)."""
+    if ds.crs is None or grid.crs is None or ds.crs != grid.crs:
+        return None
+    t, g = ds.transform, grid.transform
+    scale = max(abs(g.a), abs(g.b), abs(g.d), abs(g.e))
+    linear = zip((t.a, t.b, t.d, t.e), (g.a, g.b, g.d, g.e), strict=True)
+    if any(abs(p - q) > 1e-9 * scale for p, q in linear):
+        return None
+    col, row = ~g * (t.c, t.f)
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)

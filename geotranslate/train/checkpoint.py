@@ -14,7 +14,7 @@ import torch
 
 from geotranslate import schema as sc
 from geotranslate.errors import GeotranslateError, first_line
-from geotranslate.raster.io import atomic_path, write_failed
+from geotranslate.files import atomic_path, write_failed
 
 FORMAT = "geotranslate-checkpoint"
 FORMAT_VERSION = 1

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from geotranslate.chips.meta import ChipMeta
 from geotranslate.data import (
     ChipDataset,
     EpochSampler,
@@ -41,13 +42,12 @@ from geotranslate.data import (
 )
 from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.files import atomic_path, check_output_dir
 from geotranslate.log import Advice, show_progress
 from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.metrics import MetricsAccumulator, flat_image, not_above_flat
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
 from geotranslate.models import build_discriminator, unwrap
-from geotranslate.raster.io import atomic_path, check_output_dir
-from geotranslate.stats import stats_from_dict
 from geotranslate.train import distributed
 from geotranslate.train.checkpoint import (
     checkpoint_path,
@@ -199,14 +199,14 @@ class Trainer:
     updates; the Trainer adds the schedulers, the resume checks and the checkpoint state.
     """
 
-    def __init__(self, config: TrainConfig, meta: dict, chip_size: int,
+    def __init__(self, config: TrainConfig, meta: ChipMeta, chip_size: int,
                  device: torch.device, precision: str, ctx: distributed.DistContext,
                  log=print):
         self.config = config
         self.device = device
         self.precision = precision
         self.ctx = ctx
-        self.bands = {d: int(meta["domains"][d]["band_count"]) for d in ("a", "b")}
+        self.bands = {d: meta.domains[d].band_count for d in ("a", "b")}
         self.chip_size = chip_size
 
         def wrap(net: nn.Module) -> nn.Module:  # compile, then DDP
@@ -445,7 +445,7 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
     ``val_flat_*``: the same figures of a flat image at domain B's training mean (meta.json
     statistics, normalized like the chips) on the same chips and pixels: the bar to clear.
     """
-    means = [s.mean for s in stats_from_dict(dataset.meta["domains"]["b"]["stats"])]
+    means = [s.mean for s in dataset.meta.domains["b"].band_stats]
     flat_b = dataset.norm["b"].to_model(np.asarray(means).reshape(-1, 1, 1))
     accumulator: MetricsAccumulator | None = None
     baseline: MetricsAccumulator | None = None
@@ -501,7 +501,7 @@ def validation_line(epoch: int, scores: dict[str, float], advice: Advice | None 
     return line
 
 
-def write_preview(trainer: Trainer, item: dict, norm: dict, meta: dict, rgb: dict,
+def write_preview(trainer: Trainer, item: dict, norm: dict, meta: ChipMeta, rgb: dict,
                   path: Path) -> None:
     """Real A, fake B, (rec A,) real B (, fake A, rec B) rendered in data units."""
     from geotranslate.render import Panel, render_panels
@@ -511,11 +511,11 @@ def write_preview(trainer: Trainer, item: dict, norm: dict, meta: dict, rgb: dic
 
     def panel(title: str, x: torch.Tensor, domain: str, valid: np.ndarray) -> Panel:
         data = norm[domain].from_model(x[0].cpu().numpy())
-        dom = meta["domains"][domain]
+        dom = meta.domains[domain]
         bands = rgb[domain]
-        if bands and any(b < 1 or b > int(dom["band_count"]) for b in bands):
+        if bands and any(b < 1 or b > dom.band_count for b in bands):
             bands = None
-        return Panel(title, data, valid, dom.get("band_descriptions"), bands)
+        return Panel(title, data, valid, dom.band_descriptions, bands)
 
     fake_b = trainer.translate("a2b", a)
     panels = [panel("real A", a, "a", va), panel("fake B", fake_b, "b", va)]
@@ -531,17 +531,15 @@ def write_preview(trainer: Trainer, item: dict, norm: dict, meta: dict, rgb: dic
     render_panels(panels, path, columns=3, scale=max(1, PREVIEW_MIN_PX // size))
 
 
-def _model_domains(meta: dict, dataset: ChipDataset) -> dict[str, DomainSpec]:
+def _model_domains(meta: ChipMeta, dataset: ChipDataset) -> dict[str, DomainSpec]:
     out = {}
     for d in ("a", "b"):
-        dom = meta["domains"][d]
-        count = int(dom["band_count"])
-        out[d] = DomainSpec(count, str(dom["dtype"]),
-                            list(dom.get("band_descriptions") or [None] * count),
-                            dom.get("nodata"), dataset.norm[d],
+        dom = meta.domains[d]
+        out[d] = DomainSpec(dom.band_count, dom.dtype, list(dom.band_descriptions),
+                            dom.nodata, dataset.norm[d],
                             norm_scope=dataset.norm_scope, reference=dataset.reference.get(d),
-                            input_transforms=list(dom.get("input_transforms") or []),
-                            composition=list(dom.get("composition") or []))
+                            input_transforms=list(dom.input_transforms),
+                            composition=list(dom.composition))
     return out
 
 

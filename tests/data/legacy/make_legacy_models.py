@@ -34,7 +34,7 @@ def write(path: Path, data: np.ndarray) -> Path:
 def main() -> None:
     import torch
 
-    from geotranslate.export import export_tiles
+    from geotranslate.chips.export import export_tiles
     from geotranslate.predict import predict_raster
     from geotranslate.train import TrainConfig, train
 

@@ -32,18 +32,18 @@ import pystac
 import torch
 
 from geotranslate import __version__
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import InputError, OptionError, StorageError
+from geotranslate.files import atomic_path, check_file_output, check_not_input
 from geotranslate.modelfile import (
     DIRECTIONS,
     META_NAME,
     WEIGHTS_NAME,
     DomainSpec,
-    _sha256,
     load_model,
     model_files,
+    sha256_file,
+    weights_sha256,
 )
-from geotranslate.predict.provenance import weights_sha256
-from geotranslate.raster.io import atomic_path, check_file_output, check_not_input
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"
@@ -128,8 +128,7 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
 
     model = load_model(run)
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    meta = json.loads((folder / META_NAME).read_text())
-    sha = meta["weights"]["sha256"]
+    sha = model.weights_file_sha256
     when = dt.datetime.fromtimestamp((folder / WEIGHTS_NAME).stat().st_mtime, dt.UTC)
     names = {k: _band_names(model.domains[k], k) for k in ("a", "b")}
     inputs, outputs, archs, params = [], [], [], 0
@@ -191,11 +190,11 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
     for path in onnx:
         asset, direction, generator_sha = _onnx_asset(Path(path), base or folder)
         if generator_sha != digest.get(direction):
-            raise GeotranslateError(f"{path}: was exported from other weights than {folder}'s "
+            raise InputError(f"{path}: was exported from other weights than {folder}'s "
                                     f"{direction} generator")
         key = f"onnx_{direction}"
         if key in item.assets:
-            raise GeotranslateError(f"{path}: a second ONNX model of the same direction")
+            raise OptionError(f"{path}: a second ONNX model of the same direction")
         item.add_asset(key, asset)
     d = item.to_dict(include_self_link=False, transform_hrefs=False)
     pystac.Item.from_dict(d)  # structurally valid
@@ -215,19 +214,19 @@ def _onnx_asset(path: Path, base: str | os.PathLike) -> tuple[pystac.Asset, str,
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # a missing file, or protobuf's DecodeError
-        raise GeotranslateError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+        raise InputError(f"{path}: not an ONNX model ({type(e).__name__})") from None
     props = {p.key: p.value for p in proto.metadata_props}
     try:
         direction = json.loads(props["geotranslate:direction"])
         generator_sha = json.loads(props["geotranslate:weights_sha256"])
     except (KeyError, ValueError):
-        raise GeotranslateError(
+        raise InputError(
             f"{path}: not an ONNX model written by geotranslate export-onnx") from None
     asset = pystac.Asset(
         href=_href(path, base), media_type=ONNX_MEDIA_TYPE, roles=["mlm:model", "data"],
         title=f"{direction} generator as ONNX (raw bands in, data units out)",
         extra_fields={"mlm:artifact_type": "torch.onnx.export",
-                      "geotranslate:sha256": _sha256(path),
+                      "geotranslate:sha256": sha256_file(path),
                       "geotranslate:direction": direction,
                       "geotranslate:deepness": {"model_type": json.loads(props["model_type"]),
                                                 "tile_size": json.loads(props["tile_size"])}})
@@ -242,7 +241,7 @@ def write_model_stac(run: str | os.PathLike, out: str | os.PathLike,
     check_not_input(out, model_files(run))
     item = model_stac_item(run, onnx, base=out.resolve().parent)
     if out.is_dir():
-        raise GeotranslateError(f"{out}: is a directory; give the item's file name")
+        raise StorageError(f"{out}: is a directory; give the item's file name")
     with atomic_path(out, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(item, indent=2) + "\n")
     return out
