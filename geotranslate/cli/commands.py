@@ -13,8 +13,7 @@ from geotranslate.choices import (
     NORM_STATS_MODES,
     PRECISIONS,
 )
-from geotranslate.cli import CONTEXT, cli
-from geotranslate.cli.options import ListOption, SettingsCommand, number_list
+from geotranslate.cli.options import CONTEXT, ListOption, SettingsCommand, number_list
 from geotranslate.errors import GeotranslateError, OptionError
 from geotranslate.files import check_file_output, check_not_input
 from geotranslate.log import is_main_process, logger, progress_option
@@ -24,7 +23,7 @@ from geotranslate.report import DEFAULT_CHIPS
 # ---- export-tiles (geotranslate/chips/) -----------------------------------------------------
 
 
-@cli.command("export-tiles")
+@click.command("export-tiles")
 @click.argument("a_rasters", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--b", "b_rasters", cls=ListOption, type=click.Path(path_type=str),
               help="Domain-B rasters: every raster after --b up to the next option "
@@ -110,7 +109,7 @@ def _train_settings():
     return all_settings()
 
 
-@cli.command("train", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
+@click.command("train", cls=SettingsCommand, settings=_train_settings, context_settings=CONTEXT)
 @click.argument("data_dir", default="chips", type=click.Path())
 @click.option("--no-augment", is_flag=True, hidden=True,
               help="Deprecated: the same as --augment none (now the default).")
@@ -154,7 +153,7 @@ def train_command(ctx: click.Context, resume: str | None, **options) -> None:
         click.echo(str(run_dir))
 
 
-@cli.command("report")
+@click.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="HTML file to write  [default: RUN_DIR/report.html]")
@@ -173,7 +172,7 @@ def report_command(run_dir, out_path, chips, device) -> None:
 # ---- predict-raster (geotranslate/predict/) ---------------------------------------------------
 
 
-@cli.command("predict-raster")
+@click.command("predict-raster")
 @click.argument("in_paths", metavar="IN...", nargs=-1, required=True, type=str)
 @click.option("--model", "model_path", default="runs/latest", type=click.Path(),
               help="Run directory (or its model.json) of a trained model.")
@@ -277,7 +276,7 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
         raise click.exceptions.Exit(1)
 
 
-@cli.command("model-stac")
+@click.command("model-stac")
 @click.argument("run", type=click.Path())
 @click.option("--out", "out_path", required=True, type=click.Path(),
               help="The STAC item (JSON) to write.")
@@ -293,7 +292,7 @@ def model_stac_cmd(run, out_path, onnx_paths, overwrite) -> None:
     click.echo(str(write_model_stac(run, out_path, overwrite=overwrite, onnx=onnx_paths)))
 
 
-@cli.command("export-onnx")
+@click.command("export-onnx")
 @click.argument("run", type=click.Path())
 @click.option("--out", "out_path", required=True, type=click.Path(),
               help="The ONNX model file to write.")
@@ -351,7 +350,7 @@ def _check_evaluate_json(json_path, rasters, model_path, data_dir) -> None:
                     folders=folders)
 
 
-@cli.command("evaluate")
+@click.command("evaluate")
 @click.argument("rasters", nargs=-1, type=click.Path())
 @click.option("--model", "model_path", type=click.Path(),
               help="Chip mode: run directory (or model.json) of a trained model.")
@@ -452,7 +451,7 @@ def evaluate_command(
         click.echo(f"wrote {json_path}")
 
 
-@cli.command("preview")
+@click.command("preview")
 @click.argument("rasters", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_png", default="preview.png", type=click.Path(),
               help="PNG to write (panels side by side).")
@@ -487,3 +486,7 @@ def preview_command(
     )
     click.echo(f"wrote {out_png} ({image.width} x {image.height} px)")
 
+
+#: every command, in the order --help lists them
+COMMANDS = [export_tiles_command, train_command, report_command, predict_raster_cmd,
+            model_stac_cmd, export_onnx_cmd, evaluate_command, preview_command]

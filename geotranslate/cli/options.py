@@ -18,6 +18,9 @@ import click
 from geotranslate.errors import GeotranslateError
 from geotranslate.settings import Setting, split_list
 
+#: every command's context: -h too, defaults shown, help up to 100 columns
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
 
 class ListOption(click.Option):
     """An option that takes every value that follows it, up to the next option.
