@@ -43,7 +43,7 @@ from geotranslate.device import resolve_device, resolve_precision
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.log import Advice, show_progress
 from geotranslate.methods import METHODS, Method, build_method
-from geotranslate.metrics import MetricsAccumulator, flat_image, not_above_flat
+from geotranslate.metrics import MetricCollection, flat_image, not_above_flat, standard_metrics
 from geotranslate.modelfile import DomainSpec, TranslationModel, save_model
 from geotranslate.models import build_discriminator, unwrap
 from geotranslate.raster.io import atomic_path, check_output_dir
@@ -441,14 +441,14 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
     """L1, PSNR and SSIM of fake B against real B over the validation chips' valid pixels.
 
     Figures are in the model's [-1, 1] range (data range 2), pooled over all chips by
-    :class:`geotranslate.metrics.MetricsAccumulator`, the same definitions as ``evaluate``.
+    :func:`geotranslate.metrics.standard_metrics`, the same definitions as ``evaluate``.
     ``val_flat_*``: the same figures of a flat image at domain B's training mean (meta.json
     statistics, normalized like the chips) on the same chips and pixels: the bar to clear.
     """
     means = [s.mean for s in stats_from_dict(dataset.meta["domains"]["b"]["stats"])]
     flat_b = dataset.norm["b"].to_model(np.asarray(means).reshape(-1, 1, 1))
-    accumulator: MetricsAccumulator | None = None
-    baseline: MetricsAccumulator | None = None
+    accumulator: MetricCollection | None = None
+    baseline: MetricCollection | None = None
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         a = torch.stack([it["a"] for it in items])
@@ -457,15 +457,15 @@ def validate(trainer: Trainer, dataset: ChipDataset, batch_size: int) -> dict[st
             real = item["b"].numpy()
             valid = (item["valid_a"][0] * item["valid_b"][0]).numpy() > 0
             if accumulator is None:
-                accumulator = MetricsAccumulator(real.shape[0], data_range=2.0)
-                baseline = MetricsAccumulator(real.shape[0], data_range=2.0)
-            accumulator.add(fake, real, valid)
-            baseline.add(flat_image(flat_b[:, 0, 0], real.shape), real, valid)
+                accumulator = standard_metrics(real.shape[0], data_range=2.0)
+                baseline = standard_metrics(real.shape[0], data_range=2.0)
+            accumulator.update(fake, real, valid)
+            baseline.update(flat_image(flat_b[:, 0, 0], real.shape), real, valid)
     if accumulator is None or accumulator.count == 0:
         return {}
     figures = {}
     for prefix, acc in (("val_", accumulator), ("val_flat_", baseline)):
-        overall = acc.result()["overall"]
+        overall = acc.compute()["overall"]
         figures.update({prefix + "l1": overall["mae"],
                         prefix + "psnr": min(overall["psnr"], 100.0)})
         if overall["ssim"] is not None:  # chips under 7 px have no SSIM
