@@ -20,8 +20,9 @@ One data-range convention in both modes: PSNR and SSIM use, per band, p98 - p2 o
 reference's pixels that are scored (valid in both, inside the AOI; exact, or from a bounded
 uniform sample when there are many), unless a range is given. Chip mode also takes
 ``data_range="model"``: the model's target normalization range (high - low of its normalizer,
-e.g. the training target's robust min-max), which the training validation's [-1, 1] figures
-correspond to; usually wider, so its PSNR is higher. The report names the range it used.
+e.g. the training target's robust min-max); usually wider, so its PSNR is higher. The report
+names the range it used. Chip mode's scoring (:mod:`geotranslate.chipeval`) is also the
+training validation's.
 
 Both return an :class:`EvaluationReport`: a terminal table and a JSON document holding every
 figure and the settings, and beside the model's figures those of a flat image (each band at

@@ -1,6 +1,6 @@
 """Image-quality metrics between a prediction and a reference, over valid pixels only.
 
-Used by ``geotranslate evaluate`` (chips and rasters) and by the trainer's validation, so the
+Used by ``geotranslate evaluate`` (chips and rasters) and by training's validation, so the
 figures mean the same everywhere. Arrays are (bands, rows, cols) in data units with one
 (rows, cols) validity mask: a pixel counts only where it is valid in both images.
 
