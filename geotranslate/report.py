@@ -275,8 +275,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if val:
         parts.append(f'<img alt="validation" src="data:image/png;base64,'
                      f'{validation_plot(rows)}">')
-        parts.append("<p>Figures in the model's [-1, 1] range (data range 2); val_flat_*: a "
-                     "flat image at the target's training mean, the bar to clear.</p>")
+        parts.append("<p>Figures in the target's data units, scored as geotranslate evaluate "
+                     "scores the validation chips (PSNR and SSIM: data range p98 - p2 of the "
+                     "targets; runs of earlier versions logged the model's [-1, 1], range 2); "
+                     "val_flat_*: a flat image at the target's training mean, the bar to "
+                     "clear.</p>")
         parts.append(_table(val_columns, val))
     else:
         parts.append("<p>no validation split (export-tiles --val-fraction makes one; unpaired "
