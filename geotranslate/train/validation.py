@@ -90,8 +90,9 @@ def validation_line(epoch: int, scores: dict[str, float], advice: Advice | None 
     when = f"epoch {epoch}" if epoch else "untrained model"
     line = (f"{when} validation: {figures('val_')} (flat image at the target mean: "
             f"{figures('val_flat_')})")
-    worse = not_above_flat({k: scores.get("val_" + k) for k in ("psnr", "ssim")},
-                           {k: scores.get("val_flat_" + k) for k in ("psnr", "ssim")})
+    model = {k.removeprefix("val_"): v for k, v in scores.items() if not k.startswith("val_flat_")}
+    flat = {k.removeprefix("val_flat_"): v for k, v in scores.items() if k.startswith("val_flat_")}
+    worse = not_above_flat(model, flat)
     if worse:
         what = ", ".join(worse)
         if epoch >= FLAT_PATIENCE_EPOCHS:
