@@ -216,7 +216,10 @@ class Method:
         return autocast(self.device, self.precision)
 
     def backward_step(self, loss: torch.Tensor, group: str) -> None:
-        """Scaled backward of ``loss`` and a step of optimizer ``group`` (``"g"``/``"d"``)."""
+        """Scaled backward of ``loss`` and a step of optimizer ``group`` (``"g"``/``"d"``).
+
+        Every optimizer update of :meth:`step` goes through here: the one seam to observe
+        or interrupt a step between its updates."""
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizers[group])
 
