@@ -266,6 +266,13 @@ class ChipDataset(Dataset):
             return self._cache[domain][index]
         return self._load(domain, index)
 
+    def chip_data(self, domain: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chip ``index`` of ``domain`` in its data units (as export-tiles wrote it) and its
+        validity, cropped at the centre as the items of a set without random crops are."""
+        data, valid = read_chip(self.paths[domain][index])
+        offset = (self.chip_size - self.crop_size) // 2
+        return _apply(data, valid, (offset, offset, False, 0), self.crop_size)
+
     def __len__(self) -> int:
         return max(len(self.paths["a"]), len(self.paths["b"]))
 

@@ -20,8 +20,9 @@ One data-range convention in both modes: PSNR and SSIM use, per band, p98 - p2 o
 reference's pixels that are scored (valid in both, inside the AOI; exact, or from a bounded
 uniform sample when there are many), unless a range is given. Chip mode also takes
 ``data_range="model"``: the model's target normalization range (high - low of its normalizer,
-e.g. the training target's robust min-max), which the training validation's [-1, 1] figures
-correspond to; usually wider, so its PSNR is higher. The report names the range it used.
+e.g. the training target's robust min-max); usually wider, so its PSNR is higher. The report
+names the range it used. Chip mode's scoring (:mod:`geotranslate.chipeval`) is also the
+training validation's.
 
 Both return an :class:`EvaluationReport`: a terminal table and a JSON document holding every
 figure and the settings, and beside the model's figures those of a flat image (each band at
@@ -47,11 +48,19 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geotranslate import schema as sc
+from geotranslate.chipeval import ChipPair, ChipScores, score_chips, target_data_range
 from geotranslate.errors import GeotranslateError
 from geotranslate.files import atomic_path
 from geotranslate.inputs import chip_normalizer
 from geotranslate.log import show_progress
-from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, flat_image, not_above_flat
+from geotranslate.metrics import (
+    RANGE_SAMPLES,
+    SSIM_MARGIN,
+    flat_image,
+    not_above_flat,
+    reference_data_range,
+    standard_metrics,
+)
 from geotranslate.raster.io import open_raster, parse_bands, read_window
 from geotranslate.raster.warp import GridReader
 from geotranslate.raster.windows import Grid, own_extents, tile_offsets
@@ -59,8 +68,6 @@ from geotranslate.stats import StatsAccumulator
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
 RASTER_TILE = 1024
-#: samples of the reference's pixels for its p2/p98 (the default data range), as for meta.json.
-RANGE_SAMPLES = 200_000
 
 
 @dataclass
@@ -171,17 +178,6 @@ def _parse_data_range(data_range: float | Sequence[float] | str | None, band_cou
     return np.broadcast_to(values, (band_count,)).tolist()
 
 
-def _reference_ranges(stats: StatsAccumulator, where: str) -> tuple[list[float], str]:
-    """The default data range of each band, p98 - p2 of the reference's scored pixels, and
-    the sentence that says so."""
-    ranges = [s.p98 - s.p2 if s.p98 > s.p2 else s.max - s.min for s in stats.result()]
-    ranges = [r if r > 0 else 1.0 for r in ranges]
-    source = (f"p98 - p2 of the reference's valid pixels {where} "
-              f"({'exact' if stats.exact else 'from a uniform sample'}; "
-              "max - min, or 1, where that is 0)")
-    return ranges, source
-
-
 # ---- chip mode ---------------------------------------------------------------------------------
 
 
@@ -213,142 +209,132 @@ def evaluate_chips(
     ``model`` is a :class:`~geotranslate.modelfile.TranslationModel` or a path for
     :func:`~geotranslate.modelfile.load_model`. Pixels count where both the source and the
     target chip are valid. ``data_range``: None (p98 - p2 of the targets' scored pixels, as
-    raster mode), ``"model"`` (the model's target normalization range) or values.
+    raster mode), ``"model"`` (the model's target normalization range) or values. The scoring
+    is :mod:`geotranslate.chipeval`'s, as the training validation's.
     """
     import torch
 
+    from geotranslate.device import resolve_device  # torch only for chip mode
     from geotranslate.modelfile import DIRECTIONS, TranslationModel, load_model
 
     if direction not in DIRECTIONS:
         raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
     if batch_size < 1:
         raise GeotranslateError(f"batch size must be at least 1, got {batch_size}")
-    from geotranslate.data import chip_paths
-    from geotranslate.device import resolve_device  # torch only for chip mode
-
     device = resolve_device(device)
     model_path = None
     if not isinstance(model, TranslationModel):
         model_path = str(model)
         model = load_model(model, device=device)
     generator = model.generator(direction).to(device).eval()
-    src_name, tgt_name = DIRECTIONS[direction]
-    source, target = model.source_domain(direction), model.target_domain(direction)
-
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise GeotranslateError(f"{data_dir}: no such chip directory (make it with export-tiles)")
-    src_dir, tgt_dir = data_dir / f"{split}_{src_name}", data_dir / f"{split}_{tgt_name}"
-    for d in (src_dir, tgt_dir):
-        if not d.is_dir() or not chip_paths(d):
-            hint = (
-                "export validation chips with `geotranslate export-tiles ... --val-fraction 0.1` "
-                "or evaluate on --split train"
-                if split == "val"
-                else "export chips with `geotranslate export-tiles` (paired, with --b)"
-            )
-            raise GeotranslateError(f"{d}: no {split} chips ({hint})")
-    src_names = {p.name for p in chip_paths(src_dir)}
-    names = sorted(src_names & {p.name for p in chip_paths(tgt_dir)})
-    if not names:
-        raise GeotranslateError(
-            f"{src_dir} and {tgt_dir}: no chip names in common (chip mode needs paired chips)"
-        )
-
-    source_norm = chip_normalizer(source, data_dir, src_name)  # the scene scope's per chip
-    generator, norm_label = _chip_scene_generator(
-        generator, norm_stats, src_dir, names, source, src_name, device, source_norm
-    )
-    normalizer = target.normalizer
-    if data_range is None:
-        ranges, range_source = _chip_reference_ranges(
-            names, src_dir, tgt_dir, (source.band_count, src_name),
-            (target.band_count, tgt_name))
-    elif isinstance(data_range, str) and data_range == "model":
-        ranges = [h - lo for lo, h in zip(normalizer.low, normalizer.high, strict=True)]
-        range_source = (
-            f"target domain {tgt_name} normalizer of the model "
-            f"({normalizer.method}: high - low)"
-        )
-    else:
-        ranges = _parse_data_range(data_range, target.band_count,
-                                   f"the model's domain {tgt_name}")
-        range_source = "given"
-    acc = MetricsAccumulator(target.band_count, ranges)
-    levels, no_levels = _training_means(data_dir, tgt_name, target.band_count)
-    flat_acc = MetricsAccumulator(target.band_count, ranges) if levels is not None else None
-
+    chips = _SplitChips(model, Path(data_dir), split, direction)
+    generator, norm_label = _chip_scene_generator(generator, norm_stats, chips, device)
+    ranges, range_source = _chip_data_range(data_range, chips)
+    target = chips.target
+    levels, no_levels = _training_means(chips.data_dir, chips.tgt_name, target.band_count)
+    scores = ChipScores(target.normalizer, target.dtype, ranges, levels)
+    names = chips.names
     batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
     if show_progress(progress):
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="evaluate", unit="batch", leave=False)
     with torch.no_grad():
-        for batch in batches:
-            # chips of one batch must share a shape for torch.stack: group by shape
-            groups: dict[tuple[int, ...], list] = {}
-            for name in batch:
-                src, src_valid = _read_chip(src_dir / name, source.band_count, src_name)
-                tgt, tgt_valid = _read_chip(tgt_dir / name, target.band_count, tgt_name)
-                if src.shape[1:] != tgt.shape[1:]:
-                    raise GeotranslateError(
-                        f"{tgt_dir / name}: {tgt.shape[2]} x {tgt.shape[1]} px, but its source "
-                        f"chip is {src.shape[2]} x {src.shape[1]} px"
-                    )
-                x = source_norm(name).to_model(src, src_valid)
-                groups.setdefault(x.shape, []).append((x, tgt, src_valid & tgt_valid))
-            for items in groups.values():
-                x = torch.from_numpy(np.stack([it[0] for it in items])).to(device)
-                y = generator(x).float().cpu().numpy()
-                for out, (_, tgt, valid) in zip(y, items, strict=True):
-                    pred = normalizer.to_data(out, target.dtype)
-                    acc.add(pred.astype(np.float64), tgt.astype(np.float64), valid)
-                    if flat_acc is not None:
-                        flat_acc.add(flat_image(levels, tgt.shape), tgt.astype(np.float64), valid)
-    if acc.count == 0:
-        raise GeotranslateError(
-            f"{src_dir}, {tgt_dir}: no pixel is valid in both source and target chips"
-        )
-    metrics = acc.result(target.band_descriptions)
+        score_chips(lambda x: generator(x.to(device)),
+                    ([chips.pair(name) for name in batch] for batch in batches), scores)
+    if scores.model.count == 0:
+        raise GeotranslateError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
+                                "source and target chips")
     settings = {
-        "model": model_path,
-        "dataset_type": model.dataset_type,
-        "data_dir": str(data_dir),
-        "split": split,
-        "direction": direction,
-        "chips": len(names),
-        "device": str(device),
-        "batch_size": batch_size,
-        "norm_stats": norm_label,
-        "target_dtype": target.dtype,
-        "data_range": [float(r) for r in ranges],
-        "data_range_source": range_source,
+        "model": model_path, "dataset_type": model.dataset_type, "data_dir": str(chips.data_dir),
+        "split": split, "direction": direction, "chips": len(names), "device": str(device),
+        "batch_size": batch_size, "norm_stats": norm_label, "target_dtype": target.dtype,
+        "data_range": [float(r) for r in ranges], "data_range_source": range_source,
         "resolution_ratio": 1.0,
     }
     notes, baseline = [], None
-    if flat_acc is None:
+    if scores.flat is None:
         notes.append(f"no flat-image baseline: {no_levels}")
     else:
         baseline = {"levels": levels,
-                    "levels_source": f"the training mean of domain {tgt_name} (meta.json)",
-                    "metrics": flat_acc.result(target.band_descriptions)}
+                    "levels_source": f"the training mean of domain {chips.tgt_name} (meta.json)",
+                    "metrics": scores.flat.compute(target.band_descriptions)}
+    metrics = scores.model.compute(target.band_descriptions)
     return EvaluationReport("chips", metrics, settings, notes, baseline)
 
 
-def _chip_reference_ranges(names, src_dir: Path, tgt_dir: Path, src: tuple[int, str],
-                           tgt: tuple[int, str]) -> tuple[list[float], str]:
-    """p98 - p2 of the target chips' pixels valid in both chips (a first pass, no model)."""
-    stats = StatsAccumulator(tgt[0], max_samples=RANGE_SAMPLES)
-    for name in names:
-        _, src_valid = _read_chip(src_dir / name, *src)
-        data, tgt_valid = _read_chip(tgt_dir / name, *tgt)
-        if src_valid.shape == tgt_valid.shape:  # else refused with its message by the caller
-            stats.add(data, src_valid & tgt_valid)
-    if stats.count == 0:
-        raise GeotranslateError(
-            f"{src_dir}, {tgt_dir}: no pixel is valid in both source and target chips"
-        )
-    return _reference_ranges(stats, "in the split's chips")
+class _SplitChips:
+    """The paired chips of one split, read for one direction of a model."""
+
+    def __init__(self, model, data_dir: Path, split: str, direction: str):
+        from geotranslate.data import chip_paths
+        from geotranslate.modelfile import DIRECTIONS
+
+        self.data_dir = data_dir
+        self.src_name, self.tgt_name = DIRECTIONS[direction]
+        self.source, self.target = model.source_domain(direction), model.target_domain(direction)
+        if not data_dir.is_dir():
+            raise GeotranslateError(
+                f"{data_dir}: no such chip directory (make it with export-tiles)")
+        self.src_dir = data_dir / f"{split}_{self.src_name}"
+        self.tgt_dir = data_dir / f"{split}_{self.tgt_name}"
+        for d in (self.src_dir, self.tgt_dir):
+            if not d.is_dir() or not chip_paths(d):
+                hint = (
+                    "export validation chips with `geotranslate export-tiles ... "
+                    "--val-fraction 0.1` or evaluate on --split train"
+                    if split == "val"
+                    else "export chips with `geotranslate export-tiles` (paired, with --b)"
+                )
+                raise GeotranslateError(f"{d}: no {split} chips ({hint})")
+        src_names = {p.name for p in chip_paths(self.src_dir)}
+        self.names = sorted(src_names & {p.name for p in chip_paths(self.tgt_dir)})
+        if not self.names:
+            raise GeotranslateError(f"{self.src_dir} and {self.tgt_dir}: no chip names in "
+                                    "common (chip mode needs paired chips)")
+        # the scene scope's normalizer of each chip
+        self.source_norm = chip_normalizer(self.source, data_dir, self.src_name)
+
+    def source_chip(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _read_chip(self.src_dir / name, self.source.band_count, self.src_name)
+
+    def target_chip(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _read_chip(self.tgt_dir / name, self.target.band_count, self.tgt_name)
+
+    def pair(self, name: str) -> ChipPair:
+        src, src_valid = self.source_chip(name)
+        tgt, tgt_valid = self.target_chip(name)
+        if src.shape[1:] != tgt.shape[1:]:
+            raise GeotranslateError(
+                f"{self.tgt_dir / name}: {tgt.shape[2]} x {tgt.shape[1]} px, but its source "
+                f"chip is {src.shape[2]} x {src.shape[1]} px"
+            )
+        return ChipPair(name, self.source_norm(name).to_model(src, src_valid), tgt,
+                        src_valid & tgt_valid)
+
+    def targets(self):
+        """(target, valid in both) of each chip pair of one size (the others are refused,
+        with their message, by :meth:`pair`)."""
+        for name in self.names:
+            _, src_valid = self.source_chip(name)
+            data, tgt_valid = self.target_chip(name)
+            if src_valid.shape == tgt_valid.shape:
+                yield data, src_valid & tgt_valid
+
+
+def _chip_data_range(data_range, chips: _SplitChips) -> tuple[list[float], str]:
+    """The ranges of ``data_range`` (None, ``"model"`` or values) and the sentence naming them."""
+    if data_range is None:
+        return target_data_range(chips.targets(), chips.target.band_count,
+                                 f"{chips.src_dir}, {chips.tgt_dir}")
+    if isinstance(data_range, str) and data_range == "model":
+        normalizer = chips.target.normalizer
+        ranges = [h - lo for lo, h in zip(normalizer.low, normalizer.high, strict=True)]
+        return ranges, (f"target domain {chips.tgt_name} normalizer of the model "
+                        f"({normalizer.method}: high - low)")
+    ranges = _parse_data_range(data_range, chips.target.band_count,
+                               f"the model's domain {chips.tgt_name}")
+    return ranges, "given"
 
 
 def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list | None, str]:
@@ -370,8 +356,7 @@ def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list 
     return [s.mean for s in bands], ""
 
 
-def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_name, device,
-                          source_norm=None):
+def _chip_scene_generator(generator, norm_stats, chips: _SplitChips, device):
     """The generator with scene statistics from chips spread over the split, and the label."""
     from contextlib import nullcontext
 
@@ -382,16 +367,17 @@ def _chip_scene_generator(generator, norm_stats, src_dir, names, source, src_nam
         scene_generator,
     )
 
+    names = chips.names
+
     def sample() -> np.ndarray:
-        first, _ = _read_chip(src_dir / names[0], source.band_count, src_name)
+        first, _ = chips.source_chip(names[0])
         count = max(1, min(SAMPLE_TILES, SAMPLE_PIXELS // (first.shape[1] * first.shape[2])))
-        chips = []
+        samples = []
         for i in sample_offsets(len(names), 1, count):
-            data, valid = _read_chip(src_dir / names[i], source.band_count, src_name)
+            data, valid = chips.source_chip(names[i])
             if data.shape == first.shape:  # one batch: one shape
-                norm = source.normalizer if source_norm is None else source_norm(names[i])
-                chips.append(norm.to_model(data, valid))
-        return np.stack(chips)
+                samples.append(chips.source_norm(names[i]).to_model(data, valid))
+        return np.stack(samples)
 
     return scene_generator(generator, norm_stats, sample, device, nullcontext)
 
@@ -560,20 +546,20 @@ def evaluate_rasters(
         stats = ref_stats.result()
         levels = [s.mean for s in stats]
         if ranges is None:
-            ranges, range_source = _reference_ranges(
+            ranges, range_source = reference_data_range(
                 ref_stats, "in the common area" + region.label)
-        acc = MetricsAccumulator(band_count, ranges)
-        flat_acc = MetricsAccumulator(band_count, ranges)
+        acc = standard_metrics(band_count, ranges)
+        flat_acc = standard_metrics(band_count, ranges)
         for p, r, valid, core in pairs(SSIM_MARGIN):
-            acc.add(p.astype(np.float64), r.astype(np.float64), valid, core)
-            flat_acc.add(flat_image(levels, r.shape), r.astype(np.float64), valid, core)
+            acc.update(p.astype(np.float64), r.astype(np.float64), valid, core)
+            flat_acc.update(flat_image(levels, r.shape), r.astype(np.float64), valid, core)
         if acc.count == 0:
             raise GeotranslateError(
                 f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
                 "(all nodata)"
             )
         descriptions = [pred.descriptions[b - 1] or ref.descriptions[b - 1] for b in pred_bands]
-        metrics = acc.result(descriptions)
+        metrics = acc.compute(descriptions)
         settings = {
             "prediction": str(pred_path),
             "reference": str(ref_path),
@@ -600,7 +586,7 @@ def evaluate_rasters(
             notes.append(f"reference warped onto the prediction's grid ({resampling})")
         baseline = {"levels": levels,
                     "levels_source": "the mean of the reference's pixels valid in both rasters",
-                    "metrics": flat_acc.result(descriptions)}
+                    "metrics": flat_acc.compute(descriptions)}
         return EvaluationReport("rasters", metrics, settings, notes, baseline)
     finally:
         if warper is not None:

@@ -201,6 +201,50 @@ def chip_rows(rows: Sequence[Sequence[Panel]], min_size: int = 128) -> Image.Ima
     return compose(panels, columns=max(len(r) for r in rows), scale=max(1, min_size // size))
 
 
+# ---- training previews -----------------------------------------------------------------------
+
+#: small chips are enlarged (nearest neighbour) to at least this many pixels in previews.
+PREVIEW_MIN_PX = 128
+
+
+def parse_rgb_bands(spec: str | None) -> dict[str, list[int] | None]:
+    """``"3,2,1"`` (both domains where it fits) or ``"a:1,2,3;b:3,2,1"`` -> per-domain bands."""
+    out: dict[str, list[int] | None] = {"a": None, "b": None}
+    if not spec:
+        return out
+    try:
+        for part in spec.replace(" ", "").split(";"):
+            if ":" in part:
+                domain, bands = part.split(":", 1)
+                domain = domain.lower()
+                if domain not in out:
+                    raise ValueError
+                out[domain] = [int(b) for b in bands.split(",")]
+            else:
+                out["a"] = out["b"] = [int(b) for b in part.split(",")]
+    except ValueError:
+        raise OptionError(
+            f"--rgb-bands {spec!r}: expected e.g. 3,2,1 or a:1,2,3;b:3,2,1"
+        ) from None
+    return out
+
+
+def chip_panel(title: str, data: np.ndarray, valid: np.ndarray | None,
+               band_descriptions: Sequence[str | None] | None,
+               rgb_bands: Sequence[int] | None) -> Panel:
+    """A panel of one domain's chip; ``rgb_bands`` that do not fit its bands are left out
+    (``--rgb-bands 3,2,1`` names both domains, one of which may have fewer bands)."""
+    if rgb_bands and any(b < 1 or b > data.shape[0] for b in rgb_bands):
+        rgb_bands = None
+    return Panel(title, data, valid, band_descriptions, rgb_bands)
+
+
+def write_preview(panels: Sequence[Panel], path: str | os.PathLike) -> None:
+    """A training preview (real A, fake B, ...): rows of three, small chips enlarged."""
+    size = max(p.data.shape[-1] for p in panels)
+    render_panels(panels, path, columns=3, scale=max(1, PREVIEW_MIN_PX // size))
+
+
 # ---- rasters for display: bounded, decimated reads ------------------------------------------
 
 #: longest side of a panel read from a raster, unless the caller asks otherwise.

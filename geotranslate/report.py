@@ -164,8 +164,8 @@ def chip_grid(run_dir: Path, config: dict, count: int, device: str = "cpu") -> t
 
     from geotranslate.data import read_chip
     from geotranslate.modelfile import load_model
-    from geotranslate.render import Panel, chip_rows
-    from geotranslate.train.trainer import BEST_DIR, parse_rgb_bands
+    from geotranslate.render import Panel, chip_panel, chip_rows, parse_rgb_bands
+    from geotranslate.train.run import BEST_DIR
 
     if count < 1 or not (run_dir / "model.json").exists():
         return "", "no model yet (the run has not finished)" if count >= 1 else ""
@@ -188,10 +188,8 @@ def chip_grid(run_dir: Path, config: dict, count: int, device: str = "cpu") -> t
     source, target = any_model.source_domain("a2b"), any_model.target_domain("a2b")
 
     def panel(title: str, data: np.ndarray, valid: np.ndarray, domain) -> Panel:
-        bands = rgb["a" if domain is source else "b"]
-        if bands and any(b < 1 or b > domain.band_count for b in bands):
-            bands = None
-        return Panel(title, data, valid, domain.band_descriptions, bands)
+        return chip_panel(title, data, valid, domain.band_descriptions,
+                          rgb["a" if domain is source else "b"])
 
     rows = []
     for name in picked:
@@ -277,8 +275,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if val:
         parts.append(f'<img alt="validation" src="data:image/png;base64,'
                      f'{validation_plot(rows)}">')
-        parts.append("<p>Figures in the model's [-1, 1] range (data range 2); val_flat_*: a "
-                     "flat image at the target's training mean, the bar to clear.</p>")
+        parts.append("<p>Figures in the target's data units, scored as geotranslate evaluate "
+                     "scores the validation chips (PSNR and SSIM: data range p98 - p2 of the "
+                     "targets; runs of earlier versions logged the model's [-1, 1], range 2); "
+                     "val_flat_*: a flat image at the target's training mean, the bar to "
+                     "clear.</p>")
         parts.append(_table(val_columns, val))
     else:
         parts.append("<p>no validation split (export-tiles --val-fraction makes one; unpaired "

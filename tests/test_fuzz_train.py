@@ -18,10 +18,11 @@ import torch
 from builders import last_checkpoint, make_chips, read_metrics
 
 from geotranslate.cli import main
+from geotranslate.data import EpochSampler
 from geotranslate.errors import GeotranslateError
+from geotranslate.methods import Method
 from geotranslate.methods import pix2pix as pix2pix_module
 from geotranslate.train import TrainConfig, train
-from geotranslate.train import trainer as trainer_module
 
 TINY = {"ngf": 4, "ndf": 4, "n_layers_d": 1, "n_blocks": 1, "progress": False}
 TINY_ARGS = ["--ngf", "4", "--ndf", "4", "--n-layers-d", "1", "--n-blocks", "1",
@@ -97,7 +98,7 @@ def test_a_late_refusal_removes_the_new_run_dir(chips, tmp_path, monkeypatch):
     def out_of_memory(self, batch):
         raise GeotranslateError("out of GPU memory (simulated)")
 
-    monkeypatch.setattr(trainer_module.Trainer, "step", out_of_memory)
+    monkeypatch.setattr(Method, "step", out_of_memory)
     run = tmp_path / "run"
     with pytest.raises(GeotranslateError, match="simulated"):
         train(TrainConfig("Pix2Pix", **common(chips, "Pix2Pix", out=str(run))))
@@ -134,15 +135,15 @@ def test_non_finite_losses_stop_the_run_and_keep_the_last_good_checkpoint(
 
 
 def test_non_finite_weights_are_never_saved(chips, tmp_path, monkeypatch):
-    real_step = trainer_module.Trainer.step
+    real_step = Method.step
 
     def poisoning_step(self, batch):  # finite losses, NaN weights after the update
         losses = real_step(self, batch)
         with torch.no_grad():
-            next(self.g_ab.parameters()).fill_(math.nan)
+            next(self.nets["g_ab"].parameters()).fill_(math.nan)
         return losses
 
-    monkeypatch.setattr(trainer_module.Trainer, "step", poisoning_step)
+    monkeypatch.setattr(Method, "step", poisoning_step)
     run = tmp_path / "run"
     with pytest.raises(GeotranslateError, match=r"weight g_ab\.\S+ is not finite"):
         train(TrainConfig("Pix2Pix", **common(chips, "Pix2Pix", out=str(run), max_steps=1)))
@@ -153,13 +154,13 @@ def test_non_finite_weights_are_never_saved(chips, tmp_path, monkeypatch):
 def test_a_chip_failing_in_a_worker_gives_one_line(tmp_path, monkeypatch, capfd):
     data = make_chips(tmp_path / "chips", n_train=4)
     victim = sorted((data / "train_b").iterdir())[1]
-    real_set_epoch = trainer_module.EpochSampler.set_epoch
+    real_set_epoch = EpochSampler.set_epoch
 
     def set_epoch_then_damage(self, epoch, start=0):  # after the chips were checked
         victim.write_bytes(b"II*\x00 not a tiff any more")
         real_set_epoch(self, epoch, start)
 
-    monkeypatch.setattr(trainer_module.EpochSampler, "set_epoch", set_epoch_then_damage)
+    monkeypatch.setattr(EpochSampler, "set_epoch", set_epoch_then_damage)
     status = main(["train", str(data), "--dataset-type", "Pix2Pix", "--out",
                    str(tmp_path / "run"), "--epochs", "1", "--epochs-decay", "0",
                    "--no-cache", "--workers", "1", *TINY_ARGS])
@@ -185,8 +186,8 @@ def _sigint() -> None:
 ])
 def test_resume_after_sigint_is_exact(dataset_type, where, at, chips, reference, tmp_path,
                                       monkeypatch):
-    real_step = trainer_module.Trainer.step
-    real_backward = trainer_module.Trainer._backward_step
+    real_step = Method.step
+    real_backward = Method.backward_step
     state = {"step": 0, "updates": 0}
 
     def step(self, batch):
@@ -199,16 +200,16 @@ def test_resume_after_sigint_is_exact(dataset_type, where, at, chips, reference,
             _sigint()
         return losses
 
-    def backward_step(self, loss, optimizer):
-        real_backward(self, loss, optimizer)
+    def backward_step(self, loss, group):
+        real_backward(self, loss, group)
         state["updates"] += 1
         if where.endswith("between_updates") and state["step"] == at and state["updates"] == 1:
             _sigint()  # the first network group is updated, the second not yet
             if where.startswith("twice"):
                 _sigint()
 
-    monkeypatch.setattr(trainer_module.Trainer, "step", step)
-    monkeypatch.setattr(trainer_module.Trainer, "_backward_step", backward_step)
+    monkeypatch.setattr(Method, "step", step)
+    monkeypatch.setattr(Method, "backward_step", backward_step)
     run = tmp_path / "run"
     config = common(chips, dataset_type, save_every=2)
     with pytest.raises(KeyboardInterrupt):
@@ -229,14 +230,14 @@ def test_resume_after_sigint_is_exact(dataset_type, where, at, chips, reference,
 # -- SIGKILL after a --save-every checkpoint ----------------------------------------------------
 KILLER = """
 import os, signal, sys
-from geotranslate.train import TrainConfig, train, trainer
-real_save = trainer.save_checkpoint
+from geotranslate.train import TrainConfig, train, run
+real_save = run.save_checkpoint
 def save_then_die(state, run_dir):
     path = real_save(state, run_dir)
     if state["iteration"] == 4:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-trainer.save_checkpoint = save_then_die
+run.save_checkpoint = save_then_die
 train(TrainConfig(**eval(sys.argv[1])))
 """
 

@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 
 from geotranslate.cli import main
 from geotranslate.log import Advice, logger, set_verbosity, show_progress
-from geotranslate.train import trainer as trainer_module
+from geotranslate.train.validation import validation_line
 
 #: what tqdm leaves in a file: carriage returns, its "NN%|" bars, its rates
 BAR_MARKS = ("\r", "%|", "it/s", "s/it", "window/s", "tile/s")
@@ -108,7 +108,7 @@ def test_flat_image_advice_is_said_once_then_counted():
     scores = {"val_l1": 0.3, "val_psnr": 14.0, "val_ssim": 0.2,
               "val_flat_l1": 0.25, "val_flat_psnr": 14.8, "val_flat_ssim": 0.1}
     advice = Advice()
-    lines = [trainer_module.validation_line(epoch, scores, advice) for epoch in range(5, 9)]
+    lines = [validation_line(epoch, scores, advice) for epoch in range(5, 9)]
     assert "check --augment" in lines[0]
     assert all("check --augment" not in line for line in lines[1:])
     assert lines[1].endswith("no better than a flat image after 6 epochs (PSNR) "

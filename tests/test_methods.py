@@ -23,7 +23,7 @@ from geotranslate.models import (
 )
 from geotranslate.models.nce import mask_at
 from geotranslate.train import TrainConfig, distributed
-from geotranslate.train.trainer import Trainer
+from geotranslate.train.setup import training_method
 
 TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
 
@@ -64,45 +64,45 @@ def assert_same(x: dict, y: dict) -> None:
         assert torch.equal(x[k], y[k]), k
 
 
-# -- Pix2Pix and CycleGAN are the Trainer's, bit for bit ----------------------------------------
+# -- the method a run trains is build_method's, bit for bit ------------------------------------
 
 @pytest.mark.parametrize(("dataset_type", "bands", "settings"), [
     ("Pix2Pix", (2, 3), {"lambda_tv": 0.1}),  # unet with dropout: the RNG streams line up too
     ("CycleGAN", (3, 3), {"pool_size": 2}),  # identity losses, pools that fill and swap
     ("CycleGAN", (2, 3), {"generator": "unet"}),  # identity off
 ])
-def test_pix2pix_and_cyclegan_steps_are_the_trainers(dataset_type, bands, settings):
+def test_the_runs_method_steps_as_build_methods(dataset_type, bands, settings):
     cfg = config(dataset_type, **settings)
     meta = SimpleNamespace(domains={d: SimpleNamespace(band_count=n)  # what the Trainer reads
                                     for d, n in zip("ab", bands, strict=True)})
     batches = [make_batch(*bands, seed=s) for s in range(4)]
-    trainer = Trainer(cfg, meta, 32, torch.device("cpu"), "fp32", distributed.DistContext(),
-                      log=lambda m: None)
-    expected = [trainer.step(b) for b in batches[:3]]
-    checkpoint = copy.deepcopy(trainer.state_dict())
+    run_method = training_method(cfg, meta, 32, torch.device("cpu"), "fp32",
+                                 distributed.DistContext(), log=lambda m: None)
+    expected = [run_method.step(b) for b in batches[:3]]
+    checkpoint = copy.deepcopy(run_method.state_dict())
     torch.manual_seed(123)
-    expected_next = trainer.step(batches[3])
+    expected_next = run_method.step(batches[3])
 
     method = build_method(dataset_type, cfg, dict(zip("ab", bands, strict=True)), 32,
                           log=lambda m: None)
-    assert list(method.nets) == list(trainer.nets)
-    assert method.loss_names() == trainer.loss_names()
+    assert list(method.nets) == list(run_method.nets)
+    assert method.loss_names() == run_method.loss_names()
     for batch, losses in zip(batches[:3], expected, strict=True):
         got = method.step(batch)
         assert list(got) == list(losses)
         assert_same(got, losses)
     assert_same(weights(method.nets), {f"{n}.{k}": v for n, state in checkpoint["nets"].items()
                                        for k, v in state.items()})
-    assert method.generator_specs == trainer.generator_specs
-    assert method.discriminator_specs == trainer.discriminator_specs
+    assert method.generator_specs == run_method.generator_specs
+    assert method.discriminator_specs == run_method.discriminator_specs
 
-    # a checkpoint written by the Trainer continues in the method exactly
+    # the state a run checkpoints continues in a method built apart exactly
     fresh = build_method(dataset_type, cfg, dict(zip("ab", bands, strict=True)), 32,
                          log=lambda m: None)
     fresh.load_state_dict(checkpoint)
     torch.manual_seed(123)
     assert_same(fresh.step(batches[3]), expected_next)
-    assert_same(weights(fresh.nets), weights({n: trainer.nets[n] for n in fresh.nets}))
+    assert_same(weights(fresh.nets), weights({n: run_method.nets[n] for n in fresh.nets}))
 
 
 # -- the losses on constructed examples ---------------------------------------------------------

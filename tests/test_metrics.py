@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geotranslate.metrics import SSIM_MARGIN, MetricsAccumulator, compute_metrics
+from geotranslate.metrics import SSIM_MARGIN, Metric, compute_metrics, standard_metrics
 
 
 def _image(bands: int = 3, size: int = 24, seed: int = 0) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_tiles_with_margin_match_whole_image():
     ref = _image(size=40, seed=1)
     pred = ref + np.random.default_rng(2).normal(0, 30, size=ref.shape)
     whole = compute_metrics(pred, ref, None, data_range=900.0)
-    acc = MetricsAccumulator(3, 900.0)
+    acc = standard_metrics(3, 900.0)
     tile, m = 16, SSIM_MARGIN
     for r in range(0, 40, tile):
         for c in range(0, 40, tile):
@@ -116,8 +116,8 @@ def test_tiles_with_margin_match_whole_image():
             th, tw = min(tile, 40 - r), min(tile, 40 - c)
             core = (slice(r - r0, r - r0 + th), slice(c - c0, c - c0 + tw))
             valid = np.ones((r1 - r0, c1 - c0), dtype=bool)
-            acc.add(pred[:, r0:r1, c0:c1], ref[:, r0:r1, c0:c1], valid, core)
-    tiled = acc.result()
+            acc.update(pred[:, r0:r1, c0:c1], ref[:, r0:r1, c0:c1], valid, core)
+    tiled = acc.compute()
     assert tiled["valid_pixels"] == 1600
     for key in ("mae", "rmse", "psnr", "ssim", "sam_deg", "ergas"):
         assert tiled["overall"][key] == pytest.approx(whole["overall"][key], rel=1e-9)
@@ -131,3 +131,31 @@ def test_bad_inputs():
         compute_metrics(ref, ref, np.zeros(ref.shape[1:], dtype=bool), data_range=1.0)
     with pytest.raises(ValueError, match="shapes differ"):
         compute_metrics(ref, ref[:2], None, data_range=1.0)
+
+
+def test_a_metric_added_to_the_collection_is_reported_beside_the_others():
+    class Bias(Metric):  # mean signed error, per band and over bands
+        name = "bias"
+
+        def __init__(self):
+            self.sum, self.n = np.zeros(2), 0
+
+        def update(self, px):
+            self.sum += px.error.sum(axis=1)
+            self.n += px.count
+
+        def compute(self):
+            bias = self.sum / self.n
+            return {"bands": [float(v) for v in bias], "overall": float(bias.mean())}
+
+    ref = _image(bands=2)
+    valid = np.ones(ref.shape[1:], dtype=bool)
+    valid[:4] = False
+    metrics = standard_metrics(2, 900.0)
+    metrics.append(Bias())
+    metrics.update(ref + np.array([1.0, -3.0])[:, None, None], ref, valid)
+    m = metrics.compute()
+    assert [b["bias"] for b in m["bands"]] == pytest.approx([1.0, -3.0])
+    assert m["overall"]["bias"] == pytest.approx(-1.0)
+    assert [b["mae"] for b in m["bands"]] == pytest.approx([1.0, 3.0])
+    assert m["valid_pixels"] == valid.sum()

@@ -31,11 +31,13 @@ from builders import (
 from geotranslate.chips import export as export_module
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
+from geotranslate.methods import Method
 from geotranslate.predict import predict_raster
 from geotranslate.predict import resume as resume_mod
 from geotranslate.predict.resume import partial_paths
 from geotranslate.train import TrainConfig, train
-from geotranslate.train import trainer as trainer_module
+from geotranslate.train import setup as train_setup
+from geotranslate.train.run import Run
 
 PREDICT = ["--no-progress", "--device", "cpu"]
 
@@ -381,7 +383,7 @@ def test_a_failed_fresh_run_closes_its_tensorboard_writer(tmp_path, monkeypatch)
     def failing_step(self, batch):
         raise GeotranslateError("out of memory (simulated)")
 
-    monkeypatch.setattr(trainer_module.Trainer, "step", failing_step)
+    monkeypatch.setattr(Method, "step", failing_step)
     before = len(_writer_threads())
     run = tmp_path / "run"
     with pytest.raises(GeotranslateError, match="simulated"):
@@ -398,18 +400,18 @@ def test_resume_at_the_end_of_the_first_epoch_gives_no_scheduler_warning(tmp_pat
     config = dict(data_dir=str(data), ngf=4, ndf=4, n_layers_d=1, n_blocks=1, progress=False,
                   preview=False, workers=0, batch_size=2, epochs=1, epochs_decay=1,
                   tensorboard=False)
-    real_step_done = trainer_module._Run.step_done
+    real_step_done = Run.step_done
 
     def ctrl_c_at_the_epoch_end(self):  # Ctrl-C in the last step of the first epoch
         real_step_done(self)
         if self.iteration == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer_module._Run, "step_done", ctrl_c_at_the_epoch_end)
+    monkeypatch.setattr(Run, "step_done", ctrl_c_at_the_epoch_end)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig("Pix2Pix", out=str(run), **config))
-    monkeypatch.setattr(trainer_module._Run, "step_done", real_step_done)
+    monkeypatch.setattr(Run, "step_done", real_step_done)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(TrainConfig("Pix2Pix", resume=str(run), **config))
@@ -456,15 +458,15 @@ def test_resume_identity_of_a_remote_input_follows_its_headers(tmp_path):
 
 def test_train_workers_beyond_the_cores_are_bounded_with_a_note(tmp_path, monkeypatch, capsys):
     data = make_chips(tmp_path / "chips", n_train=2)
-    monkeypatch.setattr(trainer_module, "_usable_cores", lambda: 1)
+    monkeypatch.setattr(train_setup, "_usable_cores", lambda: 1)
     asked = []
-    real_loader = trainer_module.DataLoader
+    real_loader = train_setup.DataLoader
 
     def recording_loader(*args, **kwargs):
         asked.append(kwargs["num_workers"])
         return real_loader(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "DataLoader", recording_loader)
+    monkeypatch.setattr(train_setup, "DataLoader", recording_loader)
     train(TrainConfig("Pix2Pix", data_dir=str(data), out=str(tmp_path / "run"), ngf=4, ndf=4,
                       n_layers_d=1, n_blocks=1, progress=False, preview=False, workers=50,
                       max_steps=1, tensorboard=False))

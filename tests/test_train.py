@@ -17,9 +17,12 @@ from safetensors.torch import load_file
 from geotranslate import load_model
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError
+from geotranslate.evaluate import evaluate_chips
+from geotranslate.methods import Method
+from geotranslate.render import parse_rgb_bands
 from geotranslate.stats import BandStats, robust_range
 from geotranslate.train import TrainConfig, train
-from geotranslate.train import trainer as trainer_module
+from geotranslate.train.validation import validation_line
 
 TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
 
@@ -49,22 +52,21 @@ def test_pix2pix_learns_a_known_mapping(paired_chips, tmp_path):
         0.4 * np.mean([float(r["g_ab_l1"]) for r in losses[:8]])
     assert len(list((run / "previews").glob("epoch_*.png"))) == 30
 
-    # the model file reproduces the trained generator: its validation L1 is the logged one
+    # the model file reproduces the trained generator: evaluate scores its val chips (each
+    # chip's own instance statistics, as in training) as the last validation row says
+    report = evaluate_chips(run, paired_chips, split="val", norm_stats="tile")
+    assert report.metrics["overall"]["mae"] == pytest.approx(trained, rel=1e-4)
+    assert report.metrics["overall"]["psnr"] == pytest.approx(float(val[-1]["val_psnr"]),
+                                                              rel=1e-4)
+    assert report.metrics["overall"]["ssim"] == pytest.approx(float(val[-1]["val_ssim"]),
+                                                              rel=1e-4)
+    assert report.baseline["metrics"]["overall"]["mae"] == pytest.approx(
+        float(val[-1]["val_flat_l1"]), rel=1e-4)
     model = load_model(run)
     assert model.dataset_type == "Pix2Pix" and set(model.generators) == {"a2b"}
     assert model.generator_specs["a2b"]["arch"] == "unet"
     assert model.generator_specs["a2b"]["kwargs"]["num_downs"] == 2  # 32 px chips: field 19 px
     assert model.chip_size == 32 and model.training["iterations"] == 120
-    from geotranslate.data import ChipDataset
-
-    val_set = ChipDataset(paired_chips, "val", paired=True, augment=False)
-    errors = []
-    for i in range(len(val_set)):
-        item = val_set[i]
-        with torch.no_grad():
-            fake = model.generator("a2b")(item["a"][None])[0]
-        errors.append(float((fake - item["b"]).abs().mean()))
-    assert np.mean(errors) == pytest.approx(trained, rel=1e-3)
     # domains come from meta.json; the default normalizer is its robust range
     meta = json.loads((paired_chips / "meta.json").read_text())
     assert model.domains["b"].band_count == 3 and model.domains["b"].nodata == -9999.0
@@ -174,7 +176,7 @@ def test_resume_refuses_other_runs_and_corrupt_checkpoints(paired_chips, tmp_pat
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path, monkeypatch):
-    real_step = trainer_module.Trainer.step
+    real_step = Method.step
     calls = {"n": 0}
 
     def interrupted_step(self, batch):
@@ -183,7 +185,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path,
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, batch)
 
-    monkeypatch.setattr(trainer_module.Trainer, "step", interrupted_step)
+    monkeypatch.setattr(Method, "step", interrupted_step)
     config = TrainConfig("CycleGAN", data_dir=str(unpaired_chips), out=str(tmp_path / "run"),
                          epochs=1, epochs_decay=0, preview=False, **TINY)
     with pytest.raises(KeyboardInterrupt):
@@ -192,7 +194,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(unpaired_chips, tmp_path,
     assert state["iteration"] == 4 and state["epoch"] == 0 and state["epoch_batch"] == 4
     assert "interrupted at iteration 4" in (tmp_path / "run" / "train.log").read_text()
     assert not (tmp_path / "run" / "model.json").exists()
-    monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
+    monkeypatch.setattr(Method, "step", real_step)
     run = train(TrainConfig("CycleGAN", data_dir=str(unpaired_chips), resume=str(tmp_path / "run"),
                             epochs=1, epochs_decay=0, preview=False, **TINY))
     assert load_model(run).training["iterations"] == 6
@@ -204,7 +206,7 @@ def test_tensorboard_scalars_follow_metrics_csv_across_a_crash_and_resume(
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    real_step = trainer_module.Trainer.step
+    real_step = Method.step
     calls = {"n": 0}
 
     def crashing_step(self, batch):
@@ -213,13 +215,13 @@ def test_tensorboard_scalars_follow_metrics_csv_across_a_crash_and_resume(
             raise RuntimeError("simulated crash")
         return real_step(self, batch)
 
-    monkeypatch.setattr(trainer_module.Trainer, "step", crashing_step)
+    monkeypatch.setattr(Method, "step", crashing_step)
     common = {"data_dir": str(paired_chips), "epochs": 2, "epochs_decay": 0, "batch_size": 8,
               "preview": False, **TINY}
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(TrainConfig("Pix2Pix", out=str(tmp_path / "run"), **common))
     assert last_checkpoint(tmp_path / "run")["iteration"] == 2
-    monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
+    monkeypatch.setattr(Method, "step", real_step)
     run = train(TrainConfig("Pix2Pix", resume=str(tmp_path / "run"), **common))
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
@@ -285,45 +287,45 @@ def test_full_disk_fails_in_one_line_and_keeps_no_half_file(paired_chips, small_
 
 
 def test_rgb_bands_option():
-    assert trainer_module.parse_rgb_bands("3,2,1") == {"a": [3, 2, 1], "b": [3, 2, 1]}
-    assert trainer_module.parse_rgb_bands("a:1;b:3,2,1") == {"a": [1], "b": [3, 2, 1]}
+    assert parse_rgb_bands("3,2,1") == {"a": [3, 2, 1], "b": [3, 2, 1]}
+    assert parse_rgb_bands("a:1;b:3,2,1") == {"a": [1], "b": [3, 2, 1]}
     with pytest.raises(GeotranslateError, match="--rgb-bands 'c:1'"):
-        trainer_module.parse_rgb_bands("c:1")
+        parse_rgb_bands("c:1")
 
 
 def _flat_baseline_by_hand(chips: Path) -> dict[str, float]:
-    """L1, PSNR and SSIM of a flat image at B's training mean on the val chips, in model
-    units, computed here from the chip files and meta.json (not through geotranslate)."""
+    """L1, PSNR and SSIM of a flat image at B's training mean on the val chips, in B's data
+    units with the data range p98 - p2 of the scored target pixels, computed here from the
+    chip files and meta.json (not through geotranslate)."""
     import rasterio
     from skimage.metrics import structural_similarity
 
     meta = json.loads((chips / "meta.json").read_text())
-    bands = meta["domains"]["b"]["stats"]["bands"]
-    low = np.array([b["p2"] for b in bands])[:, None, None]
-    high = np.array([b["p98"] for b in bands])[:, None, None]
-    mean = np.array([b["mean"] for b in bands])[:, None, None]
-    flat = np.clip((mean - low) / (high - low) * 2 - 1, -1, 1)
-    abs_sum, sq_sum, ssim_sum, count = np.zeros(3), np.zeros(3), np.zeros(3), 0
+    mean = np.array([b["mean"] for b in meta["domains"]["b"]["stats"]["bands"]])
+    targets = []
     for path in sorted((chips / "val_b").glob("*.tif")):
         with rasterio.open(chips / "val_a" / path.name) as ds:
             valid = (ds.read() != -9999.0).all(axis=0)
         with rasterio.open(path) as ds:
             raw = ds.read().astype(np.float64)
-        valid &= (raw != -9999.0).all(axis=0)
-        real = np.clip((raw - low) / (high - low) * 2 - 1, -1, 1) * valid
-        err = (flat - real)[:, valid]
+        targets.append((raw, valid & (raw != -9999.0).all(axis=0)))
+    scored = np.concatenate([raw[:, valid] for raw, valid in targets], axis=1)
+    low, high = np.percentile(scored, [2, 98], axis=1)
+    ranges = high - low
+    abs_sum, sq_sum, ssim_sum = np.zeros(3), np.zeros(3), np.zeros(3)
+    for raw, valid in targets:
+        err = mean[:, None] - raw[:, valid]
         abs_sum += np.abs(err).sum(axis=1)
         sq_sum += (err**2).sum(axis=1)
         for k in range(3):
             _, ssim_map = structural_similarity(
-                np.full(real[k].shape, flat[k, 0, 0]),
-                np.where(valid, real[k], real[k][valid].mean()), data_range=2.0, win_size=7,
-                full=True)
+                np.full(raw[k].shape, mean[k]), np.where(valid, raw[k], raw[k][valid].mean()),
+                data_range=ranges[k], win_size=7, full=True)
             ssim_sum[k] += ssim_map[valid].sum()
-        count += int(valid.sum())
+    count = scored.shape[1]
     mse = sq_sum / count
     return {"l1": float((abs_sum / count).mean()),
-            "psnr": float(10 * np.log10(1 / (mse / 4).mean())),
+            "psnr": float(10 * np.log10(1 / (mse / ranges**2).mean())),
             "ssim": float((ssim_sum / count).mean())}
 
 
@@ -333,7 +335,7 @@ def test_validation_reports_a_flat_image_baseline_and_augment_is_recorded(tmp_pa
     args = ["train", str(chips), "--dataset-type", "Pix2Pix", "--out", str(run), "--ngf", "4",
             "--ndf", "4", "--n-layers-d", "1", "--epochs", "5", "--epochs-decay", "0",
             "--batch-size", "4", "--lr", "1e-9", "--augment", "hflip", "--no-progress",
-            "--no-preview", "--norm-method", "percentile"]  # the range _flat_baseline_by_hand uses
+            "--no-preview", "--norm-method", "percentile"]  # figures in data units: any method
     assert main(args) == 0
     by_hand = _flat_baseline_by_hand(chips)
     val = [r for r in read_metrics(run) if r["val_l1"]]
@@ -379,22 +381,46 @@ def test_validation_reports_a_flat_image_baseline_and_augment_is_recorded(tmp_pa
     assert "--no-augment contradicts --augment d4" in capsys.readouterr().err
 
 
+def test_resuming_a_run_of_an_earlier_version_rescores_its_best_epoch(paired_chips, tmp_path):
+    """Checkpoints of earlier versions hold the best validation PSNR in the model's [-1, 1]
+    units; a resume scores that epoch's generator again in today's, as validation does."""
+    common = {"data_dir": str(paired_chips), "epochs_decay": 0, "batch_size": 8,
+              "preview": False, "precision": "fp32", **TINY}
+    run = train(TrainConfig("Pix2Pix", out=str(tmp_path / "run"), epochs=2, **common))
+    state = last_checkpoint(run)
+    assert state["best"]["units"] == "data units"
+    best_epoch = state["best"]["epoch"]
+    logged = {int(r["epoch"]): float(r["val_psnr"]) for r in read_metrics(run) if r["val_psnr"]}
+    assert state["best"]["psnr"] == pytest.approx(logged[best_epoch], rel=1e-5)
+    del state["best"]["units"]
+    state["best"]["psnr"] = 99.0  # an earlier version's figure, above any of today's
+    torch.save(state, run / "checkpoints" / "last.pt")
+    train(TrainConfig("Pix2Pix", resume=str(run), epochs=3, **common))
+    log = (run / "train.log").read_text()
+    assert (f"the best epoch's ({best_epoch}) PSNR, 99.00 dB before, is "
+            f"{logged[best_epoch]:.2f} dB") in log
+    logged = {int(r["epoch"]): float(r["val_psnr"]) for r in read_metrics(run) if r["val_psnr"]}
+    best = last_checkpoint(run)["best"]
+    assert best["epoch"] == (3 if logged[3] > logged[best_epoch] else best_epoch)
+    assert best["psnr"] == pytest.approx(max(logged[best_epoch], logged[3]), rel=1e-5)
+
+
 def test_validation_line_flags_a_model_no_better_than_the_flat_image():
     scores = {"val_l1": 0.3, "val_psnr": 14.0, "val_ssim": 0.2,
               "val_flat_l1": 0.25, "val_flat_psnr": 14.8, "val_flat_ssim": 0.1}
-    line = trainer_module.validation_line(5, scores)
+    line = validation_line(5, scores)
     assert line.startswith("epoch 5 validation: L1 0.3000, PSNR 14.00 dB, SSIM 0.2000 (flat "
                            "image at the target mean: L1 0.2500, PSNR 14.80 dB, SSIM 0.1000)")
     assert "no better than a flat image after 5 epochs" in line
-    early = trainer_module.validation_line(2, scores)
+    early = validation_line(2, scores)
     assert "not yet better than a flat image" in early and "after" not in early
     assert "after 5 epochs (PSNR): check" in line
-    better = trainer_module.validation_line(9, {**scores, "val_psnr": 16.6})
+    better = validation_line(9, {**scores, "val_psnr": 16.6})
     assert "flat image at the target mean" in better and "better than" not in better
     # a higher PSNR with a lower SSIM than the flat image's is flagged too
-    textured = trainer_module.validation_line(9, {**scores, "val_psnr": 16.6, "val_ssim": 0.05})
+    textured = validation_line(9, {**scores, "val_psnr": 16.6, "val_ssim": 0.05})
     assert "no better than a flat image after 9 epochs (SSIM)" in textured
-    both = trainer_module.validation_line(9, {**scores, "val_ssim": 0.1})
+    both = validation_line(9, {**scores, "val_ssim": 0.1})
     assert "(PSNR, SSIM)" in both
 
 

@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 
 from geotranslate import load_model
 from geotranslate.cli import main
-from geotranslate.data import ChipDataset
-from geotranslate.metrics import MetricsAccumulator
+from geotranslate.evaluate import evaluate_chips
 from geotranslate.train import TrainConfig, train
 
 TINY = {"ngf": 8, "ndf": 8, "n_layers_d": 2, "n_blocks": 1, "progress": False}
@@ -112,18 +111,10 @@ def test_cut_translates_two_bands_to_four(tmp_path, capsys):
 
 
 def _val_psnr(model_dir: Path, chips: Path) -> float:
-    """PSNR of a saved model on the validation chips, computed here (pooled, [-1, 1])."""
-    model = load_model(model_dir)
-    val = ChipDataset(str(chips), "val", paired=True, norm_method="robust", augment="none",
-                      random_crop=False)
-    acc = MetricsAccumulator(3, data_range=2.0)
-    with torch.no_grad():
-        for i in range(len(val)):
-            item = val[i]
-            fake = model.generator("a2b")(item["a"][None])[0].numpy()
-            valid = (item["valid_a"][0] * item["valid_b"][0]).numpy() > 0
-            acc.add(fake, item["b"].numpy(), valid)
-    return acc.result()["overall"]["psnr"]
+    """PSNR of a saved model on the validation chips as evaluate gives it (the validation's
+    units; each chip's own instance statistics, as in training)."""
+    report = evaluate_chips(model_dir, chips, split="val", norm_stats="tile")
+    return report.metrics["overall"]["psnr"]
 
 
 def test_best_model_is_kept_and_patience_stops(paired_chips, tmp_path, capsys):

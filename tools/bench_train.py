@@ -226,8 +226,9 @@ def run_one(spec: dict) -> dict:
     """One measurement in this process: spec = model, batch, precision, mode, sizes."""
     import torch
 
+    from geotranslate.methods import Method
     from geotranslate.train import TrainConfig, train
-    from geotranslate.train import trainer as trainer_module
+    from geotranslate.train.setup import training_method
 
     if spec["mode"] == "reference":
         return run_reference(spec)
@@ -260,7 +261,7 @@ def run_one(spec: dict) -> dict:
                 torch.cuda.synchronize()
 
         if spec["mode"] == "trainer":
-            real_step = trainer_module.Trainer.step
+            real_step = Method.step
 
             def timed_step(self, batch):
                 sync()
@@ -275,7 +276,7 @@ def run_one(spec: dict) -> dict:
                     profiled.update(profile_summary(lambda: real_step(self, batch)))  # untimed
                 return losses
 
-            trainer_module.Trainer.step = timed_step
+            Method.step = timed_step
             train(config)  # intervals between step starts: the last step's is not measured
         else:
             from geotranslate.data import ChipDataset, read_meta
@@ -287,23 +288,23 @@ def run_one(spec: dict) -> dict:
                                   meta=meta)
             device = resolve_device(spec["device"])
             precision = resolve_precision(precision, device)
-            trainer = trainer_module.Trainer(config, meta, dataset.chip_size, device, precision,
-                                             DistContext(), log=lambda message: None)
+            method = training_method(config, meta, dataset.chip_size, device, precision,
+                                     DistContext(), log=lambda message: None)
             items = [dataset[i] for i in range(spec["batch"])]
             batch = {k: torch.stack([it[k] for it in items]) for k in
                      ("a", "b", "valid_a", "valid_b")}
-            batch = trainer.method.to_device(batch)  # already in memory (and on the device)
+            batch = method.to_device(batch)  # already in memory (and on the device)
             for _ in range(steps):
                 sync()
                 starts.append(time.perf_counter())
                 cpu = time.process_time()
-                float(sum(trainer.step(batch).values()))
+                float(sum(method.step(batch).values()))
                 sync()
                 step_seconds.append(time.perf_counter() - starts[-1])
                 step_cpu.append(time.process_time() - cpu)
             starts.append(time.perf_counter())
             if spec.get("profile"):
-                profiled.update(profile_summary(lambda: trainer.step(batch)))
+                profiled.update(profile_summary(lambda: method.step(batch)))
     finally:
         # chips, checkpoints and model: about 0.9 GB a measurement at 256 px, batch 4
         shutil.rmtree(tmp, ignore_errors=True)

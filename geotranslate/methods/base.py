@@ -164,7 +164,7 @@ class Method:
         fused = self.device.type in ("cpu", "cuda")
         self.optimizers = {group: torch.optim.Adam(params, lr=config.lr, betas=betas,
                                                    fused=fused)
-                           for group, params in self.parameter_groups().items()}
+                           for group, params in self.parameter_groups().items() if params}
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.gan_loss = GANLoss(self.gan_mode)
         self.setup()
@@ -250,7 +250,10 @@ class Method:
         return autocast(self.device, self.precision)
 
     def backward_step(self, loss: torch.Tensor, group: str) -> None:
-        """Scaled backward of ``loss`` and a step of optimizer ``group`` (``"g"``/``"d"``)."""
+        """Scaled backward of ``loss`` and a step of optimizer ``group`` (``"g"``/``"d"``).
+
+        Every optimizer update of :meth:`step` goes through here: the one seam to observe
+        or interrupt a step between its updates."""
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizers[group])
 

@@ -1,6 +1,7 @@
-"""Training: :func:`train` runs a Pix2Pix or CycleGAN training described by a TrainConfig."""
+"""Training: :func:`train` runs the training a TrainConfig describes (loop.py: the loop,
+run.py: the run directory and what is written there, methods/: the update rules)."""
 
 from geotranslate.train.config import TrainConfig
-from geotranslate.train.trainer import train
+from geotranslate.train.loop import train
 
 __all__ = ["TrainConfig", "train"]

@@ -22,7 +22,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"
 
 _TENSOR = sc.Type(torch.Tensor, "a tensor")
-_PAIR = sc.Obj({"g": sc.Obj(), "d": sc.Obj()})
+#: one entry per optimizer group of the method: "g" (generators), "d" (critics) where it has them
+_PAIR = sc.Map(sc.Obj(), keys=("g", "d"), min_len=1)
 #: what resuming reads of a checkpoint (other keys are allowed)
 CHECKPOINT_SCHEMA = sc.Obj({
     "nets": sc.Map(sc.Map(_TENSOR), min_len=1),
@@ -42,9 +43,11 @@ CHECKPOINT_SCHEMA = sc.Obj({
     }, optional={"cuda": sc.List(_TENSOR)}),
 }, optional={"elapsed_s": sc.Num(min=0), "last_losses": sc.Map(sc.Num(finite=False)),
              "scaler": sc.Opt(sc.Obj()),
-             # the best validation so far (model selection, --patience)
+             # the best validation so far (model selection, --patience); "units" of its
+             # PSNR: absent in checkpoints of earlier versions (the model's [-1, 1] units)
              "best": sc.Obj({"psnr": sc.Num(), "epoch": sc.Int(min=1),
-                             "generators": sc.Map(sc.Map(_TENSOR), min_len=1)})})
+                             "generators": sc.Map(sc.Map(_TENSOR), min_len=1)},
+                            optional={"units": sc.Str()})})
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
