@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset, Sampler
 
 from geotranslate.augment import DEFAULT_AUGMENT, augment_mode, draw_transform
-from geotranslate.chips.meta import META_NAME, ChipMeta, read_chip_meta
+from geotranslate.chips.meta import DOMAINS, META_NAME, ChipMeta, read_chip_meta
 from geotranslate.dirlock import LOCK_NAME, lock_state
 from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
 from geotranslate.inputs import (
@@ -36,6 +36,8 @@ from geotranslate.raster.opening import spectral_bands
 from geotranslate.stats import DEFAULT_NORM_METHOD, Normalizer
 
 CHIP_SUFFIXES = (".tif", ".tiff")
+#: what a dataset item holds: the chips of A and B, each with its validity mask
+BATCH_KEYS = ("a", "b", "valid_a", "valid_b")
 #: default ceiling of the in-memory cache (normalized float32 + masks).
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
@@ -83,11 +85,11 @@ def read_chip(path: Path, check=None) -> tuple[np.ndarray, np.ndarray]:
 def has_split(data_dir: str | Path, split: str) -> bool:
     root = Path(data_dir)
     return all((root / f"{split}_{d}").is_dir() and chip_paths(root / f"{split}_{d}")
-               for d in ("a", "b"))
+               for d in DOMAINS)
 
 
 def normalizers(meta: ChipMeta, method: str) -> dict[str, Normalizer]:
-    return {d: Normalizer.from_stats(meta.domains[d].band_stats, method) for d in ("a", "b")}
+    return {d: Normalizer.from_stats(meta.domains[d].band_stats, method) for d in DOMAINS}
 
 
 class ChipDataset(Dataset):
@@ -139,7 +141,7 @@ class ChipDataset(Dataset):
                 "grid); Pix2Pix needs paired chips: use --dataset-type CycleGAN"
             )
         self.paths: dict[str, list[Path]] = {}
-        for d in ("a", "b"):
+        for d in DOMAINS:
             folder = self.root / f"{split}_{d}"
             if not folder.is_dir():
                 raise StorageError(f"{folder}: missing (expected {split}_a/ and {split}_b/)")
@@ -162,9 +164,9 @@ class ChipDataset(Dataset):
             cache = self.cache_bytes() <= CACHE_LIMIT_BYTES
         if cache:  # check each chip while loading it: one open per chip
             self._cache = {d: [self._load(d, i, check=True) for i in range(len(self.paths[d]))]
-                           for d in ("a", "b")}
+                           for d in DOMAINS}
         else:
-            for d in ("a", "b"):
+            for d in DOMAINS:
                 for path in self.paths[d]:
                     with open_raster(path, allow_no_crs=True) as ds:
                         self._check_chip(ds, d)
@@ -172,7 +174,7 @@ class ChipDataset(Dataset):
     def _scene_normalizers(self, norm_method: str) -> None:
         """Per-scene normalization (inputs.py): the domain's normalizer from its scenes matched
         to the reference, and one normalizer per scene (chip name stem)."""
-        for d in ("a", "b"):
+        for d in DOMAINS:
             dom = self.meta.domains[d]
             scenes = scene_stats_of(dom.scene_stats,
                                     f"{self.root / META_NAME} (domain {d.upper()})")
@@ -253,7 +255,7 @@ class ChipDataset(Dataset):
         """Memory the in-memory cache would take (normalized float32 + bool masks)."""
         px = self.chip_size**2
         return sum(len(self.paths[d]) * px * (4 * self.meta.domains[d].band_count + 1)
-                   for d in ("a", "b"))
+                   for d in DOMAINS)
 
     def _load(self, domain: str, index: int, check: bool = False) -> tuple[np.ndarray, np.ndarray]:
         vet = (lambda ds: self._check_chip(ds, domain)) if check else None

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geotranslate import schema as sc
+from geotranslate.chips.meta import DOMAINS
 from geotranslate.errors import (
     GeotranslateError,
     InputError,
@@ -32,13 +33,14 @@ from geotranslate.errors import (
     first_line,
 )
 from geotranslate.files import atomic_path, write_failed
+from geotranslate.inputs import NORM_SCOPES
 from geotranslate.stats import NORM_METHODS, Normalizer
 
 FORMAT = "geotranslate-model"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
-DIRECTIONS = {"a2b": ("a", "b"), "b2a": ("b", "a")}
+DIRECTIONS = {"a2b": DOMAINS, "b2a": DOMAINS[::-1]}
 GENERATOR_PREFIX = {"a2b": "g_ab", "b2a": "g_ba"}
 
 _DOMAIN = sc.Obj(
@@ -47,7 +49,7 @@ _DOMAIN = sc.Obj(
                            "high": sc.List(sc.Num(), 1)})},
     optional={"band_descriptions": sc.Opt(sc.List(sc.Opt(sc.Str()))),
               "nodata": sc.Opt(sc.Num(finite=False)),
-              "norm_scope": sc.Str(("dataset", "scene")),
+              "norm_scope": sc.Str(NORM_SCOPES),
               "reference": sc.Obj({"mean": sc.List(sc.Num(), 1), "std": sc.List(sc.Num(), 1)}),
               "input_transforms": sc.List(sc.Obj({"kind": sc.Str(("relative_elevation",)),
                                                   "radius_px": sc.Int(min=1)})),

@@ -32,6 +32,7 @@ import pystac
 import torch
 
 from geotranslate import __version__
+from geotranslate.chips.meta import DOMAINS
 from geotranslate.errors import InputError, OptionError, StorageError
 from geotranslate.files import atomic_path, check_file_output, check_not_input
 from geotranslate.modelfile import (
@@ -108,7 +109,7 @@ def _model_io(direction: str, model, chip: int, names: dict[str, list[str]]):
 def _stac_bands(model, names: dict[str, list[str]]) -> list[dict]:
     """STAC 1.1 ``bands`` of both domains: name, description, dtype, nodata."""
     out = []
-    for key in ("a", "b"):
+    for key in DOMAINS:
         dom = model.domains[key]
         for name in names[key]:
             band = {"name": name, "description": f"domain {key}", "data_type": dom.dtype}
@@ -130,7 +131,7 @@ def model_stac_item(run: str | os.PathLike, onnx: Sequence[str | os.PathLike] = 
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
     sha = model.weights_file_sha256
     when = dt.datetime.fromtimestamp((folder / WEIGHTS_NAME).stat().st_mtime, dt.UTC)
-    names = {k: _band_names(model.domains[k], k) for k in ("a", "b")}
+    names = {k: _band_names(model.domains[k], k) for k in DOMAINS}
     inputs, outputs, archs, params = [], [], [], 0
     for direction in sorted(model.generators):
         generator = model.generators[direction]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geotranslate.chips.meta import SPLITS
 from geotranslate.errors import GeotranslateError, InputError, StorageError
 from geotranslate.files import atomic_path, check_file_output, check_not_input
 
@@ -34,7 +35,9 @@ REPORT_NAME = "report.html"
 #: validation chips shown by default (rows of the chip grid).
 DEFAULT_CHIPS = 6
 #: columns of metrics.csv that are not losses.
-_NOT_LOSSES = ("epoch", "iteration", "lr")
+#: the first columns of metrics.csv: where in training a row was written
+POSITION_COLUMNS = ["epoch", "iteration"]
+_NOT_LOSSES = (*POSITION_COLUMNS, "lr")
 
 
 def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -48,7 +51,7 @@ def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise GeotranslateError(f"{path}: unreadable ({e})") from None
-    if columns[:2] != ["epoch", "iteration"]:
+    if columns[:2] != POSITION_COLUMNS:
         raise InputError(f"{path}: not a metrics.csv of train (columns {columns[:3]})")
     for row in rows:
         for key, value in row.items():
@@ -148,7 +151,7 @@ def _chip_names(data_dir: Path) -> tuple[str, list[str], bool]:
     """(split, chip names, paired): validation chips when there are, else training chips."""
     from geotranslate.data import chip_paths
 
-    for split in ("val", "train"):
+    for split in reversed(SPLITS):  # validation chips first
         folder_a, folder_b = data_dir / f"{split}_a", data_dir / f"{split}_b"
         if folder_a.is_dir() and chip_paths(folder_a):
             names_a = [p.name for p in chip_paths(folder_a)]
@@ -256,7 +259,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     grid, grid_text = chip_grid(run_dir, config, chips, str(resolve_device(device)))
 
     val = validation_rows(rows)
-    val_columns = ["epoch", "iteration"] + [c for c in columns if c.startswith("val_")]
+    val_columns = POSITION_COLUMNS + [c for c in columns if c.startswith("val_")]
     train_rows = [r for r in rows if not r.get("val_psnr") and not r.get("val_l1")]
     loss_columns = [c for c in columns if not c.startswith("val_")]
     last = train_rows[-1:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 
-from geotranslate.chips.meta import PAIRINGS
+from geotranslate.chips.meta import DOMAINS, PAIRINGS
 from geotranslate.errors import InputError, OptionError
 from geotranslate.raster.io import parse_bands, raster_info, source_of
 
@@ -22,7 +22,7 @@ def resolve_mode(a_paths, b_paths, mode, domain) -> tuple[str, list[str]]:
             raise OptionError(
                 "--domain exports a single raster list; do not combine with --b"
             )
-        return mode or "paired", ["a", "b"]
+        return mode or "paired", list(DOMAINS)
     if mode == "paired":
         raise OptionError("--mode paired needs B rasters (--b B.tif)")
     return "single", [domain or "a"]

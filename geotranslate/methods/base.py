@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from geotranslate.chips.meta import DOMAINS
 from geotranslate.choices import (
     DEFAULT_D_NORM,
     DEFAULT_GAN_RAMP,
@@ -30,6 +31,7 @@ from geotranslate.choices import (
     DEFAULT_NET_NORM,
     DEFAULT_UPSAMPLE,
 )
+from geotranslate.data import BATCH_KEYS
 from geotranslate.device import autocast, default_channels_last
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.models import (
@@ -138,7 +140,7 @@ class Method:
                  rank: int = 0, wrap: Callable[[nn.Module], nn.Module] | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.config = config
-        self.bands = {d: int(bands[d]) for d in ("a", "b")}
+        self.bands = {d: int(bands[d]) for d in DOMAINS}
         self.chip_size = chip_size
         self.device = torch.device(device)
         self.precision = precision
@@ -289,7 +291,7 @@ class Method:
         nb = self.device.type == "cuda"
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return {k: batch[k].to(self.device, non_blocking=nb, memory_format=fmt)
-                for k in ("a", "b", "valid_a", "valid_b")}
+                for k in BATCH_KEYS}
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One generator and one discriminator update; returns the (detached) losses."""

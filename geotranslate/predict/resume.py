@@ -35,6 +35,7 @@ from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.files import display_path, temp_path
 from geotranslate.log import logger
 from geotranslate.predict.grid import OUT_BLOCK, Strip
+from geotranslate.raster.opening import HTTP_SCHEMES
 from geotranslate.raster.sources import RasterSource
 
 PROGRESS_FORMAT = "geotranslate-predict-progress"
@@ -100,7 +101,7 @@ def _remote_identity(gdal_name: str) -> dict:
     import urllib.request
 
     url = gdal_name.split("/vsicurl/", 1)[1] if gdal_name.startswith("/vsicurl/") else None
-    if url and url.startswith(("http://", "https://")):
+    if url and url.startswith(HTTP_SCHEMES):
         request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:

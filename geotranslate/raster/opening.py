@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: GDAL settings while a remote source is opened, unless the user's environment sets them: no
 #: directory listing (one request per file instead of listing a bucket or a web folder)
+#: the URL schemes GDAL reads with /vsicurl/ and the tool can ask directly
+HTTP_SCHEMES = ("http://", "https://")
 REMOTE_OPEN_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 #: environment variables :func:`apply_remote_config` set (and may update when the user's change)
 _DERIVED: dict[str, str] = {}
@@ -173,7 +175,7 @@ def _http_status(source: RasterSource) -> str | None:
     import urllib.request
 
     url = source.gdal_name.split("/vsicurl/", 1)[1]
-    if not url.startswith(("http://", "https://")):
+    if not url.startswith(HTTP_SCHEMES):
         return None
     timeout = float(os.environ.get("GDAL_HTTP_TIMEOUT", "30") or 30)
     request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from geotranslate.chips.meta import ChipMeta
+from geotranslate.chips.meta import DOMAINS, ChipMeta
 from geotranslate.data import ChipDataset
 from geotranslate.methods import Method
 from geotranslate.modelfile import DomainSpec, TranslationModel
@@ -54,7 +54,7 @@ def translation_model(config: TrainConfig, method: Method, meta: ChipMeta, train
 
 def _model_domains(meta: ChipMeta, dataset: ChipDataset) -> dict[str, DomainSpec]:
     out = {}
-    for d in ("a", "b"):
+    for d in DOMAINS:
         dom = meta.domains[d]
         out[d] = DomainSpec(dom.band_count, dom.dtype, list(dom.band_descriptions),
                             dom.nodata, dataset.norm[d],

@@ -11,8 +11,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from geotranslate.chips.meta import ChipMeta
-from geotranslate.data import ChipDataset, EpochSampler, ErrorsAsItems, has_split, ignore_sigint
+from geotranslate.chips.meta import DOMAINS, ChipMeta
+from geotranslate.data import (
+    BATCH_KEYS,
+    ChipDataset,
+    EpochSampler,
+    ErrorsAsItems,
+    has_split,
+    ignore_sigint,
+)
 from geotranslate.errors import GeotranslateError, first_line
 from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.models import build_discriminator
@@ -77,7 +84,7 @@ def training_method(config: TrainConfig, meta: ChipMeta, chip_size: int, device:
             wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
         return wrapped
 
-    bands = {d: meta.domains[d].band_count for d in ("a", "b")}
+    bands = {d: meta.domains[d].band_count for d in DOMAINS}
     method = build_method(config.dataset_type, config, bands, chip_size, device=device,
                           precision=precision, rank=ctx.rank, wrap=wrap, log=log)
     check_fits(method, config, chip_size)
@@ -134,7 +141,7 @@ def _collate(items: list[dict]) -> dict | GeotranslateError:
     for item in items:
         if isinstance(item, GeotranslateError):
             return item
-    out = {k: torch.stack([it[k] for it in items]) for k in ("a", "b", "valid_a", "valid_b")}
+    out = {k: torch.stack([it[k] for it in items]) for k in BATCH_KEYS}
     out["name_a"] = [it["name_a"] for it in items]
     out["name_b"] = [it["name_b"] for it in items]
     return out
