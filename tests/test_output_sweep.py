@@ -228,8 +228,9 @@ def test_train(form, tmp_path, monkeypatch, capsys):
     for target in files:  # a file, or under one
         refused(capsys, [*base, "--out", str(target)])
     # --vgg-weights inside the run directory: the run writes model.safetensors there
+    hd = [*base[:2], "--dataset-type", "Pix2PixHD", *base[4:]]  # --vgg-weights is its option
     for out in (str(vgg.parent), "R", f"{vgg.parent}/."):
-        refused(capsys, [*base, "--out", out, "--lambda-vgg", "1", "--vgg-weights", str(vgg)])
+        refused(capsys, [*hd, "--out", out, "--lambda-vgg", "1", "--vgg-weights", str(vgg)])
     assert state(files) == before
 
 
