@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from geotranslate.choices import PRECISIONS
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, OptionError
 
 
 def _mps_available() -> bool:
@@ -33,7 +33,7 @@ def check_device_name(name: str) -> None:
     except RuntimeError:
         device_type = None
     if device_type not in ("cpu", "cuda", "mps"):
-        raise GeotranslateError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+        raise OptionError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -54,7 +54,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
             index = local_rank if local_rank is not None else torch.cuda.current_device()
             device = torch.device("cuda", index)
         elif local_rank is not None:
-            raise GeotranslateError(
+            raise OptionError(
                 f"device {name!r}: under torchrun give --device cuda, so that each process "
                 "takes its own GPU (choose GPUs with CUDA_VISIBLE_DEVICES)"
             )
@@ -90,13 +90,13 @@ def resolve_precision(precision: str, device: torch.device, *, training: bool = 
     """``auto`` -> bf16 on a bf16-capable CUDA GPU and on a CPU with native bf16; else fp32.
     fp16 is refused off CUDA. (``training`` is kept for callers; both answer alike.)"""
     if precision not in PRECISIONS:
-        raise GeotranslateError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+        raise OptionError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise GeotranslateError(
+        raise OptionError(
             f"--precision fp16 needs a CUDA GPU; use bf16 or fp32 on {device.type}"
         )
     return precision

@@ -11,8 +11,10 @@ the built-in exception it is a case of (as rasterio's ``RasterioIOError`` is an 
 - :class:`StorageError` (an ``OSError``): reading or writing failed: a full disk, a missing
   directory, no permission, an output that would replace an input.
 
-A plain :class:`GeotranslateError` remains for the rest (an environment problem: no CUDA, no
-network, a package missing).
+A plain :class:`GeotranslateError` remains for the rest: an environment problem (no CUDA or
+MPS device, fewer GPUs than asked, too little memory, no network, a package missing) or a run
+that fails on its own (training that diverges, a generator ONNX cannot express, a mosaic with
+no outputs left to join).
 """
 
 from __future__ import annotations

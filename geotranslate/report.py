@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from geotranslate.chips.meta import SPLITS
-from geotranslate.errors import GeotranslateError, InputError, StorageError
+from geotranslate.errors import InputError, StorageError
 from geotranslate.files import atomic_path, check_file_output, check_not_input
 
 REPORT_NAME = "report.html"
@@ -49,8 +49,10 @@ def read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
             rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise GeotranslateError(f"{path}: unreadable ({e})") from None
+    except OSError as e:
+        raise StorageError(f"{path}: unreadable ({e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: unreadable ({e})") from None
     if columns[:2] != POSITION_COLUMNS:
         raise InputError(f"{path}: not a metrics.csv of train (columns {columns[:3]})")
     for row in rows:
@@ -251,8 +253,10 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     except FileNotFoundError:
         raise StorageError(f"{config_path}: no such file (is this a run directory of "
                                 "train?)") from None
-    except (OSError, ValueError) as e:
-        raise GeotranslateError(f"{config_path}: unreadable ({e})") from None
+    except OSError as e:
+        raise StorageError(f"{config_path}: unreadable ({e})") from None
+    except ValueError as e:
+        raise InputError(f"{config_path}: unreadable ({e})") from None
     if not isinstance(config, dict):
         raise InputError(f"{config_path}: not a config.json of train")
     columns, rows = read_metrics_csv(metrics_path)

@@ -11,7 +11,10 @@ import pytest
 from geotranslate.cli import main
 from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
 from geotranslate.files import atomic_path
+from geotranslate.methods import build_method
+from geotranslate.predict.batch import predict_rasters
 from geotranslate.raster.io import open_raster, parse_bands
+from geotranslate.train import TrainConfig
 
 
 def one_error_line(capsys, status: int) -> str:
@@ -63,3 +66,26 @@ def test_an_output_that_cannot_be_written_is_a_storage_error_and_an_os_error(mak
     assert line == (f"geotranslate: error: {raster}: output would overwrite the input {raster}; "
                     "choose another name")
     assert raster.read_bytes() == before
+
+
+def test_a_training_setting_the_method_cannot_use_is_an_option_error_and_a_value_error():
+    config = TrainConfig("CUT", generator="unet", ngf=8, ndf=8, n_layers_d=2)
+    with pytest.raises(ValueError) as caught:
+        build_method("CUT", config, {"a": 2, "b": 2}, 32)
+    assert isinstance(caught.value, OptionError)
+    assert str(caught.value) == ("CUT needs --generator resnet (its encoder gives the NCE "
+                                 "features)")
+
+
+def test_a_mosaic_in_a_missing_folder_is_a_storage_error_and_an_os_error(make_raster, tmp_path,
+                                                                         capsys):
+    raster = make_raster("scene.tif", np.ones((1, 16, 16), np.float32))
+    mosaic, out = tmp_path / "missing" / "all.vrt", tmp_path / "out"
+    with pytest.raises(OSError) as caught:  # refused before the model is read
+        predict_rasters([raster], tmp_path / "run", out, mosaic=mosaic)
+    assert isinstance(caught.value, StorageError)
+    assert str(caught.value) == f"{mosaic.parent}: --mosaic's directory does not exist"
+    status = main(["predict-raster", str(raster), "--model", str(tmp_path / "run"),
+                   "--out-dir", str(out), "--mosaic", str(mosaic)])
+    assert one_error_line(capsys, status) == f"geotranslate: error: {caught.value}"
+    assert not out.exists()

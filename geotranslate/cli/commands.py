@@ -14,7 +14,7 @@ from geotranslate.choices import (
     PRECISIONS,
 )
 from geotranslate.cli.options import CONTEXT, ListOption, SettingsCommand, number_list
-from geotranslate.errors import GeotranslateError, OptionError
+from geotranslate.errors import OptionError
 from geotranslate.files import check_file_output, check_not_input
 from geotranslate.log import is_main_process, logger, progress_option
 from geotranslate.raster.warp import RESAMPLING_NAMES
@@ -249,7 +249,7 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
 
     window = parse_region(window)  # a rasterio Window from here on
     if not 0 < split_mpx < float("inf"):
-        raise GeotranslateError(f"--split-mpx {split_mpx}: must be a positive number")
+        raise OptionError(f"--split-mpx {split_mpx}: must be a positive number")
     options = dict(direction=direction, tile_size=tile_size, overlap=overlap, blend=blend,
                    norm_stats=norm_stats,
                    batch_size=batch_size, device=device, precision=precision,
@@ -263,10 +263,10 @@ def predict_raster_cmd(in_paths, model_path, out_path, out_dir, mosaic, resume, 
         click.echo(str(summary))
         return
     if out_dir is None or out_path is not None:
-        raise GeotranslateError("several inputs, --mosaic or several processes: give "
-                                "--out-dir DIR (and no --out)")
+        raise OptionError("several inputs, --mosaic or several processes: give "
+                          "--out-dir DIR (and no --out)")
     if window is not None:
-        raise GeotranslateError("--window: only with one IN and --out")
+        raise OptionError("--window: only with one IN and --out")
     options.pop("window")
     result = predict_rasters(list(in_paths), model_path, out_dir, mosaic=mosaic, rank=rank,
                              world_size=world_size, split_pixels=int(split_mpx * 1e6),
@@ -425,19 +425,19 @@ def evaluate_command(
         _check_evaluate_json(json_path, rasters, model_path, data_dir)
     if model_path is not None:
         if rasters:
-            raise GeotranslateError("give either --model (chip mode) or PRED REF (raster mode)")
+            raise OptionError("give either --model (chip mode) or PRED REF (raster mode)")
         raster_only = {"--bands": bands_pred, "--bands-ref": bands_ref, "--aoi": aoi,
                        "--aoi-where": aoi_where, "--exclude": exclude}
         given = [name for name, value in raster_only.items() if value is not None]
         if given:
-            raise GeotranslateError(f"{', '.join(given)}: raster mode only (PRED REF)")
+            raise OptionError(f"{', '.join(given)}: raster mode only (PRED REF)")
         report = evaluate_chips(
             model_path, data_dir, split, direction, device=device, batch_size=batch_size,
             data_range=ranges, progress=progress, norm_stats=norm_stats,
         )
     else:
         if len(rasters) != 2:
-            raise GeotranslateError(
+            raise OptionError(
                 "evaluate needs PRED.tif REF.tif (raster mode) or --model RUN_DIR (chip mode)"
             )
         report = evaluate_rasters(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import click
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import OptionError
 from geotranslate.settings import Setting, split_list
 
 #: every command's context: -h too, defaults shown, help up to 100 columns
@@ -47,7 +47,7 @@ def _list_taker(process, name: str):
 
     def take(value, state) -> None:
         if not isinstance(value, str):  # the marker: nothing, or another option, follows
-            raise GeotranslateError(f"{name}: give at least one value after it")
+            raise OptionError(f"{name}: give at least one value after it")
         process(value, state)
         while state.rargs and not (state.rargs[0].startswith("-") and state.rargs[0] != "-"):
             process(state.rargs.pop(0), state)

@@ -33,7 +33,7 @@ from geotranslate.choices import (
 )
 from geotranslate.data import BATCH_KEYS
 from geotranslate.device import autocast, default_channels_last
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import GeotranslateError, InputError, OptionError, first_line
 from geotranslate.models import (
     GANLoss,
     build_discriminator,
@@ -90,10 +90,10 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
             net = build_generator(arch, in_channels, out_channels,
                                   pretrained=c.pretrained, norm=norm)
     except (ValueError, RuntimeError, KeyError) as e:
-        raise GeotranslateError(f"--generator {arch}: {e}") from None
+        raise OptionError(f"--generator {arch}: {e}") from None
     stride = int(getattr(net, "total_stride", 1))
     if chip_size < stride:
-        raise GeotranslateError(
+        raise OptionError(
             f"chip size {chip_size} px is smaller than {stride}, the stride of the "
             f"{arch} generator; use a smaller --unet-depth or larger chips"
         )
@@ -104,7 +104,7 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
             f"use chips (or a --crop-size) of a multiple of {stride} px, or a generator "
             "with fewer down-samplings"
         )
-        raise GeotranslateError(
+        raise OptionError(
             f"chip size {chip_size} px is not divisible by {stride}, which the {arch} "
             f"generator needs; {hint}"
         )
@@ -359,5 +359,5 @@ class Method:
                 pool.load_state_dict(state["pools"][d])
             self.load_extra_state(state)
         except (KeyError, RuntimeError, ValueError) as e:
-            raise GeotranslateError(f"{path}: checkpoint does not fit this run ({first_line(e)})") \
+            raise InputError(f"{path}: checkpoint does not fit this run ({first_line(e)})") \
                 from None

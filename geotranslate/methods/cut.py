@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import OptionError
 from geotranslate.models import (
     PatchNCELoss,
     PatchSampleMLP,
@@ -39,7 +39,7 @@ def parse_layers(value) -> tuple[int, ...]:
     try:
         return as_list(value, int, "--nce-layers")
     except ValueError as e:
-        raise GeotranslateError(str(e)) from None
+        raise OptionError(str(e)) from None
 
 
 class CUT(Method):
@@ -67,7 +67,7 @@ class CUT(Method):
         self.lambda_nce = float(self.option("lambda_nce"))
         self.num_patches = int(self.option("num_patches"))
         if self.num_patches < 1:
-            raise GeotranslateError(f"--num-patches must be >= 1, got {self.num_patches}")
+            raise OptionError(f"--num-patches must be >= 1, got {self.num_patches}")
         self.nce_idt = bool(self.option("nce_idt"))
         if self.nce_idt and a != b:
             self.log(f"identity NCE off: domain A has {a} bands and domain B {b} "
@@ -75,8 +75,8 @@ class CUT(Method):
             self.nce_idt = False
         g_ab = self.generator(a, b)
         if not isinstance(g_ab, ResnetGenerator):
-            raise GeotranslateError(f"{self.name} needs --generator resnet (its encoder gives "
-                                    "the NCE features)")
+            raise OptionError(f"{self.name} needs --generator resnet (its encoder gives "
+                              "the NCE features)")
         d_b = self.discriminator(b)
         layers = self.option("nce_layers")
         self.nce_layers = default_nce_layers(g_ab) if layers is None else parse_layers(layers)
@@ -86,7 +86,7 @@ class CUT(Method):
             f_ab = init_weights(PatchSampleMLP(layer_channels(g_ab, self.nce_layers),
                                                int(self.option("nce_units"))))
         except ValueError as e:
-            raise GeotranslateError(f"{self.name}: {e}") from None
+            raise OptionError(f"{self.name}: {e}") from None
         nets = {"g_ab": g_ab, "d_b": d_b, "f_ab": f_ab}
         if a != b:  # lets g_ab's encoder read fake B images
             nets["e_b"] = init_weights(nn.Conv2d(b, a, kernel_size=1))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from geotranslate.errors import GeotranslateError, OptionError
+from geotranslate.errors import OptionError
 from geotranslate.models import (
     VGGLoss,
     build_multiscale_discriminator,
@@ -66,12 +66,12 @@ class Pix2PixHD(Method):
         fits = max_num_d(self.chip_size, c.n_layers_d)
         num_d = self.option("num_d")
         if fits == 0 or (num_d is not None and num_d > fits):
-            raise GeotranslateError(
+            raise OptionError(
                 f"--num-d {num_d or 1}: {self.chip_size} px chips leave room for at most "
                 f"{fits} discriminator scale(s) with --n-layers-d {c.n_layers_d}; lower "
                 "--num-d or --n-layers-d, or use larger chips")
         if num_d is not None and num_d < 1:
-            raise GeotranslateError(f"--num-d must be >= 1, got {num_d}")
+            raise OptionError(f"--num-d must be >= 1, got {num_d}")
         self.num_d = num_d if num_d is not None else fits  # 3 where the chips allow it
         self.lambda_feat = float(self.option("lambda_feat"))
         self.lambda_l1 = float(self.option("lambda_l1"))
@@ -80,7 +80,7 @@ class Pix2PixHD(Method):
         if self.lambda_vgg > 0:
             weights = self.option("vgg_weights")
             if not weights:
-                raise GeotranslateError(
+                raise OptionError(
                     "--lambda-vgg needs pretrained VGG19 weights, which cannot be downloaded "
                     "here: give a local file with --vgg-weights PATH (safetensors or a torch "
                     "state_dict), or use --lambda-vgg 0")

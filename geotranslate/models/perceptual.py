@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, StorageError, first_line
 
 #: pix2pixHD's slices of vgg19.features (relu1_1, relu2_1, relu3_1, relu4_1, relu5_1) and
 #: their weights
@@ -29,7 +29,7 @@ def load_vgg19_features(path: str | Path) -> nn.Sequential:
 
     path = Path(path)
     if not path.is_file():
-        raise GeotranslateError(f"{path}: VGG weights file not found")
+        raise StorageError(f"{path}: VGG weights file not found")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -38,10 +38,10 @@ def load_vgg19_features(path: str | Path) -> nn.Sequential:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one line
-        raise GeotranslateError(f"{path}: not a readable VGG19 weights file ({first_line(e)})") \
+        raise InputError(f"{path}: not a readable VGG19 weights file ({first_line(e)})") \
             from None
     if not isinstance(state, dict):
-        raise GeotranslateError(f"{path}: expected a VGG19 state_dict, got {type(state).__name__}")
+        raise InputError(f"{path}: expected a VGG19 state_dict, got {type(state).__name__}")
     features = make_layers(cfgs["E"])  # vgg19(weights=None).features, without the classifier
     prefix = "features."
     if any(str(k).startswith(prefix) for k in state):
@@ -49,7 +49,7 @@ def load_vgg19_features(path: str | Path) -> nn.Sequential:
     try:
         features.load_state_dict(state)
     except RuntimeError as e:
-        raise GeotranslateError(f"{path}: does not hold VGG19 weights ({first_line(e)})") \
+        raise InputError(f"{path}: does not hold VGG19 weights ({first_line(e)})") \
             from None
     return features
 

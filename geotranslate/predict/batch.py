@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import unescape
 
-from geotranslate.errors import GeotranslateError, OptionError
+from geotranslate.errors import GeotranslateError, OptionError, StorageError
 from geotranslate.files import (
     atomic_path,
     check_file_output,
@@ -98,12 +98,12 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
             try:
                 rank, world_size = int(env_rank or 0), int(env_world)
             except ValueError:
-                raise GeotranslateError(
+                raise OptionError(
                     f"RANK={env_rank!r} / WORLD_SIZE={env_world!r}: expected integers") from None
     rank = 0 if rank is None else rank
     world_size = 1 if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
-        raise GeotranslateError(f"rank {rank} / world size {world_size}: need 0 <= rank < size")
+        raise OptionError(f"rank {rank} / world size {world_size}: need 0 <= rank < size")
     return rank, world_size
 
 
@@ -219,13 +219,13 @@ def predict_rasters(
     started = time.perf_counter()
     rank, world_size = resolve_rank(rank, world_size)
     if split_pixels < 1:
-        raise GeotranslateError(f"split size {split_pixels} px: must be positive "
-                                "(--split-mpx above 0)")
+        raise OptionError(f"split size {split_pixels} px: must be positive "
+                          "(--split-mpx above 0)")
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "--out-dir")
     inputs = [os.fspath(i) for i in inputs]
     if not inputs:
-        raise GeotranslateError("no input rasters given")
+        raise OptionError("no input rasters given")
     units = plan_units(inputs, out_dir, world_size, split_pixels)
     if mosaic is not None:
         check_file_output(mosaic)  # "DIR/" names a directory: before Path drops the slash
@@ -304,8 +304,8 @@ def _check_outputs(units: list[WorkUnit], mosaic: Path | None, model, cog: bool)
     if mosaic is not None:
         check_not_input(mosaic, files, "--mosaic")
         if resolved_path(mosaic) in {resolved_path(out) for out in outputs}:
-            raise GeotranslateError(f"{mosaic}: --mosaic would overwrite one of the outputs; "
-                                    "choose another name")
+            raise StorageError(f"{mosaic}: --mosaic would overwrite one of the outputs; "
+                               "choose another name")
 
 
 def _check_mosaic(mosaic: Path | None, out_dir: Path, units, overwrite: bool,
@@ -318,14 +318,14 @@ def _check_mosaic(mosaic: Path | None, out_dir: Path, units, overwrite: bool,
     if resolved_path(parent) == resolved_path(out_dir) and not out_dir.exists():
         return False  # in the --out-dir this run creates
     if not parent.is_dir():
-        raise GeotranslateError(f"{parent}: --mosaic's directory does not exist")
+        raise StorageError(f"{parent}: --mosaic's directory does not exist")
     if not os.access(parent, os.W_OK):
-        raise GeotranslateError(f"{parent}: --mosaic's directory is not writable")
+        raise StorageError(f"{parent}: --mosaic's directory is not writable")
     if not mosaic.exists() or overwrite:
         return overwrite
     if resume and _is_mosaic_of(mosaic, units):
         return True  # this command's own mosaic, written again
-    raise GeotranslateError(f"{mosaic}: already exists (pass --overwrite to replace it)")
+    raise StorageError(f"{mosaic}: already exists (pass --overwrite to replace it)")
 
 
 def _is_mosaic_of(path: Path, units) -> bool:

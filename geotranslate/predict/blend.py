@@ -14,7 +14,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geotranslate.choices import BLEND_MODES
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import OptionError
 from geotranslate.predict.grid import Strip
 from geotranslate.predict.queues import put
 
@@ -27,7 +27,7 @@ def blend_weights(tile: int, overlap: int, mode: str = "hann") -> np.ndarray:
     to this tile's centre and 0 elsewhere, so neighbouring tiles meet in a hard seam.
     """
     if mode not in BLEND_MODES:
-        raise GeotranslateError(f"blend {mode!r}: choose from {', '.join(BLEND_MODES)}")
+        raise OptionError(f"blend {mode!r}: choose from {', '.join(BLEND_MODES)}")
     w = np.zeros(tile, dtype=np.float64)
     if mode == "none":
         w[overlap // 2 : tile - (overlap - overlap // 2)] = 1.0

@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 from rasterio.rpc import RPC
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import OptionError, StorageError, first_line
 from geotranslate.files import atomic_path, check_file_output, check_not_input
 from geotranslate.log import logger
 from geotranslate.predict.grid import OUT_BLOCK, Strip
@@ -110,13 +110,13 @@ def parse_compress(compress: str) -> tuple[str, int | None]:
     """``zstd``, ``zstd:LEVEL``, ``deflate[:LEVEL]``, ``lzw`` or ``none`` -> (codec, level)."""
     codec, _, level = compress.lower().partition(":")
     if codec not in COMPRESS_CODECS or (level and codec not in _LEVELS):
-        raise GeotranslateError(f"compress {compress!r}: choose from zstd[:1-22], "
-                                "deflate[:1-12], lzw, none")
+        raise OptionError(f"compress {compress!r}: choose from zstd[:1-22], "
+                          "deflate[:1-12], lzw, none")
     if not level:
         return codec, None
     low, high = _LEVELS[codec]
     if not level.isdigit() or not low <= int(level) <= high:
-        raise GeotranslateError(f"compress {compress!r}: the {codec} level is {low} to {high}")
+        raise OptionError(f"compress {compress!r}: the {codec} level is {low} to {high}")
     return codec, int(level)
 
 
@@ -127,7 +127,7 @@ def parse_threads(threads: int | str | None) -> str | None:
     if str(threads).lower() == "all":
         return "ALL_CPUS"
     if not str(threads).isdigit() or int(threads) < 1:
-        raise GeotranslateError(f"compress threads {threads!r}: a count >= 1 or 'all'")
+        raise OptionError(f"compress threads {threads!r}: a count >= 1 or 'all'")
     return str(int(threads))
 
 
@@ -199,7 +199,7 @@ def to_cog(src: Path, dst: Path, profile: dict, compress: str = DEFAULT_COMPRESS
                 overviews="AUTO", overview_resampling="AVERAGE", bigtiff="IF_SAFER",
             )
     except RasterioError as e:
-        raise GeotranslateError(f"{dst}: writing the COG failed ({first_line(e)})") from None
+        raise StorageError(f"{dst}: writing the COG failed ({first_line(e)})") from None
 
 
 def default_output(source: RasterSource, rank: int | None = None, world: int = 1) -> Path:

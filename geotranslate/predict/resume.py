@@ -31,7 +31,7 @@ from pathlib import Path
 import rasterio
 
 from geotranslate import schema as sc
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, OptionError, StorageError, first_line
 from geotranslate.files import display_path, temp_path
 from geotranslate.log import logger
 from geotranslate.predict.grid import OUT_BLOCK, Strip
@@ -72,7 +72,7 @@ def input_identity(source: RasterSource) -> list[dict]:
             identity.append({"file": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                              "sha256": _file_digest(Path(name), st.st_size)})
         except OSError as e:
-            raise GeotranslateError(f"{name}: cannot read ({e.strerror or e})") from None
+            raise StorageError(f"{name}: cannot read ({e.strerror or e})") from None
     for gdal_name in source.remote:
         identity.append({"remote": gdal_name, **_remote_identity(gdal_name)})
     return identity
@@ -130,7 +130,7 @@ def _pixels_digest(gdal_name: str) -> str:
                              (ds.height - h, ds.width - w)]:
                 digest.update(ds.read(window=Window(col, row, w, h)).tobytes())
         except RasterioError as e:
-            raise GeotranslateError(
+            raise StorageError(
                 f"{gdal_name}: read failed ({first_line(e.__cause__ or e)})") from None
     return digest.hexdigest()
 
@@ -236,7 +236,7 @@ def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
         sc.validate(meta, _PROGRESS_SCHEMA, progress)
         if _writer_alive(meta["pid"], progress):
             if resume:
-                raise GeotranslateError(
+                raise StorageError(
                     f"{out}: another run (process {meta['pid']}) is writing it; nothing to "
                     "resume while it runs")
             return temp_path(out, ".gtiff.part"), None
@@ -245,7 +245,7 @@ def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
             if checkpoint.start is not None:
                 checkpoint.data_start = meta["done"]["data_start"]
         elif not overwrite:
-            raise GeotranslateError(
+            raise StorageError(
                 f"{out}: an interrupted run left a partial result ({progress.name}); pass "
                 "--resume to continue it or --overwrite to start again")
     elif resume:
@@ -260,12 +260,12 @@ def open_partial(out: Path, key: dict, profile: dict, *, resume: bool,
 
 def _check_resumable(out, tiff, progress, meta, key, profile) -> tuple[int, int] | None:
     if key.get("input_identity") != meta["key"].get("input_identity"):
-        raise GeotranslateError(
+        raise InputError(
             f"{key.get('input')}: changed since the interrupted run of {out} (size, time or "
             "content); rerun with --overwrite to start again")
     differs = sorted(k for k in set(key) | set(meta["key"]) if key.get(k) != meta["key"].get(k))
     if differs:
-        raise GeotranslateError(
+        raise OptionError(
             f"{progress}: the interrupted run of {out} used another {', '.join(differs)}; "
             "rerun with the same model and options, or with --overwrite to start again")
     if meta["done"] is None:
@@ -275,12 +275,12 @@ def _check_resumable(out, tiff, progress, meta, key, profile) -> tuple[int, int]
         with rasterio.open(tiff) as ds:
             shape = (ds.width, ds.height, ds.count, ds.dtypes[0])
     except (rasterio.errors.RasterioError, OSError) as e:
-        raise GeotranslateError(f"{tiff}: partial result unreadable ({e}); rerun with "
-                                "--overwrite to start again") from None
+        raise InputError(f"{tiff}: partial result unreadable ({e}); rerun with "
+                         "--overwrite to start again") from None
     want = (profile["width"], profile["height"], profile["count"], profile["dtype"])
     if shape != want:
-        raise GeotranslateError(f"{tiff}: partial result is {shape}, expected {want}; rerun "
-                                "with --overwrite to start again")
+        raise InputError(f"{tiff}: partial result is {shape}, expected {want}; rerun "
+                         "with --overwrite to start again")
     return meta["done"]["chunk_col"], meta["done"]["row"]
 
 
@@ -298,11 +298,11 @@ def _restore_checkpoint(tiff: Path, done: dict) -> None:
     try:
         actual = tiff.stat().st_size
         if actual < size:
-            raise GeotranslateError(
+            raise InputError(
                 f"{tiff}: partial result is {actual} bytes, shorter than the {size} recorded "
                 "at its last checkpoint; rerun with --overwrite to start again")
         if _tail_sha256(tiff, size, done["data_start"]) != done["tail_sha256"]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{tiff}: partial result differs from the one recorded at its last checkpoint; "
                 "rerun with --overwrite to start again")
         if actual > size:
@@ -311,8 +311,8 @@ def _restore_checkpoint(tiff: Path, done: dict) -> None:
                 f.flush()
                 os.fsync(f.fileno())
     except OSError as e:
-        raise GeotranslateError(f"{tiff}: partial result unreadable ({e.strerror or e}); "
-                                "rerun with --overwrite to start again") from None
+        raise StorageError(f"{tiff}: partial result unreadable ({e.strerror or e}); "
+                           "rerun with --overwrite to start again") from None
 
 
 def remove_partial(out: Path, tiff: Path, checkpoint: Checkpoint | None) -> None:
@@ -344,7 +344,7 @@ def remaining_strips(plan: list[Strip], start: tuple[int, int] | None, tile: int
     chunk_col, row = start
     chunks = {s.chunk_cols[0]: s.chunk for s in plan}
     if chunk_col not in chunks:
-        raise GeotranslateError(f"progress: column {chunk_col} is no chunk of this plan")
+        raise InputError(f"progress: column {chunk_col} is no chunk of this plan")
     current, done_row = chunks[chunk_col], row + out_row0  # grid rows
     left = []
     for s in plan:

@@ -25,7 +25,7 @@ import torch
 from rasterio.windows import Window
 
 from geotranslate.choices import NORM_STATS_MODES
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import OptionError
 from geotranslate.modelfile import DomainSpec
 from geotranslate.models.norms import norm_layer_kinds, scene_normalized
 from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, read_window
@@ -117,7 +117,7 @@ def scene_generator(
     changing them; its size is bounded by :data:`SAMPLE_PIXELS`.
     """
     if mode not in NORM_STATS_MODES:
-        raise GeotranslateError(f"norm stats {mode!r}: choose from {', '.join(NORM_STATS_MODES)}")
+        raise OptionError(f"norm stats {mode!r}: choose from {', '.join(NORM_STATS_MODES)}")
     kinds = norm_layer_kinds(generator)
     if "instance" not in kinds or mode == "tile":
         return generator, norm_stats_label(kinds, mode, 0, 0)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from geotranslate import schema as sc
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, StorageError, first_line
 from geotranslate.files import atomic_path, write_failed
 
 FORMAT = "geotranslate-checkpoint"
@@ -80,7 +80,7 @@ def set_rng_state(state: dict, source: str | Path = f"{CHECKPOINT_DIR}/{LAST_NAM
         p = state["python"]
         random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        raise GeotranslateError(f"{source}: damaged random-number state ({first_line(e)})") \
+        raise InputError(f"{source}: damaged random-number state ({first_line(e)})") \
             from None
 
 
@@ -100,17 +100,17 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     """Read checkpoints/last.pt of a run, refusing a missing, corrupt or foreign file."""
     path = checkpoint_path(run_dir)
     if not Path(run_dir).is_dir():
-        raise GeotranslateError(f"{run_dir}: no such run directory to resume")
+        raise StorageError(f"{run_dir}: no such run directory to resume")
     if not path.exists():
-        raise GeotranslateError(f"{path}: no checkpoint to resume from")
+        raise StorageError(f"{path}: no checkpoint to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged zip/pickle stream
-        raise GeotranslateError(f"{path}: corrupt checkpoint ({first_line(e)})") from None
+        raise InputError(f"{path}: corrupt checkpoint ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise GeotranslateError(f"{path}: not a geotranslate checkpoint")
+        raise InputError(f"{path}: not a geotranslate checkpoint")
     if state.get("format_version") != FORMAT_VERSION:
-        raise GeotranslateError(
+        raise InputError(
             f"{path}: checkpoint format version {state.get('format_version')} is not supported"
         )
     sc.validate(state, CHECKPOINT_SCHEMA, path)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from geotranslate.data import read_meta
 from geotranslate.device import resolve_device, resolve_precision
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, OptionError
 from geotranslate.files import atomic_path
 from geotranslate.log import Advice, show_progress
 from geotranslate.methods import Method
@@ -467,7 +467,7 @@ def run_specs(config: TrainConfig, method: Method) -> dict:
 def _check_resumable(saved: dict, mine: dict, path: Path) -> None:
     for key in ARCHITECTURE_KEYS:
         if saved.get(key) != mine.get(key):
-            raise GeotranslateError(
+            raise OptionError(
                 f"{path}: cannot resume: the run has {key.replace('_', ' ')} "
                 f"{_short(saved.get(key))}, these settings give {_short(mine.get(key))}"
             )

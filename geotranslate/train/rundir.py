@@ -9,7 +9,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import StorageError
 from geotranslate.files import check_output_dir
 from geotranslate.train import distributed
 from geotranslate.train.checkpoint import checkpoint_path, load_checkpoint
@@ -29,8 +29,8 @@ def choose_run_dir(config: TrainConfig, ctx: distributed.DistContext
         _check_separate(run_dir, config.data_dir, config.vgg_weights)
         if run_dir.exists() and (
                 checkpoint_path(run_dir).parent.exists() or (run_dir / "model.json").exists()):
-            raise GeotranslateError(f"{run_dir}: already holds a run; continue it with "
-                                    "--resume or choose another --out")
+            raise StorageError(f"{run_dir}: already holds a run; continue it with "
+                               "--resume or choose another --out")
     return Path(distributed.broadcast(str(run_dir), ctx)), checkpoint
 
 
@@ -49,12 +49,12 @@ def _check_separate(run_dir: Path, data_dir: str, vgg_weights: str | None = None
     (or under one), or that holds the --vgg-weights file (an input it could write over)."""
     check_output_dir(run_dir, "run directory")
     if vgg_weights and run_dir.resolve() in Path(vgg_weights).resolve().parents:
-        raise GeotranslateError(
+        raise StorageError(
             f"{vgg_weights}: --vgg-weights lies in the run directory {run_dir}, whose files "
             "the run writes; keep it elsewhere")
     run, data = run_dir.resolve(), Path(data_dir).resolve()
     if run == data or data in run.parents or run in data.parents:
-        raise GeotranslateError(
+        raise StorageError(
             f"{run_dir}: the run directory would mix with the chips in {data_dir}; "
             "choose an --out outside the chip folder"
         )

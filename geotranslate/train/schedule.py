@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import InputError, first_line
 from geotranslate.methods import Method
 
 
@@ -51,7 +51,7 @@ class LRSchedule:
             for group, scheduler in self.schedulers.items():
                 scheduler.load_state_dict(state[group])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise GeotranslateError(f"{path}: checkpoint does not fit this run ({first_line(e)})") \
+            raise InputError(f"{path}: checkpoint does not fit this run ({first_line(e)})") \
                 from None
         for scheduler in self.schedulers.values():
             scheduler.base_lrs = [self.lr] * len(scheduler.base_lrs)

@@ -20,7 +20,7 @@ from geotranslate.data import (
     has_split,
     ignore_sigint,
 )
-from geotranslate.errors import GeotranslateError, first_line
+from geotranslate.errors import GeotranslateError, OptionError, first_line
 from geotranslate.methods import METHODS, Method, build_method
 from geotranslate.models import build_discriminator
 from geotranslate.train import distributed
@@ -43,7 +43,7 @@ def open_datasets(config: TrainConfig, meta: ChipMeta) -> tuple[ChipDataset, Chi
                               cache=config.cache, seed=config.seed, meta=meta)
     if (config.keep == "best" or config.patience) and val_set is None:
         what = "--keep best" if config.keep == "best" else "--patience"
-        raise GeotranslateError(
+        raise OptionError(
             f"{config.data_dir}: {what} needs a validation split of paired chips "
             f"({config.dataset_type} on {'these chips' if paired else 'unpaired data'} "
             "has none; export-tiles --val-fraction makes one)")
@@ -111,11 +111,11 @@ def check_fits(method: Method, config: TrainConfig, size: int) -> None:
                         if _fits(build_discriminator(net.in_channels, 1, n, c.d_norm), x)]
                 hint = (f"; use --n-layers-d {fits[0]} or less" if fits
                         else "; use larger chips")
-                raise GeotranslateError(
+                raise OptionError(
                     f"--n-layers-d {c.n_layers_d}: the discriminator does not fit "
                     f"{size} px chips at batch size {c.batch_size}{hint} ({first_line(e)})"
                 ) from None
-            raise GeotranslateError(
+            raise OptionError(
                 f"the {c.resolved_generator()} generator does not fit {size} px chips at "
                 f"batch size {c.batch_size} ({first_line(e)})"
             ) from None
