@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import queue
 import threading
@@ -23,7 +22,6 @@ import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +51,16 @@ from geotranslate.chips.sources import (
     resolve_mode,
 )
 from geotranslate.chips.split import assign_validation
+from geotranslate.chips.stats import (
+    add_scene_accumulators,
+    add_window,
+    record_stats,
+    stats_buffers,
+)
+from geotranslate.chips.summary import ExportSummary, count_if_constant, zero_chips_message
 from geotranslate.chips.writer import write_chip_atomic
 from geotranslate.dirlock import LOCK_NAME, DirectoryLock
-from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
+from geotranslate.errors import GeotranslateError, OptionError, StorageError
 from geotranslate.files import (
     atomic_path,
     check_not_input,
@@ -64,7 +69,7 @@ from geotranslate.files import (
     make_output_dir,
     resolved_path,
 )
-from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
+from geotranslate.inputs import RelativeElevation
 from geotranslate.log import logger, show_progress
 from geotranslate.memory import check_memory
 from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, source_of
@@ -72,13 +77,7 @@ from geotranslate.raster.opening import open_dataset
 from geotranslate.raster.sources import input_files
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
-from geotranslate.stats import StatsAccumulator
 
-#: valid pixels buffered before they are handed to the statistics (bounds memory, amortises).
-STATS_BUFFER_PIXELS = 1 << 20
-#: above this many pixels per domain, statistics use a regular lattice of every k-th row and
-#: column (k chosen to stay under it): the pass stays cheap next to reading and writing.
-STATS_PIXEL_BUDGET = 1_000_000
 #: chips written in parallel threads (GDAL compresses and writes without the GIL), and how
 #: many may wait: bounds memory to a few chips.
 WRITER_THREADS = 2
@@ -90,114 +89,6 @@ READ_AHEAD = 2
 MAX_WORKERS_PER_CORE = 4
 
 
-@dataclass
-class ExportSummary:
-    """What one export run did; ``str()`` is the paragraph the CLI prints."""
-
-    out_dir: str
-    pairing: str
-    tile_size: int
-    stride: int
-    written: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {s: {d: 0 for d in DOMAINS} for s in SPLITS}
-    )
-    skipped_nodata: int = 0
-    skipped_aoi: int = 0
-    skipped_exclude: int = 0
-    dropped_buffer: int = 0
-    already_present: int = 0
-    constant: dict[str, int] = field(default_factory=dict)  # domain -> chips of one value
-    constant_example: str = ""  # "NAME (value V)" of the first one
-    val_note: str = ""  # why the validation fraction could not be met, if it was not
-    padded_sources: list[str] = field(default_factory=list)
-    stats_methods: dict[str, str] = field(default_factory=dict)
-    totals: dict[str, dict[str, int]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def chips_written(self) -> int:
-        return sum(sum(d.values()) for d in self.written.values())
-
-    def __str__(self) -> str:
-        per_split = "; ".join(
-            f"{split}: " + ", ".join(f"{d} {n}" for d, n in counts.items() if n or split == "train")
-            for split, counts in self.written.items()
-            if any(counts.values()) or split == "train"
-        )
-        text = (
-            f"Exported {self.chips_written} chips into {self.out_dir} in {self.seconds:.1f} s "
-            f"({self.pairing}, {self.tile_size} px tiles, stride {self.stride}) — "
-            f"{per_split}. "
-            f"Skipped {self.skipped_nodata} windows over the invalid-pixel limit, "
-            f"{self.skipped_aoi} outside the AOI, {self.skipped_exclude} excluded, "
-            f"{self.dropped_buffer} dropped as buffer around validation blocks; "
-            f"{self.already_present} already present."
-        )
-        if self.padded_sources:
-            text += (
-                f" Padded with nodata to one tile (smaller than {self.tile_size} px): "
-                + ", ".join(self.padded_sources)
-                + "."
-            )
-        if self.val_note:
-            text += f" Warning: {self.val_note}."
-        if self.constant:
-            counts = ", ".join(f"{n} {d} chips" for d, n in sorted(self.constant.items()))
-            text += (
-                f" Warning: {counts} hold a single value in every band "
-                f"(e.g. {self.constant_example}): if that value is a fill, declare it as the "
-                "source's nodata (gdal_edit.py -a_nodata VALUE) and export again."
-            )
-        if self.stats_methods:
-            text += " Statistics: " + ", ".join(
-                f"{d} {m}" for d, m in sorted(self.stats_methods.items())
-            )
-            text += "."
-        if self.totals:
-            text += " Now in the directory: " + "; ".join(
-                f"{s} " + ", ".join(f"{d} {n}" for d, n in c.items())
-                for s, c in self.totals.items()
-                if any(c.values())
-            )
-            text += "."
-        return text
-
-
-
-class _StatsBuffer:
-    """Collects valid pixels and feeds them to a StatsAccumulator in bounded batches.
-
-    With ``step`` > 1 only pixels whose source row and column are multiples of ``step`` are
-    used (a regular lattice, the same whatever the tiling).
-    """
-
-    def __init__(self, band_count: int, seed: int, step: int = 1):
-        self.accumulator = StatsAccumulator(band_count, seed=seed)
-        self.step = step
-        self._parts: list[np.ndarray] = []
-        self._size = 0
-
-    def add(self, data: np.ndarray, valid: np.ndarray, row0: int = 0, col0: int = 0) -> None:
-        if self.step > 1:
-            r, c = (-row0) % self.step, (-col0) % self.step
-            data, valid = (
-                data[:, r :: self.step, c :: self.step],
-                valid[r :: self.step, c :: self.step],
-            )
-        values = data[:, valid]
-        if values.shape[1] == 0:
-            return
-        self._parts.append(values)
-        self._size += values.shape[1]
-        if self._size >= STATS_BUFFER_PIXELS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._parts:
-            return
-        values = np.concatenate(self._parts, axis=1)
-        self._parts, self._size = [], 0
-        self.accumulator.add(values[:, None, :], np.ones((1, values.shape[1]), dtype=bool))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,20 +196,13 @@ def export_tiles(
             transforms,
         )
         for job in jobs:
-            job.scene_stats = {
-                d: (scene_accumulator(domain_meta[d]["band_count"]),
-                    scene_step(job.height, job.width))
-                for d in job.readers
-            }
+            add_scene_accumulators(job, domain_meta)
             job.windows = list(tile_windows(job.grid.height, job.grid.width, tile_size, stride))
             job.splits = ["train"] * len(job.windows)
             if job.padded and not job.stats_only:
                 summary.padded_sources.append(job.stem)
 
-        stats = {
-            d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
-            for d in run_domains
-        }
+        stats = stats_buffers(jobs, domain_meta, seed)
         run = _ExportRun(out, summary, max_nodata, filters, domain_meta, writers)
         lock_state["run"] = run
         reader = _WindowReader(workers)
@@ -364,42 +248,15 @@ def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
     return {"a": [transform]}
 
 
-def _scene_stats(jobs, domain: str) -> dict:
-    """meta.json's ``scene_stats`` of a domain: {chip name stem: statistics of that scene}."""
-    scenes = {}
-    for job in jobs:
-        if domain not in job.scene_stats:
-            continue
-        acc, step = job.scene_stats[domain]
-        if acc.count:
-            scenes[job.stem] = {**acc.to_dict(), "pixel_step": step}
-            if job.sources.get(domain):
-                scenes[job.stem]["source"] = job.sources[domain]
-    return scenes
-
-
 def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, tile_size,
                 stride, pairs_new, paths, jobs=()) -> None:
     """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
     summary = run.summary
     if summary.chips_written + summary.already_present == 0:
-        raise GeotranslateError(_zero_chips_message(paths, summary, run.max_nodata))
+        raise GeotranslateError(zero_chips_message(paths, summary, run.max_nodata))
     for d in run_domains:
-        stats[d].flush()
-        if stats[d].accumulator.count == 0:
-            raise InputError(
-                f"{', '.join(domain_meta[d]['sources'])}: no valid pixel in domain {d}'s "
-                "sources (all nodata, NaN or alpha = 0)"
-            )
-        domain_meta[d]["stats"] = stats[d].accumulator.to_dict()
-        domain_meta[d]["stats"]["pixel_step"] = stats[d].step
-        if stats[d].step > 1:
-            domain_meta[d]["stats"]["method"] = "sample"
+        record_stats(domain_meta[d], d, stats[d], jobs, meta_old)
         summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
-        old = meta_old.domains.get(d) if meta_old is not None else None
-        scenes = dict(old.scene_stats or {}) if old is not None else {}
-        scenes.update(_scene_stats(jobs, d))
-        domain_meta[d]["scene_stats"] = scenes
     meta = merge_meta(meta_old, pairing, tile_size, stride, domain_meta, pairs_new)
     meta["chips"] = count_chips(out)
     summary.totals = meta["chips"]
@@ -549,12 +406,6 @@ class _ExportRun:
         self.written = []
 
 
-def _stats_step(jobs: list[Job], domain: str) -> int:
-    """Lattice step k so that the statistics of a domain see at most STATS_PIXEL_BUDGET pixels."""
-    total = sum(job.height * job.width for job in jobs if domain in job.readers)
-    return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
-
-
 def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, progress: bool | None,
              reader: _WindowReader, survey: bool = False) -> None:
     """Read every window: statistics (``stats``), then filters and chip writing.
@@ -592,12 +443,8 @@ def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, pr
             window, split = job.windows[wi], job.splits[wi]
             row, col = int(window.row_off), int(window.col_off)
             own_h, own_w = row_ends[row] - row, col_ends[col] - col
-            for d, (data, valid) in reads.items():
-                if stats is not None and d in stats:
-                    stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
-                    scene, step = job.scene_stats[d]
-                    scene.add(*lattice(data[:, :own_h, :own_w], valid[:own_h, :own_w], step,
-                                       row, col))
+            if stats is not None:
+                add_window(stats, job, reads, row, col, own_h, own_w)
             if survey:
                 if not job.stats_only:
                     job.survives[wi] = _passes_filters(job, window, reads, run)
@@ -730,7 +577,7 @@ def _handle_window(job: Job, window: Window, split: str, reads: dict, run: _Expo
     else:
         transform = window_transform(window, job.grid.transform)
         for d, (data, valid) in reads.items():
-            _count_if_constant(summary, d, name, data, valid)
+            count_if_constant(summary, d, name, data, valid)
             run.ensure_dir(targets[d].parent)
             meta = run.domain_meta[d]
             run.written.append(targets[d])
@@ -760,38 +607,3 @@ def _handle_window(job: Job, window: Window, split: str, reads: dict, run: _Expo
                 "geometry": footprint,
             }
         )
-
-
-def _count_if_constant(summary: ExportSummary, domain: str, name: str, data: np.ndarray,
-                       valid: np.ndarray) -> None:
-    """Count a chip whose valid pixels hold one value per band: usually an undeclared fill
-    (a black collar without nodata), which a GAN learns nothing from."""
-    if not valid.any():
-        return
-    values = data.reshape(len(data), -1) if valid.all() else data[:, valid]
-    low, high = values.min(axis=1), values.max(axis=1)
-    if not (low == high).all():
-        return
-    summary.constant[domain] = summary.constant.get(domain, 0) + 1
-    if not summary.constant_example:
-        value = low[0].item()
-        summary.constant_example = f"{name} in {domain}, value {value:g}"
-
-
-def _zero_chips_message(paths, summary: ExportSummary, max_nodata: float) -> str:
-    names = ", ".join(str(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
-    reasons = []
-    if summary.skipped_nodata:
-        reasons.append(
-            f"{summary.skipped_nodata} windows had more than {max_nodata:.0%} invalid pixels "
-            "(nodata, NaN, alpha = 0" + (", padding" if summary.padded_sources else "") + ")"
-        )
-    if summary.skipped_aoi:
-        reasons.append(f"{summary.skipped_aoi} lay outside the AOI")
-    if summary.skipped_exclude:
-        reasons.append(f"{summary.skipped_exclude} were excluded")
-    if summary.dropped_buffer:
-        reasons.append(f"{summary.dropped_buffer} were dropped as validation buffer")
-    hint = " (try a smaller --tile-size or a higher --max-nodata)" if summary.padded_sources else ""
-    return f"{names}: zero chips exported, nothing written: " + "; ".join(reasons) + hint
-
