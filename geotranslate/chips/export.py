@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import threading
 import time
 import warnings
 from collections import deque
@@ -42,6 +40,7 @@ from geotranslate.chips.meta import (
     merge_meta,
     read_existing_meta,
 )
+from geotranslate.chips.reader import READ_AHEAD, WindowReader, default_workers
 from geotranslate.chips.sources import (
     check_numbers,
     check_stems,
@@ -73,7 +72,6 @@ from geotranslate.inputs import RelativeElevation
 from geotranslate.log import logger, show_progress
 from geotranslate.memory import check_memory
 from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, source_of
-from geotranslate.raster.opening import open_dataset
 from geotranslate.raster.sources import input_files
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
@@ -82,8 +80,6 @@ from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 #: many may wait: bounds memory to a few chips.
 WRITER_THREADS = 2
 WRITER_QUEUE = 8
-#: windows read ahead per worker (``workers`` > 1): bounds memory to a few windows per worker
-READ_AHEAD = 2
 #: reading threads per usable core at most (more wait on each other; remote reads that wait
 #: on the network gain up to a few per core): a larger --workers is lowered to this, with a note
 MAX_WORKERS_PER_CORE = 4
@@ -205,7 +201,7 @@ def export_tiles(
         stats = stats_buffers(jobs, domain_meta, seed)
         run = _ExportRun(out, summary, max_nodata, filters, domain_meta, writers)
         lock_state["run"] = run
-        reader = _WindowReader(workers)
+        reader = WindowReader(workers)
         stack.callback(reader.close)
         try:
             if val_fraction > 0:
@@ -407,7 +403,7 @@ class _ExportRun:
 
 
 def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, progress: bool | None,
-             reader: _WindowReader, survey: bool = False) -> None:
+             reader: WindowReader, survey: bool = False) -> None:
     """Read every window: statistics (``stats``), then filters and chip writing.
 
     ``survey``: only record which windows pass the filters (``job.survives``), writing
@@ -451,96 +447,6 @@ def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, pr
             elif not job.stats_only:
                 _handle_window(job, window, split, reads, run)
             bar.update(1)
-
-
-class _WindowReader:
-    """Reads the windows of a pass, in ``workers`` threads when more than one (GDAL reads and
-    warps without the GIL), and hands the reads back in the order asked, so statistics, chips
-    and the index do not depend on the scheduling. Each thread reads through its own dataset
-    handles (a rasterio dataset is not thread-safe), opened and closed in that thread; at most
-    READ_AHEAD reads per worker wait.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-
-    def read(self, todo: list[tuple[Job, int]]):
-        """Yield ((job, window index), {domain: (data, valid)}) for each of ``todo``, in order."""
-        if self.workers == 1:
-            for job, wi in todo:
-                yield (job, wi), {d: read(job.windows[wi]) for d, read in job.readers.items()}
-            return
-        while len(self._threads) < self.workers:
-            thread = threading.Thread(target=self._work, name="window-reader", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError as e:  # "can't start new thread": a process or memory limit
-                raise GeotranslateError(
-                    f"--workers {self.workers}: cannot start that many threads here ({e}); "
-                    "use fewer") from None
-            self._threads.append(thread)
-        pending: deque = deque()
-        try:
-            for item in todo:
-                future: Future = Future()
-                self._tasks.put((future, *item))
-                pending.append((item, future))
-                if len(pending) >= READ_AHEAD * self.workers:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()  # not started: dropped
-
-    def _work(self) -> None:
-        """One worker thread: its own handles on the datasets, closed when it stops."""
-        with contextlib.ExitStack() as stack:
-            handles: dict[int, object] = {}
-            readers: dict[int, dict] = {}
-
-            def handle(ds):
-                if id(ds) not in handles:
-                    handles[id(ds)] = stack.enter_context(open_dataset(source_of(ds)))
-                return handles[id(ds)]
-
-            while (task := self._tasks.get()) is not None:
-                future, job, wi = task
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    if id(job) not in readers:
-                        readers[id(job)] = job.make_readers(stack, handle)
-                    future.set_result(
-                        {d: read(job.windows[wi]) for d, read in readers[id(job)].items()}
-                    )
-                except BaseException as e:  # handed to the main thread, which raises it
-                    future.set_exception(e)
-
-    def close(self) -> None:
-        """Stop the threads once their current reads end; they close their handles."""
-        with contextlib.suppress(queue.Empty):
-            while True:  # reads not started are dropped
-                task = self._tasks.get_nowait()
-                if task is not None:
-                    task[0].cancel()
-        for _ in self._threads:
-            self._tasks.put(None)
-        for thread in self._threads:
-            thread.join()
-        self._threads = []
-
-
-def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity, else the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _passes_filters(job: Job, window: Window, reads: dict, run: _ExportRun) -> bool:
