@@ -29,10 +29,15 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from geotranslate.chips.checks import (
+    bounded_workers,
+    check_not_inputs,
+    check_out_dir,
+    check_window_memory,
+)
 from geotranslate.chips.grid import Job, make_jobs, stats_only_jobs
 from geotranslate.chips.index import INDEX_NAME, index_layers, write_index
 from geotranslate.chips.meta import (
-    DOMAINS,
     META_NAME,
     SPLITS,
     check_against_existing,
@@ -47,6 +52,7 @@ from geotranslate.chips.sources import (
     domain_bands,
     domain_entry,
     fuse_extras,
+    input_transforms,
     resolve_mode,
 )
 from geotranslate.chips.split import assign_validation
@@ -58,21 +64,12 @@ from geotranslate.chips.stats import (
 )
 from geotranslate.chips.summary import ExportSummary, count_if_constant, zero_chips_message
 from geotranslate.chips.writer import write_chip_atomic
-from geotranslate.dirlock import LOCK_NAME, DirectoryLock
-from geotranslate.errors import GeotranslateError, OptionError, StorageError
-from geotranslate.files import (
-    atomic_path,
-    check_not_input,
-    check_output_dir,
-    display_path,
-    make_output_dir,
-    resolved_path,
-)
+from geotranslate.dirlock import DirectoryLock
+from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path, make_output_dir
 from geotranslate.inputs import RelativeElevation
 from geotranslate.log import logger, show_progress
-from geotranslate.memory import check_memory
 from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, source_of
-from geotranslate.raster.sources import input_files
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 
@@ -80,9 +77,14 @@ from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 #: many may wait: bounds memory to a few chips.
 WRITER_THREADS = 2
 WRITER_QUEUE = 8
-#: reading threads per usable core at most (more wait on each other; remote reads that wait
-#: on the network gain up to a few per core): a larger --workers is lowered to this, with a note
-MAX_WORKERS_PER_CORE = 4
+
+
+def _windows_in_flight(workers: int, writers: int) -> int:
+    """Windows held at once: up to WRITER_QUEUE + ``writers`` waiting for or in the chip
+    writers, READ_AHEAD per worker read ahead, and about three more (reading, the statistics'
+    copy, the chip's encoding)."""
+    return WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
+
 
 
 
@@ -134,18 +136,9 @@ def export_tiles(
     mode, run_domains = resolve_mode(a_paths, b_paths, mode, domain)
     stride = tile_size if stride is None else stride
     check_numbers(tile_size, stride, max_nodata, val_fraction)
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise OptionError(f"--workers {workers}: must be at least 1")
-    if workers > MAX_WORKERS_PER_CORE * default_workers():
-        bound = MAX_WORKERS_PER_CORE * default_workers()
-        logger.warning(f"--workers {workers}: more than {MAX_WORKERS_PER_CORE} threads per "
-                       f"usable core ({default_workers()}) gain nothing; using {bound}")
-        workers = bound
+    workers = bounded_workers(workers, default_workers())
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise StorageError(f"{out}: exists and is not a directory")
-    check_output_dir(out, "--out")
+    check_out_dir(out)
     pairing = "paired" if mode == "paired" else "unpaired"
     summary = ExportSummary(str(out), pairing, tile_size, stride)
     summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
@@ -166,16 +159,12 @@ def export_tiles(
             specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
         bands = {d: domain_bands(datasets[d], specs[d]) for d in run_domains}
         domain_meta = {d: domain_entry(datasets[d], bands[d]) for d in run_domains}
-        transforms = _input_transforms(relative_elevation, domain_meta)
+        transforms = input_transforms(relative_elevation, domain_meta)
         writers = max(WRITER_THREADS, workers)
-        in_flight = WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
-        with_workers = f" with --workers {workers}" if workers > 1 else ""
-        check_memory(_window_bytes(tile_size, domain_meta) * in_flight,
-                     f"--tile-size {tile_size}{with_workers}",
-                     "use a smaller --tile-size" + (" or fewer --workers" if workers > 1 else ""))
+        check_window_memory(tile_size, domain_meta, workers, _windows_in_flight(workers, writers))
         check_stems(datasets)
-        _check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
-                          [p for p in (aoi, exclude) if p])
+        check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
+                         [p for p in (aoi, exclude) if p])
         lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
         meta_old = read_existing_meta(out)
         check_against_existing(out, meta_old, pairing, tile_size, domain_meta)
@@ -228,22 +217,6 @@ def export_tiles(
     return summary
 
 
-def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
-    """{domain: input transforms} of the run (only A takes one); records them in the domain's
-    meta, whose chips become float32 with NaN as nodata."""
-    if relative_elevation is None or "a" not in domain_meta:
-        if relative_elevation is not None:
-            raise OptionError("--relative-elevation applies to domain A; export A too")
-        return {}
-    transform = (relative_elevation if isinstance(relative_elevation, RelativeElevation)
-                 else RelativeElevation.parse(relative_elevation))
-    transform.check_bands(domain_meta["a"]["band_count"], "domain A")
-    domain_meta["a"]["dtype"] = "float32"
-    domain_meta["a"]["nodata"] = float("nan")  # any relative height is data
-    domain_meta["a"]["input_transforms"] = [transform.to_dict()]
-    return {"a": [transform]}
-
-
 def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, tile_size,
                 stride, pairs_new, paths, jobs=()) -> None:
     """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
@@ -263,33 +236,6 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, ti
         if layers:
             with atomic_path(out / INDEX_NAME) as index_tmp:
                 write_index(layers, index_tmp, out / INDEX_NAME)
-
-
-def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
-    """No file the export writes (meta.json, index.gpkg, the lock, chips) may be one of its
-    inputs: the rasters (every file of a stack: or STAC item, a /vsizip/ archive) and the
-    --aoi / --exclude files; none of them may lie among the chip folders."""
-    inputs = input_files(sources) + [Path(v) for v in vectors]
-    for name in (META_NAME, INDEX_NAME, LOCK_NAME):
-        check_not_input(out / name, inputs)
-    chip_folders = [resolved_path(out / f"{split}_{d}") for split in SPLITS for d in DOMAINS]
-    for path in inputs:
-        resolved = resolved_path(path)
-        for folder in chip_folders:
-            if folder in resolved.parents:
-                raise StorageError(
-                    f"{display_path(path)}: an input lies among the chips of --out {out} "
-                    f"({folder.name}), which the export writes; move it or choose another --out")
-
-
-def _window_bytes(tile_size: int, domain_meta: dict) -> int:
-    """Memory of one window read in every domain (data and validity). Up to WRITER_QUEUE +
-    WRITER_THREADS of them wait for the chip writers; reading, the statistics' copy and the
-    chip's encoding take about three more."""
-    per_pixel = sum(
-        m["band_count"] * np.dtype(m["dtype"]).itemsize + 1 for m in domain_meta.values()
-    )
-    return tile_size * tile_size * per_pixel
 
 
 def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
