@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +61,7 @@ from geotranslate.chips.stats import (
     stats_buffers,
 )
 from geotranslate.chips.summary import ExportSummary, count_if_constant, zero_chips_message
-from geotranslate.chips.writer import write_chip_atomic
+from geotranslate.chips.writer import WRITER_QUEUE, WRITER_THREADS, ChipWriter
 from geotranslate.dirlock import DirectoryLock
 from geotranslate.errors import GeotranslateError
 from geotranslate.files import atomic_path, make_output_dir
@@ -73,20 +71,30 @@ from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, source_of
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
 
-#: chips written in parallel threads (GDAL compresses and writes without the GIL), and how
-#: many may wait: bounds memory to a few chips.
-WRITER_THREADS = 2
-WRITER_QUEUE = 8
 
+@dataclass(frozen=True)
+class _Options:
+    """export_tiles' options, checked: what its steps share."""
 
-def _windows_in_flight(workers: int, writers: int) -> int:
-    """Windows held at once: up to WRITER_QUEUE + ``writers`` waiting for or in the chip
-    writers, READ_AHEAD per worker read ahead, and about three more (reading, the statistics'
-    copy, the chip's encoding)."""
-    return WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
+    mode: str  # "paired", "unpaired" or "single"
+    sources: dict[str, list]  # {domain: its rasters}, in the order of the run's domains
+    bands: dict  # {domain: its --bands}
+    tile_size: int
+    stride: int
+    workers: int
+    resampling: str
+    max_nodata: float
+    aoi: str | Path | None
+    exclude: str | Path | None
+    val_fraction: float
+    allow_no_crs: bool
+    seed: int
+    progress: bool | None
+    relative_elevation: str | RelativeElevation | None
 
-
-
+    @property
+    def pairing(self) -> str:
+        return "paired" if self.mode == "paired" else "unpaired"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,82 +147,115 @@ def export_tiles(
     workers = bounded_workers(workers, default_workers())
     out = Path(out_dir)
     check_out_dir(out)
-    pairing = "paired" if mode == "paired" else "unpaired"
-    summary = ExportSummary(str(out), pairing, tile_size, stride)
+    options = _Options(mode, *_per_domain(run_domains, a_paths, b_paths, bands_a, bands_b),
+                       tile_size, stride, workers, resampling, max_nodata, aoi, exclude,
+                       val_fraction, allow_no_crs, seed, progress, relative_elevation)
+    summary = ExportSummary(str(out), options.pairing, tile_size, stride)
     summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
-
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        # one list of sources per domain; "a" holds the single list when --domain b is given
-        lists = {"a": a_paths, "b": b_paths} if b_paths else {run_domains[0]: a_paths}
-        datasets = {
-            d: [stack.enter_context(open_raster(p, allow_no_crs=allow_no_crs)) for p in paths]
-            for d, paths in lists.items()
-        }
-        if b_paths:
-            specs = {"a": bands_a, "b": bands_b}
-        else:  # one list: --bands selects its bands, whichever domain it is exported as
-            specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
-        bands = {d: domain_bands(datasets[d], specs[d]) for d in run_domains}
-        domain_meta = {d: domain_entry(datasets[d], bands[d]) for d in run_domains}
-        transforms = input_transforms(relative_elevation, domain_meta)
-        writers = max(WRITER_THREADS, workers)
-        check_window_memory(tile_size, domain_meta, workers, _windows_in_flight(workers, writers))
-        check_stems(datasets)
-        check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
-                         [p for p in (aoi, exclude) if p])
-        lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
-        meta_old = read_existing_meta(out)
-        check_against_existing(out, meta_old, pairing, tile_size, domain_meta)
-
-        filters = {
-            "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
-            "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
-        }
-        pairs_new: list[dict] = []
-        jobs = make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
-                          transforms)
-        jobs += stats_only_jobs(
-            meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
-            transforms,
-        )
-        for job in jobs:
-            add_scene_accumulators(job, domain_meta)
-            job.windows = list(tile_windows(job.grid.height, job.grid.width, tile_size, stride))
-            job.splits = ["train"] * len(job.windows)
-            if job.padded and not job.stats_only:
-                summary.padded_sources.append(job.stem)
-
-        stats = stats_buffers(jobs, domain_meta, seed)
-        run = _ExportRun(out, summary, max_nodata, filters, domain_meta, writers)
-        lock_state["run"] = run
-        reader = WindowReader(workers)
-        stack.callback(reader.close)
-        try:
-            if val_fraction > 0:
-                # validation blocks are drawn over the chips that pass the filters, so the
-                # filters run first (reading every window once, with the statistics), then
-                # only the surviving windows are read again and written
-                _process(jobs, stats, run, tile_size, progress, reader, survey=True)
-                summary.val_note = assign_validation(jobs, val_fraction, seed, tile_size)
-                _process(jobs, None, run, tile_size, progress, reader)
-            else:
-                _process(jobs, stats, run, tile_size, progress, reader)
-            run.finish()
-            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing,
-                        tile_size, stride, pairs_new, a_paths + b_paths, jobs)
-        except KeyboardInterrupt:
-            run.finish(cancel=True)  # complete chips stay: a re-run resumes
-            raise
-        except BaseException:
-            # a bad input, no valid pixel, a full disk: no chip of this run is left behind,
-            # and meta.json and the index stay as they were
-            run.rollback()
-            raise
+        _export(stack, options, out, summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _per_domain(run_domains, a_paths, b_paths, bands_a, bands_b) -> tuple[dict, dict]:
+    """{domain: its rasters} and {domain: its --bands}. With one raster list (``a_paths``,
+    whichever domain it is exported as) --bands selects its bands."""
+    if b_paths:
+        return {"a": a_paths, "b": b_paths}, {"a": bands_a, "b": bands_b}
+    return {run_domains[0]: a_paths}, {run_domains[0]: bands_a if bands_a is not None else bands_b}
+
+
+def _export(stack: contextlib.ExitStack, o: _Options, out: Path, summary: ExportSummary) -> None:
+    """The run, its files and threads held by ``stack``: open and check the sources, lock
+    ``out``, tile the sources, then read and write every window and finish meta.json and
+    index.gpkg; on failure no chip of this run stays (on Ctrl-C the complete ones do)."""
+    _quiet_gdal(stack)
+    datasets, bands, domain_meta, transforms = _open_domains(stack, o)
+    writers = max(WRITER_THREADS, o.workers)
+    check_window_memory(o.tile_size, domain_meta, o.workers,
+                        _windows_in_flight(o.workers, writers))
+    check_stems(datasets)
+    check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
+                     [p for p in (o.aoi, o.exclude) if p])
+    lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
+    meta_old = read_existing_meta(out)
+    check_against_existing(out, meta_old, o.pairing, o.tile_size, domain_meta)
+    filters = _vector_filters(o.aoi, o.exclude)
+    pairs_new: list[dict] = []
+    jobs = _tiled_jobs(stack, o, datasets, bands, transforms, meta_old, pairs_new, domain_meta)
+    summary.padded_sources += [job.stem for job in jobs if job.padded and not job.stats_only]
+    stats = stats_buffers(jobs, domain_meta, o.seed)
+    run = _ExportRun(out, summary, o.max_nodata, filters, domain_meta, ChipWriter(out, writers))
+    lock_state["chips"] = run.chips
+    reader = WindowReader(o.workers)
+    stack.callback(reader.close)
+    with run.chips.kept_or_rolled_back():
+        _read_and_write(jobs, stats, run, reader, o)
+        run.chips.finish()
+        rasters = [p for paths in o.sources.values() for p in paths]
+        _finish_run(out, run, stats, list(domain_meta), domain_meta, meta_old, o.pairing,
+                    o.tile_size, o.stride, pairs_new, rasters, jobs)
+
+
+def _quiet_gdal(stack: contextlib.ExitStack) -> None:
+    """GDAL's block cache for the run; no warning for rasters without georeferencing (their
+    use is refused or allowed by --allow-no-crs)."""
+    stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+
+
+def _open_domains(stack: contextlib.ExitStack, o: _Options) -> tuple[dict, dict, dict, dict]:
+    """Each domain's open datasets, selected bands, meta.json entry and input transforms."""
+    datasets = {d: [stack.enter_context(open_raster(p, allow_no_crs=o.allow_no_crs))
+                    for p in paths] for d, paths in o.sources.items()}
+    bands = {d: domain_bands(datasets[d], o.bands[d]) for d in datasets}
+    domain_meta = {d: domain_entry(datasets[d], bands[d]) for d in datasets}
+    return datasets, bands, domain_meta, input_transforms(o.relative_elevation, domain_meta)
+
+
+def _windows_in_flight(workers: int, writers: int) -> int:
+    """Windows held at once: up to WRITER_QUEUE + ``writers`` waiting for or in the chip
+    writers, READ_AHEAD per worker read ahead, and about three more (reading, the statistics'
+    copy, the chip's encoding)."""
+    return WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
+
+
+def _vector_filters(aoi, exclude) -> dict:
+    return {
+        "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
+        "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
+    }
+
+
+def _tiled_jobs(stack, o: _Options, datasets, bands, transforms, meta_old, pairs_new,
+                domain_meta) -> list[Job]:
+    """The run's jobs (and the statistics-only ones of earlier runs' sources), each with its
+    windows (all "train" until the validation split) and its scene statistics."""
+    jobs = make_jobs(o.mode, datasets, bands, o.tile_size, o.resampling, pairs_new, stack,
+                     transforms)
+    jobs += stats_only_jobs(meta_old, o.mode, list(domain_meta), datasets, o.tile_size,
+                            o.resampling, stack, o.allow_no_crs, transforms)
+    for job in jobs:
+        add_scene_accumulators(job, domain_meta)
+        job.windows = list(tile_windows(job.grid.height, job.grid.width, o.tile_size, o.stride))
+        job.splits = ["train"] * len(job.windows)
+    return jobs
+
+
+def _read_and_write(jobs: list[Job], stats: dict, run: _ExportRun, reader: WindowReader,
+                    o: _Options) -> None:
+    """Every window read once (statistics, filters, chips), or with a validation split twice:
+    validation blocks are drawn over the chips that pass the filters, so the filters run first
+    (reading every window once, with the statistics), then only the surviving windows are read
+    again and written."""
+    if o.val_fraction > 0:
+        _process(jobs, stats, run, o.tile_size, o.progress, reader, survey=True)
+        run.summary.val_note = assign_validation(jobs, o.val_fraction, o.seed, o.tile_size)
+        _process(jobs, None, run, o.tile_size, o.progress, reader)
+    else:
+        _process(jobs, stats, run, o.tile_size, o.progress, reader)
 
 
 def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, tile_size,
@@ -244,7 +285,7 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     The lock file is removed when the directory is left consistent: the run finished, or it
     failed and rolled back (unless an earlier run was unfinished), or it was interrupted
     before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
-    state the caller completes with ``"run"`` (the _ExportRun, once chips may be written).
+    state the caller completes with ``"chips"`` (the ChipWriter, once chips may be written).
     """
     created = make_output_dir(out, "--out")
     lock = DirectoryLock(out)
@@ -252,11 +293,11 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     if previous is not None:
         logger.warning(f"{out}: an earlier export-tiles run ({previous}) did not finish; this "
                        "run takes over its lock and completes the directory")
-    state: dict = {"run": None}
+    state: dict = {"chips": None}
 
     def release(exc_type, exc, tb) -> bool:
-        run = state["run"]
-        wrote = run is not None and bool(run.written)
+        chips = state["chips"]
+        wrote = chips is not None and bool(chips.written)
         if exc_type is None:
             consistent = True
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -277,75 +318,18 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
 # ---- the pass --------------------------------------------------------------------------------
 
 
+@dataclass
 class _ExportRun:
-    """Chip writing of one run, with what it wrote (for rollback) and the index rows."""
+    """What the pass over the windows works with: the chip writer, the filters and their
+    limits, the summary it counts into, and the index rows it adds."""
 
-    def __init__(
-        self, out: Path, summary: ExportSummary, max_nodata: float, filters: dict,
-        domain_meta: dict, writers: int = WRITER_THREADS,
-    ):
-        self.out = out
-        self.summary = summary
-        self.max_nodata = max_nodata
-        self.filters = filters
-        self.domain_meta = domain_meta
-        self.written: list[Path] = []
-        self.created_dirs: list[Path] = []
-        self.index_rows: list[dict] = []
-        self._pool = ThreadPoolExecutor(writers, thread_name_prefix="chip-writer")
-        self._pending: deque[Future] = deque()
-        self._present: dict[str, set[str]] = {}
-
-    def present(self, domain: str, name: str) -> bool:
-        """Whether a chip of this name already exists in any split of ``domain`` (resume).
-
-        The folders are listed once per run instead of one ``stat`` per chip and split.
-        """
-        if domain not in self._present:
-            names: set[str] = set()
-            for split in SPLITS:
-                folder = self.out / f"{split}_{domain}"
-                if folder.is_dir():
-                    names.update(os.listdir(folder))
-            self._present[domain] = names
-        return name in self._present[domain]
-
-    def submit(self, fn, *args, **kwargs) -> None:
-        """Write in a worker thread; wait for the oldest writes when too many are queued."""
-        self._pending.append(self._pool.submit(fn, *args, **kwargs))
-        while len(self._pending) > WRITER_QUEUE:
-            self._pending.popleft().result()
-
-    def finish(self, cancel: bool = False) -> None:
-        """Wait for every queued write (re-raising the first failure) and stop the threads."""
-        try:
-            if not cancel:
-                while self._pending:
-                    self._pending.popleft().result()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pending.clear()
-
-    def ensure_dir(self, path: Path) -> None:
-        if path.is_dir():
-            return
-        missing = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        path.mkdir(parents=True)
-        self.created_dirs += reversed(missing)
-
-    def rollback(self) -> None:
-        self.finish(cancel=True)
-        for chip in self.written:
-            with contextlib.suppress(FileNotFoundError):
-                chip.unlink()
-        for d in reversed(self.created_dirs):
-            with contextlib.suppress(OSError):
-                d.rmdir()  # only if empty
-        self.written = []
+    out: Path
+    summary: ExportSummary
+    max_nodata: float
+    filters: dict
+    domain_meta: dict
+    chips: ChipWriter
+    index_rows: list[dict] = field(default_factory=list)
 
 
 def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, progress: bool | None,
@@ -423,26 +407,16 @@ def _handle_window(job: Job, window: Window, split: str, reads: dict, run: _Expo
         return
     name = f"{job.stem}_{int(window.row_off)}_{int(window.col_off)}.tif"
     targets = {d: run.out / f"{split}_{d}" / name for d in reads}
-    present = all(run.present(d, name) for d in reads)
+    present = all(run.chips.present(d, name) for d in reads)
     if present:
         summary.already_present += 1
     else:
         transform = window_transform(window, job.grid.transform)
         for d, (data, valid) in reads.items():
             count_if_constant(summary, d, name, data, valid)
-            run.ensure_dir(targets[d].parent)
             meta = run.domain_meta[d]
-            run.written.append(targets[d])
-            run.submit(
-                write_chip_atomic,
-                targets[d],
-                data,
-                valid,
-                crs=job.grid.crs,
-                transform=transform,
-                nodata=meta["nodata"],
-                descriptions=meta["band_descriptions"],
-            )
+            run.chips.write(targets[d], data, valid, crs=job.grid.crs, transform=transform,
+                            nodata=meta["nodata"], descriptions=meta["band_descriptions"])
             summary.written[split][d] += 1
     crs = job.grid.crs
     for d in reads:
