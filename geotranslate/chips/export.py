@@ -38,6 +38,7 @@ from geotranslate.chips.index import INDEX_NAME, index_layers, write_index
 from geotranslate.chips.meta import (
     META_NAME,
     SPLITS,
+    ChipMeta,
     check_against_existing,
     count_chips,
     merge_meta,
@@ -193,9 +194,7 @@ def _export(stack: contextlib.ExitStack, o: _Options, out: Path, summary: Export
     with run.chips.kept_or_rolled_back():
         _read_and_write(jobs, stats, run, reader, o)
         run.chips.finish()
-        rasters = [p for paths in o.sources.values() for p in paths]
-        _finish_run(out, run, stats, list(domain_meta), domain_meta, meta_old, o.pairing,
-                    o.tile_size, o.stride, pairs_new, rasters, jobs)
+        _finish_run(run, stats, o, meta_old, pairs_new, jobs)
 
 
 def _quiet_gdal(stack: contextlib.ExitStack) -> None:
@@ -258,16 +257,17 @@ def _read_and_write(jobs: list[Job], stats: dict, run: _ExportRun, reader: Windo
         _process(jobs, stats, run, o.tile_size, o.progress, reader)
 
 
-def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, tile_size,
-                stride, pairs_new, paths, jobs=()) -> None:
+def _finish_run(run: _ExportRun, stats: dict, o: _Options, meta_old: ChipMeta | None,
+                pairs_new: list[dict], jobs: list[Job]) -> None:
     """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
-    summary = run.summary
+    out, summary, domain_meta = run.out, run.summary, run.domain_meta
     if summary.chips_written + summary.already_present == 0:
-        raise GeotranslateError(zero_chips_message(paths, summary, run.max_nodata))
-    for d in run_domains:
-        record_stats(domain_meta[d], d, stats[d], jobs, meta_old)
-        summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
-    meta = merge_meta(meta_old, pairing, tile_size, stride, domain_meta, pairs_new)
+        rasters = [p for paths in o.sources.values() for p in paths]
+        raise GeotranslateError(zero_chips_message(rasters, summary, run.max_nodata))
+    for d, entry in domain_meta.items():
+        record_stats(entry, d, stats[d], jobs, meta_old)
+        summary.stats_methods[d] = entry["stats"]["method"]
+    meta = merge_meta(meta_old, o.pairing, o.tile_size, o.stride, domain_meta, pairs_new)
     meta["chips"] = count_chips(out)
     summary.totals = meta["chips"]
     layers = index_layers(out, run.index_rows)
