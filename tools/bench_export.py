@@ -61,7 +61,7 @@ def _timed_parts() -> collections.Counter:
     CPU seconds, on whichever thread runs them, add up in the returned counter."""
     import importlib
 
-    from geotranslate.chips import export as export_module
+    from geotranslate.chips.stats import StatsBuffer
 
     seconds: collections.Counter = collections.Counter()
     lock = threading.Lock()
@@ -81,10 +81,8 @@ def _timed_parts() -> collections.Counter:
 
     for (module, name), part in PARTS.items():
         wrap(importlib.import_module(module), name, part)
-    collector = next(c for c in vars(export_module).values()
-                     if isinstance(c, type) and hasattr(c, "add") and hasattr(c, "flush"))
-    wrap(collector, "add", "statistics")
-    wrap(collector, "flush", "statistics")
+    wrap(StatsBuffer, "add", "statistics")
+    wrap(StatsBuffer, "flush", "statistics")
     return seconds
 
 

@@ -14,15 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
-import queue
-import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,171 +27,75 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from geotranslate.chips.checks import (
+    bounded_workers,
+    check_not_inputs,
+    check_out_dir,
+    check_window_memory,
+)
 from geotranslate.chips.grid import Job, make_jobs, stats_only_jobs
 from geotranslate.chips.index import INDEX_NAME, index_layers, write_index
 from geotranslate.chips.meta import (
-    DOMAINS,
     META_NAME,
     SPLITS,
+    ChipMeta,
     check_against_existing,
     count_chips,
     merge_meta,
     read_existing_meta,
 )
+from geotranslate.chips.reader import READ_AHEAD, WindowReader, default_workers
 from geotranslate.chips.sources import (
     check_numbers,
     check_stems,
     domain_bands,
     domain_entry,
     fuse_extras,
+    input_transforms,
     resolve_mode,
 )
 from geotranslate.chips.split import assign_validation
-from geotranslate.chips.writer import write_chip_atomic
-from geotranslate.dirlock import LOCK_NAME, DirectoryLock
-from geotranslate.errors import GeotranslateError, InputError, OptionError, StorageError
-from geotranslate.files import (
-    atomic_path,
-    check_not_input,
-    check_output_dir,
-    display_path,
-    make_output_dir,
-    resolved_path,
+from geotranslate.chips.stats import (
+    add_scene_accumulators,
+    add_window,
+    record_stats,
+    stats_buffers,
 )
-from geotranslate.inputs import RelativeElevation, lattice, scene_accumulator, scene_step
+from geotranslate.chips.summary import ExportSummary, count_if_constant, zero_chips_message
+from geotranslate.chips.writer import WRITER_QUEUE, WRITER_THREADS, ChipWriter
+from geotranslate.dirlock import DirectoryLock
+from geotranslate.errors import GeotranslateError
+from geotranslate.files import atomic_path, make_output_dir
+from geotranslate.inputs import RelativeElevation
 from geotranslate.log import logger, show_progress
-from geotranslate.memory import check_memory
 from geotranslate.raster.io import GDAL_CACHE_BYTES, open_raster, source_of
-from geotranslate.raster.opening import open_dataset
-from geotranslate.raster.sources import input_files
 from geotranslate.raster.vector import VectorFilter, window_footprint
 from geotranslate.raster.windows import own_extents, tile_offsets, tile_windows
-from geotranslate.stats import StatsAccumulator
-
-#: valid pixels buffered before they are handed to the statistics (bounds memory, amortises).
-STATS_BUFFER_PIXELS = 1 << 20
-#: above this many pixels per domain, statistics use a regular lattice of every k-th row and
-#: column (k chosen to stay under it): the pass stays cheap next to reading and writing.
-STATS_PIXEL_BUDGET = 1_000_000
-#: chips written in parallel threads (GDAL compresses and writes without the GIL), and how
-#: many may wait: bounds memory to a few chips.
-WRITER_THREADS = 2
-WRITER_QUEUE = 8
-#: windows read ahead per worker (``workers`` > 1): bounds memory to a few windows per worker
-READ_AHEAD = 2
-#: reading threads per usable core at most (more wait on each other; remote reads that wait
-#: on the network gain up to a few per core): a larger --workers is lowered to this, with a note
-MAX_WORKERS_PER_CORE = 4
 
 
-@dataclass
-class ExportSummary:
-    """What one export run did; ``str()`` is the paragraph the CLI prints."""
+@dataclass(frozen=True)
+class _Options:
+    """export_tiles' options, checked: what its steps share."""
 
-    out_dir: str
-    pairing: str
+    mode: str  # "paired", "unpaired" or "single"
+    sources: dict[str, list]  # {domain: its rasters}, in the order of the run's domains
+    bands: dict  # {domain: its --bands}
     tile_size: int
     stride: int
-    written: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {s: {d: 0 for d in DOMAINS} for s in SPLITS}
-    )
-    skipped_nodata: int = 0
-    skipped_aoi: int = 0
-    skipped_exclude: int = 0
-    dropped_buffer: int = 0
-    already_present: int = 0
-    constant: dict[str, int] = field(default_factory=dict)  # domain -> chips of one value
-    constant_example: str = ""  # "NAME (value V)" of the first one
-    val_note: str = ""  # why the validation fraction could not be met, if it was not
-    padded_sources: list[str] = field(default_factory=list)
-    stats_methods: dict[str, str] = field(default_factory=dict)
-    totals: dict[str, dict[str, int]] = field(default_factory=dict)
-    seconds: float = 0.0
+    workers: int
+    resampling: str
+    max_nodata: float
+    aoi: str | Path | None
+    exclude: str | Path | None
+    val_fraction: float
+    allow_no_crs: bool
+    seed: int
+    progress: bool | None
+    relative_elevation: str | RelativeElevation | None
 
     @property
-    def chips_written(self) -> int:
-        return sum(sum(d.values()) for d in self.written.values())
-
-    def __str__(self) -> str:
-        per_split = "; ".join(
-            f"{split}: " + ", ".join(f"{d} {n}" for d, n in counts.items() if n or split == "train")
-            for split, counts in self.written.items()
-            if any(counts.values()) or split == "train"
-        )
-        text = (
-            f"Exported {self.chips_written} chips into {self.out_dir} in {self.seconds:.1f} s "
-            f"({self.pairing}, {self.tile_size} px tiles, stride {self.stride}) — "
-            f"{per_split}. "
-            f"Skipped {self.skipped_nodata} windows over the invalid-pixel limit, "
-            f"{self.skipped_aoi} outside the AOI, {self.skipped_exclude} excluded, "
-            f"{self.dropped_buffer} dropped as buffer around validation blocks; "
-            f"{self.already_present} already present."
-        )
-        if self.padded_sources:
-            text += (
-                f" Padded with nodata to one tile (smaller than {self.tile_size} px): "
-                + ", ".join(self.padded_sources)
-                + "."
-            )
-        if self.val_note:
-            text += f" Warning: {self.val_note}."
-        if self.constant:
-            counts = ", ".join(f"{n} {d} chips" for d, n in sorted(self.constant.items()))
-            text += (
-                f" Warning: {counts} hold a single value in every band "
-                f"(e.g. {self.constant_example}): if that value is a fill, declare it as the "
-                "source's nodata (gdal_edit.py -a_nodata VALUE) and export again."
-            )
-        if self.stats_methods:
-            text += " Statistics: " + ", ".join(
-                f"{d} {m}" for d, m in sorted(self.stats_methods.items())
-            )
-            text += "."
-        if self.totals:
-            text += " Now in the directory: " + "; ".join(
-                f"{s} " + ", ".join(f"{d} {n}" for d, n in c.items())
-                for s, c in self.totals.items()
-                if any(c.values())
-            )
-            text += "."
-        return text
-
-
-
-class _StatsBuffer:
-    """Collects valid pixels and feeds them to a StatsAccumulator in bounded batches.
-
-    With ``step`` > 1 only pixels whose source row and column are multiples of ``step`` are
-    used (a regular lattice, the same whatever the tiling).
-    """
-
-    def __init__(self, band_count: int, seed: int, step: int = 1):
-        self.accumulator = StatsAccumulator(band_count, seed=seed)
-        self.step = step
-        self._parts: list[np.ndarray] = []
-        self._size = 0
-
-    def add(self, data: np.ndarray, valid: np.ndarray, row0: int = 0, col0: int = 0) -> None:
-        if self.step > 1:
-            r, c = (-row0) % self.step, (-col0) % self.step
-            data, valid = (
-                data[:, r :: self.step, c :: self.step],
-                valid[r :: self.step, c :: self.step],
-            )
-        values = data[:, valid]
-        if values.shape[1] == 0:
-            return
-        self._parts.append(values)
-        self._size += values.shape[1]
-        if self._size >= STATS_BUFFER_PIXELS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._parts:
-            return
-        values = np.concatenate(self._parts, axis=1)
-        self._parts, self._size = [], 0
-        self.accumulator.add(values[:, None, :], np.ones((1, values.shape[1]), dtype=bool))
+    def pairing(self) -> str:
+        return "paired" if self.mode == "paired" else "unpaired"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,160 +145,129 @@ def export_tiles(
     mode, run_domains = resolve_mode(a_paths, b_paths, mode, domain)
     stride = tile_size if stride is None else stride
     check_numbers(tile_size, stride, max_nodata, val_fraction)
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise OptionError(f"--workers {workers}: must be at least 1")
-    if workers > MAX_WORKERS_PER_CORE * default_workers():
-        bound = MAX_WORKERS_PER_CORE * default_workers()
-        logger.warning(f"--workers {workers}: more than {MAX_WORKERS_PER_CORE} threads per "
-                       f"usable core ({default_workers()}) gain nothing; using {bound}")
-        workers = bound
+    workers = bounded_workers(workers, default_workers())
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise StorageError(f"{out}: exists and is not a directory")
-    check_output_dir(out, "--out")
-    pairing = "paired" if mode == "paired" else "unpaired"
-    summary = ExportSummary(str(out), pairing, tile_size, stride)
+    check_out_dir(out)
+    options = _Options(mode, *_per_domain(run_domains, a_paths, b_paths, bands_a, bands_b),
+                       tile_size, stride, workers, resampling, max_nodata, aoi, exclude,
+                       val_fraction, allow_no_crs, seed, progress, relative_elevation)
+    summary = ExportSummary(str(out), options.pairing, tile_size, stride)
     summary.written = {split: {d: 0 for d in run_domains} for split in SPLITS}
-
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        # one list of sources per domain; "a" holds the single list when --domain b is given
-        lists = {"a": a_paths, "b": b_paths} if b_paths else {run_domains[0]: a_paths}
-        datasets = {
-            d: [stack.enter_context(open_raster(p, allow_no_crs=allow_no_crs)) for p in paths]
-            for d, paths in lists.items()
-        }
-        if b_paths:
-            specs = {"a": bands_a, "b": bands_b}
-        else:  # one list: --bands selects its bands, whichever domain it is exported as
-            specs = {run_domains[0]: bands_a if bands_a is not None else bands_b}
-        bands = {d: domain_bands(datasets[d], specs[d]) for d in run_domains}
-        domain_meta = {d: domain_entry(datasets[d], bands[d]) for d in run_domains}
-        transforms = _input_transforms(relative_elevation, domain_meta)
-        writers = max(WRITER_THREADS, workers)
-        in_flight = WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
-        with_workers = f" with --workers {workers}" if workers > 1 else ""
-        check_memory(_window_bytes(tile_size, domain_meta) * in_flight,
-                     f"--tile-size {tile_size}{with_workers}",
-                     "use a smaller --tile-size" + (" or fewer --workers" if workers > 1 else ""))
-        check_stems(datasets)
-        _check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
-                          [p for p in (aoi, exclude) if p])
-        lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
-        meta_old = read_existing_meta(out)
-        check_against_existing(out, meta_old, pairing, tile_size, domain_meta)
-
-        filters = {
-            "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
-            "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
-        }
-        pairs_new: list[dict] = []
-        jobs = make_jobs(mode, datasets, bands, tile_size, resampling, pairs_new, stack,
-                          transforms)
-        jobs += stats_only_jobs(
-            meta_old, mode, run_domains, datasets, tile_size, resampling, stack, allow_no_crs,
-            transforms,
-        )
-        for job in jobs:
-            job.scene_stats = {
-                d: (scene_accumulator(domain_meta[d]["band_count"]),
-                    scene_step(job.height, job.width))
-                for d in job.readers
-            }
-            job.windows = list(tile_windows(job.grid.height, job.grid.width, tile_size, stride))
-            job.splits = ["train"] * len(job.windows)
-            if job.padded and not job.stats_only:
-                summary.padded_sources.append(job.stem)
-
-        stats = {
-            d: _StatsBuffer(domain_meta[d]["band_count"], seed, _stats_step(jobs, d))
-            for d in run_domains
-        }
-        run = _ExportRun(out, summary, max_nodata, filters, domain_meta, writers)
-        lock_state["run"] = run
-        reader = _WindowReader(workers)
-        stack.callback(reader.close)
-        try:
-            if val_fraction > 0:
-                # validation blocks are drawn over the chips that pass the filters, so the
-                # filters run first (reading every window once, with the statistics), then
-                # only the surviving windows are read again and written
-                _process(jobs, stats, run, tile_size, progress, reader, survey=True)
-                summary.val_note = assign_validation(jobs, val_fraction, seed, tile_size)
-                _process(jobs, None, run, tile_size, progress, reader)
-            else:
-                _process(jobs, stats, run, tile_size, progress, reader)
-            run.finish()
-            _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing,
-                        tile_size, stride, pairs_new, a_paths + b_paths, jobs)
-        except KeyboardInterrupt:
-            run.finish(cancel=True)  # complete chips stay: a re-run resumes
-            raise
-        except BaseException:
-            # a bad input, no valid pixel, a full disk: no chip of this run is left behind,
-            # and meta.json and the index stay as they were
-            run.rollback()
-            raise
+        _export(stack, options, out, summary)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _input_transforms(relative_elevation, domain_meta: dict) -> dict:
-    """{domain: input transforms} of the run (only A takes one); records them in the domain's
-    meta, whose chips become float32 with NaN as nodata."""
-    if relative_elevation is None or "a" not in domain_meta:
-        if relative_elevation is not None:
-            raise OptionError("--relative-elevation applies to domain A; export A too")
-        return {}
-    transform = (relative_elevation if isinstance(relative_elevation, RelativeElevation)
-                 else RelativeElevation.parse(relative_elevation))
-    transform.check_bands(domain_meta["a"]["band_count"], "domain A")
-    domain_meta["a"]["dtype"] = "float32"
-    domain_meta["a"]["nodata"] = float("nan")  # any relative height is data
-    domain_meta["a"]["input_transforms"] = [transform.to_dict()]
-    return {"a": [transform]}
+def _per_domain(run_domains, a_paths, b_paths, bands_a, bands_b) -> tuple[dict, dict]:
+    """{domain: its rasters} and {domain: its --bands}. With one raster list (``a_paths``,
+    whichever domain it is exported as) --bands selects its bands."""
+    if b_paths:
+        return {"a": a_paths, "b": b_paths}, {"a": bands_a, "b": bands_b}
+    return {run_domains[0]: a_paths}, {run_domains[0]: bands_a if bands_a is not None else bands_b}
 
 
-def _scene_stats(jobs, domain: str) -> dict:
-    """meta.json's ``scene_stats`` of a domain: {chip name stem: statistics of that scene}."""
-    scenes = {}
+def _export(stack: contextlib.ExitStack, o: _Options, out: Path, summary: ExportSummary) -> None:
+    """The run, its files and threads held by ``stack``: open and check the sources, lock
+    ``out``, tile the sources, then read and write every window and finish meta.json and
+    index.gpkg; on failure no chip of this run stays (on Ctrl-C the complete ones do)."""
+    _quiet_gdal(stack)
+    datasets, bands, domain_meta, transforms = _open_domains(stack, o)
+    writers = max(WRITER_THREADS, o.workers)
+    check_window_memory(o.tile_size, domain_meta, o.workers,
+                        _windows_in_flight(o.workers, writers))
+    check_stems(datasets)
+    check_not_inputs(out, [source_of(ds) for dss in datasets.values() for ds in dss],
+                     [p for p in (o.aoi, o.exclude) if p])
+    lock_state = _lock_out_dir(out, stack)  # one run at a time; marks an unfinished run
+    meta_old = read_existing_meta(out)
+    check_against_existing(out, meta_old, o.pairing, o.tile_size, domain_meta)
+    filters = _vector_filters(o.aoi, o.exclude)
+    pairs_new: list[dict] = []
+    jobs = _tiled_jobs(stack, o, datasets, bands, transforms, meta_old, pairs_new, domain_meta)
+    summary.padded_sources += [job.stem for job in jobs if job.padded and not job.stats_only]
+    stats = stats_buffers(jobs, domain_meta, o.seed)
+    run = _ExportRun(out, summary, o.max_nodata, filters, domain_meta, ChipWriter(out, writers))
+    lock_state["chips"] = run.chips
+    reader = WindowReader(o.workers)
+    stack.callback(reader.close)
+    with run.chips.kept_or_rolled_back():
+        _read_and_write(jobs, stats, run, reader, o)
+        run.chips.finish()
+        _finish_run(run, stats, o, meta_old, pairs_new, jobs)
+
+
+def _quiet_gdal(stack: contextlib.ExitStack) -> None:
+    """GDAL's block cache for the run; no warning for rasters without georeferencing (their
+    use is refused or allowed by --allow-no-crs)."""
+    stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+
+
+def _open_domains(stack: contextlib.ExitStack, o: _Options) -> tuple[dict, dict, dict, dict]:
+    """Each domain's open datasets, selected bands, meta.json entry and input transforms."""
+    datasets = {d: [stack.enter_context(open_raster(p, allow_no_crs=o.allow_no_crs))
+                    for p in paths] for d, paths in o.sources.items()}
+    bands = {d: domain_bands(datasets[d], o.bands[d]) for d in datasets}
+    domain_meta = {d: domain_entry(datasets[d], bands[d]) for d in datasets}
+    return datasets, bands, domain_meta, input_transforms(o.relative_elevation, domain_meta)
+
+
+def _windows_in_flight(workers: int, writers: int) -> int:
+    """Windows held at once: up to WRITER_QUEUE + ``writers`` waiting for or in the chip
+    writers, READ_AHEAD per worker read ahead, and about three more (reading, the statistics'
+    copy, the chip's encoding)."""
+    return WRITER_QUEUE + writers + 3 + (READ_AHEAD * workers if workers > 1 else 0)
+
+
+def _vector_filters(aoi, exclude) -> dict:
+    return {
+        "aoi": VectorFilter(aoi, "--aoi") if aoi else None,
+        "exclude": VectorFilter(exclude, "--exclude") if exclude else None,
+    }
+
+
+def _tiled_jobs(stack, o: _Options, datasets, bands, transforms, meta_old, pairs_new,
+                domain_meta) -> list[Job]:
+    """The run's jobs (and the statistics-only ones of earlier runs' sources), each with its
+    windows (all "train" until the validation split) and its scene statistics."""
+    jobs = make_jobs(o.mode, datasets, bands, o.tile_size, o.resampling, pairs_new, stack,
+                     transforms)
+    jobs += stats_only_jobs(meta_old, o.mode, list(domain_meta), datasets, o.tile_size,
+                            o.resampling, stack, o.allow_no_crs, transforms)
     for job in jobs:
-        if domain not in job.scene_stats:
-            continue
-        acc, step = job.scene_stats[domain]
-        if acc.count:
-            scenes[job.stem] = {**acc.to_dict(), "pixel_step": step}
-            if job.sources.get(domain):
-                scenes[job.stem]["source"] = job.sources[domain]
-    return scenes
+        add_scene_accumulators(job, domain_meta)
+        job.windows = list(tile_windows(job.grid.height, job.grid.width, o.tile_size, o.stride))
+        job.splits = ["train"] * len(job.windows)
+    return jobs
 
 
-def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, tile_size,
-                stride, pairs_new, paths, jobs=()) -> None:
+def _read_and_write(jobs: list[Job], stats: dict, run: _ExportRun, reader: WindowReader,
+                    o: _Options) -> None:
+    """Every window read once (statistics, filters, chips), or with a validation split twice:
+    validation blocks are drawn over the chips that pass the filters, so the filters run first
+    (reading every window once, with the statistics), then only the surviving windows are read
+    again and written."""
+    if o.val_fraction > 0:
+        _process(jobs, stats, run, o.tile_size, o.progress, reader, survey=True)
+        run.summary.val_note = assign_validation(jobs, o.val_fraction, o.seed, o.tile_size)
+        _process(jobs, None, run, o.tile_size, o.progress, reader)
+    else:
+        _process(jobs, stats, run, o.tile_size, o.progress, reader)
+
+
+def _finish_run(run: _ExportRun, stats: dict, o: _Options, meta_old: ChipMeta | None,
+                pairs_new: list[dict], jobs: list[Job]) -> None:
     """Band statistics into the domains' meta, then index.gpkg and meta.json (last)."""
-    summary = run.summary
+    out, summary, domain_meta = run.out, run.summary, run.domain_meta
     if summary.chips_written + summary.already_present == 0:
-        raise GeotranslateError(_zero_chips_message(paths, summary, run.max_nodata))
-    for d in run_domains:
-        stats[d].flush()
-        if stats[d].accumulator.count == 0:
-            raise InputError(
-                f"{', '.join(domain_meta[d]['sources'])}: no valid pixel in domain {d}'s "
-                "sources (all nodata, NaN or alpha = 0)"
-            )
-        domain_meta[d]["stats"] = stats[d].accumulator.to_dict()
-        domain_meta[d]["stats"]["pixel_step"] = stats[d].step
-        if stats[d].step > 1:
-            domain_meta[d]["stats"]["method"] = "sample"
-        summary.stats_methods[d] = domain_meta[d]["stats"]["method"]
-        old = meta_old.domains.get(d) if meta_old is not None else None
-        scenes = dict(old.scene_stats or {}) if old is not None else {}
-        scenes.update(_scene_stats(jobs, d))
-        domain_meta[d]["scene_stats"] = scenes
-    meta = merge_meta(meta_old, pairing, tile_size, stride, domain_meta, pairs_new)
+        rasters = [p for paths in o.sources.values() for p in paths]
+        raise GeotranslateError(zero_chips_message(rasters, summary, run.max_nodata))
+    for d, entry in domain_meta.items():
+        record_stats(entry, d, stats[d], jobs, meta_old)
+        summary.stats_methods[d] = entry["stats"]["method"]
+    meta = merge_meta(meta_old, o.pairing, o.tile_size, o.stride, domain_meta, pairs_new)
     meta["chips"] = count_chips(out)
     summary.totals = meta["chips"]
     layers = index_layers(out, run.index_rows)
@@ -412,40 +279,13 @@ def _finish_run(out, run, stats, run_domains, domain_meta, meta_old, pairing, ti
                 write_index(layers, index_tmp, out / INDEX_NAME)
 
 
-def _check_not_inputs(out: Path, sources: list, vectors: list) -> None:
-    """No file the export writes (meta.json, index.gpkg, the lock, chips) may be one of its
-    inputs: the rasters (every file of a stack: or STAC item, a /vsizip/ archive) and the
-    --aoi / --exclude files; none of them may lie among the chip folders."""
-    inputs = input_files(sources) + [Path(v) for v in vectors]
-    for name in (META_NAME, INDEX_NAME, LOCK_NAME):
-        check_not_input(out / name, inputs)
-    chip_folders = [resolved_path(out / f"{split}_{d}") for split in SPLITS for d in DOMAINS]
-    for path in inputs:
-        resolved = resolved_path(path)
-        for folder in chip_folders:
-            if folder in resolved.parents:
-                raise StorageError(
-                    f"{display_path(path)}: an input lies among the chips of --out {out} "
-                    f"({folder.name}), which the export writes; move it or choose another --out")
-
-
-def _window_bytes(tile_size: int, domain_meta: dict) -> int:
-    """Memory of one window read in every domain (data and validity). Up to WRITER_QUEUE +
-    WRITER_THREADS of them wait for the chip writers; reading, the statistics' copy and the
-    chip's encoding take about three more."""
-    per_pixel = sum(
-        m["band_count"] * np.dtype(m["dtype"]).itemsize + 1 for m in domain_meta.values()
-    )
-    return tile_size * tile_size * per_pixel
-
-
 def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     """Create ``out`` if needed and take its lock until ``stack`` closes (see dirlock.py).
 
     The lock file is removed when the directory is left consistent: the run finished, or it
     failed and rolled back (unless an earlier run was unfinished), or it was interrupted
     before writing a chip. Otherwise it stays and marks the directory unfinished. Returns the
-    state the caller completes with ``"run"`` (the _ExportRun, once chips may be written).
+    state the caller completes with ``"chips"`` (the ChipWriter, once chips may be written).
     """
     created = make_output_dir(out, "--out")
     lock = DirectoryLock(out)
@@ -453,11 +293,11 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
     if previous is not None:
         logger.warning(f"{out}: an earlier export-tiles run ({previous}) did not finish; this "
                        "run takes over its lock and completes the directory")
-    state: dict = {"run": None}
+    state: dict = {"chips": None}
 
     def release(exc_type, exc, tb) -> bool:
-        run = state["run"]
-        wrote = run is not None and bool(run.written)
+        chips = state["chips"]
+        wrote = chips is not None and bool(chips.written)
         if exc_type is None:
             consistent = True
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -478,85 +318,22 @@ def _lock_out_dir(out: Path, stack: contextlib.ExitStack) -> dict:
 # ---- the pass --------------------------------------------------------------------------------
 
 
+@dataclass
 class _ExportRun:
-    """Chip writing of one run, with what it wrote (for rollback) and the index rows."""
+    """What the pass over the windows works with: the chip writer, the filters and their
+    limits, the summary it counts into, and the index rows it adds."""
 
-    def __init__(
-        self, out: Path, summary: ExportSummary, max_nodata: float, filters: dict,
-        domain_meta: dict, writers: int = WRITER_THREADS,
-    ):
-        self.out = out
-        self.summary = summary
-        self.max_nodata = max_nodata
-        self.filters = filters
-        self.domain_meta = domain_meta
-        self.written: list[Path] = []
-        self.created_dirs: list[Path] = []
-        self.index_rows: list[dict] = []
-        self._pool = ThreadPoolExecutor(writers, thread_name_prefix="chip-writer")
-        self._pending: deque[Future] = deque()
-        self._present: dict[str, set[str]] = {}
-
-    def present(self, domain: str, name: str) -> bool:
-        """Whether a chip of this name already exists in any split of ``domain`` (resume).
-
-        The folders are listed once per run instead of one ``stat`` per chip and split.
-        """
-        if domain not in self._present:
-            names: set[str] = set()
-            for split in SPLITS:
-                folder = self.out / f"{split}_{domain}"
-                if folder.is_dir():
-                    names.update(os.listdir(folder))
-            self._present[domain] = names
-        return name in self._present[domain]
-
-    def submit(self, fn, *args, **kwargs) -> None:
-        """Write in a worker thread; wait for the oldest writes when too many are queued."""
-        self._pending.append(self._pool.submit(fn, *args, **kwargs))
-        while len(self._pending) > WRITER_QUEUE:
-            self._pending.popleft().result()
-
-    def finish(self, cancel: bool = False) -> None:
-        """Wait for every queued write (re-raising the first failure) and stop the threads."""
-        try:
-            if not cancel:
-                while self._pending:
-                    self._pending.popleft().result()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pending.clear()
-
-    def ensure_dir(self, path: Path) -> None:
-        if path.is_dir():
-            return
-        missing = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        path.mkdir(parents=True)
-        self.created_dirs += reversed(missing)
-
-    def rollback(self) -> None:
-        self.finish(cancel=True)
-        for chip in self.written:
-            with contextlib.suppress(FileNotFoundError):
-                chip.unlink()
-        for d in reversed(self.created_dirs):
-            with contextlib.suppress(OSError):
-                d.rmdir()  # only if empty
-        self.written = []
-
-
-def _stats_step(jobs: list[Job], domain: str) -> int:
-    """Lattice step k so that the statistics of a domain see at most STATS_PIXEL_BUDGET pixels."""
-    total = sum(job.height * job.width for job in jobs if domain in job.readers)
-    return max(1, math.ceil(math.sqrt(total / STATS_PIXEL_BUDGET)))
+    out: Path
+    summary: ExportSummary
+    max_nodata: float
+    filters: dict
+    domain_meta: dict
+    chips: ChipWriter
+    index_rows: list[dict] = field(default_factory=list)
 
 
 def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, progress: bool | None,
-             reader: _WindowReader, survey: bool = False) -> None:
+             reader: WindowReader, survey: bool = False) -> None:
     """Read every window: statistics (``stats``), then filters and chip writing.
 
     ``survey``: only record which windows pass the filters (``job.survives``), writing
@@ -592,108 +369,14 @@ def _process(jobs: list[Job], stats: dict | None, run: _ExportRun, tile: int, pr
             window, split = job.windows[wi], job.splits[wi]
             row, col = int(window.row_off), int(window.col_off)
             own_h, own_w = row_ends[row] - row, col_ends[col] - col
-            for d, (data, valid) in reads.items():
-                if stats is not None and d in stats:
-                    stats[d].add(data[:, :own_h, :own_w], valid[:own_h, :own_w], row, col)
-                    scene, step = job.scene_stats[d]
-                    scene.add(*lattice(data[:, :own_h, :own_w], valid[:own_h, :own_w], step,
-                                       row, col))
+            if stats is not None:
+                add_window(stats, job, reads, row, col, own_h, own_w)
             if survey:
                 if not job.stats_only:
                     job.survives[wi] = _passes_filters(job, window, reads, run)
             elif not job.stats_only:
                 _handle_window(job, window, split, reads, run)
             bar.update(1)
-
-
-class _WindowReader:
-    """Reads the windows of a pass, in ``workers`` threads when more than one (GDAL reads and
-    warps without the GIL), and hands the reads back in the order asked, so statistics, chips
-    and the index do not depend on the scheduling. Each thread reads through its own dataset
-    handles (a rasterio dataset is not thread-safe), opened and closed in that thread; at most
-    READ_AHEAD reads per worker wait.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-
-    def read(self, todo: list[tuple[Job, int]]):
-        """Yield ((job, window index), {domain: (data, valid)}) for each of ``todo``, in order."""
-        if self.workers == 1:
-            for job, wi in todo:
-                yield (job, wi), {d: read(job.windows[wi]) for d, read in job.readers.items()}
-            return
-        while len(self._threads) < self.workers:
-            thread = threading.Thread(target=self._work, name="window-reader", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError as e:  # "can't start new thread": a process or memory limit
-                raise GeotranslateError(
-                    f"--workers {self.workers}: cannot start that many threads here ({e}); "
-                    "use fewer") from None
-            self._threads.append(thread)
-        pending: deque = deque()
-        try:
-            for item in todo:
-                future: Future = Future()
-                self._tasks.put((future, *item))
-                pending.append((item, future))
-                if len(pending) >= READ_AHEAD * self.workers:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()  # not started: dropped
-
-    def _work(self) -> None:
-        """One worker thread: its own handles on the datasets, closed when it stops."""
-        with contextlib.ExitStack() as stack:
-            handles: dict[int, object] = {}
-            readers: dict[int, dict] = {}
-
-            def handle(ds):
-                if id(ds) not in handles:
-                    handles[id(ds)] = stack.enter_context(open_dataset(source_of(ds)))
-                return handles[id(ds)]
-
-            while (task := self._tasks.get()) is not None:
-                future, job, wi = task
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    if id(job) not in readers:
-                        readers[id(job)] = job.make_readers(stack, handle)
-                    future.set_result(
-                        {d: read(job.windows[wi]) for d, read in readers[id(job)].items()}
-                    )
-                except BaseException as e:  # handed to the main thread, which raises it
-                    future.set_exception(e)
-
-    def close(self) -> None:
-        """Stop the threads once their current reads end; they close their handles."""
-        with contextlib.suppress(queue.Empty):
-            while True:  # reads not started are dropped
-                task = self._tasks.get_nowait()
-                if task is not None:
-                    task[0].cancel()
-        for _ in self._threads:
-            self._tasks.put(None)
-        for thread in self._threads:
-            thread.join()
-        self._threads = []
-
-
-def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity, else the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _passes_filters(job: Job, window: Window, reads: dict, run: _ExportRun) -> bool:
@@ -724,26 +407,16 @@ def _handle_window(job: Job, window: Window, split: str, reads: dict, run: _Expo
         return
     name = f"{job.stem}_{int(window.row_off)}_{int(window.col_off)}.tif"
     targets = {d: run.out / f"{split}_{d}" / name for d in reads}
-    present = all(run.present(d, name) for d in reads)
+    present = all(run.chips.present(d, name) for d in reads)
     if present:
         summary.already_present += 1
     else:
         transform = window_transform(window, job.grid.transform)
         for d, (data, valid) in reads.items():
-            _count_if_constant(summary, d, name, data, valid)
-            run.ensure_dir(targets[d].parent)
+            count_if_constant(summary, d, name, data, valid)
             meta = run.domain_meta[d]
-            run.written.append(targets[d])
-            run.submit(
-                write_chip_atomic,
-                targets[d],
-                data,
-                valid,
-                crs=job.grid.crs,
-                transform=transform,
-                nodata=meta["nodata"],
-                descriptions=meta["band_descriptions"],
-            )
+            run.chips.write(targets[d], data, valid, crs=job.grid.crs, transform=transform,
+                            nodata=meta["nodata"], descriptions=meta["band_descriptions"])
             summary.written[split][d] += 1
     crs = job.grid.crs
     for d in reads:
@@ -760,38 +433,3 @@ def _handle_window(job: Job, window: Window, split: str, reads: dict, run: _Expo
                 "geometry": footprint,
             }
         )
-
-
-def _count_if_constant(summary: ExportSummary, domain: str, name: str, data: np.ndarray,
-                       valid: np.ndarray) -> None:
-    """Count a chip whose valid pixels hold one value per band: usually an undeclared fill
-    (a black collar without nodata), which a GAN learns nothing from."""
-    if not valid.any():
-        return
-    values = data.reshape(len(data), -1) if valid.all() else data[:, valid]
-    low, high = values.min(axis=1), values.max(axis=1)
-    if not (low == high).all():
-        return
-    summary.constant[domain] = summary.constant.get(domain, 0) + 1
-    if not summary.constant_example:
-        value = low[0].item()
-        summary.constant_example = f"{name} in {domain}, value {value:g}"
-
-
-def _zero_chips_message(paths, summary: ExportSummary, max_nodata: float) -> str:
-    names = ", ".join(str(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
-    reasons = []
-    if summary.skipped_nodata:
-        reasons.append(
-            f"{summary.skipped_nodata} windows had more than {max_nodata:.0%} invalid pixels "
-            "(nodata, NaN, alpha = 0" + (", padding" if summary.padded_sources else "") + ")"
-        )
-    if summary.skipped_aoi:
-        reasons.append(f"{summary.skipped_aoi} lay outside the AOI")
-    if summary.skipped_exclude:
-        reasons.append(f"{summary.skipped_exclude} were excluded")
-    if summary.dropped_buffer:
-        reasons.append(f"{summary.dropped_buffer} were dropped as validation buffer")
-    hint = " (try a smaller --tile-size or a higher --max-nodata)" if summary.padded_sources else ""
-    return f"{names}: zero chips exported, nothing written: " + "; ".join(reasons) + hint
-

@@ -7,6 +7,7 @@ import math
 
 from geotranslate.chips.meta import DOMAINS, PAIRINGS
 from geotranslate.errors import InputError, OptionError
+from geotranslate.inputs import RelativeElevation
 from geotranslate.raster.io import parse_bands, raster_info, source_of
 
 
@@ -140,3 +141,18 @@ def check_stems(datasets: dict[str, list]) -> None:
                 )
             seen[stem] = ds.name
 
+
+def input_transforms(relative_elevation, domain_meta: dict) -> dict:
+    """{domain: input transforms} of the run (only A takes one); records them in the domain's
+    meta, whose chips become float32 with NaN as nodata."""
+    if relative_elevation is None or "a" not in domain_meta:
+        if relative_elevation is not None:
+            raise OptionError("--relative-elevation applies to domain A; export A too")
+        return {}
+    transform = (relative_elevation if isinstance(relative_elevation, RelativeElevation)
+                 else RelativeElevation.parse(relative_elevation))
+    transform.check_bands(domain_meta["a"]["band_count"], "domain A")
+    domain_meta["a"]["dtype"] = "float32"
+    domain_meta["a"]["nodata"] = float("nan")  # any relative height is data
+    domain_meta["a"]["input_transforms"] = [transform.to_dict()]
+    return {"a": [transform]}
