@@ -61,7 +61,7 @@ def _timed_parts() -> collections.Counter:
     CPU seconds, on whichever thread runs them, add up in the returned counter."""
     import importlib
 
-    from geotranslate.chips.stats import StatsBuffer
+    from geotranslate.chips.band_stats import StatsBuffer
 
     seconds: collections.Counter = collections.Counter()
     lock = threading.Lock()

@@ -27,6 +27,12 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from geotranslate.chips.band_stats import (
+    add_scene_accumulators,
+    add_window,
+    record_stats,
+    stats_buffers,
+)
 from geotranslate.chips.checks import (
     bounded_workers,
     check_not_inputs,
@@ -55,16 +61,10 @@ from geotranslate.chips.sources import (
     resolve_mode,
 )
 from geotranslate.chips.split import assign_validation
-from geotranslate.chips.stats import (
-    add_scene_accumulators,
-    add_window,
-    record_stats,
-    stats_buffers,
-)
 from geotranslate.chips.summary import ExportSummary, count_if_constant, zero_chips_message
 from geotranslate.chips.writer import WRITER_QUEUE, WRITER_THREADS, ChipWriter
 from geotranslate.dirlock import DirectoryLock
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import InputError
 from geotranslate.files import atomic_path, make_output_dir
 from geotranslate.inputs import RelativeElevation
 from geotranslate.log import logger, show_progress
@@ -263,7 +263,7 @@ def _finish_run(run: _ExportRun, stats: dict, o: _Options, meta_old: ChipMeta | 
     out, summary, domain_meta = run.out, run.summary, run.domain_meta
     if summary.chips_written + summary.already_present == 0:
         rasters = [p for paths in o.sources.values() for p in paths]
-        raise GeotranslateError(zero_chips_message(rasters, summary, run.max_nodata))
+        raise InputError(zero_chips_message(rasters, summary, run.max_nodata))
     for d, entry in domain_meta.items():
         record_stats(entry, d, stats[d], jobs, meta_old)
         summary.stats_methods[d] = entry["stats"]["method"]

@@ -22,7 +22,6 @@ from geotranslate.schema import load_json
 from geotranslate.stats import BandStats, stats_from_dict
 
 META_NAME = "meta.json"
-INDEX_NAME = "index.gpkg"
 FORMAT = "geotranslate-chips"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
