@@ -27,8 +27,10 @@ DEFAULT_UPSAMPLE = "resize"
 LEGACY_UPSAMPLE = "transpose"
 
 #: what every method trains its generators with unless told otherwise: instance norm, with a
-#: scene pass at prediction (predict/scene.py); it beat the per-pixel layer norm, batch norm and
-#: none on every real task measured (docs/benchmarks.md, "Generator normalization")
+#: scene pass at prediction (predict/scene.py). No candidate won every real task: instance norm
+#: leads on DEM -> hillshade and SEN12MS-CR, the per-pixel layer norm on drone DSM -> ortho and
+#: Sen1Floods11; batch norm and none trail (docs/benchmarks.md, "Decoders and generator
+#: normalization")
 DEFAULT_NET_NORM = "instance"
 #: the discriminators' normalization (the PatchGAN papers')
 DEFAULT_D_NORM = "instance"
