@@ -113,8 +113,6 @@ def evaluate_chips(
     raster mode), ``"model"`` (the model's target normalization range) or values. The scoring
     is :mod:`geotranslate.chipeval`'s, as the training validation's.
     """
-    import torch
-
     from geotranslate.device import resolve_device  # torch only for chip mode
     from geotranslate.modelfile import DIRECTIONS, TranslationModel, load_model
 
@@ -134,21 +132,10 @@ def evaluate_chips(
     target = chips.target
     levels, no_levels = _training_means(chips.data_dir, chips.tgt_name, target.band_count)
     scores = ChipScores(target.normalizer, target.dtype, ranges, levels)
-    names = chips.names
-    batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
-    if show_progress(progress):
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="evaluate", unit="batch", leave=False)
-    with torch.no_grad():
-        score_chips(lambda x: generator(x.to(device)),
-                    ([chips.pair(name) for name in batch] for batch in batches), scores)
-    if scores.model.count == 0:
-        raise GeotranslateError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
-                                "source and target chips")
+    _score_split(generator, chips, scores, batch_size, device, progress)
     settings = {
         "model": model_path, "dataset_type": model.dataset_type, "data_dir": str(chips.data_dir),
-        "split": split, "direction": direction, "chips": len(names), "device": str(device),
+        "split": split, "direction": direction, "chips": len(chips.names), "device": str(device),
         "batch_size": batch_size, "norm_stats": norm_label, "target_dtype": target.dtype,
         "data_range": [float(r) for r in ranges], "data_range_source": range_source,
         "resolution_ratio": 1.0,
@@ -162,6 +149,25 @@ def evaluate_chips(
                     "metrics": scores.flat.compute(target.band_descriptions)}
     metrics = scores.model.compute(target.band_descriptions)
     return EvaluationReport("chips", metrics, settings, notes, baseline)
+
+
+def _score_split(generator, chips: _SplitChips, scores: ChipScores, batch_size: int, device,
+                 progress: bool | None) -> None:
+    """Run ``generator`` on the split's chips, ``batch_size`` at a time, into ``scores``."""
+    import torch
+
+    names = chips.names
+    batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
+    if show_progress(progress):
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="evaluate", unit="batch", leave=False)
+    with torch.no_grad():
+        score_chips(lambda x: generator(x.to(device)),
+                    ([chips.pair(name) for name in batch] for batch in batches), scores)
+    if scores.model.count == 0:
+        raise GeotranslateError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
+                                "source and target chips")
 
 
 class _SplitChips:
