@@ -15,6 +15,7 @@ as export-tiles' ``--bands``); ``aoi``/``exclude`` (vector files in any CRS, e.g
 folder's index.gpkg with ``aoi_where="split=val"``: the held-out blocks) keep the scoring to
 the pixels whose centres lie inside the AOI's polygons and outside the excluded ones, on the
 AOI's bounding window, so a rectangular AOI scores exactly what a raster cut to it scores.
+:mod:`geotranslate.raster_pair` opens and aligns the two rasters.
 
 One data-range convention in both modes: PSNR and SSIM use, per band, p98 - p2 of the
 reference's pixels that are scored (valid in both, inside the AOI; exact, or from a bounded
@@ -24,141 +25,41 @@ e.g. the training target's robust min-max); usually wider, so its PSNR is higher
 names the range it used. Chip mode's scoring (:mod:`geotranslate.chipeval`) is also the
 training validation's.
 
-Both return an :class:`EvaluationReport`: a terminal table and a JSON document holding every
-figure and the settings, and beside the model's figures those of a flat image (each band at
-one value: the reference's mean) scored the same way, the trivial baseline a translation must
-beat. Raster mode: the mean of REF's pixels in the common area that are valid in both rasters;
-chip mode: the target domain's training mean (meta.json of the chip folder). JSON has no
-infinity, so an infinite PSNR (identical images) is written as the string ``"inf"``
-(``float("inf")`` parses it back) and a missing figure as null.
+Both return an :class:`~geotranslate.evaluate_report.EvaluationReport`: a terminal table and
+a JSON document holding every figure and the settings, and beside the model's figures those
+of a flat image (each band at one value: the reference's mean) scored the same way, the
+trivial baseline a translation must beat. Raster mode: the mean of REF's pixels in the common
+area that are valid in both rasters; chip mode: the target domain's training mean (meta.json
+of the chip folder).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.warp import transform_bounds
-from rasterio.windows import Window
 
 from geotranslate import schema as sc
 from geotranslate.chipeval import ChipPair, ChipScores, score_chips, target_data_range
 from geotranslate.errors import GeotranslateError
-from geotranslate.files import atomic_path
+from geotranslate.evaluate_report import EvaluationReport
 from geotranslate.inputs import chip_normalizer
 from geotranslate.log import show_progress
 from geotranslate.metrics import (
     RANGE_SAMPLES,
     SSIM_MARGIN,
+    MetricCollection,
     flat_image,
-    not_above_flat,
     reference_data_range,
     standard_metrics,
 )
-from geotranslate.raster.io import open_raster, parse_bands, read_window
-from geotranslate.raster.warp import GridReader
-from geotranslate.raster.windows import Grid, own_extents, tile_offsets
+from geotranslate.raster_pair import RasterPair
 from geotranslate.stats import StatsAccumulator
 
 #: tile side for raster mode (plus SSIM_MARGIN of context on each side).
 RASTER_TILE = 1024
-
-
-@dataclass
-class EvaluationReport:
-    """Metrics (see :mod:`geotranslate.metrics`) with the settings that produced them."""
-
-    mode: str  # "chips" or "rasters"
-    metrics: dict
-    settings: dict
-    notes: list[str] = field(default_factory=list)
-    #: the flat image: {"levels": per-band value, "levels_source": text, "metrics": as above}
-    baseline: dict | None = None
-
-    def to_dict(self) -> dict:
-        """JSON-ready: +inf -> "inf", NaN -> null."""
-        return _json_safe(
-            {"mode": self.mode, "settings": self.settings, "metrics": self.metrics,
-             "baseline": self.baseline, "notes": self.notes}
-        )
-
-    def write_json(self, path: str | os.PathLike) -> None:
-        """Write the report atomically (a killed run leaves no truncated JSON)."""
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    def format_table(self) -> str:
-        """A readable terminal table: one row per band, an overall row, then the settings."""
-        m = self.metrics
-        header = f"{'band':<16}{'MAE':>12}{'RMSE':>12}{'PSNR dB':>10}{'SSIM':>8}{'range':>12}"
-        lines = [header, "-" * len(header)]
-        for b in m["bands"]:
-            label = f"{b['band']} {b['name']}" if b["name"] else str(b["band"])
-            lines.append(
-                f"{label[:15]:<16}{_fmt(b['mae']):>12}{_fmt(b['rmse']):>12}"
-                f"{_fmt(b['psnr'], 2):>10}{_fmt(b['ssim'], 4):>8}{_fmt(b['data_range']):>12}"
-            )
-        o = m["overall"]
-        lines.append("-" * len(header))
-        lines.append(
-            f"{'overall':<16}{_fmt(o['mae']):>12}{_fmt(o['rmse']):>12}"
-            f"{_fmt(o['psnr'], 2):>10}{_fmt(o['ssim'], 4):>8}"
-        )
-        if self.baseline is not None:
-            f = self.baseline["metrics"]["overall"]
-            lines.append(
-                f"{'flat image':<16}{_fmt(f['mae']):>12}{_fmt(f['rmse']):>12}"
-                f"{_fmt(f['psnr'], 2):>10}{_fmt(f['ssim'], 4):>8}"
-            )
-        if len(m["bands"]) >= 3:
-            lines.append(
-                f"SAM {_fmt(o['sam_deg'], 3)} deg   ERGAS {_fmt(o['ergas'], 3)} "
-                f"(resolution ratio {m['resolution_ratio']:g})"
-            )
-        lines.append(f"valid pixels: {m['valid_pixels']}")
-        lines.append(f"data range (PSNR, SSIM): {self.settings['data_range_source']}")
-        if self.baseline is not None:
-            levels = ", ".join(_fmt(v) for v in self.baseline["levels"])
-            lines.append(f"flat image: each band at {self.baseline['levels_source']} ({levels})")
-            worse = not_above_flat(o, self.baseline["metrics"]["overall"])
-            if worse:
-                lines.append("the translation is no better than the flat image "
-                             f"({', '.join(worse)})")
-        lines.extend(self.notes)
-        return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if digits is not None:
-        return f"{value:.{digits}f}"
-    return f"{value:.5g}"
-
-
-def _json_safe(obj: object) -> object:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _parse_data_range(data_range: float | Sequence[float] | str | None, band_count: int,
@@ -212,8 +113,6 @@ def evaluate_chips(
     raster mode), ``"model"`` (the model's target normalization range) or values. The scoring
     is :mod:`geotranslate.chipeval`'s, as the training validation's.
     """
-    import torch
-
     from geotranslate.device import resolve_device  # torch only for chip mode
     from geotranslate.modelfile import DIRECTIONS, TranslationModel, load_model
 
@@ -233,21 +132,10 @@ def evaluate_chips(
     target = chips.target
     levels, no_levels = _training_means(chips.data_dir, chips.tgt_name, target.band_count)
     scores = ChipScores(target.normalizer, target.dtype, ranges, levels)
-    names = chips.names
-    batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
-    if show_progress(progress):
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="evaluate", unit="batch", leave=False)
-    with torch.no_grad():
-        score_chips(lambda x: generator(x.to(device)),
-                    ([chips.pair(name) for name in batch] for batch in batches), scores)
-    if scores.model.count == 0:
-        raise GeotranslateError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
-                                "source and target chips")
+    _score_split(generator, chips, scores, batch_size, device, progress)
     settings = {
         "model": model_path, "dataset_type": model.dataset_type, "data_dir": str(chips.data_dir),
-        "split": split, "direction": direction, "chips": len(names), "device": str(device),
+        "split": split, "direction": direction, "chips": len(chips.names), "device": str(device),
         "batch_size": batch_size, "norm_stats": norm_label, "target_dtype": target.dtype,
         "data_range": [float(r) for r in ranges], "data_range_source": range_source,
         "resolution_ratio": 1.0,
@@ -261,6 +149,25 @@ def evaluate_chips(
                     "metrics": scores.flat.compute(target.band_descriptions)}
     metrics = scores.model.compute(target.band_descriptions)
     return EvaluationReport("chips", metrics, settings, notes, baseline)
+
+
+def _score_split(generator, chips: _SplitChips, scores: ChipScores, batch_size: int, device,
+                 progress: bool | None) -> None:
+    """Run ``generator`` on the split's chips, ``batch_size`` at a time, into ``scores``."""
+    import torch
+
+    names = chips.names
+    batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
+    if show_progress(progress):
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="evaluate", unit="batch", leave=False)
+    with torch.no_grad():
+        score_chips(lambda x: generator(x.to(device)),
+                    ([chips.pair(name) for name in batch] for batch in batches), scores)
+    if scores.model.count == 0:
+        raise GeotranslateError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
+                                "source and target chips")
 
 
 class _SplitChips:
@@ -385,89 +292,6 @@ def _chip_scene_generator(generator, norm_stats, chips: _SplitChips, device):
 # ---- raster mode -------------------------------------------------------------------------------
 
 
-def _same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> bool:
-    return (
-        a.crs == b.crs
-        and (a.width, a.height) == (b.width, b.height)
-        and a.transform.almost_equals(b.transform, precision=1e-9 * max(1.0, abs(a.transform.a)))
-    )
-
-
-def _reference_reader(pred, ref, bands: list[int], resampling: str):
-    """(read(window) of REF's bands on PRED's grid, the warping reader or None if not warped)."""
-    if _same_grid(pred, ref):
-        return (lambda window: read_window(ref, window, bands)), None
-    if pred.crs is None or ref.crs is None:
-        shift = _pixel_shift(pred, ref)
-        if shift is None:
-            raise GeotranslateError(
-                f"{ref.name}: cannot align with {pred.name} without a CRS on both "
-                "(rasters without CRS must share pixel size and orientation, shifted by whole "
-                "pixels at most)"
-            )
-        d_row, d_col = shift
-
-        def read_shifted(window: Window):
-            return read_window(ref, Window(window.col_off + d_col, window.row_off + d_row,
-                                           window.width, window.height), bands)
-
-        return read_shifted, None
-    warper = GridReader([ref], bands, Grid(pred.crs, pred.transform, pred.width, pred.height),
-                        resampling)
-    return warper.read, warper
-
-
-def _pixel_shift(pred, ref) -> tuple[int, int] | None:
-    """(rows, cols) from a PRED pixel to the same pixel of REF, for grids that differ by a
-    whole-pixel shift only (same pixel size and orientation); None otherwise."""
-    p, r = pred.transform, ref.transform
-    if not all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-               for x, y in zip((p.a, p.b, p.d, p.e), (r.a, r.b, r.d, r.e), strict=True)):
-        return None
-    col, row = ~r * (p.c, p.f)  # PRED's origin in REF's pixels
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-        return None
-    return round(row), round(col)
-
-
-def _common_window(pred, ref) -> Window:
-    """Part of PRED's grid that REF covers; error when they do not overlap.
-
-    Computed in PRED's pixel coordinates, so any axis orientation works: north-up maps, and
-    the identity transform (south-up) of PNGs and GeoTIFFs without georeference.
-    """
-    r_left, r_bottom, r_right, r_top = ref.bounds
-    if pred.crs is not None and ref.crs is not None and ref.crs != pred.crs:
-        r_left, r_bottom, r_right, r_top = transform_bounds(ref.crs, pred.crs, *ref.bounds)
-    inverse = ~pred.transform
-    corners = [inverse * (x, y) for x in (r_left, r_right) for y in (r_bottom, r_top)]
-    c0, c1 = min(c for c, _ in corners), max(c for c, _ in corners)
-    r0, r1 = min(r for _, r in corners), max(r for _, r in corners)
-    c0, r0 = max(0, math.floor(c0 + 1e-6)), max(0, math.floor(r0 + 1e-6))
-    c1, r1 = min(pred.width, math.ceil(c1 - 1e-6)), min(pred.height, math.ceil(r1 - 1e-6))
-    if c1 <= c0 or r1 <= r0:
-        raise GeotranslateError(f"{pred.name} and {ref.name}: the rasters do not overlap")
-    return Window(c0, r0, c1 - c0, r1 - r0)
-
-
-def _tiles(window: Window, tile: int, margin: int):
-    """(read window, core slices within it) covering ``window``; reads add ``margin`` context."""
-    c0, r0 = int(window.col_off), int(window.row_off)
-    w, h = int(window.width), int(window.height)
-    rows = tile_offsets(h, min(tile, h), min(tile, h))
-    cols = tile_offsets(w, min(tile, w), min(tile, w))
-    # the last tile is flush with the edge and overlaps its neighbour: count each pixel once
-    row_ends, col_ends = own_extents(rows, h, min(tile, h)), own_extents(cols, w, min(tile, w))
-    for row in rows:
-        for col in cols:
-            th, tw = row_ends[row] - row, col_ends[col] - col
-            top, left = max(0, row - margin), max(0, col - margin)
-            bottom, right = min(h, row + th + margin), min(w, col + tw + margin)
-            read = Window(c0 + left, r0 + top, right - left, bottom - top)
-            core = (slice(row - top, row - top + th), slice(col - left, col - left + tw))
-            yield read, core
-
-
 def evaluate_rasters(
     pred_path: str | os.PathLike,
     ref_path: str | os.PathLike,
@@ -492,163 +316,50 @@ def evaluate_rasters(
     """
     if tile_size < 16:
         raise GeotranslateError(f"tile size must be at least 16 px, got {tile_size}")
-    pred = open_raster(pred_path, allow_no_crs=allow_no_crs)
-    try:
-        ref = open_raster(ref_path, allow_no_crs=allow_no_crs)
-    except GeotranslateError:
-        pred.close()
-        raise
-    warper = None
-    try:
-        pred_bands, ref_bands = parse_bands(bands, pred), parse_bands(bands_ref, ref)
-        if len(pred_bands) != len(ref_bands):
-            hint = "pick them with --bands / --bands-ref" if bands is None and \
-                bands_ref is None else "give as many with --bands as with --bands-ref"
-            raise GeotranslateError(
-                f"{pred_path}: {len(pred_bands)} bands compared but {ref_path} has "
-                f"{len(ref_bands)}: band counts must match ({hint})"
-            )
-        if (pred.crs is None) != (ref.crs is None):
-            raise GeotranslateError(
-                f"{pred_path if pred.crs is None else ref_path}: has no CRS while the other "
-                "raster has one, so they cannot be aligned"
-            )
-        window = _common_window(pred, ref)
-        region = _Region(pred, aoi, exclude, aoi_where)
-        window = region.clip(window)
-        read_reference, warper = _reference_reader(pred, ref, ref_bands, resampling)
-        warped = warper is not None
-        band_count = len(pred_bands)
-
-        def pairs(margin: int):
-            tiles = list(_tiles(window, tile_size, margin))
-            if show_progress(progress):
-                from tqdm import tqdm
-
-                tiles = tqdm(tiles, desc="evaluate", unit="tile", leave=False)
-            for read, core in tiles:
-                p, p_valid = read_window(pred, read, pred_bands)
-                r, r_valid = read_reference(read)
-                yield p, r, p_valid & r_valid & region.inside(read), core
-
-        ranges = _parse_data_range(data_range, band_count, str(ref_path))
-        range_source = "given"
-        # a first pass: REF's mean (the flat image's levels) and, unless given, its range
-        ref_stats = StatsAccumulator(band_count,
-                                     max_samples=RANGE_SAMPLES if ranges is None else 1)
-        for _, r, valid, _core in pairs(0):
-            ref_stats.add(r, valid)
-        if ref_stats.count == 0:
-            raise GeotranslateError(
-                f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
-                "(all nodata)"
-            )
-        stats = ref_stats.result()
-        levels = [s.mean for s in stats]
-        if ranges is None:
-            ranges, range_source = reference_data_range(
-                ref_stats, "in the common area" + region.label)
-        acc = standard_metrics(band_count, ranges)
-        flat_acc = standard_metrics(band_count, ranges)
-        for p, r, valid, core in pairs(SSIM_MARGIN):
-            acc.update(p.astype(np.float64), r.astype(np.float64), valid, core)
-            flat_acc.update(flat_image(levels, r.shape), r.astype(np.float64), valid, core)
-        if acc.count == 0:
-            raise GeotranslateError(
-                f"{pred_path} and {ref_path}: no pixel of the common area is valid in both "
-                "(all nodata)"
-            )
-        descriptions = [pred.descriptions[b - 1] or ref.descriptions[b - 1] for b in pred_bands]
-        metrics = acc.compute(descriptions)
-        settings = {
-            "prediction": str(pred_path),
-            "reference": str(ref_path),
-            "bands": pred_bands,
-            "bands_ref": ref_bands,
-            "aoi": None if aoi is None else str(aoi),
-            "aoi_where": aoi_where,
-            "exclude": None if exclude is None else str(exclude),
-            "grid": "prediction",
-            "reference_warped": warped,
-            "resampling": resampling if warped else None,
-            "common_window": {
-                "col_off": int(window.col_off), "row_off": int(window.row_off),
-                "width": int(window.width), "height": int(window.height),
-            },
-            "crs": pred.crs.to_string() if pred.crs else None,
-            "tile_size": tile_size,
-            "data_range": [float(r) for r in ranges],
-            "data_range_source": range_source,
-            "resolution_ratio": 1.0,
-        }
+    with RasterPair(pred_path, ref_path, resampling=resampling, allow_no_crs=allow_no_crs,
+                    bands=bands, bands_ref=bands_ref, aoi=aoi, exclude=exclude,
+                    aoi_where=aoi_where) as pair:
+        ranges = _parse_data_range(data_range, pair.band_count, str(ref_path))
+        levels, ranges, range_source = _reference_levels(pair, ranges, tile_size, progress)
+        model, flat = _score_tiles(pair, ranges, levels, tile_size, progress)
+        settings = {**pair.settings(), "tile_size": tile_size,
+                    "data_range": [float(r) for r in ranges], "data_range_source": range_source,
+                    "resolution_ratio": 1.0}
         notes = []
-        if warped:
+        if pair.warped:
             notes.append(f"reference warped onto the prediction's grid ({resampling})")
+        descriptions = pair.descriptions()
         baseline = {"levels": levels,
                     "levels_source": "the mean of the reference's pixels valid in both rasters",
-                    "metrics": flat_acc.compute(descriptions)}
-        return EvaluationReport("rasters", metrics, settings, notes, baseline)
-    finally:
-        if warper is not None:
-            warper.close()
-        pred.close()
-        ref.close()
+                    "metrics": flat.compute(descriptions)}
+        return EvaluationReport("rasters", model.compute(descriptions), settings, notes, baseline)
 
 
-class _Region:
-    """The scored part of PRED's grid: inside ``aoi``'s polygons (pixel centres) and outside
-    ``exclude``'s, both reprojected to PRED's CRS; everything when neither is given."""
+def _reference_levels(pair: RasterPair, ranges: list[float] | None, tile_size: int,
+                      progress: bool | None) -> tuple[list[float], list[float], str]:
+    """A first pass over the tiles: REF's mean (the flat image's levels) and, unless
+    ``ranges`` is given, its data range; (levels, ranges, the sentence naming the ranges)."""
+    ref_stats = StatsAccumulator(pair.band_count,
+                                 max_samples=RANGE_SAMPLES if ranges is None else 1)
+    for _, r, valid, _core in pair.tiles(tile_size, 0, progress):
+        ref_stats.add(r, valid)
+    if ref_stats.count == 0:
+        raise pair.nothing_valid()
+    levels = [s.mean for s in ref_stats.result()]
+    if ranges is None:
+        return levels, *reference_data_range(ref_stats,
+                                             "in the common area" + pair.region.label)
+    return levels, ranges, "given"
 
-    def __init__(self, pred, aoi, exclude, aoi_where: str | None):
-        from geotranslate.raster.vector import VectorFilter
 
-        if aoi_where is not None and aoi is None:
-            raise GeotranslateError("--aoi-where needs --aoi (the file whose features it picks)")
-        self.transform = pred.transform
-        self.aoi = (VectorFilter(aoi, "--aoi", where=aoi_where).geometry_in(pred.crs)
-                    if aoi is not None else None)
-        self.exclude = (VectorFilter(exclude, "--exclude").geometry_in(pred.crs)
-                        if exclude is not None else None)
-        self.aoi_path = aoi
-        parts = []
-        if aoi is not None:
-            parts.append(f"inside --aoi {aoi}" + (f" ({aoi_where})" if aoi_where else ""))
-        if exclude is not None:
-            parts.append(f"outside --exclude {exclude}")
-        self.label = (", " + " and ".join(parts)) if parts else ""
-
-    def clip(self, window: Window) -> Window:
-        """``window`` cut to the pixels whose centres may lie in the AOI's bounding box."""
-        if self.aoi is None:
-            return window
-        left, bottom, right, top = self.aoi.bounds
-        inverse = ~self.transform
-        corners = [inverse * (x, y) for x in (left, right) for y in (bottom, top)]
-        # pixel i is in when its centre i + 0.5 is: i >= c0 - 0.5 and i <= c1 - 0.5
-        c0 = max(int(window.col_off), math.ceil(min(c for c, _ in corners) - 0.5))
-        r0 = max(int(window.row_off), math.ceil(min(r for _, r in corners) - 0.5))
-        c1 = min(int(window.col_off + window.width),
-                 math.floor(max(c for c, _ in corners) + 0.5))
-        r1 = min(int(window.row_off + window.height),
-                 math.floor(max(r for _, r in corners) + 0.5))
-        if c1 <= c0 or r1 <= r0:
-            raise GeotranslateError(
-                f"{self.aoi_path}: --aoi does not overlap the area both rasters cover"
-            )
-        return Window(c0, r0, c1 - c0, r1 - r0)
-
-    def inside(self, window: Window) -> np.ndarray | bool:
-        """Which pixels of ``window`` are scored (True: all of them)."""
-        if self.aoi is None and self.exclude is None:
-            return True
-        from rasterio.features import geometry_mask
-        from rasterio.windows import transform as window_transform
-
-        shape = (int(window.height), int(window.width))
-        transform = window_transform(window, self.transform)
-        keep = np.ones(shape, dtype=bool)
-        if self.aoi is not None and not self.aoi.is_empty:
-            keep &= geometry_mask([self.aoi], shape, transform, invert=True)
-        if self.exclude is not None and not self.exclude.is_empty:
-            keep &= geometry_mask([self.exclude], shape, transform)
-        return keep
+def _score_tiles(pair: RasterPair, ranges: list[float], levels: list[float], tile_size: int,
+                 progress: bool | None) -> tuple[MetricCollection, MetricCollection]:
+    """The second pass: PRED's figures against REF, and the flat image's at ``levels``."""
+    model = standard_metrics(pair.band_count, ranges)
+    flat = standard_metrics(pair.band_count, ranges)
+    for p, r, valid, core in pair.tiles(tile_size, SSIM_MARGIN, progress):
+        model.update(p.astype(np.float64), r.astype(np.float64), valid, core)
+        flat.update(flat_image(levels, r.shape), r.astype(np.float64), valid, core)
+    if model.count == 0:
+        raise pair.nothing_valid()
+    return model, flat
