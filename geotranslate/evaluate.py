@@ -43,7 +43,7 @@ import numpy as np
 
 from geotranslate import schema as sc
 from geotranslate.chipeval import ChipPair, ChipScores, score_chips, target_data_range
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import InputError, OptionError, StorageError
 from geotranslate.evaluate_report import EvaluationReport
 from geotranslate.inputs import chip_normalizer
 from geotranslate.log import show_progress
@@ -67,12 +67,12 @@ def _parse_data_range(data_range: float | Sequence[float] | str | None, band_cou
     if data_range is None:
         return None
     if isinstance(data_range, str):
-        raise GeotranslateError(f"data range {data_range!r}: 'model' is for chip mode only; "
+        raise OptionError(f"data range {data_range!r}: 'model' is for chip mode only; "
                                 "give one positive value or one per band")
     values = np.atleast_1d(np.asarray(data_range, dtype=np.float64)).ravel()
     # the count is checked before broadcasting one value to every band
     if values.size not in (1, band_count) or np.any(~np.isfinite(values)) or np.any(values <= 0):
-        raise GeotranslateError(
+        raise OptionError(
             f"data range {data_range!r}: give one positive value or one per band "
             f"({source} has {band_count})"
         )
@@ -87,7 +87,7 @@ def _read_chip(path: Path, band_count: int, domain: str) -> tuple[np.ndarray, np
 
     data, valid = read_chip(path)
     if data.shape[0] != band_count:
-        raise GeotranslateError(
+        raise InputError(
             f"{path}: {data.shape[0]} bands, but the model's domain {domain} has {band_count}"
         )
     return data, valid
@@ -117,9 +117,9 @@ def evaluate_chips(
     from geotranslate.modelfile import DIRECTIONS, TranslationModel, load_model
 
     if direction not in DIRECTIONS:
-        raise GeotranslateError(f"direction {direction!r}: choose a2b or b2a")
+        raise OptionError(f"direction {direction!r}: choose a2b or b2a")
     if batch_size < 1:
-        raise GeotranslateError(f"batch size must be at least 1, got {batch_size}")
+        raise OptionError(f"batch size must be at least 1, got {batch_size}")
     device = resolve_device(device)
     model_path = None
     if not isinstance(model, TranslationModel):
@@ -166,7 +166,7 @@ def _score_split(generator, chips: _SplitChips, scores: ChipScores, batch_size: 
         score_chips(lambda x: generator(x.to(device)),
                     ([chips.pair(name) for name in batch] for batch in batches), scores)
     if scores.model.count == 0:
-        raise GeotranslateError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
+        raise InputError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
                                 "source and target chips")
 
 
@@ -181,7 +181,7 @@ class _SplitChips:
         self.src_name, self.tgt_name = DIRECTIONS[direction]
         self.source, self.target = model.source_domain(direction), model.target_domain(direction)
         if not data_dir.is_dir():
-            raise GeotranslateError(
+            raise StorageError(
                 f"{data_dir}: no such chip directory (make it with export-tiles)")
         self.src_dir = data_dir / f"{split}_{self.src_name}"
         self.tgt_dir = data_dir / f"{split}_{self.tgt_name}"
@@ -193,11 +193,11 @@ class _SplitChips:
                     if split == "val"
                     else "export chips with `geotranslate export-tiles` (paired, with --b)"
                 )
-                raise GeotranslateError(f"{d}: no {split} chips ({hint})")
+                raise InputError(f"{d}: no {split} chips ({hint})")
         src_names = {p.name for p in chip_paths(self.src_dir)}
         self.names = sorted(src_names & {p.name for p in chip_paths(self.tgt_dir)})
         if not self.names:
-            raise GeotranslateError(f"{self.src_dir} and {self.tgt_dir}: no chip names in "
+            raise InputError(f"{self.src_dir} and {self.tgt_dir}: no chip names in "
                                     "common (chip mode needs paired chips)")
         # the scene scope's normalizer of each chip
         self.source_norm = chip_normalizer(self.source, data_dir, self.src_name)
@@ -212,7 +212,7 @@ class _SplitChips:
         src, src_valid = self.source_chip(name)
         tgt, tgt_valid = self.target_chip(name)
         if src.shape[1:] != tgt.shape[1:]:
-            raise GeotranslateError(
+            raise InputError(
                 f"{self.tgt_dir / name}: {tgt.shape[2]} x {tgt.shape[1]} px, but its source "
                 f"chip is {src.shape[2]} x {src.shape[1]} px"
             )
@@ -256,7 +256,7 @@ def _training_means(data_dir: Path, domain: str, band_count: int) -> tuple[list 
         return None, f"{path} holds no domain statistics"
     bands = read_meta(data_dir).domains[domain].band_stats
     if len(bands) != band_count:
-        raise GeotranslateError(
+        raise InputError(
             f"{data_dir / META_NAME}: domain {domain} has statistics of {len(bands)} bands, "
             f"but the model's has {band_count}"
         )
@@ -315,7 +315,7 @@ def evaluate_rasters(
     features with those values (e.g. ``split=val`` of an index.gpkg).
     """
     if tile_size < 16:
-        raise GeotranslateError(f"tile size must be at least 16 px, got {tile_size}")
+        raise OptionError(f"tile size must be at least 16 px, got {tile_size}")
     with RasterPair(pred_path, ref_path, resampling=resampling, allow_no_crs=allow_no_crs,
                     bands=bands, bands_ref=bands_ref, aoi=aoi, exclude=exclude,
                     aoi_where=aoi_where) as pair:

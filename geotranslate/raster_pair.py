@@ -19,7 +19,7 @@ import rasterio
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, InputError, OptionError
 from geotranslate.log import show_progress
 from geotranslate.raster.io import open_raster, parse_bands, read_window
 from geotranslate.raster.warp import GridReader
@@ -70,12 +70,12 @@ class RasterPair:
         if len(self.pred_bands) != len(self.ref_bands):
             hint = ("pick them with --bands / --bands-ref" if bands is None and bands_ref is None
                     else "give as many with --bands as with --bands-ref")
-            raise GeotranslateError(
+            raise InputError(
                 f"{self.pred_path}: {len(self.pred_bands)} bands compared but {self.ref_path} "
                 f"has {len(self.ref_bands)}: band counts must match ({hint})"
             )
         if (pred.crs is None) != (ref.crs is None):
-            raise GeotranslateError(
+            raise InputError(
                 f"{self.pred_path if pred.crs is None else self.ref_path}: has no CRS while the "
                 "other raster has one, so they cannot be aligned"
             )
@@ -113,7 +113,7 @@ class RasterPair:
                 for b in self.pred_bands]
 
     def nothing_valid(self) -> GeotranslateError:
-        return GeotranslateError(
+        return InputError(
             f"{self.pred_path} and {self.ref_path}: no pixel of the common area is valid in "
             "both (all nodata)"
         )
@@ -167,7 +167,7 @@ def _reference_reader(pred, ref, bands: list[int], resampling: str):
     if pred.crs is None or ref.crs is None:
         shift = _pixel_shift(pred, ref)
         if shift is None:
-            raise GeotranslateError(
+            raise InputError(
                 f"{ref.name}: cannot align with {pred.name} without a CRS on both "
                 "(rasters without CRS must share pixel size and orientation, shifted by whole "
                 "pixels at most)"
@@ -213,7 +213,7 @@ def _common_window(pred, ref) -> Window:
     c0, r0 = max(0, math.floor(c0 + 1e-6)), max(0, math.floor(r0 + 1e-6))
     c1, r1 = min(pred.width, math.ceil(c1 - 1e-6)), min(pred.height, math.ceil(r1 - 1e-6))
     if c1 <= c0 or r1 <= r0:
-        raise GeotranslateError(f"{pred.name} and {ref.name}: the rasters do not overlap")
+        raise InputError(f"{pred.name} and {ref.name}: the rasters do not overlap")
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
@@ -244,7 +244,7 @@ class _Region:
         from geotranslate.raster.vector import VectorFilter
 
         if aoi_where is not None and aoi is None:
-            raise GeotranslateError("--aoi-where needs --aoi (the file whose features it picks)")
+            raise OptionError("--aoi-where needs --aoi (the file whose features it picks)")
         self.transform = pred.transform
         self.aoi = (VectorFilter(aoi, "--aoi", where=aoi_where).geometry_in(pred.crs)
                     if aoi is not None else None)
@@ -273,7 +273,7 @@ class _Region:
         r1 = min(int(window.row_off + window.height),
                  math.floor(max(r for _, r in corners) + 0.5))
         if c1 <= c0 or r1 <= r0:
-            raise GeotranslateError(
+            raise InputError(
                 f"{self.aoi_path}: --aoi does not overlap the area both rasters cover"
             )
         return Window(c0, r0, c1 - c0, r1 - r0)
