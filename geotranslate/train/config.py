@@ -68,7 +68,7 @@ class SharedSettings:
     data_dir: str = setting("chips", "The chip folder (export-tiles --out).", cli=False)
     out: str | None = setting(
         None, "Run directory.", default_text="runs/<dataset-type>-<YYYYmmdd-HHMMSS>, and "
-        "runs/latest points at it")
+        "runs/latest points at it", metavar="DIR")
     # networks
     generator: str | None = setting(
         None, "resnet | unet | smp-unet:<encoder> (e.g. smp-unet:resnet34).",
@@ -156,7 +156,7 @@ class SharedSettings:
                                    "better validation PSNR.", minimum=1)
     resume: str | None = setting(None, "Continue the run in this directory from "
                                  "checkpoints/last.pt (its settings are reused; options given "
-                                 "here override them).")
+                                 "here override them).", metavar="RUN_DIR")
     rgb_bands: str | None = setting(None, "Preview bands (1-based), e.g. 3,2,1 or "
                                     "'a:1,2,3;b:3,2,1'.",
                                     default_text="from band descriptions")
