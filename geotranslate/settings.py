@@ -35,7 +35,6 @@ class Setting:
     negatable: bool = True  # bool: --name/--no-name (False: a plain --name flag)
     metavar: str | None = None
     cli: bool = True  # False: a setting of the Python API and config.json only
-    hidden: bool = False  # offered on the command line but not shown in --help
 
     @property
     def option(self) -> str:

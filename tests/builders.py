@@ -217,6 +217,17 @@ def write_sar_rgb_chips(root: Path, split: str, count: int, seed: int) -> None:
 # ---- model files ----------------------------------------------------------------------------
 
 
+def val_chips(chips: Path, nodata_a: float = -9999.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(B chip as float64, A's valid pixels) of each validation chip, read from the files."""
+    out = []
+    for path in sorted((chips / "val_b").glob("*.tif")):
+        with rasterio.open(chips / "val_a" / path.name) as ds:
+            valid = (ds.read() != nodata_a).all(axis=0)
+        with rasterio.open(path) as ds:
+            out.append((ds.read().astype(np.float64), valid))
+    return out
+
+
 def minmax_normalizer(bands: int, low: float, high: float) -> Normalizer:
     """Every band scaled from [low, high] to [-1, 1]."""
     stats = [BandStats(low, high, (low + high) / 2, 1.0, low, high, 100)] * bands

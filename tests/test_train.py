@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import last_checkpoint, make_chips, read_metrics
+from builders import last_checkpoint, make_chips, read_metrics, val_chips
 from safetensors.torch import load_file
 
 from geotranslate import load_model
@@ -297,18 +297,11 @@ def _flat_baseline_by_hand(chips: Path) -> dict[str, float]:
     """L1, PSNR and SSIM of a flat image at B's training mean on the val chips, in B's data
     units with the data range p98 - p2 of the scored target pixels, computed here from the
     chip files and meta.json (not through geotranslate)."""
-    import rasterio
     from skimage.metrics import structural_similarity
 
     meta = json.loads((chips / "meta.json").read_text())
     mean = np.array([b["mean"] for b in meta["domains"]["b"]["stats"]["bands"]])
-    targets = []
-    for path in sorted((chips / "val_b").glob("*.tif")):
-        with rasterio.open(chips / "val_a" / path.name) as ds:
-            valid = (ds.read() != -9999.0).all(axis=0)
-        with rasterio.open(path) as ds:
-            raw = ds.read().astype(np.float64)
-        targets.append((raw, valid & (raw != -9999.0).all(axis=0)))
+    targets = [(raw, valid & (raw != -9999.0).all(axis=0)) for raw, valid in val_chips(chips)]
     scored = np.concatenate([raw[:, valid] for raw, valid in targets], axis=1)
     low, high = np.percentile(scored, [2, 98], axis=1)
     ranges = high - low

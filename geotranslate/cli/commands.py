@@ -124,7 +124,7 @@ def train_command(ctx: click.Context, resume: str | None, **options) -> None:
     torchrun --nproc_per_node N -m geotranslate train ...
     """
     from geotranslate.train import TrainConfig, train
-    from geotranslate.train.config import method_settings
+    from geotranslate.train.config import method_settings, takers
 
     no_augment = options.pop("no_augment")
     if no_augment:  # the former switch: geometry kept
@@ -147,7 +147,7 @@ def train_command(ctx: click.Context, resume: str | None, **options) -> None:
     for s in method_settings():
         if s.name in typed and s.name not in own:
             logger.warning(f"{s.option} is not an option of {config.dataset_type} "
-                           f"({s.help.split(':')[0]}); ignored")
+                           f"({', '.join(takers(s.name))}); ignored")
     run_dir = train(config)
     if is_main_process():  # under torchrun: once
         click.echo(str(run_dir))

@@ -4,9 +4,7 @@
 - :func:`setting_option` and :class:`SettingsCommand`: click options derived from declared
   settings (geotranslate/settings.py), so a setting's type, default, help and allowed values
   are written once, beside its owner;
-- :class:`NumberList` / :func:`number_list`: comma-separated numbers, refused with click's
-  ``BadParameter``;
-- :func:`window_option`: ``ROW_OFF,COL_OFF,HEIGHT,WIDTH`` as a rasterio ``Window``.
+- :func:`number_list`: comma-separated numbers, refused with click's ``BadParameter``.
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ def _list_taker(process, name: str):
 
 def setting_option(s: Setting) -> click.Option:
     """The click option of setting ``s``: its type or choices, default and help."""
-    kwargs: dict = {"help": s.help, "hidden": s.hidden, "metavar": s.metavar}
+    kwargs: dict = {"help": s.help, "metavar": s.metavar}
     decls = [s.option]
     if s.type is bool and s.negatable:
         decls = [f"{s.option}/--no-{s.option[2:]}"]
@@ -97,22 +95,6 @@ class SettingsCommand(click.Command):
             made = [setting_option(s) for s in self._settings() if s.cli]
             self.params[:] = arguments + made + others
         return super().get_params(ctx)
-
-
-class NumberList(click.ParamType):
-    """Comma-separated numbers (``3,2,1``) as a tuple of ``kind``."""
-
-    def __init__(self, kind: type = int) -> None:
-        self.kind = kind
-        self.name = "integers" if kind is int else "numbers"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return split_list(value, self.kind, param.opts[0] if param else "value")
-        except ValueError as e:
-            self.fail(str(e).split(" ", 1)[-1], param, ctx)
 
 
 def number_list(text: str | None, name: str, kind: type = int) -> tuple | None:

@@ -44,16 +44,24 @@ def _shown(value: Any) -> str:
     return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
-def _per_method(name: str, what: str = "") -> str:
-    """``"unet for Pix2Pix, resnet for the others"``: a shared setting's default per method."""
-    values: dict[Any, list[str]] = {}
-    for method in METHODS.values():
-        values.setdefault(_shown(method.default(name)), []).append(method.name)
+def _defaults_text(defaults: list[tuple[str, str]], everyone: bool) -> str:
+    """``"100.0 for Pix2Pix, 0.0 for Pix2PixHD"`` from (method, shown default) pairs; with
+    ``everyone`` (every method has the setting) the commonest value is said once, as "for the
+    others"."""
+    values: dict[str, list[str]] = {}
+    for method, value in defaults:
+        values.setdefault(value, []).append(method)
     if len(values) == 1:
-        return str(next(iter(values)))
-    common = max(values, key=lambda v: len(values[v]))
+        return next(iter(values))
+    common = max(values, key=lambda v: len(values[v])) if everyone else None
     parts = [f"{v} for {', '.join(names)}" for v, names in values.items() if v != common]
-    return ", ".join(parts) + f", {common} for the others"
+    return ", ".join(parts) + (f", {common} for the others" if common is not None else "")
+
+
+def _per_method(name: str) -> str:
+    """``"unet for Pix2Pix, resnet for the others"``: a shared setting's default per method."""
+    return _defaults_text([(m.name, _shown(m.default(name))) for m in METHODS.values()],
+                          everyone=True)
 
 
 @dataclass
@@ -184,10 +192,9 @@ class SharedSettings:
         method = self.method
         for s in shared_settings():
             check(s, getattr(self, s.name))
-        for s in method_settings():  # a method's own, and any other given: bounds are bounds
-            check(s, getattr(self, s.name))
-        for s in method.OPTIONS:
-            check(s, getattr(self, s.name))
+        own = {s.name: s for s in method.OPTIONS}
+        for s in method_settings():  # another method's option, given, is checked all the same
+            check(own.get(s.name, s), getattr(self, s.name))
         check_device_name(self.device)
         if self.epochs + self.epochs_decay < 1:
             raise OptionError("--epochs + --epochs-decay must be >= 1")
@@ -238,6 +245,11 @@ def shared_settings() -> list[Setting]:
     return field_settings(SharedSettings)
 
 
+def takers(name: str) -> list[str]:
+    """The methods that declare setting ``name`` among their own ``OPTIONS``."""
+    return [m.name for m in METHODS.values() if any(s.name == name for s in m.OPTIONS)]
+
+
 def method_settings() -> list[Setting]:
     """Each setting some method declares, once, for the command line: its default is None
     (each method's own, which the help lists) and its help names the methods that take it."""
@@ -250,17 +262,10 @@ def method_settings() -> list[Setting]:
         first = declared[0][1]
         if any(s.type is not first.type for _, s in declared):
             raise TypeError(f"methods declare setting {name!r} with different types")
-        defaults: dict[Any, list[str]] = {}
-        for method, s in declared:
-            defaults.setdefault(_shown(s.default), []).append(method.name)
-        takers = ", ".join(method.name for method, _ in declared)
-        if len(defaults) == 1:
-            text = first.default_text if first.default is None else _shown(first.default)
-        else:
-            text = ", ".join(f"{first.default_text if v == 'None' else v} for "
-                             f"{', '.join(names)}" for v, names in defaults.items())
+        text = _defaults_text([(m.name, s.default_text if s.default is None else
+                                _shown(s.default)) for m, s in declared], everyone=False)
         out.append(dataclasses.replace(first, default=None, default_text=text,
-                                       help=f"{takers}: {first.help}"))
+                                       help=f"{', '.join(takers(name))}: {first.help}"))
     return out
 
 
