@@ -28,7 +28,7 @@ LEGACY_UPSAMPLE = "transpose"
 
 #: what every method trains its generators with unless told otherwise: instance norm, with a
 #: scene pass at prediction (predict/scene.py). No candidate won every real task: instance norm
-#: leads DEM -> hillshade by 4.7 dB and more; no norm at all leads drone DSM -> ortho and
+#: leads DEM -> hillshade by 3.6 dB and more; no norm at all leads drone DSM -> ortho and
 #: Sen1Floods11, where the scene pass costs instance norm its tone (docs/benchmarks.md,
 #: "Decoders and generator normalization")
 DEFAULT_NET_NORM = "instance"
