@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,9 @@ def check(s: Setting, value: Any) -> None:
     """
     if value is None:
         return
+    kinds = {bool: (bool,), int: (int, numbers.Integral), float: (numbers.Real,), str: (str,)}
+    if not isinstance(value, kinds[s.type]) or (s.type is not bool and isinstance(value, bool)):
+        raise OptionError(f"{s.option} {value!r}: expected {_TYPE_WORDS[s.type]}")
     if s.choices is not None:
         if value not in s.choices:
             raise OptionError(f"{s.option} {value!r}: choose from {', '.join(s.choices)}")
@@ -108,6 +112,10 @@ def check(s: Setting, value: Any) -> None:
             rule = " and ".join(bounds)
             raise OptionError(f"{s.option} must be {what}{' ' if what and rule else ''}{rule}"
                               f", got {value}")
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number",
+               str: "a string"}
 
 
 def _num(x: float) -> str:

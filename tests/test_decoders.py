@@ -1,4 +1,5 @@
-"""Decoders without checkerboards (resize, then convolve) and model files of earlier versions."""
+"""Decoders without checkerboards (resize, then convolve), the generators' dropout, and model
+files and configs of earlier versions."""
 
 from __future__ import annotations
 
@@ -36,6 +37,28 @@ def test_default_decoders_have_no_transposed_convolution(method, generator):
     built = build_method(method, config, {"a": 2, "b": 3}, 64)
     if built.nets["g_ab"].arch in ("resnet", "unet"):
         assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in built.nets["g_ab"].modules())
+
+
+@pytest.mark.parametrize("method", ["Pix2Pix", "Pix2PixHD", "CycleGAN", "CUT", "FastCUT"])
+@pytest.mark.parametrize("generator", [None, "resnet", "unet"])
+def test_dropout_is_each_architectures_own_unless_asked(method, generator):
+    if method in ("CUT", "FastCUT") and generator == "unet":
+        pytest.skip("CUT's PatchNCE needs the resnet encoder")
+
+    def dropouts(config: TrainConfig) -> int:
+        built = build_method(method, config, {"a": 2, "b": 3}, 64)
+        return sum(isinstance(m, torch.nn.Dropout) for name, net in built.nets.items()
+                   if name.startswith("g_") for m in net.modules())
+
+    settings = {"generator": generator, "ngf": 4, "ndf": 4, "n_blocks": 1}
+    config = TrainConfig(method, **settings)
+    unet = config.resolved_generator() == "unet"
+    assert (dropouts(config) > 0) is unet  # pix2pix's U-Net dropout, none in the ResNet
+    assert dropouts(TrainConfig(method, dropout=False, **settings)) == 0
+    assert dropouts(TrainConfig(method, dropout=True, **settings)) > 0
+    # a config.json of an earlier version (no dropout key) rebuilds the same network
+    saved = {k: v for k, v in config.to_dict().items() if k != "dropout"}
+    assert dropouts(TrainConfig.from_dict(saved)) == dropouts(config)
 
 
 @pytest.mark.parametrize("name", ["pix2pix_unet", "cyclegan_resnet"])

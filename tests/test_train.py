@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from geotranslate import load_model
 from geotranslate.cli import main
-from geotranslate.errors import GeotranslateError
+from geotranslate.errors import GeotranslateError, OptionError
 from geotranslate.evaluate import evaluate_chips
 from geotranslate.methods import Method
 from geotranslate.render import parse_rgb_bands
@@ -436,3 +436,15 @@ def test_old_config_json_keeps_its_augmentation(paired_chips, tmp_path, capsys):
     assert TrainConfig.from_run(run, augment="none").augment == "none"
     with pytest.raises(GeotranslateError, match="augment 'rot90': choose from none, hflip"):
         TrainConfig("Pix2Pix", augment="rot90").validate()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("dropout", "False", "--dropout 'False': expected true or false"),  # bool("False") is True
+    ("ngf", "8", "--ngf '8': expected a whole number"),
+    ("ngf", 8.5, "--ngf 8.5: expected a whole number"),
+    ("lr", "1e-3", "--lr '1e-3': expected a number"),
+])
+def test_a_python_setting_of_the_wrong_type_is_refused(field, value, message):
+    with pytest.raises(OptionError, match=message):
+        TrainConfig("Pix2Pix", **{field: value}).validate()
+    TrainConfig("Pix2Pix", ngf=8, lr=1, dropout=False).validate()  # an int is a number

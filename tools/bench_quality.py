@@ -754,10 +754,15 @@ def _parse_set(items: list[str]) -> dict:
         if key not in fields or not text:
             raise SystemExit(f"bench_quality: error: --set {item!r}: expected FIELD=VALUE with "
                              "a TrainConfig field")
+        python = {"True": True, "False": False, "None": None}  # Python's spellings too
         try:
-            out[key] = json.loads(text)
+            out[key] = python[text] if text in python else json.loads(text)
         except ValueError:
             out[key] = text
+    try:  # a value of the wrong type or out of bounds: one line now, not after the export
+        TrainConfig("Pix2Pix", **out).validate()
+    except ValueError as e:
+        raise SystemExit(f"bench_quality: error: --set: {e}") from None
     return out
 
 

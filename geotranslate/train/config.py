@@ -103,6 +103,12 @@ class SharedSettings:
         "(nearest x2, then a 3x3 convolution: no checkerboard), bilinear (the same with "
         "bilinear x2) or transpose (the papers' transposed convolutions).",
         choices=UPSAMPLE_KINDS)
+    dropout: bool | None = setting(
+        None, "Dropout 0.5 in the unet decoder's blocks next to the innermost (pix2pix's "
+        "noise) or in every resnet block. Without it Pix2Pix learns more per chip, but leans "
+        "harder on each chip's own statistics, which a scene's do not match at prediction "
+        "(docs/benchmarks.md, \"Dropout\").", default_text="on in the unet, off in the resnet "
+        "(the papers' choices)")
     pretrained: bool = setting(False, "ImageNet weights for the smp-unet encoder (downloaded "
                                "once).")
     # losses
