@@ -168,10 +168,10 @@ def test_phase_pattern_sees_a_decoder_grid_pattern_not_content(bench):
 
 
 def test_set_takes_json_and_python_spellings_and_refuses_a_wrong_type(bench):
-    assert bench._parse_set(["dropout=False", "ngf=32", "net_norm=none", "lr=5e-4"]) == {
-        "dropout": False, "ngf": 32, "net_norm": "none", "lr": 5e-4}
-    assert bench._parse_set(["dropout=false", "unet_depth=None"]) == {"dropout": False,
-                                                                        "unet_depth": None}
+    assert bench._parse_set(["pretrained=False", "ngf=32", "net_norm=none", "lr=5e-4"]) == {
+        "pretrained": False, "ngf": 32, "net_norm": "none", "lr": 5e-4}
+    assert bench._parse_set(["pretrained=false", "unet_depth=None", "dropout=0"]) == {
+        "pretrained": False, "unet_depth": None, "dropout": 0}
     with pytest.raises(SystemExit, match="--ngf 8.5: expected a whole number"):
         bench._parse_set(["ngf=8.5"])
     with pytest.raises(SystemExit, match="expected FIELD=VALUE"):

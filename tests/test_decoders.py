@@ -13,6 +13,7 @@ import torch
 from builders import make_chips
 
 from geotranslate import load_model
+from geotranslate.choices import UNET_DROPOUT
 from geotranslate.methods import build_method
 from geotranslate.predict import predict_raster
 from geotranslate.train import TrainConfig, train
@@ -41,24 +42,28 @@ def test_default_decoders_have_no_transposed_convolution(method, generator):
 
 @pytest.mark.parametrize("method", ["Pix2Pix", "Pix2PixHD", "CycleGAN", "CUT", "FastCUT"])
 @pytest.mark.parametrize("generator", [None, "resnet", "unet"])
-def test_dropout_is_each_architectures_own_unless_asked(method, generator):
+def test_dropout_rates_by_default_on_request_and_in_old_configs(method, generator):
     if method in ("CUT", "FastCUT") and generator == "unet":
         pytest.skip("CUT's PatchNCE needs the resnet encoder")
 
-    def dropouts(config: TrainConfig) -> int:
+    def rates(config: TrainConfig) -> list[float]:
         built = build_method(method, config, {"a": 2, "b": 3}, 64)
-        return sum(isinstance(m, torch.nn.Dropout) for name, net in built.nets.items()
-                   if name.startswith("g_") for m in net.modules())
+        return [m.p for name, net in built.nets.items() if name.startswith("g_")
+                for m in net.modules() if isinstance(m, torch.nn.Dropout)]
 
     settings = {"generator": generator, "ngf": 4, "ndf": 4, "n_blocks": 1}
     config = TrainConfig(method, **settings)
     unet = config.resolved_generator() == "unet"
-    assert (dropouts(config) > 0) is unet  # pix2pix's U-Net dropout, none in the ResNet
-    assert dropouts(TrainConfig(method, dropout=False, **settings)) == 0
-    assert dropouts(TrainConfig(method, dropout=True, **settings)) > 0
-    # a config.json of an earlier version (no dropout key) rebuilds the same network
+    # the U-Net's decoder blocks next to the innermost at 0.25 (depth 3 at 64 px: one block
+    # in each generator)
+    generators = 2 if method == "CycleGAN" else 1
+    assert rates(config) == ([UNET_DROPOUT] * generators if unet else [])
+    assert rates(TrainConfig(method, dropout=0, **settings)) == []
+    assert set(rates(TrainConfig(method, dropout=0.5, **settings))) == {0.5}  # pix2pix's
+    # a config.json of an earlier version (no dropout key) resumes what it trained:
+    # pix2pix's 0.5 in the U-Net, none in the ResNet
     saved = {k: v for k, v in config.to_dict().items() if k != "dropout"}
-    assert dropouts(TrainConfig.from_dict(saved)) == dropouts(config)
+    assert rates(TrainConfig.from_dict(saved)) == ([0.5] * generators if unet else [])
 
 
 @pytest.mark.parametrize("name", ["pix2pix_unet", "cyclegan_resnet"])

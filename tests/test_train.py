@@ -439,7 +439,8 @@ def test_old_config_json_keeps_its_augmentation(paired_chips, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("dropout", "False", "--dropout 'False': expected true or false"),  # bool("False") is True
+    ("pretrained", "False", "--pretrained 'False': expected true or false"),  # bool("False")
+    ("dropout", True, "--dropout True: expected a number"),  # a rate, not a switch
     ("ngf", "8", "--ngf '8': expected a whole number"),
     ("ngf", 8.5, "--ngf 8.5: expected a whole number"),
     ("lr", "1e-3", "--lr '1e-3': expected a number"),
@@ -447,4 +448,4 @@ def test_old_config_json_keeps_its_augmentation(paired_chips, tmp_path, capsys):
 def test_a_python_setting_of_the_wrong_type_is_refused(field, value, message):
     with pytest.raises(OptionError, match=message):
         TrainConfig("Pix2Pix", **{field: value}).validate()
-    TrainConfig("Pix2Pix", ngf=8, lr=1, dropout=False).validate()  # an int is a number
+    TrainConfig("Pix2Pix", ngf=8, lr=1, dropout=0).validate()  # an int is a number

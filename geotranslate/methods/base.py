@@ -72,14 +72,14 @@ def build_generator_for(config: Any, in_channels: int, out_channels: int,
     9 at >= 256 px, else 6), unet ``unet_depth`` (None: ``default_unet_depth``). ``norm``
     (default ``config.net_norm``, else instance norm) is the generator's normalization;
     resnet and unet decoders upsample as ``config.upsample`` says and use dropout as
-    ``config.dropout`` does (None: the architecture's own default, pix2pix's in the unet).
+    ``config.dropout`` says (a rate; None: the architecture's own default).
     """
     c = config
     arch = c.resolved_generator()
     norm = norm or getattr(c, "net_norm", None) or DEFAULT_NET_NORM
     upsample = getattr(c, "upsample", None) or DEFAULT_UPSAMPLE
     dropout = getattr(c, "dropout", None)  # None: the architecture's own default
-    own = {"upsample": upsample, **({} if dropout is None else {"dropout": bool(dropout)})}
+    own = {"upsample": upsample, **({} if dropout is None else {"dropout": float(dropout)})}
     try:
         if arch == "resnet":
             n_blocks = c.n_blocks if c.n_blocks is not None else (9 if chip_size >= 256 else 6)

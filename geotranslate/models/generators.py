@@ -13,12 +13,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from geotranslate.choices import DEFAULT_UPSAMPLE, UPSAMPLE_KINDS
+from geotranslate.choices import DEFAULT_UPSAMPLE, PIX2PIX_DROPOUT, UNET_DROPOUT, UPSAMPLE_KINDS
 
 from .init import mark_pretrained
 from .norms import check_norm, conv_bias_for, make_norm
 
 PADDING_KINDS: tuple[str, ...] = ("reflect", "replicate", "zero")
+
+
+def dropout_rate(dropout: bool | float) -> float:
+    """The rate a generator's ``dropout`` argument means: True is pix2pix's 0.5, False 0."""
+    if isinstance(dropout, bool):
+        return PIX2PIX_DROPOUT if dropout else 0.0
+    rate = float(dropout)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}")
+    return rate
 
 
 def check_upsample(upsample: str) -> str:
@@ -88,15 +98,15 @@ def _padding_layer(padding: str, amount: int) -> tuple[list[nn.Module], int]:
 class ResnetBlock(nn.Module):
     """conv3-norm-relu-conv3-norm with an identity skip; padding keeps the size."""
 
-    def __init__(self, channels: int, norm: str, padding: str, dropout: bool) -> None:
+    def __init__(self, channels: int, norm: str, padding: str, dropout: bool | float) -> None:
         super().__init__()
         bias = conv_bias_for(norm)
         layers: list[nn.Module] = []
         pad_layers, conv_pad = _padding_layer(padding, 1)
         layers += [*pad_layers, nn.Conv2d(channels, channels, 3, padding=conv_pad, bias=bias)]
         layers += [make_norm(norm, channels), nn.ReLU(inplace=True)]
-        if dropout:
-            layers.append(nn.Dropout(0.5))
+        if dropout_rate(dropout):
+            layers.append(nn.Dropout(dropout_rate(dropout)))
         pad_layers, conv_pad = _padding_layer(padding, 1)
         layers += [*pad_layers, nn.Conv2d(channels, channels, 3, padding=conv_pad, bias=bias)]
         layers.append(make_norm(norm, channels))
@@ -123,7 +133,7 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         norm: str = "instance",
         padding: str = "reflect",
-        dropout: bool = False,
+        dropout: bool | float = False,
         upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__()
@@ -202,7 +212,7 @@ class UnetSkipBlock(nn.Module):
         submodule: nn.Module | None = None,
         outermost: bool = False,
         norm: str = "instance",
-        dropout: bool = False,
+        dropout: float = 0.0,
         upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__()
@@ -231,7 +241,7 @@ class UnetSkipBlock(nn.Module):
                 down.append(make_norm(norm, inner_channels))
             up = [nn.ReLU(inplace=True), up_conv, make_norm(norm, outer_channels)]
             if dropout:
-                up.append(nn.Dropout(0.5))
+                up.append(nn.Dropout(dropout))
         middle: list[nn.Module] = [] if submodule is None else [submodule]
         self.model = nn.Sequential(*down, *middle, *up)
 
@@ -244,10 +254,11 @@ class UnetSkipBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """The pix2pix U-Net: ``num_downs`` stride-2 levels with skip connections.
 
-    Channels double per level from ``ngf`` up to ``ngf * 8``. With ``dropout`` the three
-    decoder blocks just outside the innermost one use Dropout(0.5), as in pix2pix (at
-    ``num_downs=8`` this is exactly the reference network). Height and width must be
-    divisible by ``2**num_downs``.
+    Channels double per level from ``ngf`` up to ``ngf * 8``. The three decoder blocks just
+    outside the innermost one use dropout at the rate ``dropout`` (True: pix2pix's 0.5;
+    False or 0: none); at ``num_downs=8`` and ``dropout=True`` (and ``upsample="transpose"``)
+    this is exactly the reference network. Height and width must be divisible by
+    ``2**num_downs``.
     """
 
     def __init__(
@@ -257,7 +268,7 @@ class UnetGenerator(nn.Module):
         num_downs: int = 8,
         ngf: int = 64,
         norm: str = "instance",
-        dropout: bool = True,
+        dropout: bool | float = UNET_DROPOUT,
         upsample: str = DEFAULT_UPSAMPLE,
     ) -> None:
         super().__init__()
@@ -266,6 +277,7 @@ class UnetGenerator(nn.Module):
         )
         check_norm(norm)
         check_upsample(upsample)
+        dropout_rate(dropout)
         self.arch = "unet"
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -284,7 +296,8 @@ class UnetGenerator(nn.Module):
         block: nn.Module | None = None
         for level in range(num_downs - 1, 0, -1):
             levels_outside_innermost = num_downs - 1 - level
-            use_dropout = dropout and 1 <= levels_outside_innermost <= UNET_DROPOUT_BLOCKS
+            use_dropout = (dropout_rate(dropout)
+                           if 1 <= levels_outside_innermost <= UNET_DROPOUT_BLOCKS else 0.0)
             block = UnetSkipBlock(
                 outer_channels=inner_channels_at(level - 1),
                 inner_channels=inner_channels_at(level),

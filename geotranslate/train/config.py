@@ -26,7 +26,9 @@ from geotranslate.choices import (
     GAN_MODES,
     LEGACY_UPSAMPLE,
     NORM_KINDS,
+    PIX2PIX_DROPOUT,
     PRECISIONS,
+    UNET_DROPOUT,
     UPSAMPLE_KINDS,
 )
 from geotranslate.device import check_device_name
@@ -103,12 +105,10 @@ class SharedSettings:
         "(nearest x2, then a 3x3 convolution: no checkerboard), bilinear (the same with "
         "bilinear x2) or transpose (the papers' transposed convolutions).",
         choices=UPSAMPLE_KINDS)
-    dropout: bool | None = setting(
-        None, "Dropout 0.5 in the unet decoder's blocks next to the innermost (pix2pix's "
-        "noise) or in every resnet block. Without it Pix2Pix learns more per chip, but leans "
-        "harder on each chip's own statistics, which a scene's do not match at prediction "
-        "(docs/benchmarks.md, \"Dropout\").", default_text="on in the unet, off in the resnet "
-        "(the papers' choices)")
+    dropout: float | None = setting(
+        None, "Dropout rate in the unet decoder's blocks next to the innermost, or in every "
+        "resnet block (0: none; pix2pix's: 0.5).", minimum=0, below=1, metavar="RATE",
+        default_text=f"{UNET_DROPOUT} in the unet, 0 in the resnet")
     pretrained: bool = setting(False, "ImageNet weights for the smp-unet encoder (downloaded "
                                "once).")
     # losses
@@ -234,6 +234,12 @@ class SharedSettings:
         values.setdefault("d_norm", values.get("net_norm") or DEFAULT_D_NORM)
         values.setdefault("gan_warmup", 0)
         values.setdefault("gan_ramp", 0)
+        # before --dropout: pix2pix's 0.5 in the unet, none in the resnet
+        if "dropout" not in values:
+            method = METHODS.get(values.get("dataset_type"))
+            generator = values.get("generator") or (method.default("generator") if method
+                                                    else None)
+            values["dropout"] = PIX2PIX_DROPOUT if generator == "unet" else None
         return cls(**values)
 
     @classmethod
