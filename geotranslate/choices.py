@@ -35,12 +35,13 @@ DEFAULT_NET_NORM = "instance"
 #: pix2pix's dropout rate in its U-Net decoder, which a model file's ``"dropout": true`` means
 PIX2PIX_DROPOUT = 0.5
 #: the U-Net's default dropout rate (in its decoder blocks next to the innermost; the ResNet
-#: has none). Half pix2pix's: at the default budget it scored 1.3 dB above 0.5 on DEM ->
-#: hillshade (+9.98 dB over the flat image), +0.55 on NAIP, +0.27 on Sen1Floods11, -0.43 on
-#: SEN12MS-CR (within its seeds' spread) and -0.84 on drone DSM -> ortho. None at all learns
-#: more per chip but leans harder on each chip's own statistics, which a scene's do not match
-#: at prediction: -5.7 dB on hillshade, +2 on SEN12MS-CR (docs/benchmarks.md, "Dropout")
-UNET_DROPOUT = 0.25
+#: has none): pix2pix's. A quarter scored 1.3 dB higher on DEM -> hillshade with one thread
+#: but 0.5 dB lower with two (the thread count changes the sums' order and with it the run),
+#: and within +-0.9 dB of it on the other tasks: no better beyond the noise. None at all
+#: learns more per chip but leans harder on each chip's own statistics, which a scene's do not
+#: match at prediction: -4.4 dB on hillshade, +1.6 on SEN12MS-CR (docs/benchmarks.md,
+#: "Dropout")
+UNET_DROPOUT = PIX2PIX_DROPOUT
 #: the discriminators' normalization (the PatchGAN papers')
 DEFAULT_D_NORM = "instance"
 #: paired methods: iterations with the adversarial term off, then iterations of its ramp
