@@ -58,6 +58,8 @@ Tasks (a task whose data is absent is skipped):
   the training radiometry by its own statistics; geotranslate/inputs.py).
 * ``dsm_ortho_relative``: ``dsm_ortho`` with the DSM exported as elevation relative to its
   surroundings (``relative_elevation=32`` px, 8 m).
+* ``hillshade_relative``: ``hillshade`` with the DEM exported as elevation relative to its
+  surroundings (``relative_elevation=32`` px, 960 m): a hillshade depends on slopes alone.
 * ``cloud_removal``: SEN12MS-CR, A = ``fuse:`` S1 (VV, VH dB) + cloudy S2 (13 bands), B =
   cloud-free S2 (13 bands); training on the north half of both patches, test on the south
   half of one. Its own table (:func:`run_cloud_task`): the model, the same model trained on
@@ -398,6 +400,7 @@ def format_cloud_table(result: dict) -> str:
 
 
 DRONE_RELATIVE_RADIUS = 32  # px: 8 m at 0.25 m, about a house
+HILLSHADE_RELATIVE_RADIUS = 32  # px: 960 m at 30 m, a valley side
 
 
 TASKS = {
@@ -420,6 +423,10 @@ TASKS = {
              f"drone DSM -> RGB ortho, relative elevation r={DRONE_RELATIVE_RADIUS} px",
              [DRONE.format("dsm_0.25m_bilinear"), DRONE.format("ortho_rgb_0.25m")],
              _prepare_drone, export_options={"relative_elevation": DRONE_RELATIVE_RADIUS}),
+        Task("hillshade_relative",
+             f"DEM -> hillshade, relative elevation r={HILLSHADE_RELATIVE_RADIUS} px",
+             [MT_HOOD], _prepare_hillshade,
+             export_options={"relative_elevation": HILLSHADE_RELATIVE_RADIUS}),
         Task("cloud_removal", "cloud removal: S1 + cloudy S2 -> cloud-free S2 (SEN12MS-CR)",
              [f"sen12mscr_glfcr/{k}__{r}.tif" for r in SEN12 for k in CLOUD_KINDS],
              _prepare_cloud, run=run_cloud_task),
