@@ -68,7 +68,7 @@ def _parse_data_range(data_range: float | Sequence[float] | str | None, band_cou
         return None
     if isinstance(data_range, str):
         raise OptionError(f"data range {data_range!r}: 'model' is for chip mode only; "
-                                "give one positive value or one per band")
+                          "give one positive value or one per band")
     values = np.atleast_1d(np.asarray(data_range, dtype=np.float64)).ravel()
     # the count is checked before broadcasting one value to every band
     if values.size not in (1, band_count) or np.any(~np.isfinite(values)) or np.any(values <= 0):
@@ -167,7 +167,7 @@ def _score_split(generator, chips: _SplitChips, scores: ChipScores, batch_size: 
                     ([chips.pair(name) for name in batch] for batch in batches), scores)
     if scores.model.count == 0:
         raise InputError(f"{chips.src_dir}, {chips.tgt_dir}: no pixel is valid in both "
-                                "source and target chips")
+                         "source and target chips")
 
 
 class _SplitChips:
@@ -198,7 +198,7 @@ class _SplitChips:
         self.names = sorted(src_names & {p.name for p in chip_paths(self.tgt_dir)})
         if not self.names:
             raise InputError(f"{self.src_dir} and {self.tgt_dir}: no chip names in "
-                                    "common (chip mode needs paired chips)")
+                             "common (chip mode needs paired chips)")
         # the scene scope's normalizer of each chip
         self.source_norm = chip_normalizer(self.source, data_dir, self.src_name)
 
@@ -358,8 +358,9 @@ def _score_tiles(pair: RasterPair, ranges: list[float], levels: list[float], til
     model = standard_metrics(pair.band_count, ranges)
     flat = standard_metrics(pair.band_count, ranges)
     for p, r, valid, core in pair.tiles(tile_size, SSIM_MARGIN, progress):
-        model.update(p.astype(np.float64), r.astype(np.float64), valid, core)
-        flat.update(flat_image(levels, r.shape), r.astype(np.float64), valid, core)
+        r = r.astype(np.float64)
+        model.update(p.astype(np.float64), r, valid, core)
+        flat.update(flat_image(levels, r.shape), r, valid, core)
     if model.count == 0:
         raise pair.nothing_valid()
     return model, flat

@@ -235,7 +235,6 @@ def _tiles(window: Window, tile: int, margin: int):
             yield read, core
 
 
-
 class _Region:
     """The scored part of PRED's grid: inside ``aoi``'s polygons (pixel centres) and outside
     ``exclude``'s, both reprojected to PRED's CRS; everything when neither is given."""

@@ -105,8 +105,9 @@ class ResnetBlock(nn.Module):
         pad_layers, conv_pad = _padding_layer(padding, 1)
         layers += [*pad_layers, nn.Conv2d(channels, channels, 3, padding=conv_pad, bias=bias)]
         layers += [make_norm(norm, channels), nn.ReLU(inplace=True)]
-        if dropout_rate(dropout):
-            layers.append(nn.Dropout(dropout_rate(dropout)))
+        rate = dropout_rate(dropout)
+        if rate:
+            layers.append(nn.Dropout(rate))
         pad_layers, conv_pad = _padding_layer(padding, 1)
         layers += [*pad_layers, nn.Conv2d(channels, channels, 3, padding=conv_pad, bias=bias)]
         layers.append(make_norm(norm, channels))
@@ -143,6 +144,7 @@ class ResnetGenerator(nn.Module):
         check_norm(norm)
         check_upsample(upsample)
         _padding_layer(padding, 1)  # validates the padding kind
+        dropout_rate(dropout)
         self.arch = "resnet"
         self.in_channels = in_channels
         self.out_channels = out_channels
