@@ -176,3 +176,17 @@ def test_set_takes_json_and_python_spellings_and_refuses_a_wrong_type(bench):
         bench._parse_set(["ngf=8.5"])
     with pytest.raises(SystemExit, match="expected FIELD=VALUE"):
         bench._parse_set(["no_such_field=1"])
+
+
+def test_tasks_default_to_the_five_targets_and_all_means_every_task(bench, capsys):
+    assert bench.task_names("hillshade, dsm_ortho") == ["hillshade", "dsm_ortho"]
+    assert bench.task_names("all") == list(bench.TASKS)
+    assert set(bench.TARGET_TASKS) < set(bench.TASKS)
+    with pytest.raises(ValueError, match="unknown task.*hilshade"):
+        bench.task_names("hillshade,hilshade")
+    with pytest.raises(ValueError, match="no task given"):
+        bench.task_names(" , ")
+    with pytest.raises(SystemExit) as stop:  # refused before any work, in one line
+        bench.main(["--tasks", "nope"])
+    assert stop.value.code == 2
+    assert "unknown task(s) nope" in capsys.readouterr().err
