@@ -92,8 +92,7 @@ def check(s: Setting, value: Any) -> None:
     """
     if value is None:
         return
-    kinds = {bool: (bool,), int: (int, numbers.Integral), float: (numbers.Real,), str: (str,)}
-    if not isinstance(value, kinds[s.type]) or (s.type is not bool and isinstance(value, bool)):
+    if not isinstance(value, _TYPES[s.type]) or (s.type is not bool and isinstance(value, bool)):
         raise OptionError(f"{s.option} {value!r}: expected {_TYPE_WORDS[s.type]}")
     if s.choices is not None:
         if value not in s.choices:
@@ -114,6 +113,8 @@ def check(s: Setting, value: Any) -> None:
                               f", got {value}")
 
 
+#: the Python values each setting type accepts (a bool is refused where a number is asked)
+_TYPES = {bool: bool, int: numbers.Integral, float: numbers.Real, str: str}
 _TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number",
                str: "a string"}
 

@@ -54,8 +54,8 @@ def test_dropout_rates_by_default_on_request_and_in_old_configs(method, generato
     settings = {"generator": generator, "ngf": 4, "ndf": 4, "n_blocks": 1}
     config = TrainConfig(method, **settings)
     unet = config.resolved_generator() == "unet"
-    # the U-Net's decoder blocks next to the innermost at 0.25 (depth 3 at 64 px: one block
-    # in each generator)
+    # the U-Net's decoder blocks next to the innermost at its default rate (depth 3 at 64 px:
+    # one block in each generator)
     generators = 2 if method == "CycleGAN" else 1
     assert rates(config) == ([UNET_DROPOUT] * generators if unet else [])
     assert rates(TrainConfig(method, dropout=0, **settings)) == []
